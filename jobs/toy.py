@@ -1,0 +1,48 @@
+"""Tiny jobs for smoke tests, benchmarks and examples of the ctx contract (no torch model).
+
+* ``noop``     — returns at once (benchmarks the runtime's own overhead).
+* ``fail``     — raises in user code (exercises the user-error path).
+* ``counter``  — a deterministic checkpointing loop: sums pseudo-random numbers drawn from the
+  global RNGs for ``steps`` steps, sleeping ``sleep_per_step_s``; the result depends on every
+  RNG draw, so a resume that loses RNG state or data position gives a different ``total``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+
+
+def noop(ctx):
+    return {"rank": ctx.rank, "world_size": ctx.world_size}
+
+
+def fail(ctx):
+    raise ValueError(f"deliberate failure in user code (rank {ctx.rank})")
+
+
+def counter(ctx):
+    cfg = {"steps": 20, "sleep_per_step_s": 0.0, "seed": 0, **ctx.config}
+    random.seed(cfg["seed"] + ctx.rank)
+    np.random.seed(cfg["seed"] + ctx.rank)
+    torch.manual_seed(cfg["seed"] + ctx.rank)
+    state = ctx.restore() or {"step": 0, "total": 0.0}
+    step, total = state["step"], state["total"]
+    while step < cfg["steps"]:
+        step += 1
+        total += random.random() + float(np.random.rand()) + float(torch.rand(1))
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([total], dtype=torch.float64)
+            dist.all_reduce(t)
+            total = float(t) / ctx.world_size
+        ctx.report(step=step, total=total)
+        if ctx.should_checkpoint(step):
+            ctx.save_checkpoint({"step": step, "total": total}, step)
+        if cfg["sleep_per_step_s"]:
+            time.sleep(cfg["sleep_per_step_s"])
+    return {"total": total, "steps": step, "resumed_from": ctx.restored_step, "attempt": ctx.attempt}

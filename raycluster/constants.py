@@ -1,0 +1,74 @@
+"""All tunable constants of raycluster in one place.
+
+Every constant can be overridden by an environment variable named ``RAYCLUSTER_<NAME>``
+(for example ``RAYCLUSTER_RECONCILE_INTERVAL_S=0.5``). Units are part of the names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(f"RAYCLUSTER_{name}")
+    return float(raw) if raw not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(f"RAYCLUSTER_{name}")
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_str(name: str, default: str) -> str:
+    raw = os.environ.get(f"RAYCLUSTER_{name}")
+    return raw if raw not in (None, "") else default
+
+
+# --- naming -------------------------------------------------------------------------------------
+NAMESPACE = _env_str("NAMESPACE", "raycluster")
+COORDINATOR_NAME = "coordinator"
+CHECKPOINT_MANAGER_NAME = "checkpoint_manager"
+PG_NAME_PREFIX = "rc-"  # placement groups we own are named rc-<job_id>-a<attempt>
+
+
+def state_dir() -> Path:
+    """Where SQLite databases, checkpoints, tokens and local-cluster records live."""
+    return Path(_env_str("STATE_DIR", str(Path.home() / ".raycluster"))).expanduser().resolve()
+
+
+# --- control loop -------------------------------------------------------------------------------
+RECONCILE_INTERVAL_S = _env_float("RECONCILE_INTERVAL_S", 1.0)
+PLACEMENT_TIMEOUT_S = _env_float("PLACEMENT_TIMEOUT_S", 120.0)
+# After the first failed rank of an attempt, how long we wait for the other ranks to settle
+# before classifying the failure (system vs user).
+FAILURE_SETTLE_S = _env_float("FAILURE_SETTLE_S", 20.0)
+ENTRYPOINT_CHECK_TIMEOUT_S = _env_float("ENTRYPOINT_CHECK_TIMEOUT_S", 60.0)
+ENTRYPOINT_CHECK_CACHE_S = _env_float("ENTRYPOINT_CHECK_CACHE_S", 30.0)
+RENDEZVOUS_TIMEOUT_S = _env_float("RENDEZVOUS_TIMEOUT_S", 120.0)
+
+# --- admission ----------------------------------------------------------------------------------
+# A job that cannot be placed stops backfilling (smaller, lower-priority jobs may no longer jump
+# ahead of it) once it has waited this long: bounded starvation.
+STARVATION_THRESHOLD_S = _env_float("STARVATION_THRESHOLD_S", 300.0)
+# Effective priority grows by one level per AGING_S of waiting (0 disables aging).
+AGING_S = _env_float("AGING_S", 600.0)
+
+# --- job spec limits ----------------------------------------------------------------------------
+MAX_PRIORITY = 1000
+MIN_PRIORITY = 0
+MAX_GANG_SIZE = _env_int("MAX_GANG_SIZE", 1024)
+MAX_USER_RETRIES = 10
+MAX_SYSTEM_RESTARTS = 100
+
+# --- local cluster ------------------------------------------------------------------------------
+LOCAL_NODE_IP = _env_str("LOCAL_NODE_IP", "127.0.0.1")
+LOCAL_OBJECT_STORE_BYTES = _env_int("LOCAL_OBJECT_STORE_BYTES", 150 * 1024 * 1024)
+LOCAL_NODE_START_TIMEOUT_S = _env_float("LOCAL_NODE_START_TIMEOUT_S", 60.0)
+LOCAL_NODE_STOP_GRACE_S = _env_float("LOCAL_NODE_STOP_GRACE_S", 3.0)
+# Faster node-death detection for local clusters (Ray's defaults take ~15 s).
+LOCAL_HEALTH_CHECK_PERIOD_MS = _env_int("LOCAL_HEALTH_CHECK_PERIOD_MS", 1000)
+LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD = _env_int("LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD", 3)
+
+# --- checkpoints --------------------------------------------------------------------------------
+CHECKPOINT_WRITE_QUEUE = _env_int("CHECKPOINT_WRITE_QUEUE", 2)

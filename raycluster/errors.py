@@ -1,0 +1,83 @@
+"""Typed exceptions of raycluster.
+
+Every error says whether retrying the same call can help (``retryable``) and carries a stable
+machine-readable ``code``; ``field`` names the offending input field where there is one.
+"""
+
+from __future__ import annotations
+
+
+class RayClusterError(Exception):
+    """Base class. ``retryable`` tells a caller whether the same call may succeed later."""
+
+    code = "internal"
+    retryable = False
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict:
+        out = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+    def __reduce__(self):  # keep ``field`` when pickled across Ray processes
+        return (_rebuild, (type(self), self.message, self.field))
+
+
+def _rebuild(cls, message, field):
+    return cls(message, field=field)
+
+
+class InvalidJobSpec(RayClusterError):
+    """The job spec is malformed; fix the spec, retrying will not help."""
+
+    code = "invalid_spec"
+
+
+class EntrypointImportError(InvalidJobSpec):
+    """The entrypoint cannot be imported or is not callable."""
+
+    code = "entrypoint_not_importable"
+
+
+class InfeasibleJob(InvalidJobSpec):
+    """The gang can never fit on this cluster, however long it waits."""
+
+    code = "infeasible"
+
+
+class JobNotFound(RayClusterError):
+    code = "not_found"
+
+
+class IllegalTransition(RayClusterError):
+    """The job is not in a state that allows this operation (e.g. cancel a finished job)."""
+
+    code = "illegal_transition"
+
+
+class ClusterUnavailable(RayClusterError):
+    """The runtime (Ray cluster or its actors) cannot be reached right now; retry later."""
+
+    code = "unavailable"
+    retryable = True
+
+
+class LocalClusterError(RayClusterError):
+    """Starting or stopping the embedded local cluster failed."""
+
+    code = "local_cluster"
+
+
+class CheckpointError(RayClusterError):
+    code = "checkpoint"
+
+
+class NoValidCheckpoint(CheckpointError):
+    """Every registered checkpoint failed verification."""
+
+    code = "no_valid_checkpoint"

@@ -1,0 +1,138 @@
+"""The one place the Coordinator touches Ray for gangs: nodes, placement groups, rank tasks.
+
+Owns every Ray call the control loop makes, behind a small interface, so the loop's logic can
+be driven by a fake in unit tests and by the real cluster in integration tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from raycluster import constants as C
+from raycluster.executor import check_entrypoint, run_rank
+from raycluster.recovery import RankResult, RankStatus
+
+log = logging.getLogger(__name__)
+
+_SYSTEM_RAY_ERRORS = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.OutOfMemoryError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.OwnerDiedError,
+    ray.exceptions.RuntimeEnvSetupError,
+    ray.exceptions.TaskUnschedulableError,
+    ray.exceptions.RaySystemError,
+)
+
+_run_rank_remote = ray.remote(max_retries=0)(run_rank)
+_check_entrypoint_remote = ray.remote(num_cpus=0, max_retries=1)(check_entrypoint)
+
+
+def _base_resources(res: dict[str, float]) -> dict[str, float]:
+    """Drop Ray's per-placement-group and per-node bookkeeping resources."""
+    return {k: v for k, v in res.items() if "_group_" not in k and not k.startswith("node:")
+            and k != "object_store_memory"}
+
+
+def pg_name(job_id: str, attempt: int) -> str:
+    return f"{C.PG_NAME_PREFIX}{job_id}-a{attempt}"
+
+
+class RayOps:
+    """Ray calls for nodes, placement groups and rank tasks."""
+
+    # ------------------------------------------------------------- nodes
+    def node_resources(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """(total, free) base resources per alive node id."""
+        total = {n["NodeID"]: _base_resources(n["Resources"]) for n in ray.nodes() if n["Alive"]}
+        avail = ray._private.state.state.available_resources_per_node()
+        free = {nid: _base_resources(avail.get(nid, {})) for nid in total}
+        return total, free
+
+    # ------------------------------------------------------------- placement groups
+    def create_pg(self, name: str, bundles: list[dict[str, float]], strategy: str) -> PlacementGroup:
+        return placement_group(bundles, strategy=strategy, name=name, lifetime="detached")
+
+    def get_pg(self, name: str) -> PlacementGroup | None:
+        try:
+            return ray.util.get_placement_group(name)
+        except ValueError:
+            return None
+
+    def pg_ready(self, pg: PlacementGroup) -> bool:
+        ready, _ = ray.wait([pg.ready()], timeout=0)
+        return bool(ready)
+
+    def remove_pg(self, pg: PlacementGroup | None) -> None:
+        if pg is None:
+            return
+        try:
+            remove_placement_group(pg)
+        except Exception as exc:  # already removed
+            log.debug("remove_placement_group: %s", exc)
+
+    def our_pg_names(self) -> dict[str, Any]:
+        """Live (not REMOVED) placement groups named by us: name -> id."""
+        out = {}
+        for pid, info in ray.util.placement_group_table().items():
+            name = info.get("name") or ""
+            if name.startswith(C.PG_NAME_PREFIX) and info.get("state") != "REMOVED":
+                out[name] = pid
+        return out
+
+    def remove_pg_by_name(self, name: str) -> None:
+        self.remove_pg(self.get_pg(name))
+
+    # ------------------------------------------------------------- tasks
+    def launch_rank(self, pg: PlacementGroup, bundle_index: int, resources: dict[str, float], launch: dict,
+                    runtime_env: dict | None, task_name: str) -> ray.ObjectRef:
+        opts: dict[str, Any] = dict(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=bundle_index),
+            num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0), name=task_name,
+        )
+        if resources.get("memory"):
+            opts["memory"] = resources["memory"]
+        if runtime_env:
+            opts["runtime_env"] = runtime_env
+        return _run_rank_remote.options(**opts).remote(launch)
+
+    def poll(self, refs: list[ray.ObjectRef]) -> list[RankResult]:
+        """Non-blocking status of each rank task, in order."""
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=True)
+        done_set = set(done)
+        out = []
+        for rank, ref in enumerate(refs):
+            if ref not in done_set:
+                out.append(RankResult(rank, RankStatus.RUNNING))
+                continue
+            try:
+                value = ray.get(ref, timeout=0)
+                out.append(RankResult(rank, RankStatus(value["status"]), value.get("error")))
+            except ray.exceptions.TaskCancelledError:
+                out.append(RankResult(rank, RankStatus.CANCELLED))
+            except Exception as exc:  # a failure Ray reports: worker/node died, OOM, ...
+                out.append(RankResult(rank, RankStatus.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}"))
+        return out
+
+    def result(self, ref: ray.ObjectRef) -> Any:
+        return ray.get(ref, timeout=0).get("result")
+
+    def cancel(self, refs: list[ray.ObjectRef]) -> None:
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as exc:
+                log.debug("cancel: %s", exc)
+
+    # ------------------------------------------------------------- validation
+    def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None:
+        opts = {"runtime_env": runtime_env} if runtime_env else {}
+        return ray.get(_check_entrypoint_remote.options(**opts).remote(entrypoint), timeout=timeout_s)

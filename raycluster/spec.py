@@ -1,0 +1,153 @@
+"""The job spec: what a user submits, validated strictly.
+
+Owns: the ``JobSpec`` pydantic model, its defaults and limits, and loading it from YAML/JSON.
+Every invalid field raises :class:`raycluster.errors.InvalidJobSpec` naming the field and why;
+unknown fields are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from raycluster import constants as C
+from raycluster.errors import InvalidJobSpec
+
+_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class PlacementStrategy(str, Enum):
+    PACK = "PACK"
+    SPREAD = "SPREAD"
+    STRICT_PACK = "STRICT_PACK"
+    STRICT_SPREAD = "STRICT_SPREAD"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerResources(_Strict):
+    """Resources of one gang member (one Ray task, one placement-group bundle)."""
+
+    gpus: float = Field(0.0, ge=0, le=64, description="GPUs per worker; fractions pack small tasks onto one GPU")
+    cpus: float = Field(1.0, gt=0, le=512, description="CPUs per worker")
+    memory_mb: int = Field(0, ge=0, le=16 * 1024 * 1024, description="memory reserved per worker (0 = none)")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_fraction(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU must be a whole number")
+        return v
+
+    def bundle(self) -> dict[str, float]:
+        out: dict[str, float] = {"CPU": float(self.cpus)}
+        if self.gpus:
+            out["GPU"] = float(self.gpus)
+        if self.memory_mb:
+            out["memory"] = float(self.memory_mb) * 1024 * 1024
+        return out
+
+
+class CheckpointPolicy(_Strict):
+    every_steps: int | None = Field(None, ge=1, description="checkpoint every N steps")
+    every_s: float | None = Field(None, gt=0, description="checkpoint every N seconds")
+    keep_last: int = Field(3, ge=1, le=1000, description="complete checkpoints kept per job")
+
+
+class JobSpec(_Strict):
+    name: str = Field(..., description="human-readable job name")
+    entrypoint: str = Field(..., description="'package.module:function' called as function(ctx)")
+    config: dict[str, Any] = Field(default_factory=dict, description="passed to the entrypoint as ctx.config")
+    num_workers: int = Field(1, ge=1, le=C.MAX_GANG_SIZE, description="gang size: all start together or none")
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    placement_strategy: PlacementStrategy = PlacementStrategy.PACK
+    priority: int = Field(50, ge=C.MIN_PRIORITY, le=C.MAX_PRIORITY, description="higher runs first")
+    max_restarts: int = Field(3, ge=0, le=C.MAX_SYSTEM_RESTARTS, description="restarts after system failures")
+    max_user_retries: int = Field(0, ge=0, le=C.MAX_USER_RETRIES, description="retries after user-code errors")
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    max_runtime_s: float | None = Field(None, gt=0, description="wall-clock limit of one attempt")
+    tenant: str | None = Field(None, max_length=64)
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the training tasks")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, v: str) -> str:
+        if not _ENTRYPOINT_RE.match(v):
+            raise ValueError("must look like 'package.module:function'")
+        return v
+
+    @field_validator("config")
+    @classmethod
+    def _config_json(cls, v: dict) -> dict:
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be JSON-serialisable ({exc})") from None
+        return v
+
+
+    def bundles(self) -> list[dict[str, float]]:
+        return [self.resources.bundle() for _ in range(self.num_workers)]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _field_of(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ())) or "spec"
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a dict (or JSON string) into a JobSpec, raising InvalidJobSpec naming the field."""
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InvalidJobSpec(f"spec is not valid JSON: {exc}") from None
+    if isinstance(data, JobSpec):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidJobSpec(f"spec must be a mapping, got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        parts = []
+        for err in errors:
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            parts.append(f"{_field_of(err)}: {msg}")
+        raise InvalidJobSpec("invalid job spec: " + "; ".join(parts), field=_field_of(errors[0])) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Load a spec from a .yaml/.yml/.json file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InvalidJobSpec(f"cannot read spec file {p}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise InvalidJobSpec(f"cannot parse {p}: {exc}") from None
+    return parse_spec(data)
