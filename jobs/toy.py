@@ -25,7 +25,8 @@ def fail(ctx):
 
 
 def counter(ctx):
-    cfg = {"steps": 20, "sleep_per_step_s": 0.0, "seed": 0, **ctx.config}
+    cfg = {"steps": 20, "sleep_per_step_s": 0.0, "seed": 0, "fail_at_step": None, "fail_sleep_s": 0.0,
+           **ctx.config}
     random.seed(cfg["seed"] + ctx.rank)
     np.random.seed(cfg["seed"] + ctx.rank)
     torch.manual_seed(cfg["seed"] + ctx.rank)
@@ -41,6 +42,9 @@ def counter(ctx):
             dist.all_reduce(t)
             total = float(t) / ctx.world_size
         ctx.report(step=step, total=total)
+        if step == cfg["fail_at_step"] and ctx.attempt == 1:
+            time.sleep(cfg["fail_sleep_s"])
+            raise RuntimeError(f"deliberate failure at step {step}")
         if ctx.should_checkpoint(step):
             ctx.save_checkpoint({"step": step, "total": total}, step)
         if cfg["sleep_per_step_s"]:

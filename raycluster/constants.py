@@ -72,3 +72,10 @@ LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD = _env_int("LOCAL_HEALTH_CHECK_FAILURE_THRE
 
 # --- checkpoints --------------------------------------------------------------------------------
 CHECKPOINT_WRITE_QUEUE = _env_int("CHECKPOINT_WRITE_QUEUE", 2)
+
+# --- local cluster auth (added with raycluster/localcluster.py) ---------------------------------
+# Ray 2.60 token authentication for the embedded local cluster: "token" (default: a fresh random
+# token per cluster, stored 0600 under the state dir) or "disabled".
+LOCAL_AUTH_MODE = _env_str("LOCAL_AUTH_MODE", "token")
+# How long stop()/kill_node() wait for SIGKILLed processes to disappear before giving up.
+LOCAL_NODE_KILL_WAIT_S = _env_float("LOCAL_NODE_KILL_WAIT_S", 5.0)

@@ -262,7 +262,15 @@ class CoordinatorCore:
     def _launch(self, job: JobRecord, att: Attempt) -> None:
         spec = JobSpec.model_validate(job.spec)
         bundle = spec.resources.bundle()
-        refs = []
+        refs: list = []
+        try:
+            self._launch_ranks(job, att, spec, bundle, refs)
+        except BaseException:
+            self.ops.cancel(refs)  # never leave half a gang running
+            raise
+        att.refs = refs
+
+    def _launch_ranks(self, job: JobRecord, att: Attempt, spec: JobSpec, bundle: dict, refs: list) -> None:
         for rank in range(spec.num_workers):
             launch = {
                 "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
@@ -272,7 +280,6 @@ class CoordinatorCore:
             }
             refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
                                              f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))
-        att.refs = refs
 
     def _step_running(self, job: JobRecord, now: float) -> None:
         att = self.attempts.get(job.id)

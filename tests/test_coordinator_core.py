@@ -1,0 +1,286 @@
+"""The Coordinator's control loop driven by a fake RayOps (no cluster): lifecycle, recovery,
+restart, placement timeout, cancel, max runtime. The real RayOps is covered by the integration tests."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from raycluster import constants as C
+from raycluster.coordinator import CoordinatorCore
+from raycluster.errors import EntrypointImportError, IllegalTransition, InfeasibleJob
+from raycluster.recovery import RankResult, RankStatus
+
+
+class FakePG:
+    def __init__(self, name, bundles):
+        self.name, self.bundles, self.ready, self.removed = name, bundles, False, False
+
+
+class FakeOps:
+    def __init__(self, nodes=3):
+        self.total = {f"n{i}": {"CPU": 2.0, "GPU": 1.0} for i in range(nodes)}
+        self.pgs: dict[str, FakePG] = {}
+        self.tasks: dict[int, RankResult] = {}
+        self.results: dict[int, dict] = {}
+        self.cancelled: list[int] = []
+        self._ids = itertools.count()
+        self.bad_entrypoints = set()
+        self.auto_ready = True
+
+    def node_resources(self):
+        free = {n: dict(r) for n, r in self.total.items()}
+        used = sum(len(p.bundles) for p in self.pgs.values() if not p.removed and p.ready)
+        for n in list(free)[:used]:
+            free[n] = {"CPU": 1.0, "GPU": 0.0}
+        return self.total, free
+
+    def create_pg(self, name, bundles, strategy):
+        pg = self.pgs[name] = FakePG(name, bundles)
+        pg.ready = self.auto_ready
+        return pg
+
+    def get_pg(self, name):
+        pg = self.pgs.get(name)
+        return pg if pg and not pg.removed else None
+
+    def pg_ready(self, pg):
+        return pg.ready
+
+    def remove_pg(self, pg):
+        if pg is not None:
+            pg.removed = True
+
+    def remove_pg_by_name(self, name):
+        self.remove_pg(self.get_pg(name))
+
+    def our_pg_names(self):
+        return {n: n for n, p in self.pgs.items() if not p.removed}
+
+    def launch_rank(self, pg, bundle_index, resources, launch, runtime_env, task_name):
+        ref = next(self._ids)
+        self.tasks[ref] = RankResult(launch["rank"], RankStatus.RUNNING)
+        return ref
+
+    def poll(self, refs):
+        return [RankResult(i, self.tasks[r].status, self.tasks[r].error) for i, r in enumerate(refs)]
+
+    def result(self, ref):
+        return self.results.get(ref, {"ok": True})
+
+    def cancel(self, refs):
+        for r in refs:
+            self.cancelled.append(r)
+            self.tasks[r] = RankResult(0, RankStatus.CANCELLED)
+
+    def check_entrypoint(self, ep, runtime_env, timeout_s):
+        return "no such module" if ep in self.bad_entrypoints else None
+
+    # test helpers
+    def finish(self, refs, status=RankStatus.OK, error=None):
+        for r in refs:
+            self.tasks[r] = RankResult(0, status, error)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def env(tmp_path):
+    ops, clock = FakeOps(), Clock()
+    core = CoordinatorCore(tmp_path, ops, clock=clock)
+    return core, ops, clock, tmp_path
+
+
+def spec(name="j", workers=1, **kw):
+    return {"name": name, "entrypoint": "jobs.toy:noop", "num_workers": workers,
+            "resources": {"gpus": 1, "cpus": 1}, **kw}
+
+
+def tick(core, clock, dt=0.1):
+    clock.t += dt
+    core.reconcile_once()
+
+
+def test_lifecycle_to_success(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock)  # admitted -> PLACING, PG created (ready at once)
+    assert core.get(jid)["state"] == "PLACING"
+    tick(core, clock)  # PG ready -> ranks launched -> RUNNING
+    assert core.get(jid)["state"] == "RUNNING"
+    refs = core.attempts[jid].refs
+    assert len(refs) == 2
+    ops.results[refs[0]] = {"loss": 0.5}
+    ops.finish(refs)
+    tick(core, clock)
+    job = core.get(jid)
+    assert job["state"] == "SUCCEEDED" and job["result"] == {"loss": 0.5}
+    assert ops.pgs[f"rc-{jid}-a1"].removed
+    assert [t["to"] for t in job["transitions"]] == ["PENDING", "PLACING", "RUNNING", "SUCCEEDED"]
+
+
+def test_system_failure_restarts_then_fails_when_budget_used(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2, max_restarts=1))["id"]
+    tick(core, clock), tick(core, clock)
+    refs = core.attempts[jid].refs
+    ops.finish(refs[1:], RankStatus.SYSTEM_ERROR, "NodeDiedError: node gone")
+    ops.finish(refs[:1], RankStatus.USER_ERROR, "RuntimeError: Connection closed by peer")
+    tick(core, clock)
+    job = core.get(jid)
+    assert job["state"] == "RECOVERING" and job["system_restarts"] == 1
+    assert ops.pgs[f"rc-{jid}-a1"].removed
+    tick(core, clock)  # RECOVERING -> PLACING attempt 2
+    assert core.get(jid)["state"] == "PLACING" and core.get(jid)["attempt"] == 2
+    tick(core, clock)
+    ops.finish(core.attempts[jid].refs, RankStatus.SYSTEM_ERROR, "WorkerCrashedError")
+    tick(core, clock)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and "max_restarts=1" in job["reason"]
+
+
+def test_peer_socket_error_waits_for_settle_before_blaming_user(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock), tick(core, clock)
+    refs = core.attempts[jid].refs
+    ops.finish(refs[:1], RankStatus.USER_ERROR, "RuntimeError: Connection reset by peer")
+    tick(core, clock)
+    assert core.get(jid)["state"] == "RUNNING"  # rank 1 has not reported yet
+    tick(core, clock, dt=C.FAILURE_SETTLE_S + 1)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and "Connection reset" in job["error"]
+    assert refs[1] in ops.cancelled
+
+
+def test_user_error_retry_budget(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(max_user_retries=1))["id"]
+    tick(core, clock), tick(core, clock)
+    ops.finish(core.attempts[jid].refs, RankStatus.USER_ERROR, "ValueError: x")
+    tick(core, clock)
+    assert core.get(jid)["state"] == "RECOVERING" and core.get(jid)["user_retries"] == 1
+    tick(core, clock), tick(core, clock)
+    ops.finish(core.attempts[jid].refs, RankStatus.USER_ERROR, "ValueError: x")
+    tick(core, clock)
+    assert core.get(jid)["state"] == "FAILED"
+
+
+def test_restarted_coordinator_recovers_without_spending_budget(env):
+    core, ops, clock, tmp_path = env
+    run = core.submit(spec("run"))["id"]
+    tick(core, clock), tick(core, clock)
+    ops.auto_ready = False
+    placing = core.submit(spec("placing"))["id"]
+    tick(core, clock)
+    assert core.get(placing)["state"] == "PLACING"
+    # the actor dies: a new core over the same database, with no in-memory attempts
+    core2 = CoordinatorCore(tmp_path, ops, clock=clock)
+    ops.auto_ready = True
+    ops.pgs[f"rc-{placing}-a1"].ready = True
+    tick(core2, clock)
+    assert core2.get(run)["state"] == "RECOVERING" and core2.get(run)["system_restarts"] == 0
+    assert core2.get(placing)["state"] == "RUNNING"  # found its placement group again
+    tick(core2, clock), tick(core2, clock)
+    assert core2.get(run)["state"] == "RUNNING" and core2.get(run)["attempt"] == 2
+    assert ops.pgs[f"rc-{run}-a1"].removed
+
+
+def test_placement_timeout_requeues(env):
+    core, ops, clock, _ = env
+    ops.auto_ready = False
+    jid = core.submit(spec())["id"]
+    tick(core, clock)
+    assert core.get(jid)["state"] == "PLACING"
+    tick(core, clock, dt=C.PLACEMENT_TIMEOUT_S + 1)
+    job = core.get(jid)
+    assert job["state"] == "PENDING" and "placement not ready" in job["reason"]
+    assert ops.pgs[f"rc-{jid}-a1"].removed
+
+
+def test_cancel_running_tears_down_and_twice_is_illegal(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock), tick(core, clock)
+    refs = list(core.attempts[jid].refs)
+    assert core.cancel(jid)["state"] == "CANCELLED"
+    assert set(refs) <= set(ops.cancelled) and ops.pgs[f"rc-{jid}-a1"].removed
+    assert jid not in core.attempts
+    with pytest.raises(IllegalTransition):
+        core.cancel(jid)
+    tick(core, clock)
+    assert core.get(jid)["state"] == "CANCELLED"
+
+
+def test_max_runtime(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(max_runtime_s=5))["id"]
+    tick(core, clock), tick(core, clock)
+    tick(core, clock, dt=6)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and "max_runtime_s" in job["error"]
+
+
+def test_submit_validation_leaves_nothing_behind(env):
+    core, ops, clock, _ = env
+    ops.bad_entrypoints.add("jobs.gone:train")
+    with pytest.raises(EntrypointImportError):
+        core.submit({**spec(), "entrypoint": "jobs.gone:train"})
+    with pytest.raises(InfeasibleJob):
+        core.submit(spec(workers=4))
+    assert core.list() == []
+
+
+def test_idempotent_submit(env):
+    core, *_ = env
+    a = core.submit(spec(), idempotency_key="k")
+    b = core.submit(spec(), idempotency_key="k")
+    assert a["id"] == b["id"] and len(core.list()) == 1
+
+
+def test_priority_order_with_limited_capacity(env):
+    core, ops, clock, _ = env
+    ops.total = {"n0": {"CPU": 2.0, "GPU": 1.0}}
+    low = core.submit(spec("low", priority=10))["id"]
+    high = core.submit(spec("high", priority=90))["id"]
+    tick(core, clock)
+    assert core.get(high)["state"] == "PLACING" and core.get(low)["state"] == "PENDING"
+
+
+def test_a_failing_step_does_not_stop_the_loop(env, monkeypatch):
+    core, ops, clock, _ = env
+    a = core.submit(spec("a"))["id"]
+    b = core.submit(spec("b"))["id"]
+    tick(core, clock)
+    real_launch = ops.launch_rank
+    calls = {"n": 0}
+
+    def flaky(pg, i, res, launch, rt, name):
+        calls["n"] += 1
+        if launch["job_id"] == a:
+            raise RuntimeError("raylet hiccup")
+        return real_launch(pg, i, res, launch, rt, name)
+
+    monkeypatch.setattr(ops, "launch_rank", flaky)
+    tick(core, clock)
+    assert core.get(b)["state"] == "RUNNING" and core.get(a)["state"] == "PLACING"
+    monkeypatch.setattr(ops, "launch_rank", real_launch)
+    tick(core, clock)
+    assert core.get(a)["state"] == "RUNNING"
+
+
+def test_metrics_are_buffered_then_persisted(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec())["id"]
+    core.report(jid, 1, 10, {"loss": 1.5})
+    core.report(jid, 1, 20, {"loss": 1.0})
+    tick(core, clock)
+    assert core.get(jid)["last_metrics"] == {"loss": 1.0, "step": 20}
+    assert [m["step"] for m in core.metrics(jid)] == [10, 20]
