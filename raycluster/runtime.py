@@ -48,7 +48,12 @@ def connect(address: str | None = None, state_dir: Path | None = None) -> None:
     """ray.init against the cluster (idempotent) in the raycluster namespace."""
     if ray.is_initialized():
         return
-    addr = resolve_address(address, state_dir or C.state_dir())
+    state_dir = Path(state_dir or C.state_dir())
+    addr = resolve_address(address, state_dir)
+    if addr == local_cluster_address(state_dir):  # our embedded cluster: use its auth token
+        from raycluster.localcluster import apply_driver_auth
+
+        apply_driver_auth(state_dir)
     try:
         ray.init(address=addr, namespace=C.NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:

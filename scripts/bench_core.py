@@ -141,7 +141,7 @@ def main() -> None:
     lc = LocalCluster(state_dir, num_workers=3, cpus_per_worker=2, gpus_per_worker=1)
     lc.start()
     try:
-        ray.init(address=lc.address, namespace="raycluster", log_to_driver=False)
+        lc.connect(namespace="raycluster", log_to_driver=False)
         client = Client(start_runtime(state_dir))
         bench_runtime(client, 10), bench_raw(10)  # warm both paths (worker processes, imports)
         raw_s = bench_raw(args.jobs)

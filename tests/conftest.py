@@ -41,7 +41,7 @@ def cluster(tmp_path_factory):
     lc = LocalCluster(state_dir, num_workers=3, cpus_per_worker=2, gpus_per_worker=1, env=dict(TEST_ENV))
     lc.start()
     try:
-        ray.init(address=lc.address, namespace="raycluster", log_to_driver=False)
+        lc.connect(namespace="raycluster", log_to_driver=False)
         coord = start_runtime(state_dir)
         yield {"lc": lc, "state_dir": Path(state_dir), "coord": coord}
     finally:
