@@ -40,7 +40,7 @@ def _fmt_num(v: Any) -> str:
 
 
 def jobs_table(jobs: list[dict]) -> str:
-    cols = ("ID", "NAME", "STATE", "PRIO", "ATTEMPT", "STEP", "LOSS", "ACC", "AGE")
+    cols = ("ID", "NAME", "STATE", "PRIO", "ATTEMPT", "STEP", "LOSS", "ACC/MAE", "AGE")
     rows = []
     for j in jobs:
         m = j.get("last_metrics") or {}
@@ -124,17 +124,20 @@ def cmd_submit(args) -> int:
     return _finish(final, args.json)
 
 
-def _progress_printer():
-    last: dict[str, tuple] = {}
+def _progress_printer(every_s: float = 5.0):
+    """Print a job's line when its state changes, or its progress at most every ``every_s``."""
+    last: dict[str, tuple[str, float]] = {}
 
     def show(jobs: list[dict]) -> None:
+        now = time.monotonic()
         for j in jobs:
+            prev = last.get(j["id"])
+            if prev is not None and prev[0] == j["state"] and now - prev[1] < every_s:
+                continue
+            last[j["id"]] = (j["state"], now)
             m = j.get("last_metrics") or {}
-            key = (j["state"], m.get("step"))
-            if last.get(j["id"]) != key:
-                last[j["id"]] = key
-                print(f"{time.strftime('%H:%M:%S')} {j['id']} {j['name']:<22} {j['state']:<10} "
-                      f"step={_fmt_num(m.get('step'))} loss={_fmt_num(m.get('loss'))}", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {j['id']} {j['name']:<22} {j['state']:<10} attempt={j['attempt']} "
+                  f"step={_fmt_num(m.get('step'))} loss={_fmt_num(m.get('loss'))}", flush=True)
     return show
 
 

@@ -180,7 +180,7 @@ class JobStore:
         with self._lock:
             row = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
-            raise JobNotFound(f"no job with id {job_id!r}")
+            raise JobNotFound(f"job {job_id!r} not found")
         return self._row(row)
 
     def find_by_idempotency_key(self, key: str) -> JobRecord | None:
