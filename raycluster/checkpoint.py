@@ -212,4 +212,5 @@ class CheckpointManager:
 def get_or_create_checkpoint_manager(state_dir: Path):
     return CheckpointManager.options(
         name=C.CHECKPOINT_MANAGER_NAME, namespace=C.NAMESPACE, lifetime="detached", get_if_exists=True,
+        resources=C.HEAD_NODE_RESOURCE,
     ).remote(str(state_dir))

@@ -30,6 +30,8 @@ NAMESPACE = _env_str("NAMESPACE", "raycluster")
 COORDINATOR_NAME = "coordinator"
 CHECKPOINT_MANAGER_NAME = "checkpoint_manager"
 PG_NAME_PREFIX = "rc-"  # placement groups we own are named rc-<job_id>-a<attempt>
+# The runtime actors live on the head node (like Ray Serve's controller): worker nodes come and go.
+HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 
 def state_dir() -> Path:

@@ -242,6 +242,7 @@ class CoordinatorCore:
         spec = JobSpec.model_validate(job.spec)
         pg = self.ops.create_pg(pg_name(job.id, attempt), spec.bundles(), spec.placement_strategy.value)
         self.attempts[job.id] = Attempt(job.id, attempt, pg, placing_since=now)
+        self.ops.watch_pg(pg, self.wake)
 
     def _step_placing(self, job: JobRecord, now: float) -> None:
         att = self.attempts.get(job.id)
@@ -250,6 +251,7 @@ class CoordinatorCore:
             name = pg_name(job.id, job.attempt)
             pg = self.ops.get_pg(name) or self.ops.create_pg(name, spec.bundles(), spec.placement_strategy.value)
             att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now)
+            self.ops.watch_pg(pg, self.wake)
         if self.ops.pg_ready(att.pg):
             self._launch(job, att)
             self.store.transition(job.id, JobState.PLACING, JobState.RUNNING, reason="gang placed", now=now,
@@ -269,6 +271,7 @@ class CoordinatorCore:
             self.ops.cancel(refs)  # never leave half a gang running
             raise
         att.refs = refs
+        self.ops.watch(refs, self.wake)
 
     def _launch_ranks(self, job: JobRecord, att: Attempt, spec: JobSpec, bundle: dict, refs: list) -> None:
         for rank in range(spec.num_workers):

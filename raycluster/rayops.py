@@ -132,6 +132,18 @@ class RayOps:
             except Exception as exc:
                 log.debug("cancel: %s", exc)
 
+    def watch(self, refs: list, callback) -> None:
+        """Call ``callback()`` (from a Ray thread) when any of ``refs`` completes, so the control loop
+        reacts to a finished rank or a ready placement group at once instead of at its next tick."""
+        for ref in refs:
+            try:
+                ref.future().add_done_callback(lambda _f: callback())
+            except Exception as exc:  # the periodic tick still sees it
+                log.debug("watch: %s", exc)
+
+    def watch_pg(self, pg: PlacementGroup, callback) -> None:
+        self.watch([pg.ready()], callback)
+
     # ------------------------------------------------------------- validation
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None:
         opts = {"runtime_env": runtime_env} if runtime_env else {}

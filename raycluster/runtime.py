@@ -69,7 +69,7 @@ def start_runtime(state_dir: Path, timeout_s: float = 120.0):
     state_dir.mkdir(parents=True, exist_ok=True)
     cm = get_or_create_checkpoint_manager(state_dir)
     coord = Coordinator.options(name=C.COORDINATOR_NAME, namespace=C.NAMESPACE, lifetime="detached",
-                                get_if_exists=True).remote(str(state_dir))
+                                get_if_exists=True, resources=C.HEAD_NODE_RESOURCE).remote(str(state_dir))
     ray.get([cm.ping.remote(), coord.ping.remote()], timeout=timeout_s)
     return coord
 

@@ -28,7 +28,7 @@ def wait_for(pred, timeout_s: float, what: str, poll_s: float = 0.2):
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Head (no CPUs) + 3 workers (2 CPUs, 1 logical GPU each), runtime actors started."""
     import ray

@@ -28,6 +28,7 @@ class FakeOps:
         self._ids = itertools.count()
         self.bad_entrypoints = set()
         self.auto_ready = True
+        self.watched = []
 
     def node_resources(self):
         free = {n: dict(r) for n, r in self.total.items()}
@@ -74,6 +75,12 @@ class FakeOps:
             self.cancelled.append(r)
             self.tasks[r] = RankResult(0, RankStatus.CANCELLED)
 
+    def watch(self, refs, callback):
+        self.watched.extend(refs)
+
+    def watch_pg(self, pg, callback):
+        self.watched.append(pg)
+
     def check_entrypoint(self, ep, runtime_env, timeout_s):
         return "no such module" if ep in self.bad_entrypoints else None
 
@@ -117,6 +124,8 @@ def test_lifecycle_to_success(env):
     assert core.get(jid)["state"] == "RUNNING"
     refs = core.attempts[jid].refs
     assert len(refs) == 2
+    # the loop is woken by the placement group becoming ready and by every rank finishing
+    assert ops.pgs[f"rc-{jid}-a1"] in ops.watched and set(refs) <= set(ops.watched)
     ops.results[refs[0]] = {"loss": 0.5}
     ops.finish(refs)
     tick(core, clock)
