@@ -12,9 +12,6 @@ from __future__ import annotations
 import random
 import time
 
-import numpy as np
-import torch
-
 
 def noop(ctx):
     return {"rank": ctx.rank, "world_size": ctx.world_size}
@@ -25,6 +22,9 @@ def fail(ctx):
 
 
 def counter(ctx):
+    import numpy as np  # imported here so noop/fail stay free of heavy imports
+    import torch
+
     cfg = {"steps": 20, "sleep_per_step_s": 0.0, "seed": 0, "fail_at_step": None, "fail_sleep_s": 0.0,
            **ctx.config}
     random.seed(cfg["seed"] + ctx.rank)

@@ -47,6 +47,7 @@ PLACEMENT_TIMEOUT_S = _env_float("PLACEMENT_TIMEOUT_S", 120.0)
 FAILURE_SETTLE_S = _env_float("FAILURE_SETTLE_S", 20.0)
 ENTRYPOINT_CHECK_TIMEOUT_S = _env_float("ENTRYPOINT_CHECK_TIMEOUT_S", 60.0)
 ENTRYPOINT_CHECK_CACHE_S = _env_float("ENTRYPOINT_CHECK_CACHE_S", 30.0)
+NODE_TOTALS_TTL_S = _env_float("NODE_TOTALS_TTL_S", 2.0)
 RENDEZVOUS_TIMEOUT_S = _env_float("RENDEZVOUS_TIMEOUT_S", 120.0)
 
 # --- admission ----------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The ``ctx`` object handed to a user's ``train(ctx)``.
 
+Importing this module does not import torch or numpy: a rank whose user code does not use them
+never pays for them (RNG states of numpy/torch are captured only when the job has imported them).
+
 Owns: what a training rank sees of the runtime — rank/world/config/device, metric reports, the
 checkpoint policy, checkpoint save (serialised in the caller, written in a background thread,
 registered with the CheckpointManager) and restore (verify sha256 of every shard, newest first,
@@ -13,13 +16,11 @@ import io
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from raycluster import constants as C
 from raycluster.checkpoint import atomic_write, sha256_file, shard_path
@@ -29,18 +30,31 @@ log = logging.getLogger(__name__)
 
 
 def capture_rng() -> dict[str, Any]:
-    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+    """RNG states of python ``random`` and, when the job uses them, numpy and torch (CPU + CUDA)."""
+    out: dict[str, Any] = {"python": random.getstate()}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        out["numpy"] = np.random.get_state()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda"] = torch.cuda.get_rng_state_all()
     return out
 
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "torch" in state:
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _ShardWriter:
@@ -84,14 +98,15 @@ class TrainContext:
     """What ``train(ctx)`` gets. Created by the runtime for each rank of each attempt."""
 
     def __init__(self, *, job_id: str, attempt: int, rank: int, world_size: int, config: dict,
-                 device: torch.device, checkpoint_root: str | None, checkpoint_policy: dict,
-                 checkpoint_manager=None, coordinator=None):
+                 device: Any = None, gpu_assigned: bool = False, checkpoint_root: str | None,
+                 checkpoint_policy: dict, checkpoint_manager=None, coordinator=None):
         self.job_id = job_id
         self.attempt = attempt
         self.rank = rank
         self.world_size = world_size
         self.config = dict(config)
-        self.device = device
+        self._device = device  # None = decide on first use (torch is imported only then)
+        self._gpu_assigned = gpu_assigned
         self._root = Path(checkpoint_root) if checkpoint_root else None
         self._policy = checkpoint_policy or {}
         self._cm = checkpoint_manager
@@ -99,6 +114,20 @@ class TrainContext:
         self._writer: _ShardWriter | None = None
         self._last_ckpt_time = time.monotonic()
         self.restored_step: int | None = None
+
+    @property
+    def device(self):
+        """The torch.device this rank trains on: CUDA when Ray assigned it a real GPU, else CPU."""
+        import torch
+
+        if self._device is None:
+            use_cuda = self._gpu_assigned and torch.cuda.is_available()
+            if use_cuda:  # Ray narrowed CUDA_VISIBLE_DEVICES to this rank's GPU(s)
+                torch.cuda.set_device(0)
+            self._device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        elif not isinstance(self._device, torch.device):
+            self._device = torch.device(self._device)
+        return self._device
 
     # ------------------------------------------------------------------ metrics
     def report(self, **metrics: Any) -> None:
@@ -123,6 +152,7 @@ class TrainContext:
             return False
         due = time.monotonic() - self._last_ckpt_time >= every_s
         if self.world_size > 1:  # rank 0 decides, so every rank saves at the same step
+            import torch
             import torch.distributed as dist
 
             flag = torch.tensor([1 if due else 0], dtype=torch.int32,
@@ -140,6 +170,8 @@ class TrainContext:
         """
         if self._cm is None or self._root is None:
             return
+        import torch
+
         buf = io.BytesIO()
         torch.save({"step": step, "rank": self.rank, "world_size": self.world_size, "state": state,
                     "rng": capture_rng()}, buf)
@@ -179,6 +211,8 @@ class TrainContext:
                     self._cm.mark_corrupt.remote(self.job_id, step, reason)
                 continue
             shard = cand["shards"][self.rank]
+            import torch
+
             payload = torch.load(shard["path"], map_location="cpu", weights_only=False)
             restore_rng(payload["rng"])
             self.restored_step = step
@@ -196,8 +230,7 @@ class TrainContext:
 class BareContext(TrainContext):
     """A ctx with no control plane: no checkpoints, no reports. For benchmarks and local debugging."""
 
-    def __init__(self, config: dict | None = None, rank: int = 0, world_size: int = 1,
-                 device: torch.device | None = None):
+    def __init__(self, config: dict | None = None, rank: int = 0, world_size: int = 1, device: Any = "cpu"):
         super().__init__(job_id="bare", attempt=0, rank=rank, world_size=world_size, config=config or {},
-                         device=device or torch.device("cpu"), checkpoint_root=None, checkpoint_policy={})
+                         device=device, checkpoint_root=None, checkpoint_policy={})
 

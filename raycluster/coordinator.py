@@ -46,6 +46,7 @@ class Attempt:
     pg: Any
     placing_since: float
     refs: list | None = None
+    placed: bool = False  # the placement group is created (its resources show as used)
     first_failure_at: float | None = None
 
 
@@ -74,6 +75,8 @@ class CoordinatorCore:
         self._metrics: list[tuple] = []
         self._metrics_lock = threading.Lock()
         self._ep_cache = _Cache()
+        self._specs: dict[str, JobSpec] = {}
+        self._totals: tuple[float, dict] = (0.0, {})
         self._last_sweep = 0.0
         self.started_at = clock()
 
@@ -85,7 +88,7 @@ class CoordinatorCore:
             if existing is not None:
                 return existing.to_dict()
         self._check_entrypoint(spec)
-        total, _free = self.ops.node_resources()
+        total = self._node_totals()
         why = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
         if why:
             raise InfeasibleJob(f"job can never be placed: {why}", field="num_workers")
@@ -100,6 +103,15 @@ class CoordinatorCore:
         log.info("submitted %s (%s, priority %d, %d workers)", rec.id, spec.name, spec.priority, spec.num_workers)
         self._wake.set()
         return rec.to_dict()
+
+    def _node_totals(self) -> dict[str, dict[str, float]]:
+        """Per-node totals for feasibility checks, refreshed at most every NODE_TOTALS_TTL_S."""
+        ts, totals = self._totals
+        now = self.clock()
+        if now - ts > C.NODE_TOTALS_TTL_S or not totals:
+            totals, _free = self.ops.node_resources()
+            self._totals = (now, totals)
+        return totals
 
     def _check_entrypoint(self, spec: JobSpec) -> None:
         key = spec.entrypoint + "|" + json.dumps(spec.runtime_env, sort_keys=True)
@@ -196,6 +208,8 @@ class CoordinatorCore:
             active_ids = {j.id for j in jobs}
             for jid in [j for j in self.attempts if j not in active_ids]:
                 self._guard(f"teardown {jid}", self._teardown, self.attempts.pop(jid))
+            for jid in [j for j in self._specs if j not in active_ids and j not in self.attempts]:
+                del self._specs[jid]
             step = {JobState.PLACING: self._step_placing, JobState.RUNNING: self._step_running,
                     JobState.RECOVERING: self._step_recovering}
             for job in jobs:
@@ -217,52 +231,62 @@ class CoordinatorCore:
             log.exception("reconcile step %r failed; continuing", what)
 
     # ----------------------------------------------------------------- steps
+    def _spec(self, job: JobRecord) -> JobSpec:
+        spec = self._specs.get(job.id)
+        if spec is None:  # specs are immutable once stored: parse each once
+            spec = self._specs[job.id] = JobSpec.model_validate(job.spec)
+        return spec
+
     def _admit(self, pending: list[JobRecord], now: float) -> None:
         _total, free = self.ops.node_resources()
-        # placement groups not ready yet may not show in the free view: count them as taken
+        # placement groups not created yet do not show in the free view: count them as taken
         for att in self.attempts.values():
-            if att.refs is None and not self.ops.pg_ready(att.pg):
-                spec = JobSpec.model_validate(self.store.get(att.job_id).spec)
-                placed = place(spec.bundles(), free, spec.placement_strategy.value)
+            if not att.placed:
+                spec = self._specs.get(att.job_id)
+                placed = spec and place(spec.bundles(), free, spec.placement_strategy.value)
                 if placed:
                     free = placed[1]
         queue = []
         for j in pending:
-            spec = JobSpec.model_validate(j.spec)
+            spec = self._spec(j)
             queue.append(QueuedJob(j.id, j.priority, j.queued_at, tuple(spec.bundles()),
                                    spec.placement_strategy.value))
         decision = decide_admission(AdmissionContext(tuple(queue), free, C.STARVATION_THRESHOLD_S, C.AGING_S), now)
         by_id = {j.id: j for j in pending}
         for jid in decision.admit:
-            self._start_attempt(by_id[jid], JobState.PENDING, now, reason="admitted")
+            self._guard(f"start {jid}", self._start_attempt, by_id[jid], JobState.PENDING, now, "admitted")
 
     def _start_attempt(self, job: JobRecord, src: JobState, now: float, reason: str, **fields) -> None:
+        """Commit PLACING (the intent) first, then create the placement group and submit the ranks
+        into it at once: Ray starts them the moment the group is placed, with no loop round trip."""
         attempt = job.attempt + 1
         self.store.transition(job.id, src, JobState.PLACING, reason=reason, now=now, attempt=attempt, **fields)
-        spec = JobSpec.model_validate(job.spec)
+        spec = self._spec(job)
         pg = self.ops.create_pg(pg_name(job.id, attempt), spec.bundles(), spec.placement_strategy.value)
-        self.attempts[job.id] = Attempt(job.id, attempt, pg, placing_since=now)
-        self.ops.watch_pg(pg, self.wake)
+        att = self.attempts[job.id] = Attempt(job.id, attempt, pg, placing_since=now)
+        self._launch(job, att)
 
     def _step_placing(self, job: JobRecord, now: float) -> None:
         att = self.attempts.get(job.id)
-        if att is None:  # we restarted while it was placing: find its placement group again
-            spec = JobSpec.model_validate(job.spec)
+        if att is None:  # we restarted while it was placing: its ranks died with us; reuse its group
+            spec = self._spec(job)
             name = pg_name(job.id, job.attempt)
             pg = self.ops.get_pg(name) or self.ops.create_pg(name, spec.bundles(), spec.placement_strategy.value)
             att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now)
-            self.ops.watch_pg(pg, self.wake)
-        if self.ops.pg_ready(att.pg):
+        if att.refs is None:
             self._launch(job, att)
-            self.store.transition(job.id, JobState.PLACING, JobState.RUNNING, reason="gang placed", now=now,
-                                  attempt_started_at=now, started_at=job.started_at or now)
+        if self.ops.pg_ready(att.pg):
+            att.placed = True
+            job = self.store.transition(job.id, JobState.PLACING, JobState.RUNNING, reason="gang placed", now=now,
+                                        attempt_started_at=now, started_at=job.started_at or now)
+            self._step_running(job, now)  # a short job may already be done
         elif now - att.placing_since > C.PLACEMENT_TIMEOUT_S:
             self._teardown(self.attempts.pop(job.id))
             self.store.transition(job.id, JobState.PLACING, JobState.PENDING, now=now,
                                   reason=f"placement not ready after {C.PLACEMENT_TIMEOUT_S:.0f}s; queued again")
 
     def _launch(self, job: JobRecord, att: Attempt) -> None:
-        spec = JobSpec.model_validate(job.spec)
+        spec = self._spec(job)
         bundle = spec.resources.bundle()
         refs: list = []
         try:
@@ -296,7 +320,7 @@ class CoordinatorCore:
             att.first_failure_at = now
         settled = att.first_failure_at is not None and now - att.first_failure_at >= C.FAILURE_SETTLE_S
         outcome, error = classify(results, settled)
-        spec = JobSpec.model_validate(job.spec)
+        spec = self._spec(job)
         if outcome == AttemptOutcome.RUNNING:
             if spec.max_runtime_s and job.attempt_started_at and now - job.attempt_started_at > spec.max_runtime_s:
                 self._teardown(self.attempts.pop(job.id))
@@ -404,6 +428,10 @@ class Coordinator:
 
     def report(self, job_id: str, attempt: int, step: int | None, metrics: dict) -> None:
         self.core.report(job_id, attempt, step, metrics)
+
+    def rank_started(self, job_id: str, attempt: int, rank: int) -> None:
+        """Called by rank 0 as it starts: move the job to RUNNING now rather than at the next tick."""
+        self.core.wake()
 
     def cluster_status(self) -> dict:
         return self.core.cluster_status()

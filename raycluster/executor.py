@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 from datetime import timedelta
@@ -105,33 +106,31 @@ def _json_safe(value: Any) -> Any:
 def run_rank(launch: dict[str, Any]) -> dict[str, Any]:
     """Body of one gang member's Ray task. ``launch`` is built by the Coordinator."""
     import ray
-    import torch
 
     from raycluster import constants as C
     from raycluster.context import TrainContext
 
     rank, world = launch["rank"], launch["world_size"]
+    if rank == 0 and launch.get("coordinator") is not None:
+        launch["coordinator"].rank_started.remote(launch["job_id"], launch["attempt"], rank)
     out: dict[str, Any] = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     # 1. user code import: a failure here is the user's.
     try:
         fn = resolve_entrypoint(launch["entrypoint"])
     except EntrypointError as exc:
         return {**out, "status": "user_error", "error": str(exc)}
-    # 2. runtime setup: failures here are the system's.
-    use_cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
-    device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
+    # 2. runtime setup: failures here are the system's. torch is only imported if the job uses it.
     try:
-        if world > 1:
-            _init_distributed(launch["job_id"], launch["attempt"], rank, world, "nccl" if use_cuda else "gloo",
-                              C.RENDEZVOUS_TIMEOUT_S)
         ctx = TrainContext(
             job_id=launch["job_id"], attempt=launch["attempt"], rank=rank, world_size=world,
-            config=launch["config"], device=device, checkpoint_root=launch["checkpoint_root"],
+            config=launch["config"], device=None, gpu_assigned=bool(ray.get_gpu_ids()),
+            checkpoint_root=launch["checkpoint_root"],
             checkpoint_policy=launch["checkpoint_policy"], checkpoint_manager=launch.get("checkpoint_manager"),
             coordinator=launch.get("coordinator"),
         )
+        if world > 1:
+            backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+            _init_distributed(launch["job_id"], launch["attempt"], rank, world, backend, C.RENDEZVOUS_TIMEOUT_S)
     except Exception:
         _destroy_pg()
         return {**out, "status": "system_error", "error": traceback.format_exc()}
@@ -152,9 +151,10 @@ def run_rank(launch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _destroy_pg() -> None:
+    dist = sys.modules.get("torch.distributed")  # never import torch just to find nothing to destroy
+    if dist is None:
+        return
     try:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     except Exception:  # best effort

@@ -67,8 +67,8 @@ class RayOps:
             return None
 
     def pg_ready(self, pg: PlacementGroup) -> bool:
-        ready, _ = ray.wait([pg.ready()], timeout=0)
-        return bool(ready)
+        """Is the group placed? Asks the GCS (``pg.ready()`` would submit a probe task per call)."""
+        return ray.util.placement_group_table(pg).get("state") == "CREATED"
 
     def remove_pg(self, pg: PlacementGroup | None) -> None:
         if pg is None:
@@ -140,9 +140,6 @@ class RayOps:
                 ref.future().add_done_callback(lambda _f: callback())
             except Exception as exc:  # the periodic tick still sees it
                 log.debug("watch: %s", exc)
-
-    def watch_pg(self, pg: PlacementGroup, callback) -> None:
-        self.watch([pg.ready()], callback)
 
     # ------------------------------------------------------------- validation
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None:
