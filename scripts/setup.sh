@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "raycluster needs Python >= 3.11")'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c 'import torch' 2>/dev/null || .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -vE "^WARNING: Location|^\s*$|!!|wheel_obj|^\s+\*+" || true
-.venv/bin/python -c 'import raycluster, ray, torch; print(f"raycluster ready: ray {ray.__version__}, torch {torch.__version__}")'
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+step() {  # run quietly; show the log only when it fails
+  if ! "$@" >"$log" 2>&1; then echo "setup failed: $*" >&2; tail -40 "$log" >&2; exit 1; fi
+}
+step .venv/bin/python -m pip install --upgrade pip
+.venv/bin/python -c 'import torch' 2>/dev/null || step .venv/bin/python -m pip install torch==2.13.0
+step .venv/bin/python -m pip install -e '.[test]'
+.venv/bin/python -W ignore -c 'import raycluster, ray, torch; print(f"raycluster ready: ray {ray.__version__}, torch {torch.__version__}")'
