@@ -29,7 +29,7 @@ What this module owns
   It only ever signals processes it started: a node's process group, the descendants of the node's
   root process, and processes that carry the node's ``RAYCLUSTER_LOCAL_NODE=<cluster>/<node>``
   environment tag (Ray workers inherit the raylet's environment but run in their own process
-  groups, and are re-parented when a raylet dies). Never ``ray stop``, ``pkill`` or ``killall``.
+  groups, and are re-parented when a raylet dies). Never a cluster-wide stop command and never a kill by process name.
 
 Auth (Ray 2.60 token authentication)
 ------------------------------------
