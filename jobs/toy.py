@@ -2,6 +2,7 @@
 
 * ``noop``     — returns at once (benchmarks the runtime's own overhead).
 * ``fail``     — raises in user code (exercises the user-error path).
+* ``chatty``   — prints and logs known lines on every rank (exercises rank logs).
 * ``counter``  — a deterministic checkpointing loop: sums pseudo-random numbers drawn from the
   global RNGs for ``steps`` steps, sleeping ``sleep_per_step_s``; the result depends on every
   RNG draw, so a resume that loses RNG state or data position gives a different ``total``.
@@ -9,7 +10,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
 import time
 
 
@@ -19,6 +22,15 @@ def noop(ctx):
 
 def fail(ctx):
     raise ValueError(f"deliberate failure in user code (rank {ctx.rank})")
+
+
+def chatty(ctx):
+    n = int(ctx.config.get("lines", 3))
+    for i in range(n):
+        print(f"chatty rank {ctx.rank} attempt {ctx.attempt} line {i}")
+    print(f"chatty rank {ctx.rank} to stderr", file=sys.stderr)
+    logging.getLogger("chatty").warning("chatty rank %d logged", ctx.rank)
+    return {"rank": ctx.rank, "lines": n}
 
 
 def counter(ctx):

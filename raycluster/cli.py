@@ -3,7 +3,11 @@
 Owns: argument parsing, human tables, ``--json`` output and exit codes:
 0 ok · 1 a job ended FAILED/CANCELLED (submit --wait, demo) or an unexpected error ·
 2 invalid input (bad spec, bad arguments) · 3 cluster/runtime unavailable · 4 job not found ·
-5 illegal transition (e.g. cancel a finished job).
+5 illegal transition (e.g. cancel a finished job) · 6 unauthorised (HTTP API token missing or wrong).
+
+``--address`` is a Ray address (the Ray client, ``runtime.Client``), or ``http(s)://host:port`` of
+the HTTP control API (``httpclient.HttpClient``; token from ``--token-file``, ``RAYCLUSTER_API_TOKEN``
+or ``<state_dir>/api_token``, in that order).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 
 from raycluster import constants as C
 from raycluster.errors import (ClusterUnavailable, IllegalTransition, InvalidJobSpec, JobNotFound,
-                               RayClusterError)
+                               RayClusterError, Unauthorized)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_ILLEGAL = 0, 1, 2, 3, 4, 5
+EXIT_UNAUTHORIZED = 6
 
 DEMO_SPECS = ("configs/jobs/cnn.yaml", "configs/jobs/transformer.yaml", "configs/jobs/lstm.yaml")
 
@@ -52,7 +57,19 @@ def jobs_table(jobs: list[dict]) -> str:
     return "\n".join([line(cols), *(line(r) for r in rows)])
 
 
+class _BadArgument(Exception):
+    pass
+
+
 def _client(args):
+    from raycluster.httpclient import HttpClient, is_http_address, resolve_token
+
+    if is_http_address(args.address):
+        try:
+            token = resolve_token(args.token_file, args.state_dir)
+        except OSError as exc:
+            raise _BadArgument(f"cannot read the API token: {exc}") from None
+        return HttpClient(args.address, token)
     from raycluster.runtime import Client, connect
 
     connect(args.address, Path(args.state_dir))
@@ -83,10 +100,17 @@ def cmd_up(args) -> int:
     start_runtime(state_dir)
     info = {"address": lc.address, "dashboard_url": getattr(lc, "dashboard_url", None),
             "state_dir": str(state_dir)}
+    if args.api_port:
+        from raycluster.api import deploy_api
+
+        api = deploy_api(state_dir, port=args.api_port)
+        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None)
     if args.json:
         _print_json(info)
     else:
         print(f"runtime actors up · dashboard {info['dashboard_url']} · state in {state_dir}")
+        if info.get("api_url"):
+            print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
         print(f"submit a job:  raycluster submit configs/jobs/cnn.yaml")
     return EXIT_OK
 
@@ -186,6 +210,40 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def cmd_logs(args) -> int:
+    logs = _client(args).logs(args.job_id, args.tail)
+    if args.json:
+        _print_json(logs)
+        return EXIT_OK
+    if not logs:
+        print(f"no logs for {args.job_id} yet", file=sys.stderr)
+    for entry in logs:
+        print(f"==> attempt {entry['attempt']} rank {entry['rank']} <==")
+        for line in entry["lines"]:
+            print(line)
+    return EXIT_OK
+
+
+def cmd_env(args) -> int:
+    """Shell exports for Ray's own tools (``ray job submit``, ``ray status``) against the local cluster:
+    the dashboard address and, on a token cluster, the auth token's path."""
+    import shlex
+
+    from raycluster.localcluster import driver_env, read_record
+
+    record = read_record(Path(args.state_dir))
+    if not record or record.get("removed"):
+        raise ClusterUnavailable(f"no local cluster recorded under {args.state_dir}; start one with "
+                                 f"`raycluster up --local`")
+    env = {"RAY_API_SERVER_ADDRESS": record["dashboard_url"], **driver_env(Path(args.state_dir))}
+    if args.json:
+        _print_json(env)
+    else:
+        for k, v in env.items():
+            print(f"export {k}={shlex.quote(str(v))}")
+    return EXIT_OK
+
+
 def cmd_cancel(args) -> int:
     job = _client(args).cancel(args.job_id)
     _print_json(job) if args.json else print(f"{job['id']} {job['state']}")
@@ -239,7 +297,11 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raycluster", description="Run many ML training jobs on a Ray cluster.")
     p.add_argument("--state-dir", default=str(C.state_dir()), help="state directory (default %(default)s)")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or the local cluster)")
+    p.add_argument("--address", default=None,
+                   help="Ray address (default: RAY_ADDRESS or the local cluster), or http(s)://host:port of the "
+                        "raycluster HTTP API")
+    p.add_argument("--token-file", default=None,
+                   help="HTTP API token file (default: RAYCLUSTER_API_TOKEN, else <state-dir>/api_token)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -250,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("up", help="start a cluster and the runtime actors")
     sp.add_argument("--local", action="store_true", help="embedded local cluster on this machine")
+    sp.add_argument("--api-port", type=int, default=C.API_PORT,
+                    help="port of the HTTP control API on 127.0.0.1 (default %(default)s; 0 = no API)")
     cluster_shape(sp)
     sp.set_defaults(fn=cmd_up)
     sp = sub.add_parser("down", help="stop the local cluster started by `up`")
@@ -272,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("cancel", help="cancel a job")
     sp.add_argument("job_id")
     sp.set_defaults(fn=cmd_cancel)
+    sp = sub.add_parser("logs", help="last lines of each rank's log of a job (per attempt)")
+    sp.add_argument("job_id")
+    sp.add_argument("--tail", type=int, default=200, help="lines per rank log (default %(default)s)")
+    sp.set_defaults(fn=cmd_logs)
+    sp = sub.add_parser("env", help="shell exports for `ray job submit` & co. against the local cluster "
+                                    "(eval \"$(raycluster env)\")")
+    sp.set_defaults(fn=cmd_env)
     sp = sub.add_parser("demo", help="local cluster + three example jobs at once, then stop")
     cluster_shape(sp)
     sp.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
@@ -296,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterUnavailable as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except Unauthorized as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_UNAUTHORIZED
+    except _BadArgument as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except RayClusterError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_JOB_FAILED

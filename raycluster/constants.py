@@ -49,6 +49,9 @@ ENTRYPOINT_CHECK_TIMEOUT_S = _env_float("ENTRYPOINT_CHECK_TIMEOUT_S", 60.0)
 ENTRYPOINT_CHECK_CACHE_S = _env_float("ENTRYPOINT_CHECK_CACHE_S", 30.0)
 NODE_TOTALS_TTL_S = _env_float("NODE_TOTALS_TTL_S", 2.0)
 RENDEZVOUS_TIMEOUT_S = _env_float("RENDEZVOUS_TIMEOUT_S", 120.0)
+# Packages a job's runtime_env refers to by gcs:// URI (what `ray job submit --working-dir` uploads)
+# are pinned in the GCS for this long, renewed every third of it while the job is not finished.
+PACKAGE_PIN_S = _env_int("PACKAGE_PIN_S", 600)
 
 # --- admission ----------------------------------------------------------------------------------
 # A job that cannot be placed stops backfilling (smaller, lower-priority jobs may no longer jump
@@ -82,3 +85,18 @@ CHECKPOINT_WRITE_QUEUE = _env_int("CHECKPOINT_WRITE_QUEUE", 2)
 LOCAL_AUTH_MODE = _env_str("LOCAL_AUTH_MODE", "token")
 # How long stop()/kill_node() wait for SIGKILLed processes to disappear before giving up.
 LOCAL_NODE_KILL_WAIT_S = _env_float("LOCAL_NODE_KILL_WAIT_S", 5.0)
+
+# --- HTTP control API (raycluster/api.py, a Ray Serve application) ------------------------------
+API_PORT = _env_int("API_PORT", 8000)
+# Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).
+API_MAX_BODY_BYTES = _env_int("API_MAX_BODY_BYTES", 1024 * 1024)
+# How long one API request waits for a runtime actor before answering 503 (submit waits at least
+# ENTRYPOINT_CHECK_TIMEOUT_S + 10 s, since it imports the entrypoint on a worker).
+API_ACTOR_TIMEOUT_S = _env_float("API_ACTOR_TIMEOUT_S", 30.0)
+# The value of Retry-After on 503 answers (seconds).
+API_RETRY_AFTER_S = _env_int("API_RETRY_AFTER_S", 2)
+# /cluster/status and /nodes are computed at most this often per API replica; concurrent requests share one.
+API_STATUS_CACHE_S = _env_float("API_STATUS_CACHE_S", 0.5)
+API_NUM_REPLICAS = _env_int("API_NUM_REPLICAS", 1)
+# Concurrent requests one API replica takes (its handlers are async and only await actor calls).
+API_MAX_ONGOING_REQUESTS = _env_int("API_MAX_ONGOING_REQUESTS", 256)

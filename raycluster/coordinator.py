@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -31,12 +33,47 @@ from raycluster import constants as C
 from raycluster.admission import AdmissionContext, QueuedJob, decide_admission, infeasible_reason, place
 from raycluster.errors import (ClusterUnavailable, EntrypointImportError, IllegalTransition, InfeasibleJob,
                                InvalidJobSpec, RayClusterError)
+from raycluster.executor import rank_log_path
 from raycluster.recovery import Action, AttemptOutcome, RankStatus, classify, decide_recovery
 from raycluster.rayops import RayOps, pg_name
 from raycluster.spec import JobSpec, parse_spec
 from raycluster.state import ACTIVE_STATES, JobRecord, JobState, JobStore
 
 log = logging.getLogger("raycluster.coordinator")
+
+_LOG_NAME_RE = re.compile(r"^a(\d+)-r(\d+)\.log$")
+MAX_LOG_TAIL_LINES = 100_000
+
+
+def _tail_lines(path: Path, n: int, chunk: int = 64 * 1024) -> list[str]:
+    """The last ``n`` lines of a text file (read backwards in chunks; no trailing newlines)."""
+    if n <= 0:
+        return []
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        pos = f.tell()
+        data = b""
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-n:]
+
+
+def gcs_uris(runtime_env: dict | None) -> list[str]:
+    """The gcs:// package URIs a runtime_env refers to (working_dir, py_modules)."""
+    if not runtime_env:
+        return []
+    out = []
+    wd = runtime_env.get("working_dir")
+    if isinstance(wd, str) and wd.startswith("gcs://"):
+        out.append(wd)
+    for m in runtime_env.get("py_modules") or []:
+        if isinstance(m, str) and m.startswith("gcs://"):
+            out.append(m)
+    return out
 
 
 @dataclass
@@ -78,6 +115,8 @@ class CoordinatorCore:
         self._specs: dict[str, JobSpec] = {}
         self._totals: tuple[float, dict] = (0.0, {})
         self._last_sweep = 0.0
+        self._last_pin = 0.0
+        self.log_dir = self.state_dir / "logs"
         self.started_at = clock()
 
     # =========================================================================== API
@@ -101,6 +140,8 @@ class CoordinatorCore:
                 raise
             return existing.to_dict()
         log.info("submitted %s (%s, priority %d, %d workers)", rec.id, spec.name, spec.priority, spec.num_workers)
+        if gcs_uris(spec.runtime_env):  # keep uploaded packages alive after the submitting Ray job ends
+            self._guard("pin packages", self.ops.pin_uris, gcs_uris(spec.runtime_env), C.PACKAGE_PIN_S)
         self._wake.set()
         return rec.to_dict()
 
@@ -144,6 +185,30 @@ class CoordinatorCore:
         self.store.get(job_id)
         self._flush_metrics()
         return self.store.metrics_history(job_id, limit)
+
+    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+        """The last ``tail_lines`` lines of every rank log of the job:
+        ``[{"attempt": a, "rank": r, "lines": [...]}, ...]``, attempts then ranks ascending."""
+        self.store.get(job_id)  # JobNotFound
+        n = max(0, min(int(tail_lines), MAX_LOG_TAIL_LINES))
+        job_dir = rank_log_path(self.log_dir, job_id, 0, 0).parent
+        found = []
+        try:
+            names = os.listdir(job_dir)
+        except OSError:  # no rank has started yet
+            return []
+        for name in names:
+            m = _LOG_NAME_RE.match(name)
+            if m:
+                found.append((int(m.group(1)), int(m.group(2)), job_dir / name))
+        out = []
+        for attempt, rank, path in sorted(found):
+            try:
+                lines = _tail_lines(path, n)
+            except OSError:
+                continue
+            out.append({"attempt": attempt, "rank": rank, "lines": lines})
+        return out
 
     def cancel(self, job_id: str) -> dict:
         with self._lock:
@@ -221,6 +286,9 @@ class CoordinatorCore:
             if now - self._last_sweep > 30:
                 self._last_sweep = now
                 self._guard("sweep", self._sweep_placement_groups)
+            if now - self._last_pin > C.PACKAGE_PIN_S / 3:
+                self._last_pin = now
+                self._guard("pin packages", self._pin_packages, jobs)
 
     def _guard(self, what: str, fn, *args) -> None:
         try:
@@ -303,7 +371,7 @@ class CoordinatorCore:
                 "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
                 "entrypoint": spec.entrypoint, "config": spec.config, "checkpoint_root": self.checkpoint_root,
                 "checkpoint_policy": spec.checkpoint.model_dump(), "checkpoint_manager": self.cm,
-                "coordinator": self.handle,
+                "coordinator": self.handle, "log_dir": str(self.log_dir),
             }
             refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
                                              f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))
@@ -362,6 +430,14 @@ class CoordinatorCore:
             pending = [ref for ref, r in zip(att.refs, self.ops.poll(att.refs)) if r.status == RankStatus.RUNNING]
             self.ops.cancel(pending)
         self.ops.remove_pg(att.pg)
+
+    def _pin_packages(self, jobs: list[JobRecord]) -> None:
+        """Renew the GCS pins of the uploaded packages (working_dir, py_modules) of every job not yet
+        finished: Ray deletes a package once no job, actor or worker refers to it, and the Ray job
+        that uploaded it (``ray job submit --working-dir``) may end long before our job is placed."""
+        uris = sorted({u for j in jobs for u in gcs_uris(self._spec(j).runtime_env)})
+        if uris:
+            self.ops.pin_uris(uris, C.PACKAGE_PIN_S)
 
     def _sweep_placement_groups(self) -> None:
         keep = {pg_name(j.id, j.attempt) for j in self.store.list(list(ACTIVE_STATES))}
@@ -425,6 +501,9 @@ class Coordinator:
 
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         return self.core.metrics(job_id, limit)
+
+    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+        return self.core.logs(job_id, tail_lines)
 
     def report(self, job_id: str, attempt: int, step: int | None, metrics: dict) -> None:
         self.core.report(job_id, attempt, step, metrics)

@@ -67,6 +67,12 @@ class ClusterUnavailable(RayClusterError):
     retryable = True
 
 
+class Unauthorized(RayClusterError):
+    """The HTTP API refused the request's bearer token (missing or wrong); retrying will not help."""
+
+    code = "unauthorized"
+
+
 class LocalClusterError(RayClusterError):
     """Starting or stopping the embedded local cluster failed."""
 

@@ -11,6 +11,13 @@ ended as a plain dict so the Coordinator can tell user-code errors from system f
 
 Failures Ray itself reports (worker crashed, node died, OOM-killed) surface as exceptions from
 ``ray.get`` on the task's ObjectRef and are classified by the Coordinator.
+
+Rank logs: while the rank runs, Python-level ``sys.stdout``/``sys.stderr`` writes (``print``,
+``logging`` to stderr, tracebacks) are also appended to ``<log_dir>/<job_id>/a<attempt>-r<rank>.log``
+(``log_dir`` comes in the launch dict; the Coordinator reads these files back for
+``Coordinator.logs``). The original streams still get every write, so Ray's own log capture and
+the dashboard keep working. Output written straight to file descriptors 1/2 (C extensions,
+subprocesses) is not captured.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from datetime import timedelta
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +112,128 @@ def _json_safe(value: Any) -> Any:
         return repr(value)
 
 
+def rank_log_path(log_dir: str | Path, job_id: str, attempt: int, rank: int) -> Path:
+    return Path(log_dir) / job_id / f"a{attempt}-r{rank}.log"
+
+
+class _Tee:
+    """A text stream that writes to the original stream and to a log file."""
+
+    def __init__(self, original: TextIO, file: TextIO, lock: threading.Lock):
+        self._original = original
+        self._file = file
+        self._lock = lock
+
+    def write(self, data: str) -> int:
+        try:
+            n = self._original.write(data)
+        except Exception:  # a broken original stream must not break training
+            n = len(data)
+        if data:
+            with self._lock:
+                try:
+                    self._file.write(data)
+                    if "\n" in data:
+                        self._file.flush()
+                except (OSError, ValueError):  # disk full, file closed by restore: keep training
+                    pass
+        return n
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._original.flush()
+        except Exception:
+            pass
+        with self._lock:
+            try:
+                self._file.flush()
+            except (OSError, ValueError):
+                pass
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding, errors, buffer, ...
+        return getattr(self._original, name)
+
+
+class _RankLogCapture:
+    """Tee sys.stdout/sys.stderr (and logging handlers bound to them) into the rank's log file."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._file: TextIO | None = None
+        self._saved: tuple | None = None
+        self._handlers: list[tuple[logging.StreamHandler, Any]] = []
+
+    def __enter__(self) -> "_RankLogCapture":
+        if self.path is None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8", errors="replace")
+        except OSError as exc:  # logs are best effort: never fail a rank for them
+            log.warning("cannot open rank log %s: %s", self.path, exc)
+            return self
+        lock = threading.Lock()
+        out, err = sys.stdout, sys.stderr
+        self._saved = (out, err)
+        tees = {}
+        if out is not None:
+            tees[id(out)] = sys.stdout = _Tee(out, self._file, lock)
+        if err is not None:
+            tees[id(err)] = sys.stderr = _Tee(err, self._file, lock)
+        # handlers created before now (logging.basicConfig in an earlier task of this worker) hold
+        # the original stream object: point them at the tee for the duration of the rank
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            if not isinstance(lg, logging.Logger) or lg.name == "ray" or lg.name.startswith("ray."):
+                continue
+            for h in lg.handlers:
+                if type(h) is logging.StreamHandler and id(getattr(h, "stream", None)) in tees:
+                    self._handlers.append((h, h.stream))
+                    h.stream = tees[id(h.stream)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for h, stream in self._handlers:
+            if isinstance(h.stream, _Tee):
+                h.stream = stream
+        self._handlers.clear()
+        if self._saved is not None:
+            for tee in (sys.stdout, sys.stderr):
+                if isinstance(tee, _Tee):
+                    tee.flush()
+            out, err = self._saved
+            if isinstance(sys.stdout, _Tee):
+                sys.stdout = out
+            if isinstance(sys.stderr, _Tee):
+                sys.stderr = err
+            self._saved = None
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+
+def _log_path_of(launch: dict[str, Any]) -> Path | None:
+    log_dir = launch.get("log_dir")
+    if not log_dir and launch.get("checkpoint_root"):
+        log_dir = Path(launch["checkpoint_root"]).parent / "logs"
+    if not log_dir:
+        return None
+    return rank_log_path(log_dir, launch["job_id"], launch["attempt"], launch["rank"])
+
+
 def run_rank(launch: dict[str, Any]) -> dict[str, Any]:
     """Body of one gang member's Ray task. ``launch`` is built by the Coordinator."""
+    with _RankLogCapture(_log_path_of(launch)):
+        return _run_rank(launch)
+
+
+def _run_rank(launch: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     from raycluster import constants as C
@@ -139,6 +268,7 @@ def run_rank(launch: dict[str, Any]) -> dict[str, Any]:
         result = fn(ctx)
     except BaseException:
         err = traceback.format_exc()
+        print(f"raycluster: train() of rank {rank} raised:\n{err}", file=sys.stderr, flush=True)
         _destroy_pg()  # close sockets so peers fail fast instead of hanging in a collective
         return {**out, "status": "user_error", "error": err}
     try:

@@ -141,6 +141,20 @@ class RayOps:
             except Exception as exc:  # the periodic tick still sees it
                 log.debug("watch: %s", exc)
 
+    # ------------------------------------------------------------- packages
+    def pin_uris(self, uris: list[str], expiration_s: int) -> None:
+        """Add a temporary GCS reference (``expiration_s``) to each uploaded runtime_env package."""
+        from ray._private.runtime_env.packaging import package_exists, pin_runtime_env_uri
+
+        for uri in uris:
+            try:
+                if package_exists(uri):
+                    pin_runtime_env_uri(uri, expiration_s=int(expiration_s))
+                else:
+                    log.warning("runtime_env package %s is no longer in the GCS", uri)
+            except Exception as exc:  # best effort: the job still holds its own reference
+                log.warning("cannot pin %s: %s", uri, exc)
+
     # ------------------------------------------------------------- validation
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None:
         opts = {"runtime_env": runtime_env} if runtime_env else {}

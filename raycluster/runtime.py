@@ -142,6 +142,10 @@ class Client:
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         return self._call("metrics", job_id, limit)
 
+    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+        """Last lines of each rank's log: ``[{"attempt", "rank", "lines"}, ...]``."""
+        return self._call("logs", job_id, tail_lines)
+
     def cluster_status(self) -> dict:
         return self._call("cluster_status")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,12 @@ def rc(state_dir, *args, timeout=300, check_code=None):
     return proc
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def recorded_pids(state_dir):
     rec = json.loads((Path(state_dir) / "local-cluster" / "cluster.json").read_text())
     return [n["pid"] for n in rec["nodes"]]
@@ -42,9 +49,12 @@ def test_cli_lifecycle(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nentrypoint: jobs.toy:counter\npriority: -3\n")
     try:
-        up = rc(state, "--json", "up", "--local", "--workers", "2", check_code=0)
+        api_port = free_port()
+        up = rc(state, "--json", "up", "--local", "--workers", "2", "--api-port", str(api_port), check_code=0)
         pids = recorded_pids(state)
-        assert json.loads(up.stdout[up.stdout.index("{"):])["address"].startswith("127.0.0.1:")
+        info = json.loads(up.stdout[up.stdout.index("{"):])
+        assert info["address"].startswith("127.0.0.1:") and info["api_url"].endswith(f":{api_port}")
+        assert (state / "api_token").stat().st_mode & 0o777 == 0o600
 
         done = rc(state, "submit", str(spec), "--wait", check_code=0)
         assert "SUCCEEDED" in done.stdout
@@ -54,11 +64,18 @@ def test_cli_lifecycle(tmp_path):
         detail = json.loads(rc(state, "--json", "status", jid, check_code=0).stdout)
         assert [t["to"] for t in detail["transitions"]][-1] == "SUCCEEDED"
         assert "nodes 3" in rc(state, "status", check_code=0).stdout
+        logs = rc(state, "logs", jid, "--tail", "5", check_code=0).stdout
+        assert "==> attempt 1 rank 0 <==" in logs and "==> attempt 1 rank 1 <==" in logs
+        assert "not found" in rc(state, "logs", "job-000000000000", check_code=4).stderr
 
         err = rc(state, "submit", str(bad), check_code=2)
         assert "priority" in err.stderr and "Traceback" not in err.stderr
         assert "not found" in rc(state, "status", "job-000000000000", check_code=4).stderr
         assert "already SUCCEEDED" in rc(state, "cancel", jid, check_code=5).stderr
+
+        # the same queue over HTTP, through the Serve API, with the token from the state dir
+        over_http = json.loads(rc(state, "--address", info["api_url"], "--json", "jobs", check_code=0).stdout)
+        assert [j["id"] for j in over_http] == [jid]
 
         lid = rc(state, "submit", str(long), check_code=0).stdout.strip()
         assert rc(state, "cancel", lid, check_code=0).stdout.split() == [lid, "CANCELLED"]

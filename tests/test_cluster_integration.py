@@ -100,7 +100,7 @@ def test_node_killed_mid_training_resumes_with_identical_result(cluster, client)
 @pytest.mark.timeout(240)
 def test_coordinator_killed_during_run_loses_nothing(cluster, client):
     coord = cluster["coord"]
-    ids = [client.submit(counter_spec(f"survivor-{i}", steps=80, sleep=0.1, workers=1 + i % 2))["id"]
+    ids = [client.submit(counter_spec(f"survivor-{i}", steps=200, sleep=0.1, workers=1 + i % 2))["id"]
            for i in range(3)]
     wait_for(lambda: all(state_of(client, j) == "RUNNING" for j in ids), 60, "all three RUNNING")
     wait_for(lambda: all(client.get(j)["last_metrics"].get("step", 0) >= 10 for j in ids), 60, "progress")
@@ -118,7 +118,7 @@ def test_coordinator_killed_during_run_loses_nothing(cluster, client):
     queued_during = client.submit(counter_spec("after-restart", steps=5))["id"]
     final = client.wait(ids + [queued_during], timeout_s=180)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 4, [(j["state"], j["error"]) for j in final]
-    undisturbed = client.wait([client.submit(counter_spec("undisturbed", steps=80))["id"]], timeout_s=60)[0]
+    undisturbed = client.wait([client.submit(counter_spec("undisturbed", steps=200))["id"]], timeout_s=60)[0]
     for j in final[:3]:
         assert "coordinator restarted" in " ".join(t["reason"] or "" for t in j["transitions"])
         assert j["system_restarts"] == 0  # a control-plane restart is not the job's fault

@@ -9,7 +9,7 @@ import pytest
 
 from raycluster import constants as C
 from raycluster.coordinator import CoordinatorCore
-from raycluster.errors import EntrypointImportError, IllegalTransition, InfeasibleJob
+from raycluster.errors import EntrypointImportError, IllegalTransition, InfeasibleJob, JobNotFound
 from raycluster.recovery import RankResult, RankStatus
 
 
@@ -29,6 +29,7 @@ class FakeOps:
         self.bad_entrypoints = set()
         self.auto_ready = True
         self.watched = []
+        self.pinned = []
 
     def node_resources(self):
         free = {n: dict(r) for n, r in self.total.items()}
@@ -77,6 +78,9 @@ class FakeOps:
 
     def watch(self, refs, callback):
         self.watched.extend(refs)
+
+    def pin_uris(self, uris, expiration_s):
+        self.pinned.append((tuple(uris), expiration_s))
 
     def check_entrypoint(self, ep, runtime_env, timeout_s):
         return "no such module" if ep in self.bad_entrypoints else None
@@ -294,3 +298,48 @@ def test_metrics_are_buffered_then_persisted(env):
     tick(core, clock)
     assert core.get(jid)["last_metrics"] == {"loss": 1.0, "step": 20}
     assert [m["step"] for m in core.metrics(jid)] == [10, 20]
+
+
+def test_rank_logs_tail_per_attempt_and_rank(env):
+    core, ops, clock, tmp = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock)
+    tick(core, clock)
+    assert core.logs(jid) == []
+    from raycluster.executor import rank_log_path
+
+    for attempt, rank, n in ((2, 0, 3), (1, 1, 5), (1, 0, 300), (10, 0, 1)):
+        p = rank_log_path(tmp / "logs", jid, attempt, rank)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("".join(f"a{attempt} r{rank} line {i}\n" for i in range(n)))
+    (p.parent / "junk.txt").write_text("ignored")
+    out = core.logs(jid)
+    assert [(e["attempt"], e["rank"]) for e in out] == [(1, 0), (1, 1), (2, 0), (10, 0)]
+    assert len(out[0]["lines"]) == 200 and out[0]["lines"][-1] == "a1 r0 line 299"
+    assert out[1]["lines"] == [f"a1 r1 line {i}" for i in range(5)]
+    assert [e["lines"] for e in core.logs(jid, tail_lines=2)][2] == ["a2 r0 line 1", "a2 r0 line 2"]
+    assert all(e["lines"] == [] for e in core.logs(jid, tail_lines=0))
+    with pytest.raises(JobNotFound):
+        core.logs("job-nope")
+
+
+def test_launch_carries_log_dir_and_uploaded_packages_are_pinned(env, monkeypatch):
+    core, ops, clock, tmp = env
+    launches = []
+    real = ops.launch_rank
+    monkeypatch.setattr(ops, "launch_rank", lambda *a: launches.append(a[3]) or real(*a))
+    uri = "gcs://_ray_pkg_0123456789abcdef.zip"
+    jid = core.submit(spec(runtime_env={"working_dir": uri, "py_modules": [uri.replace("0123", "3210"), "s3://x"]}))["id"]
+    assert ops.pinned and ops.pinned[0][0] == (uri, uri.replace("0123", "3210"))  # pinned at submit
+    tick(core, clock)
+    tick(core, clock)
+    assert launches[0]["log_dir"] == str(tmp / "logs")
+    ops.pinned.clear()
+    clock.t += C.PACKAGE_PIN_S  # renewed while the job is not finished
+    core.reconcile_once()
+    assert ops.pinned and uri in ops.pinned[0][0]
+    core.cancel(jid)
+    ops.pinned.clear()
+    clock.t += C.PACKAGE_PIN_S
+    core.reconcile_once()
+    assert ops.pinned == []  # finished jobs' packages are left to Ray

@@ -1,0 +1,258 @@
+"""A client of the HTTP control API (raycluster/api.py) with the same methods as ``runtime.Client``.
+
+Owns: talking to ``http(s)://host:port`` with ``Authorization: Bearer <token>`` over ``requests``,
+turning the API's JSON errors (``{"error": {"code", "message", "field"?, "retryable"}}``) back into
+raycluster's typed exceptions, and retrying what is safe to retry:
+
+* 401/403 → :class:`Unauthorized`; 404 → :class:`JobNotFound`; 409 → :class:`IllegalTransition`;
+  422 → :class:`InvalidJobSpec` (``EntrypointImportError`` / ``InfeasibleJob`` by code) with
+  ``field``; 413 → :class:`InvalidJobSpec`; 502/503/504 and connection errors →
+  :class:`ClusterUnavailable` once the retries are spent; anything else → :class:`RayClusterError`.
+* Every call is retried on 502/503/504 and on connection errors, with exponential backoff (and at
+  least the server's ``Retry-After``, capped): GET and DELETE are idempotent, and ``submit`` always
+  sends an ``Idempotency-Key`` — the same on every retry — so a retried POST cannot create a second
+  job. A ``cancel`` whose retry answers 409 because an earlier, unanswered try already cancelled
+  the job returns the cancelled job.
+
+Token lookup for the CLI (:func:`resolve_token`): ``--token-file``, then ``RAYCLUSTER_API_TOKEN``,
+then ``<state_dir>/api_token``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+import requests
+
+from raycluster.errors import (ClusterUnavailable, EntrypointImportError, IllegalTransition, InfeasibleJob,
+                               InvalidJobSpec, JobNotFound, RayClusterError, Unauthorized)
+from raycluster.spec import JobSpec, load_spec, parse_spec
+from raycluster.state import JobState
+
+TOKEN_ENV = "RAYCLUSTER_API_TOKEN"
+TOKEN_FILE = "api_token"
+_RETRY_STATUSES = (502, 503, 504)
+_API_MAX_PAGE = 1000
+_API_MAX_TAIL = 10_000
+
+
+def is_http_address(address: str | None) -> bool:
+    return bool(address) and address.lower().startswith(("http://", "https://"))
+
+
+def resolve_token(token_file: str | Path | None = None, state_dir: str | Path | None = None) -> str | None:
+    """The API token: ``token_file``, else ``RAYCLUSTER_API_TOKEN``, else ``<state_dir>/api_token``.
+
+    An explicit ``token_file`` that cannot be read raises OSError; the others are optional (None)."""
+    if token_file:
+        token = Path(token_file).expanduser().read_text().strip()
+        if not token:
+            raise OSError(f"token file {token_file} is empty")
+        return token
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    if env:
+        return env
+    if state_dir is not None:
+        try:
+            return (Path(state_dir) / TOKEN_FILE).read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+def error_from_response(status: int, body: Any, text: str = "") -> RayClusterError:
+    """The typed exception for an API error answer."""
+    err = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
+    code = err.get("code") or ""
+    message = err.get("message") or (text or "").strip()[:500] or f"HTTP {status}"
+    field = err.get("field")
+    if status in (401, 403):
+        return Unauthorized(f"the raycluster API refused the token ({message}); pass --token-file or set "
+                            f"{TOKEN_ENV}")
+    if status == 404:
+        return JobNotFound(message, field=field)
+    if status == 409:
+        return IllegalTransition(message, field=field)
+    if status == 413:
+        return InvalidJobSpec(message, field=field)
+    if status == 422:
+        cls = {EntrypointImportError.code: EntrypointImportError, InfeasibleJob.code: InfeasibleJob}.get(
+            code, InvalidJobSpec)
+        return cls(message, field=field)
+    if status in _RETRY_STATUSES:
+        return ClusterUnavailable(message, field=field)
+    exc = RayClusterError(f"HTTP {status}: {message}", field=field)
+    if code:
+        exc.code = code
+    return exc
+
+
+class HttpClient:
+    """Synchronous client over the raycluster HTTP API; the same methods as ``runtime.Client``."""
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 120.0,
+                 connect_timeout_s: float = 5.0, retries: int = 4, backoff_s: float = 0.5,
+                 max_backoff_s: float = 8.0, session: requests.Session | None = None):
+        if not is_http_address(base_url):
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = (connect_timeout_s, timeout_s)
+        self.retries = max(0, int(retries))
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._session = session or requests.Session()
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"HttpClient({self.base_url!r})"
+
+    # ------------------------------------------------------------------ transport
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        delay = self.backoff_s * (2 ** attempt) * (1 + 0.25 * random.random())
+        try:
+            delay = max(delay, float(retry_after)) if retry_after else delay
+        except ValueError:
+            pass
+        return min(delay, self.max_backoff_s)
+
+    def _send(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
+              headers: dict[str, str] | None = None) -> tuple[Any, bool]:
+        """(decoded JSON answer, whether an earlier try failed) — or the typed exception."""
+        url = self.base_url + path
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        if self._token:
+            hdrs["Authorization"] = f"Bearer {self._token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        retried = False
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                resp = self._session.request(method, url, params=params, data=data, headers=hdrs,
+                                             timeout=self._timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if last:
+                    raise ClusterUnavailable(f"cannot reach the raycluster API at {self.base_url}: "
+                                             f"{type(exc).__name__}") from None
+                retried = True
+                time.sleep(self._delay(attempt, None))
+                continue
+            if resp.status_code in _RETRY_STATUSES and not last:
+                retried = True
+                time.sleep(self._delay(attempt, resp.headers.get("Retry-After")))
+                continue
+            try:
+                decoded = resp.json() if resp.content else None
+            except ValueError:
+                decoded = None
+            if resp.status_code >= 400:
+                exc = error_from_response(resp.status_code, decoded, resp.text)
+                exc.retried = retried  # type: ignore[attr-defined]
+                raise exc
+            return decoded, retried
+        raise AssertionError("unreachable")
+
+    def _get(self, path: str, **params) -> Any:
+        return self._send("GET", path, params={k: v for k, v in params.items() if v is not None})[0]
+
+    @staticmethod
+    def _job_path(job_id: str, suffix: str = "") -> str:
+        return f"/jobs/{quote(str(job_id), safe='')}{suffix}"
+
+    # ------------------------------------------------------------------ API (as runtime.Client)
+    def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None) -> dict:
+        if isinstance(spec, Path):
+            spec = load_spec(spec)
+        if isinstance(spec, JobSpec):
+            spec = spec.model_dump(mode="json")
+        elif isinstance(spec, str):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise InvalidJobSpec(f"spec is not valid JSON: {exc}") from None
+        parse_spec(spec)  # fail fast, locally, with the same error the server would give
+        key = idempotency_key or f"http-{uuid.uuid4().hex}"  # one key for every retry of this submit
+        return self._send("POST", "/jobs", body=spec, headers={"Idempotency-Key": key})[0]
+
+    def get(self, job_id: str) -> dict:
+        return self._get(self._job_path(job_id))
+
+    def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[dict]:
+        out: list[dict] = []
+        while limit is None or len(out) < limit:
+            page = _API_MAX_PAGE if limit is None else min(_API_MAX_PAGE, limit - len(out))
+            ans = self._get("/jobs", state=list(states) if states else None, tenant=tenant, limit=page,
+                            offset=offset)
+            out.extend(ans["jobs"])
+            if ans.get("next_offset") is None or not ans["jobs"]:
+                break
+            offset = ans["next_offset"]
+        return out
+
+    def cancel(self, job_id: str) -> dict:
+        try:
+            return self._send("DELETE", self._job_path(job_id))[0]
+        except IllegalTransition as exc:
+            # a try whose answer was lost (503, connection reset) may have cancelled it: that is success
+            if getattr(exc, "retried", False):
+                job = self.get(job_id)
+                if job.get("state") == JobState.CANCELLED.value:
+                    return job
+            raise
+
+    def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
+        return self._get(self._job_path(job_id, "/metrics"), limit=limit)["metrics"]
+
+    def checkpoints(self, job_id: str) -> list[dict]:
+        return self._get(self._job_path(job_id, "/checkpoints"))["checkpoints"]
+
+    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+        n = int(tail_lines)
+        logs = self._get(self._job_path(job_id, "/logs"), tail=min(max(n, 1), _API_MAX_TAIL))["logs"]
+        return [{**e, "lines": []} for e in logs] if n <= 0 else logs
+
+    def cluster_status(self) -> dict:
+        """The API's status, plus the flat keys of ``Coordinator.cluster_status`` (gpus_total, ...)."""
+        st = dict(self._get("/cluster/status"))
+        for kind in ("gpus", "cpus"):
+            usage = st.get(kind)
+            if isinstance(usage, dict):
+                st.setdefault(f"{kind}_total", usage.get("total", 0.0))
+                st.setdefault(f"{kind}_free", usage.get("free", 0.0))
+        coord = ((st.get("runtime") or {}).get("coordinator") or {})
+        st.setdefault("coordinator_uptime_s", coord.get("uptime_s"))
+        return st
+
+    def nodes(self) -> list[dict]:
+        return self._get("/nodes")["nodes"]
+
+    def wait(self, job_ids: list[str], timeout_s: float = 600.0, poll_s: float = 0.5,
+             on_poll: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Poll until every job is terminal (SUCCEEDED/FAILED/CANCELLED) or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                jobs = [self.get(j) for j in job_ids]
+            except ClusterUnavailable:  # API or Coordinator restarting: keep waiting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(poll_s)
+                continue
+            if on_poll:
+                on_poll(jobs)
+            if all(JobState(j["state"]).terminal for j in jobs) or time.monotonic() > deadline:
+                return jobs
+            time.sleep(poll_s)
+
+
+__all__ = ["HttpClient", "error_from_response", "is_http_address", "resolve_token"]
