@@ -111,7 +111,7 @@ def cmd_up(args) -> int:
         print(f"runtime actors up · dashboard {info['dashboard_url']} · state in {state_dir}")
         if info.get("api_url"):
             print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
-        print(f"submit a job:  raycluster submit configs/jobs/cnn.yaml")
+        print("submit a job:  raycluster submit configs/jobs/cnn.yaml")
     return EXIT_OK
 
 
@@ -351,31 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_EXIT_CODES = ((InvalidJobSpec, EXIT_INVALID), (_BadArgument, EXIT_INVALID), (JobNotFound, EXIT_NOT_FOUND),
+               (IllegalTransition, EXIT_ILLEGAL), (ClusterUnavailable, EXIT_UNAVAILABLE),
+               (Unauthorized, EXIT_UNAUTHORIZED))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except InvalidJobSpec as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_INVALID
-    except JobNotFound as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except IllegalTransition as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_ILLEGAL
-    except ClusterUnavailable as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except Unauthorized as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_UNAUTHORIZED
-    except _BadArgument as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except RayClusterError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+    except (RayClusterError, _BadArgument) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return next((code for typ, code in _EXIT_CODES if isinstance(exc, typ)), EXIT_JOB_FAILED)
     except KeyboardInterrupt:
         return 130
 

@@ -238,21 +238,9 @@ class HttpClient:
 
     def wait(self, job_ids: list[str], timeout_s: float = 600.0, poll_s: float = 0.5,
              on_poll: Callable[[list[dict]], None] | None = None) -> list[dict]:
-        """Poll until every job is terminal (SUCCEEDED/FAILED/CANCELLED) or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                jobs = [self.get(j) for j in job_ids]
-            except ClusterUnavailable:  # API or Coordinator restarting: keep waiting
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(poll_s)
-                continue
-            if on_poll:
-                on_poll(jobs)
-            if all(JobState(j["state"]).terminal for j in jobs) or time.monotonic() > deadline:
-                return jobs
-            time.sleep(poll_s)
+        from raycluster.runtime import wait_for_jobs
+
+        return wait_for_jobs(self.get, job_ids, timeout_s, poll_s, on_poll)
 
 
 __all__ = ["HttpClient", "error_from_response", "is_http_address", "resolve_token"]

@@ -154,18 +154,24 @@ class Client:
 
     def wait(self, job_ids: list[str], timeout_s: float = 600.0, poll_s: float = 0.5,
              on_poll: Callable[[list[dict]], None] | None = None) -> list[dict]:
-        """Poll until every job is terminal (SUCCEEDED/FAILED/CANCELLED) or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                jobs = [self.get(j) for j in job_ids]
-            except ClusterUnavailable:  # Coordinator restarting: keep waiting
-                time.sleep(poll_s)
-                if time.monotonic() > deadline:
-                    raise
-                continue
-            if on_poll:
-                on_poll(jobs)
-            if all(JobState(j["state"]).terminal for j in jobs) or time.monotonic() > deadline:
-                return jobs
+        return wait_for_jobs(self.get, job_ids, timeout_s, poll_s, on_poll)
+
+
+def wait_for_jobs(get: Callable[[str], dict], job_ids: list[str], timeout_s: float = 600.0, poll_s: float = 0.5,
+                  on_poll: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Poll ``get`` until every job is terminal (SUCCEEDED/FAILED/CANCELLED) or the timeout passes.
+    While the control plane is unavailable (e.g. the Coordinator restarting) it keeps waiting."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            jobs = [get(j) for j in job_ids]
+        except ClusterUnavailable:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(poll_s)
+            continue
+        if on_poll:
+            on_poll(jobs)
+        if all(JobState(j["state"]).terminal for j in jobs) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(poll_s)
