@@ -54,7 +54,6 @@ import secrets
 import tempfile
 import time
 import uuid
-from enum import Enum
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -71,6 +70,7 @@ from raycluster import constants as C
 from raycluster.errors import (ClusterUnavailable, IllegalTransition, InvalidJobSpec, JobNotFound,
                                RayClusterError)
 from raycluster.spec import _ENTRYPOINT_RE, _NAME_RE, JobSpec, parse_spec
+from raycluster.state import JobState
 
 log = logging.getLogger("raycluster.api")
 
@@ -107,14 +107,7 @@ def _configure(settings: dict) -> ApiSettings:
 
 
 # ============================================================================= models
-class JobStateName(str, Enum):
-    PENDING = "PENDING"
-    PLACING = "PLACING"
-    RUNNING = "RUNNING"
-    RECOVERING = "RECOVERING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
+JobStateName = JobState  # the one state enum (raycluster.state) is also the API's schema
 
 
 class ErrorDetail(BaseModel):
