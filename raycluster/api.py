@@ -37,6 +37,9 @@ Decisions
   job (its current state), exactly like the first answer. Without the header the API makes a key
   per request, so the actor-level retry of a call interrupted by a Coordinator restart cannot
   create a duplicate either.
+* Served by the replica itself (Ray Serve direct ingress, ``API_DIRECT_INGRESS``): its own HTTP
+  server owns ``API_PORT``, so a request crosses one process, not Serve's proxy and then the
+  replica (~4x the requests per CPU second, scripts/bench_api.py). See ``deploy_api``.
 * ``/cluster/status`` and ``/nodes`` are cached per replica for ``API_STATUS_CACHE_S`` (default
   0.5 s); concurrent requests share one refresh. Job routes are never cached.
 """
@@ -67,8 +70,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raycluster import constants as C
-from raycluster.errors import (ClusterUnavailable, IllegalTransition, InvalidJobSpec, JobNotFound,
-                               RayClusterError)
+from raycluster.errors import (ApiDeployError, ClusterUnavailable, IllegalTransition, InvalidJobSpec,
+                               JobNotFound, RayClusterError)
 from raycluster.spec import _ENTRYPOINT_RE, _NAME_RE, JobSpec, parse_spec
 from raycluster.state import JobState
 
@@ -92,6 +95,9 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = C.API_MAX_BODY_BYTES
     retry_after_s: int = C.API_RETRY_AFTER_S
     status_cache_s: float = C.API_STATUS_CACHE_S
+    # A digest of everything above, the deployment options and this module's code (deploy_api sets
+    # it), shown by /healthz so that deploying again can tell whether the running API is this one.
+    version: str = ""
 
 
 # The replica's settings, set through _configure() by ControlAPI.__init__ (one replica per process).
@@ -104,6 +110,50 @@ def _configure(settings: dict) -> ApiSettings:
     global _settings
     _settings = ApiSettings.model_validate(settings)
     return _settings
+
+
+class _ReuseAddrSockets:
+    """Stands in for the ``socket`` module inside ``ray.serve._private.http_util``: the same, except
+    that the sockets it makes have SO_REUSEADDR (what servers normally set; it never lets two
+    listeners share a port)."""
+
+    rc_reuse_addr = True
+
+    def __getattr__(self, name: str):
+        import socket
+
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args, **kwargs):
+        import socket
+
+        sock = socket.socket(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
+
+
+def _serve_listener_reuses_address() -> bool:
+    """Work around Ray Serve 2.60 binding the direct-ingress listener without SO_REUSEADDR.
+
+    Without it, a replica replacing a crashed one cannot bind the API port while the crashed
+    replica's connections sit in TIME_WAIT (60 s on Linux): the API stayed down ~60 s after a
+    replica crash; with it, as long as Serve takes to start a replica (a few seconds). Only this
+    replica process is affected. Returns False (and changes nothing) if Serve's module is not laid
+    out as expected — then the only cost is the slower recovery.
+    """
+    try:
+        from ray.serve._private import http_util
+    except ImportError:
+        return False
+    current = getattr(http_util, "socket", None)
+    if getattr(current, "rc_reuse_addr", False):
+        return True
+    if current is None or not hasattr(current, "socket") or not hasattr(http_util, "start_asgi_http_server"):
+        log.warning("ray.serve._private.http_util changed: API replica restarts may wait for TIME_WAIT")
+        return False
+    http_util.socket = _ReuseAddrSockets()
+    return True
 
 
 # ============================================================================= models
@@ -123,6 +173,7 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+    version: str = Field("", description="digest of the deployed API's code and settings")
 
 
 class Transition(BaseModel):
@@ -546,6 +597,7 @@ class ControlAPI:
 
     def __init__(self, settings: dict):
         self.s = _configure(settings)
+        _serve_listener_reuses_address()  # before Serve binds this replica's direct-ingress port
         self._handles: dict[str, Any] = {}
         self._cache = _TTLCache()
 
@@ -624,7 +676,7 @@ class ControlAPI:
     # ------------------------------------------------------------------ routes
     @app.get("/healthz", response_model=Health, tags=["meta"], summary="liveness of the API (no auth)")
     async def healthz(self) -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "version": self.s.version}
 
     @app.get("/cluster/status", response_model=ClusterStatus, responses=_COMMON, tags=["cluster"])
     async def cluster_status(self) -> dict:
@@ -755,14 +807,22 @@ def read_api_token(state_dir: Path | str) -> str | None:
 
 def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int = C.API_PORT,
                token: str | None = None, *, num_replicas: int | None = None,
-               actor_timeout_s: float | None = None) -> dict:
-    """Deploy the API on the connected cluster (Serve proxy on the head node only); idempotent.
+               actor_timeout_s: float | None = None, direct_ingress: bool | None = None) -> dict:
+    """Deploy the API on the connected cluster (on the head node); idempotent.
 
     The token is ``token``, else ``RAYCLUSTER_API_TOKEN``, else ``<state_dir>/api_token`` (created,
     0600, when missing). Only its sha256 reaches the deployment. Needs a Ray connection (the
     runtime actors may start before or after). ``actor_timeout_s`` overrides API_ACTOR_TIMEOUT_S.
-    Returns ``{"url", "token_path"}`` (token_path is None when the token came from the argument or
-    the environment).
+
+    With ``direct_ingress`` (default ``API_DIRECT_INGRESS``, and only with one replica) the
+    replica itself listens on ``host:port`` (Ray Serve direct ingress: Serve's proxy is not on the
+    request path; it still runs, on API_PROXY_PORT or a free port). Otherwise Serve's proxy listens
+    on ``host:port``. Serve's cluster-wide options apply only when this call starts Serve; if
+    Serve already runs with other options and the API does not answer at ``host:port``,
+    ApiDeployError says so. Also ApiDeployError when another program holds the port.
+    Returns ``{"url", "token_path", "direct_ingress"}`` once ``GET /healthz`` answers there
+    (token_path is None when the token came from the argument or the environment), plus
+    ``proxy_url`` (Serve's proxy, serving the same app one hop longer) when direct and just deployed.
     """
     token_path: Path | None = None
     token = token or os.environ.get(TOKEN_ENV) or None
@@ -773,16 +833,124 @@ def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int = C.API
                            submit_timeout_s=max(timeout_s, C.ENTRYPOINT_CHECK_TIMEOUT_S + 10),
                            max_body_bytes=C.API_MAX_BODY_BYTES, retry_after_s=C.API_RETRY_AFTER_S,
                            status_cache_s=C.API_STATUS_CACHE_S)
-    quiet = {"log_level": "WARNING", "enable_access_log": False}  # per-request log lines cost ~15% CPU
-    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": int(port)}, logging_config=quiet)
-    deployment = ControlAPI.options(
-        num_replicas=num_replicas or C.API_NUM_REPLICAS,
-        max_ongoing_requests=C.API_MAX_ONGOING_REQUESTS,
-        ray_actor_options={"num_cpus": 0, "resources": dict(C.HEAD_NODE_RESOURCE)},
-    )
-    serve.run(deployment.bind(settings.model_dump()), name=API_APP_NAME, route_prefix="/", logging_config=quiet)
+    replicas = num_replicas or C.API_NUM_REPLICAS
+    direct = (C.API_DIRECT_INGRESS if direct_ingress is None else direct_ingress) and replicas == 1
+    port = int(port)
+    serve_env = _direct_ingress_env(port) if direct else {}
+    settings.version = _version(settings, replicas, serve_env)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return {"url": f"http://{url_host}:{int(port)}", "token_path": str(token_path) if token_path else None}
+    url = f"http://{url_host}:{port}"
+    running = _api_health(url)
+    if running is None and not _port_free(host, port):
+        raise ApiDeployError(f"cannot serve the API on {host}:{port}: another program is listening there "
+                             f"(choose another port: `raycluster up --api-port N` or RAYCLUSTER_API_PORT)",
+                             field="api_port")
+    if running is None and _app_deployed():
+        raise ApiDeployError(f"the API is already deployed on this cluster but does not answer at {url}: it "
+                             "listens on another port (Serve's port is fixed while Serve runs: `raycluster down` "
+                             "and `up` with the new port) or is restarting (retry in a few seconds)",
+                             field="api_port")
+    result = {"url": url, "token_path": str(token_path) if token_path else None, "direct_ingress": direct}
+    if running is not None and running.get("version") == settings.version:
+        return result  # this code with these settings already answers there (Serve would restart it)
+    if running is not None and direct:
+        # One replica owning one port: Serve's rolling update would start the new replica while the
+        # old one still holds the port. Replace it instead (the API is down for a few seconds).
+        log.info("the API on %s runs other code/settings: replacing it", url)
+        serve.delete(API_APP_NAME)
+    proxy_port = (C.API_PROXY_PORT or _free_port(url_host)) if direct else port
+    quiet = {"log_level": "WARNING", "enable_access_log": False}  # per-request log lines cost ~15% CPU
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": proxy_port}, logging_config=quiet,
+                controller_options={"runtime_env": {"env_vars": serve_env}} if serve_env else None)
+    actor_options: dict[str, Any] = {"num_cpus": 0, "resources": dict(C.HEAD_NODE_RESOURCE)}
+    if serve_env:
+        actor_options["runtime_env"] = {"env_vars": serve_env}
+    deployment = ControlAPI.options(num_replicas=replicas, max_ongoing_requests=C.API_MAX_ONGOING_REQUESTS,
+                                    ray_actor_options=actor_options,
+                                    graceful_shutdown_timeout_s=C.API_DRAIN_S + 5,
+                                    health_check_period_s=C.API_HEALTH_CHECK_PERIOD_S,
+                                    health_check_timeout_s=C.API_HEALTH_CHECK_TIMEOUT_S)
+    serve.run(deployment.bind(settings.model_dump()), name=API_APP_NAME, route_prefix="/", logging_config=quiet)
+    if direct:
+        result["proxy_url"] = _proxy_url(url_host)
+    deadline = time.monotonic() + C.API_READY_TIMEOUT_S
+    while (_api_health(url) or {}).get("version") != settings.version:
+        if time.monotonic() > deadline:
+            raise ApiDeployError(
+                f"the API was deployed but does not answer at {url} after {C.API_READY_TIMEOUT_S:.0f}s; "
+                "a Ray Serve instance started earlier with other options (port, direct ingress) may be "
+                "running on this cluster: `raycluster down` and `up` again, or `serve shutdown` first")
+        time.sleep(0.2)
+    return result
+
+
+def _app_deployed() -> bool:
+    """Whether this cluster's Serve (if it runs) has the API application (without starting Serve)."""
+    try:
+        return API_APP_NAME in serve.status().applications
+    except Exception:  # Serve not reachable: then there is nothing deployed we could clash with
+        return False
+
+
+def _proxy_url(url_host: str) -> str | None:
+    """Where Serve's own proxy listens (it serves the same app, one hop longer); None if unknown."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return f"http://{url_host}:{int(_get_global_client().http_config.port)}"
+    except Exception:  # a private Serve API: only informational (scripts/bench_api.py compares both)
+        return None
+
+
+def _direct_ingress_env(port: int) -> dict[str, str]:
+    """Ray Serve settings (read from the environment of its controller and replica processes) that
+    make the ingress replica listen on exactly ``port``: the port range is that one port, a released
+    port is reusable at once (no quarantine: no load balancer holds a stale entry) and a stopping
+    replica drains for API_DRAIN_S instead of 30 s."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive
+            "RAY_SERVE_PORT_QUARANTINE_S": "0",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(C.API_DRAIN_S)}
+
+
+def _version(settings: ApiSettings, replicas: int, serve_env: dict) -> str:
+    blob = json.dumps([settings.model_dump(exclude={"version"}), replicas, serve_env,
+                       hashlib.sha256(Path(__file__).read_bytes()).hexdigest()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _api_health(url: str) -> dict | None:
+    """Our API's ``GET /healthz`` answer at ``url``; None when nothing (or something else) answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+            body = json.loads(resp.read())
+            return body if resp.status == 200 and isinstance(body, dict) and body.get("status") == "ok" else None
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or "0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def undeploy_api() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from raycluster import constants as C
-from raycluster.errors import (ClusterUnavailable, IllegalTransition, InvalidJobSpec, JobNotFound,
+from raycluster.errors import (ApiDeployError, ClusterUnavailable, IllegalTransition, InvalidJobSpec, JobNotFound,
                                RayClusterError, Unauthorized)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_ILLEGAL = 0, 1, 2, 3, 4, 5
@@ -104,7 +104,8 @@ def cmd_up(args) -> int:
         from raycluster.api import deploy_api
 
         api = deploy_api(state_dir, port=args.api_port)
-        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None)
+        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None,
+                    api_direct_ingress=api["direct_ingress"])
     if args.json:
         _print_json(info)
     else:
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EXIT_CODES = ((InvalidJobSpec, EXIT_INVALID), (_BadArgument, EXIT_INVALID), (JobNotFound, EXIT_NOT_FOUND),
+_EXIT_CODES = ((InvalidJobSpec, EXIT_INVALID), (_BadArgument, EXIT_INVALID), (ApiDeployError, EXIT_INVALID), (JobNotFound, EXIT_NOT_FOUND),
                (IllegalTransition, EXIT_ILLEGAL), (ClusterUnavailable, EXIT_UNAVAILABLE),
                (Unauthorized, EXIT_UNAUTHORIZED))
 

@@ -20,6 +20,17 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(f"RAYCLUSTER_{name}")
+    if raw in (None, ""):
+        return default
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"RAYCLUSTER_{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+
+
 def _env_str(name: str, default: str) -> str:
     raw = os.environ.get(f"RAYCLUSTER_{name}")
     return raw if raw not in (None, "") else default
@@ -98,5 +109,21 @@ API_RETRY_AFTER_S = _env_int("API_RETRY_AFTER_S", 2)
 # /cluster/status and /nodes are computed at most this often per API replica; concurrent requests share one.
 API_STATUS_CACHE_S = _env_float("API_STATUS_CACHE_S", 0.5)
 API_NUM_REPLICAS = _env_int("API_NUM_REPLICAS", 1)
+# Serve the API straight from its replica's own HTTP server on API_PORT (Ray Serve "direct ingress")
+# instead of through Serve's proxy: one process and one hop per request instead of two — about 4x
+# the requests per CPU second here (scripts/bench_api.py). Needs API_NUM_REPLICAS == 1 (one port);
+# with more replicas, or with 0 here, requests go through Serve's proxy on API_PORT.
+API_DIRECT_INGRESS = _env_bool("API_DIRECT_INGRESS", True)
+# In direct-ingress mode Serve's proxy still runs (Serve serves HTTP only when it has a proxy), on
+# loopback at this port; 0 = a free port chosen at deploy time. Nothing needs to reach it.
+API_PROXY_PORT = _env_int("API_PROXY_PORT", 0)
+# How long a stopping API replica keeps its port open for in-flight requests before closing
+# (Serve's default of 30 s waits for a load balancer to deregister it; nothing sits in front here).
+API_DRAIN_S = _env_float("API_DRAIN_S", 1.0)
+# How often Serve checks the API replica (a crashed replica is replaced this soon; Serve's default is 10 s).
+API_HEALTH_CHECK_PERIOD_S = _env_float("API_HEALTH_CHECK_PERIOD_S", 2.0)
+API_HEALTH_CHECK_TIMEOUT_S = _env_float("API_HEALTH_CHECK_TIMEOUT_S", 10.0)
+# deploy_api() waits this long for GET /healthz to answer on the advertised URL.
+API_READY_TIMEOUT_S = _env_float("API_READY_TIMEOUT_S", 60.0)
 # Concurrent requests one API replica takes (its handlers are async and only await actor calls).
 API_MAX_ONGOING_REQUESTS = _env_int("API_MAX_ONGOING_REQUESTS", 256)

@@ -73,6 +73,13 @@ class Unauthorized(RayClusterError):
     code = "unauthorized"
 
 
+class ApiDeployError(RayClusterError):
+    """The HTTP API could not be deployed or is not reachable where it should be (e.g. its port is
+    taken by another program, or a Serve instance started with other options is running)."""
+
+    code = "api_deploy"
+
+
 class LocalClusterError(RayClusterError):
     """Starting or stopping the embedded local cluster failed."""
 

@@ -5,6 +5,8 @@
     ``--concurrency`` concurrent keep-alive clients (asyncio + aiohttp): req/s, p50/p99/max latency,
     non-200 count. Targets: >= 500 req/s and p99 < 100 ms for /cluster/status.
     The CPU milliseconds each process on the request path spent per request are recorded too.
+    The API is served by its replica directly (Ray Serve direct ingress, the default); (1) is also
+    measured through Serve's proxy — the same app, one hop longer — side by side in the same run.
 (3) a burst of ``--burst`` POST /jobs (``jobs.toy:noop``), each with its own Idempotency-Key, from
     the same number of concurrent clients: accepted/s; then checks that none was lost (every id is in
     GET /jobs) or duplicated (as many distinct ids as keys, one job per key), and that re-POSTing
@@ -14,7 +16,7 @@ Usage: python scripts/bench_api.py [--requests 2000] [--concurrency 32] [--burst
        [--node-env KEY=VALUE ...] [--out bench-results/bench_api.json]
 Starts its own local cluster (head + 2 workers) in a temporary state dir, deploys the API on a
 free port, and stops everything after. The client runs on the same machine as the cluster, so on a
-small machine it competes with the Serve proxy and replica for the same cores (reported in "machine").
+small machine it competes with the API replica for the same cores (reported in "machine").
 """
 
 from __future__ import annotations
@@ -173,9 +175,19 @@ def main() -> None:
 
         log(f"(1) GET /cluster/status x{args.requests}, {args.concurrency} concurrent")
         r = measured(url, headers, args.requests, args.concurrency, status)
-        result["cluster_status"] = {**strip(r), "target_req_per_s": 500, "target_p99_ms": 100}
+        result["cluster_status"] = {**strip(r), "url": url, "direct_ingress": info["direct_ingress"],
+                                    "target_req_per_s": 500, "target_p99_ms": 100}
         log(f"    {r['req_per_s']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['statuses']}, "
             f"CPU ms/request {r['cpu_ms_per_request']}")
+
+        if info.get("proxy_url"):
+            log(f"(1') the same through Serve's proxy ({info['proxy_url']})")
+            asyncio.run(load(info["proxy_url"], headers, 300, args.concurrency, status))
+            p = measured(info["proxy_url"], headers, args.requests, args.concurrency, status)
+            result["cluster_status_via_serve_proxy"] = strip(p)
+            result["cluster_status"]["req_per_s_vs_serve_proxy"] = round(r["req_per_s"] / p["req_per_s"], 2)
+            log(f"    {p['req_per_s']} req/s, p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, {p['statuses']}, "
+                f"CPU ms/request {p['cpu_ms_per_request']}")
 
         log(f"(2) GET /jobs/{{id}} x{args.requests}, {args.concurrency} concurrent")
         r = measured(url, headers, args.requests, args.concurrency, get_job)

@@ -164,7 +164,8 @@ def test_job_round_trip_and_cancel(api):
 @pytest.mark.timeout(60)
 def test_every_route_but_healthz_needs_the_token(api):
     r = requests.get(api.url + "/healthz", timeout=10)
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json()["status"] == "ok" and set(r.json()) == {"status", "version"}
+    assert api.token not in r.text
     schema = _get(api, "/openapi.json").json()
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     routes = []
@@ -400,3 +401,80 @@ def test_api_answers_while_the_coordinator_restarts(api):
     start_runtime(api.state_dir)
     wait_for(lambda: _get(api, f"/jobs/{jid}").status_code == 200, 60, "the API to find the new Coordinator")
     assert _get(api, "/cluster/status").json()["runtime"]["coordinator"]["ok"]
+
+
+def _listener_pid(port: int) -> int | None:
+    """PID of the process listening on 127.0.0.1/0.0.0.0:``port`` (among this user's processes)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        with suppress(psutil.Error, OSError):
+            for c in proc.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                    return proc.pid
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    import psutil
+
+    return " ".join(psutil.Process(pid).cmdline())
+
+
+def test_api_port_is_served_by_the_replica_itself_and_redeploy_is_idempotent(api):
+    """Direct ingress: the API replica (not Serve's proxy) owns the advertised port, so a request
+    crosses one process; deploying again keeps the same URL and answers throughout."""
+    from raycluster.api import deploy_api
+
+    port = int(api.url.rsplit(":", 1)[1])
+    pid = _listener_pid(port)
+    assert pid is not None and _cmdline(pid).startswith("ray::ServeReplica:raycluster-api"), \
+        (pid, pid and _cmdline(pid))
+    again = deploy_api(api.state_dir, port=port, actor_timeout_s=ACTOR_TIMEOUT_S)
+    assert again["url"] == api.url and again["direct_ingress"] is True
+    assert _listener_pid(port) == pid  # same settings: the replica was not replaced
+    assert _get(api, "/cluster/status").status_code == 200
+
+
+def test_deploy_refuses_a_port_another_program_holds(api):
+    """A taken port is a clear, non-retryable error naming the field — before anything is changed:
+    the running API keeps answering on its own port."""
+    from raycluster.api import deploy_api
+    from raycluster.errors import ApiDeployError
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(ApiDeployError) as exc:
+            deploy_api(api.state_dir, port=taken, actor_timeout_s=ACTOR_TIMEOUT_S)
+    assert exc.value.field == "api_port" and not exc.value.retryable
+    assert f":{taken}" in exc.value.message and "another program" in exc.value.message
+    # a free port, but Serve's port is fixed while it runs: a clear error, not a minute-long hang
+    with pytest.raises(ApiDeployError, match="already deployed on this cluster") as exc:
+        deploy_api(api.state_dir, port=_free_port(), actor_timeout_s=ACTOR_TIMEOUT_S)
+    assert exc.value.field == "api_port"
+    assert _get(api, "/cluster/status").status_code == 200
+
+
+def test_api_comes_back_on_the_same_port_after_its_replica_dies(api):
+    """SIGKILL the replica that owns the port: Serve starts a new one, which gets the same port
+    (no port quarantine), and jobs submitted before are all still there."""
+    import signal
+
+    jid = _post_job(api, counter_spec("before-replica-kill", steps=2), f"rk-{uuid.uuid4().hex}").json()["id"]
+    port = int(api.url.rsplit(":", 1)[1])
+    old = _listener_pid(port)
+    assert old is not None and _cmdline(old).startswith("ray::ServeReplica:raycluster-api")
+    os.kill(old, signal.SIGKILL)  # a process of the cluster this module started, found by its socket
+
+    def answering_from_a_new_replica():
+        pid = _listener_pid(port)
+        if pid is None or pid == old:
+            return None
+        with suppress(requests.RequestException):
+            return _get(api, f"/jobs/{jid}").status_code == 200
+        return None
+
+    wait_for(answering_from_a_new_replica, 90, "a new API replica answering on the same port")
+    assert _cmdline(_listener_pid(port)).startswith("ray::ServeReplica:raycluster-api")

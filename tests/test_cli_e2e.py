@@ -76,6 +76,17 @@ def test_cli_lifecycle(tmp_path):
         # the same queue over HTTP, through the Serve API, with the token from the state dir
         over_http = json.loads(rc(state, "--address", info["api_url"], "--json", "jobs", check_code=0).stdout)
         assert [j["id"] for j in over_http] == [jid]
+        # `up` again: idempotent (same API, same URL); on a port another program holds: exit 2, and
+        # the running cluster and API are untouched
+        again = rc(state, "--json", "up", "--local", "--api-port", str(api_port), check_code=0)
+        assert json.loads(again.stdout[again.stdout.index("{"):])["api_url"] == info["api_url"]
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = rc(state, "up", "--local", "--api-port", str(squatter.getsockname()[1]), check_code=2)
+        assert "another program is listening" in taken.stderr and "Traceback" not in taken.stderr
+        assert recorded_pids(state) == pids
+        assert rc(state, "--address", info["api_url"], "--json", "jobs", check_code=0).returncode == 0
 
         lid = rc(state, "submit", str(long), check_code=0).stdout.strip()
         assert rc(state, "cancel", lid, check_code=0).stdout.split() == [lid, "CANCELLED"]
