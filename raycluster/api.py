@@ -54,8 +54,10 @@ import logging
 import math
 import os
 import secrets
+import socket
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -72,6 +74,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from raycluster import constants as C
 from raycluster.errors import (ApiDeployError, ClusterUnavailable, IllegalTransition, InvalidJobSpec,
                                JobNotFound, RayClusterError)
+from raycluster.ports import free_port, port_is_free
 from raycluster.spec import _ENTRYPOINT_RE, _NAME_RE, JobSpec, parse_spec
 from raycluster.state import JobState
 
@@ -120,14 +123,10 @@ class _ReuseAddrSockets:
     rc_reuse_addr = True
 
     def __getattr__(self, name: str):
-        import socket
-
         return getattr(socket, name)
 
     @staticmethod
     def socket(*args, **kwargs):
-        import socket
-
         sock = socket.socket(*args, **kwargs)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         return sock
@@ -841,7 +840,7 @@ def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int = C.API
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     url = f"http://{url_host}:{port}"
     running = _api_health(url)
-    if running is None and not _port_free(host, port):
+    if running is None and not port_is_free(host, port):
         raise ApiDeployError(f"cannot serve the API on {host}:{port}: another program is listening there "
                              f"(choose another port: `raycluster up --api-port N` or RAYCLUSTER_API_PORT)",
                              field="api_port")
@@ -858,7 +857,7 @@ def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int = C.API
         # old one still holds the port. Replace it instead (the API is down for a few seconds).
         log.info("the API on %s runs other code/settings: replacing it", url)
         serve.delete(API_APP_NAME)
-    proxy_port = (C.API_PROXY_PORT or _free_port(url_host)) if direct else port
+    proxy_port = (C.API_PROXY_PORT or free_port(url_host)) if direct else port
     quiet = {"log_level": "WARNING", "enable_access_log": False}  # per-request log lines cost ~15% CPU
     serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": proxy_port}, logging_config=quiet,
                 controller_options={"runtime_env": {"env_vars": serve_env}} if serve_env else None)
@@ -922,35 +921,12 @@ def _version(settings: ApiSettings, replicas: int, serve_env: dict) -> str:
 
 def _api_health(url: str) -> dict | None:
     """Our API's ``GET /healthz`` answer at ``url``; None when nothing (or something else) answers."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
             body = json.loads(resp.read())
             return body if resp.status == 200 and isinstance(body, dict) and body.get("status") == "ok" else None
-    except (OSError, ValueError, urllib.error.URLError):
+    except (OSError, ValueError):  # URLError is an OSError
         return None
-
-
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host or "0.0.0.0", port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def undeploy_api() -> None:

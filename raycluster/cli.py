@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from raycluster import constants as C
-from raycluster.errors import (ApiDeployError, ClusterUnavailable, IllegalTransition, InvalidJobSpec, JobNotFound,
-                               RayClusterError, Unauthorized)
-
-EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_ILLEGAL = 0, 1, 2, 3, 4, 5
-EXIT_UNAUTHORIZED = 6
+from raycluster.errors import (EXIT_INVALID, EXIT_JOB_FAILED, EXIT_OK, ClusterUnavailable, RayClusterError,
+                               exit_code)
 
 DEMO_SPECS = ("configs/jobs/cnn.yaml", "configs/jobs/transformer.yaml", "configs/jobs/lstm.yaml")
 
@@ -352,18 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EXIT_CODES = ((InvalidJobSpec, EXIT_INVALID), (_BadArgument, EXIT_INVALID), (ApiDeployError, EXIT_INVALID), (JobNotFound, EXIT_NOT_FOUND),
-               (IllegalTransition, EXIT_ILLEGAL), (ClusterUnavailable, EXIT_UNAVAILABLE),
-               (Unauthorized, EXIT_UNAUTHORIZED))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (RayClusterError, _BadArgument) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return next((code for typ, code in _EXIT_CODES if isinstance(exc, typ)), EXIT_JOB_FAILED)
+        return EXIT_INVALID if isinstance(exc, _BadArgument) else exit_code(exc)
     except KeyboardInterrupt:
         return 130
 

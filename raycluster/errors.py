@@ -94,3 +94,16 @@ class NoValidCheckpoint(CheckpointError):
     """Every registered checkpoint failed verification."""
 
     code = "no_valid_checkpoint"
+
+
+# --- process exit codes of the command-line entry points (raycluster CLI, raycluster.submit) ----
+EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_ILLEGAL = 0, 1, 2, 3, 4, 5
+EXIT_UNAUTHORIZED = 6
+_EXIT_CODES = ((InvalidJobSpec, EXIT_INVALID), (ApiDeployError, EXIT_INVALID), (JobNotFound, EXIT_NOT_FOUND),
+               (IllegalTransition, EXIT_ILLEGAL), (ClusterUnavailable, EXIT_UNAVAILABLE),
+               (Unauthorized, EXIT_UNAUTHORIZED))
+
+
+def exit_code(exc: RayClusterError) -> int:
+    """The exit code a command ends with when ``exc`` stops it (EXIT_JOB_FAILED for anything else)."""
+    return next((code for typ, code in _EXIT_CODES if isinstance(exc, typ)), EXIT_JOB_FAILED)

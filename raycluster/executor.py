@@ -26,7 +26,6 @@ import importlib
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -34,6 +33,8 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, TextIO
+
+from raycluster.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,6 @@ def rendezvous_key(job_id: str, attempt: int) -> bytes:
     return f"rdzv/{job_id}/{attempt}".encode()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def _init_distributed(job_id: str, attempt: int, rank: int, world_size: int, backend: str,
                       timeout_s: float) -> None:
     import ray
@@ -86,7 +81,7 @@ def _init_distributed(job_id: str, attempt: int, rank: int, world_size: int, bac
 
     key = rendezvous_key(job_id, attempt)
     if rank == 0:
-        addr = f"{ray.util.get_node_ip_address()}:{_free_port()}"
+        addr = f"{ray.util.get_node_ip_address()}:{free_port()}"
         _internal_kv_put(key, addr.encode(), overwrite=True, namespace=_KV_NAMESPACE)
     else:
         deadline = time.monotonic() + timeout_s

@@ -65,7 +65,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -81,6 +80,7 @@ import psutil
 
 from raycluster import constants as C
 from raycluster.errors import LocalClusterError
+from raycluster.ports import free_ports
 
 __all__ = [
     "HEAD_ROLE",
@@ -134,22 +134,6 @@ _SCRUBBED_ENV = (
 # ================================================================================== helpers
 def _now_s() -> float:
     return time.time()
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports that are free on all interfaces right now (best effort)."""
-    ports: list[int] = []
-    socks = []
-    try:
-        while len(ports) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def detect_gpu_ids() -> list[str]:
@@ -1001,7 +985,7 @@ class LocalCluster:
         name = f"rc-{record['cluster_id']}-head"
         last_error: LocalClusterError | None = None
         for attempt in range(3):  # a freshly picked port can be taken before Ray binds it
-            gcs_port, dashboard_port, client_port = _free_ports(3)
+            gcs_port, dashboard_port, client_port = free_ports(3)
             record["gcs_port"] = gcs_port
             record["dashboard_port"] = dashboard_port
             record["address"] = f"{C.LOCAL_NODE_IP}:{gcs_port}"

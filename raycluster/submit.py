@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raycluster.errors import ClusterUnavailable, InvalidJobSpec, RayClusterError
-
-EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
+from raycluster.errors import (EXIT_JOB_FAILED, EXIT_OK, ClusterUnavailable, InvalidJobSpec, RayClusterError,
+                               exit_code)
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 # runtime_env keys that only matter on the uploading side, or that Ray adds for itself
 _DROP_KEYS = {"excludes"}
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             data["name"] = args.name
         spec = parse_spec(data)
     except InvalidJobSpec as exc:
-        _err(_invalid(exc))
-        return EXIT_INVALID
+        return _fail(exc)
 
     # 2. the cluster and the runtime
     from raycluster.runtime import Client, connect
@@ -155,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         connect(args.address, Path(args.state_dir) if args.state_dir else C.state_dir())
         client = Client()
     except ClusterUnavailable as exc:
-        _err(f"error: {exc.message}")
-        return EXIT_UNAVAILABLE
+        return _fail(exc)
 
     # 3. the Ray job's runtime_env, under the spec's own
     job_env = current_job_runtime_env()
@@ -165,15 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         data["runtime_env"] = merged
     try:
         job = client.submit(data)
-    except InvalidJobSpec as exc:
-        _err(_invalid(exc))
-        return EXIT_INVALID
-    except ClusterUnavailable as exc:
-        _err(f"error: {exc.message}")
-        return EXIT_UNAVAILABLE
     except RayClusterError as exc:
-        _err(f"error: {exc.message}")
-        return EXIT_JOB_FAILED
+        return _fail(exc)
     jid = job["id"]
     print(jid, flush=True)
     if merged:
@@ -195,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             _err(f"{jid} cancel: {exc.message}")
         return EXIT_JOB_FAILED
     except ClusterUnavailable as exc:
-        _err(f"error: {exc.message}")
-        return EXIT_UNAVAILABLE
+        return _fail(exc)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -225,6 +214,12 @@ def _describe_env(env: dict) -> str:
 def _invalid(exc: InvalidJobSpec) -> str:
     msg = " ".join(exc.message.split())  # one line
     return f"error: {msg}" + (f" (field: {exc.field})" if exc.field and exc.field not in msg else "")
+
+
+def _fail(exc: RayClusterError) -> int:
+    """Say why on stderr (an invalid spec: one line naming its field) and return the exit code."""
+    _err(_invalid(exc) if isinstance(exc, InvalidJobSpec) else f"error: {exc.message}")
+    return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -41,25 +40,12 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from raycluster.api import deploy_api  # noqa: E402
+from benchlib import log, pct, write_result  # noqa: E402
 from raycluster.localcluster import LocalCluster  # noqa: E402
+from raycluster.ports import free_port  # noqa: E402
 from raycluster.runtime import start_runtime  # noqa: E402
 
 NOOP = {"entrypoint": "jobs.toy:noop", "resources": {"cpus": 0.5}}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def load(url: str, headers: dict, n: int, concurrency: int, make_request) -> dict:
@@ -161,7 +147,7 @@ def main() -> None:
     try:
         lc.connect(namespace="raycluster", log_to_driver=False)
         start_runtime(state_dir)
-        info = deploy_api(state_dir, port=free_port())
+        info = deploy_api(state_dir, port=free_port("127.0.0.1"))
         url = info["url"]
         headers = {"Authorization": "Bearer " + Path(info["token_path"]).read_text().strip()}
         import requests
@@ -233,10 +219,7 @@ def main() -> None:
             log(f"serve.shutdown: {exc}")
         ray.shutdown()
         lc.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
     if not result.get("submit_burst", {}).get("check", {}).get("ok"):
         sys.exit(1)
 

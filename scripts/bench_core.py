@@ -15,7 +15,6 @@ Starts its own local cluster (head + 3 workers) in a temporary state dir and sto
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -31,19 +30,11 @@ import ray  # noqa: E402
 from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
 
+from benchlib import log, pct, write_result  # noqa: E402
 from raycluster.localcluster import LocalCluster  # noqa: E402
 from raycluster.runtime import Client, start_runtime  # noqa: E402
 
 BUNDLE = {"CPU": 0.5}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 @ray.remote(num_cpus=0.5)
@@ -174,10 +165,7 @@ def main() -> None:
     finally:
         ray.shutdown()
         lc.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

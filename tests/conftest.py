@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -28,25 +29,48 @@ def wait_for(pred, timeout_s: float, what: str, poll_s: float = 0.2):
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Head (no CPUs) + 3 workers (2 CPUs, 1 logical GPU each), runtime actors started."""
+@contextlib.contextmanager
+def local_runtime(state_dir: Path, num_workers: int):
+    """Head (no CPUs) + ``num_workers`` workers (2 CPUs, 1 logical GPU each) with TEST_ENV, this
+    process connected, runtime actors started: yields ``(LocalCluster, Coordinator handle)``.
+    Afterwards: Serve (if a test started it) shut down, disconnected, exactly our nodes stopped."""
     import ray
 
     from raycluster.localcluster import LocalCluster
     from raycluster.runtime import start_runtime
 
-    state_dir = tmp_path_factory.mktemp("rc-state")
     os.environ.update(TEST_ENV)
-    lc = LocalCluster(state_dir, num_workers=3, cpus_per_worker=2, gpus_per_worker=1, env=dict(TEST_ENV))
+    lc = LocalCluster(state_dir, num_workers=num_workers, cpus_per_worker=2, gpus_per_worker=1, env=dict(TEST_ENV))
     lc.start()
     try:
         lc.connect(namespace="raycluster", log_to_driver=False)
-        coord = start_runtime(state_dir)
-        yield {"lc": lc, "state_dir": Path(state_dir), "coord": coord}
+        yield lc, start_runtime(state_dir)
     finally:
+        if ray.is_initialized():
+            from ray import serve
+
+            with contextlib.suppress(Exception):
+                serve.shutdown()
         ray.shutdown()
         lc.stop()
+
+
+def coordinator_restarted(coord, pid_before: int) -> bool:
+    """Whether the Coordinator answers again, from another process than ``pid_before``."""
+    import ray
+
+    try:
+        return ray.get(coord.ping.remote(), timeout=5)["pid"] != pid_before
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (no CPUs) + 3 workers (2 CPUs, 1 logical GPU each), runtime actors started."""
+    state_dir = Path(tmp_path_factory.mktemp("rc-state"))
+    with local_runtime(state_dir, num_workers=3) as (lc, coord):
+        yield {"lc": lc, "state_dir": state_dir, "coord": coord}
 
 
 @pytest.fixture

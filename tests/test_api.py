@@ -19,19 +19,14 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.conftest import TEST_ENV, wait_for
+from raycluster.ports import free_port
+from tests.conftest import coordinator_restarted, local_runtime, wait_for
 
 pytestmark = [pytest.mark.cluster]
 
 ACTOR_TIMEOUT_S = 5.0  # the API's wait for an actor in these tests (503 after that)
 HTTP_TIMEOUT_S = 90.0  # a submit may wait for an entrypoint import on a cold worker
 DUMMY_JOB = "job-000000000000"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def counter_spec(name, steps=20, sleep=0.0, **extra):
@@ -42,32 +37,17 @@ def counter_spec(name, steps=20, sleep=0.0, **extra):
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     """Head (no CPUs) + 2 workers, runtime actors, and the API deployed on a free port."""
-    import ray
-    from ray import serve
-
     from raycluster.api import deploy_api
-    from raycluster.localcluster import LocalCluster
-    from raycluster.runtime import start_runtime
 
     state_dir = Path(tmp_path_factory.mktemp("rc-api"))
-    os.environ.update(TEST_ENV)
-    lc = LocalCluster(state_dir, num_workers=2, cpus_per_worker=2, gpus_per_worker=1, env=dict(TEST_ENV))
-    lc.start()
-    try:
-        lc.connect(namespace="raycluster", log_to_driver=False)
-        coord = start_runtime(state_dir)
-        info = deploy_api(state_dir, port=_free_port(), actor_timeout_s=ACTOR_TIMEOUT_S)
+    with local_runtime(state_dir, num_workers=2) as (lc, coord):
+        info = deploy_api(state_dir, port=free_port("127.0.0.1"), actor_timeout_s=ACTOR_TIMEOUT_S)
         token_path = Path(info["token_path"])
         assert token_path.stat().st_mode & 0o777 == 0o600
         token = token_path.read_text().strip()
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
         yield SimpleNamespace(url=info["url"], token=token, s=session, coord=coord, state_dir=state_dir, lc=lc)
-    finally:
-        with suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-        lc.stop()
 
 
 def _get(api, path, **kw):
@@ -353,12 +333,6 @@ def test_api_answers_while_the_coordinator_restarts(api):
     pid_before = ray.get(coord.ping.remote(), timeout=30)["pid"]
     ray.kill(coord, no_restart=False)
 
-    def restarted():
-        try:
-            return ray.get(coord.ping.remote(), timeout=5)["pid"] != pid_before
-        except Exception:
-            return False
-
     key = f"during-restart-{uuid.uuid4().hex}"
     seen: dict[int, int] = {}
     submitted = None
@@ -376,7 +350,7 @@ def test_api_answers_while_the_coordinator_restarts(api):
             if r.status_code == 503:
                 _assert_error(r, 503, "unavailable")
                 assert r.json()["error"]["retryable"] is True and int(r.headers["Retry-After"]) > 0
-        if submitted and restarted() and answers[0].status_code == 200:
+        if submitted and coordinator_restarted(coord, pid_before) and answers[0].status_code == 200:
             break
         time.sleep(0.2)
     else:
@@ -452,7 +426,7 @@ def test_deploy_refuses_a_port_another_program_holds(api):
     assert f":{taken}" in exc.value.message and "another program" in exc.value.message
     # a free port, but Serve's port is fixed while it runs: a clear error, not a minute-long hang
     with pytest.raises(ApiDeployError, match="already deployed on this cluster") as exc:
-        deploy_api(api.state_dir, port=_free_port(), actor_timeout_s=ACTOR_TIMEOUT_S)
+        deploy_api(api.state_dir, port=free_port("127.0.0.1"), actor_timeout_s=ACTOR_TIMEOUT_S)
     assert exc.value.field == "api_port"
     assert _get(api, "/cluster/status").status_code == 200
 

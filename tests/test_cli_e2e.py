@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from raycluster.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.cluster]
 
@@ -25,12 +27,6 @@ def rc(state_dir, *args, timeout=300, check_code=None):
     if check_code is not None:
         assert proc.returncode == check_code, (args, proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     return proc
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def recorded_pids(state_dir):
@@ -49,7 +45,7 @@ def test_cli_lifecycle(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nentrypoint: jobs.toy:counter\npriority: -3\n")
     try:
-        api_port = free_port()
+        api_port = free_port("127.0.0.1")
         up = rc(state, "--json", "up", "--local", "--workers", "2", "--api-port", str(api_port), check_code=0)
         pids = recorded_pids(state)
         info = json.loads(up.stdout[up.stdout.index("{"):])

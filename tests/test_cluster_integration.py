@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from raycluster.errors import EntrypointImportError, IllegalTransition, InfeasibleJob, InvalidJobSpec, JobNotFound
-from tests.conftest import wait_for
+from tests.conftest import coordinator_restarted, wait_for
 
 pytestmark = [pytest.mark.cluster]
 
@@ -106,14 +106,7 @@ def test_coordinator_killed_during_run_loses_nothing(cluster, client):
     wait_for(lambda: all(client.get(j)["last_metrics"].get("step", 0) >= 10 for j in ids), 60, "progress")
     pid_before = ray.get(coord.ping.remote())["pid"]
     ray.kill(coord, no_restart=False)
-
-    def restarted():
-        try:
-            return ray.get(coord.ping.remote(), timeout=5)["pid"] != pid_before
-        except Exception:
-            return False
-
-    wait_for(restarted, 60, "the Coordinator to restart")
+    wait_for(lambda: coordinator_restarted(coord, pid_before), 60, "the Coordinator to restart")
     assert all(not client.get(j)["state"] in ("SUCCEEDED", "FAILED") for j in ids)  # killed mid-run
     queued_during = client.submit(counter_spec("after-restart", steps=5))["id"]
     final = client.wait(ids + [queued_during], timeout_s=180)

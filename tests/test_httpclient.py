@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from raycluster import cli
+from raycluster import cli, errors
 from raycluster.errors import (ClusterUnavailable, EntrypointImportError, IllegalTransition, InfeasibleJob,
                                InvalidJobSpec, JobNotFound, RayClusterError, Unauthorized)
 from raycluster.httpclient import HttpClient, resolve_token
@@ -172,11 +172,9 @@ def test_submit_validates_locally_first(server, client):
 
 
 def test_connection_refused_is_cluster_unavailable():
-    import socket
+    from raycluster.ports import free_port
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.1")  # a port nobody listens on
     c = HttpClient(f"http://127.0.0.1:{port}", TOKEN, retries=2, backoff_s=0.01, max_backoff_s=0.02)
     with pytest.raises(ClusterUnavailable, match="cannot reach"):
         c.get("job-1")
@@ -235,13 +233,13 @@ def test_cli_http_address_uses_the_api(server, tmp_path, monkeypatch, capsys):
     server.on("GET", "/jobs", (200, {"jobs": [job(state="RUNNING")], "limit": 1000, "offset": 0, "next_offset": None}))
     server.on("GET", "/jobs/job-1/logs", (200, {"job_id": "job-1", "logs": [{"attempt": 1, "rank": 1, "lines": ["hi"]}]}))
     base = ["--state-dir", str(tmp_path), "--address", server.url]
-    assert cli.main([*base, "--json", "jobs"]) == cli.EXIT_OK
+    assert cli.main([*base, "--json", "jobs"]) == errors.EXIT_OK
     assert json.loads(capsys.readouterr().out)[0]["id"] == "job-1"
     assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {TOKEN}"
-    assert cli.main([*base, "logs", "job-1", "--tail", "3"]) == cli.EXIT_OK
+    assert cli.main([*base, "logs", "job-1", "--tail", "3"]) == errors.EXIT_OK
     assert capsys.readouterr().out.splitlines() == ["==> attempt 1 rank 1 <==", "hi"]
     assert server.requests[-1]["query"] == {"tail": ["3"]}
     server.on("GET", "/jobs", (401, err("unauthorized", "missing or invalid bearer token")))
-    assert cli.main([*base, "--token-file", str(tmp_path / "api_token"), "jobs"]) == cli.EXIT_UNAUTHORIZED
+    assert cli.main([*base, "--token-file", str(tmp_path / "api_token"), "jobs"]) == errors.EXIT_UNAUTHORIZED
     assert "refused the token" in capsys.readouterr().err
-    assert cli.main([*base, "--token-file", str(tmp_path / "missing"), "jobs"]) == cli.EXIT_INVALID
+    assert cli.main([*base, "--token-file", str(tmp_path / "missing"), "jobs"]) == errors.EXIT_INVALID

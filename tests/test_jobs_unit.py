@@ -13,7 +13,6 @@ import importlib
 import io
 import json
 import random
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from jobs import common  # noqa: E402
+from raycluster.ports import free_port  # noqa: E402
 
 JOBS = ["cnn", "transformer", "lstm"]
 METRIC = {"cnn": "accuracy", "transformer": "accuracy", "lstm": "mae"}
@@ -251,12 +251,6 @@ def test_weights_sha256_tracks_weights() -> None:
 # --- world_size 2: DDP over gloo on loopback ------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str, config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
@@ -287,7 +281,7 @@ def test_cnn_ddp_two_ranks_identical_weights(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
     config = {"steps": 20, "batch_size": 16, "num_train": 256, "num_eval": 64, "width": 4, "report_every": 5}
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), config), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port("127.0.0.1"), str(tmp_path), config), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["plain"]["world_size"] == 2
     assert r0["plain"]["weights_sha256"] == r1["plain"]["weights_sha256"]

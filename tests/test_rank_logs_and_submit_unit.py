@@ -72,18 +72,18 @@ def test_invalid_spec_message_is_one_line_naming_the_field():
 
 
 def test_submit_exit_codes_without_a_cluster(tmp_path, monkeypatch, capsys):
-    from raycluster import submit
+    from raycluster import errors, submit
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     good = tmp_path / "good.yaml"
     good.write_text("name: g\nentrypoint: jobs.toy:noop\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: g\nentrypoint: jobs.toy:noop\nresources: {cpus: -1}\n")
-    assert submit.main([str(bad), "--state-dir", str(tmp_path)]) == submit.EXIT_INVALID
+    assert submit.main([str(bad), "--state-dir", str(tmp_path)]) == errors.EXIT_INVALID
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "resources.cpus" in err and "Traceback" not in err
-    assert submit.main([str(tmp_path / "missing.yaml")]) == submit.EXIT_INVALID
-    assert submit.main([str(good), "--priority", "5000"]) == submit.EXIT_INVALID
+    assert submit.main([str(tmp_path / "missing.yaml")]) == errors.EXIT_INVALID
+    assert submit.main([str(good), "--priority", "5000"]) == errors.EXIT_INVALID
     assert "priority" in capsys.readouterr().err
-    assert submit.main([str(good), "--state-dir", str(tmp_path / "empty")]) == submit.EXIT_UNAVAILABLE
+    assert submit.main([str(good), "--state-dir", str(tmp_path / "empty")]) == errors.EXIT_UNAVAILABLE
     assert "raycluster up --local" in capsys.readouterr().err
