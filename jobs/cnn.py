@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.common import COMMON_DEFAULTS, Task, classification_accuracy, make_generator, run_training
+from jobs.common import (COMMON_DEFAULTS, Task, classification_accuracy, make_generator, run_training,
+                         synthetic_task)
 
 JOB = "cnn"
 
@@ -84,20 +85,10 @@ class SmallCNN(nn.Module):
 
 
 def _build(cfg: dict[str, Any]) -> Task:
-    data_args = {k: cfg[k] for k in ("seed", "num_classes", "channels", "image_size", "noise", "max_shift")}
-    train_x, train_y = make_images(cfg["num_train"], "train", **data_args)
-    eval_x, eval_y = make_images(cfg["num_eval"], "eval", **data_args)
-    model = SmallCNN(cfg["channels"], cfg["num_classes"], cfg["width"], cfg["image_size"])
-    return Task(
-        model=model,
-        train_x=train_x,
-        train_y=train_y,
-        eval_x=eval_x,
-        eval_y=eval_y,
-        loss_fn=F.cross_entropy,
-        metric_fn=classification_accuracy,
-        metric_name="accuracy",
-    )
+    return synthetic_task(
+        cfg, make_images, ("seed", "num_classes", "channels", "image_size", "noise", "max_shift"),
+        lambda: SmallCNN(cfg["channels"], cfg["num_classes"], cfg["width"], cfg["image_size"]),
+        loss_fn=F.cross_entropy, metric_fn=classification_accuracy, metric_name="accuracy")
 
 
 def train(ctx: Any) -> dict[str, Any]:

@@ -266,6 +266,19 @@ class Task:
     metric_name: str  # e.g. "accuracy" or "mae"; results carry "final_<metric_name>"
 
 
+def synthetic_task(cfg: Mapping[str, Any], make_data: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                   data_keys: tuple[str, ...], make_model: Callable[[], nn.Module], *,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   metric_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], metric_name: str) -> Task:
+    """A Task on generated data: ``make_data(n, split, **{k: cfg[k] for k in data_keys})`` gives the
+    ``cfg["num_train"]`` training and ``cfg["num_eval"]`` held-out samples (in that order, then the model)."""
+    data_args = {k: cfg[k] for k in data_keys}
+    train_x, train_y = make_data(cfg["num_train"], "train", **data_args)
+    eval_x, eval_y = make_data(cfg["num_eval"], "eval", **data_args)
+    return Task(model=make_model(), train_x=train_x, train_y=train_y, eval_x=eval_x, eval_y=eval_y,
+                loss_fn=loss_fn, metric_fn=metric_fn, metric_name=metric_name)
+
+
 class WarmupCosine:
     """LR multiplier: linear warmup, then cosine decay to 10% at the last step (picklable)."""
 

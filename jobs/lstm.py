@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.common import COMMON_DEFAULTS, Task, make_generator, run_training
+from jobs.common import COMMON_DEFAULTS, Task, make_generator, run_training, synthetic_task
 
 JOB = "lstm"
 
@@ -68,20 +68,9 @@ def mean_abs_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _build(cfg: dict[str, Any]) -> Task:
-    data_args = {k: cfg[k] for k in ("seed", "input_len", "horizon", "noise")}
-    train_x, train_y = make_series(cfg["num_train"], "train", **data_args)
-    eval_x, eval_y = make_series(cfg["num_eval"], "eval", **data_args)
-    model = Forecaster(cfg["hidden_size"], cfg["num_layers"], cfg["horizon"])
-    return Task(
-        model=model,
-        train_x=train_x,
-        train_y=train_y,
-        eval_x=eval_x,
-        eval_y=eval_y,
-        loss_fn=F.mse_loss,
-        metric_fn=mean_abs_error,
-        metric_name="mae",
-    )
+    return synthetic_task(cfg, make_series, ("seed", "input_len", "horizon", "noise"),
+                          lambda: Forecaster(cfg["hidden_size"], cfg["num_layers"], cfg["horizon"]),
+                          loss_fn=F.mse_loss, metric_fn=mean_abs_error, metric_name="mae")
 
 
 def train(ctx: Any) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.common import COMMON_DEFAULTS, Task, classification_accuracy, make_generator, run_training
+from jobs.common import (COMMON_DEFAULTS, Task, classification_accuracy, make_generator, run_training,
+                         synthetic_task)
 
 JOB = "transformer"
 
@@ -100,25 +101,11 @@ class TinyTransformer(nn.Module):
 
 
 def _build(cfg: dict[str, Any]) -> Task:
-    data_args = {
-        k: cfg[k] for k in ("seed", "vocab_size", "seq_len", "num_classes", "keywords_per_class", "num_keywords")
-    }
-    train_x, train_y = make_sequences(cfg["num_train"], "train", **data_args)
-    eval_x, eval_y = make_sequences(cfg["num_eval"], "eval", **data_args)
-    model = TinyTransformer(
-        cfg["vocab_size"], cfg["seq_len"], cfg["num_classes"], cfg["d_model"], cfg["nhead"],
-        cfg["dim_feedforward"], cfg["num_layers"],
-    )
-    return Task(
-        model=model,
-        train_x=train_x,
-        train_y=train_y,
-        eval_x=eval_x,
-        eval_y=eval_y,
-        loss_fn=F.cross_entropy,
-        metric_fn=classification_accuracy,
-        metric_name="accuracy",
-    )
+    return synthetic_task(
+        cfg, make_sequences, ("seed", "vocab_size", "seq_len", "num_classes", "keywords_per_class", "num_keywords"),
+        lambda: TinyTransformer(cfg["vocab_size"], cfg["seq_len"], cfg["num_classes"], cfg["d_model"], cfg["nhead"],
+                                cfg["dim_feedforward"], cfg["num_layers"]),
+        loss_fn=F.cross_entropy, metric_fn=classification_accuracy, metric_name="accuracy")
 
 
 def train(ctx: Any) -> dict[str, Any]:

@@ -53,6 +53,13 @@ def state_dir() -> Path:
 # --- control loop -------------------------------------------------------------------------------
 RECONCILE_INTERVAL_S = _env_float("RECONCILE_INTERVAL_S", 1.0)
 PLACEMENT_TIMEOUT_S = _env_float("PLACEMENT_TIMEOUT_S", 120.0)
+# A job whose placement times out this many times fails with cause no_resources (it is queued again
+# after each earlier timeout).
+MAX_PLACEMENT_TIMEOUTS = _env_int("MAX_PLACEMENT_TIMEOUTS", 3)
+# How often the loop removes placement groups named by us that belong to no active attempt.
+PG_SWEEP_INTERVAL_S = _env_float("PG_SWEEP_INTERVAL_S", 30.0)
+# Recent decisions (Steps) the Coordinator keeps in memory, for inspection and replay.
+RECENT_STEPS_KEPT = _env_int("RECENT_STEPS_KEPT", 1000)
 # After the first failed rank of an attempt, how long we wait for the other ranks to settle
 # before classifying the failure (system vs user).
 FAILURE_SETTLE_S = _env_float("FAILURE_SETTLE_S", 20.0)
@@ -82,22 +89,29 @@ MAX_SYSTEM_RESTARTS = 100
 LOCAL_NODE_IP = _env_str("LOCAL_NODE_IP", "127.0.0.1")
 LOCAL_OBJECT_STORE_BYTES = _env_int("LOCAL_OBJECT_STORE_BYTES", 150 * 1024 * 1024)
 LOCAL_NODE_START_TIMEOUT_S = _env_float("LOCAL_NODE_START_TIMEOUT_S", 60.0)
+# A node whose `ray start` fails (e.g. its GCS registration hits Ray's RPC deadline on a machine
+# under heavy load) is started again this many times, with a log line, before giving up.
+LOCAL_NODE_START_RETRIES = _env_int("LOCAL_NODE_START_RETRIES", 1)
 LOCAL_NODE_STOP_GRACE_S = _env_float("LOCAL_NODE_STOP_GRACE_S", 3.0)
 # Faster node-death detection for local clusters (Ray's defaults take ~15 s).
 LOCAL_HEALTH_CHECK_PERIOD_MS = _env_int("LOCAL_HEALTH_CHECK_PERIOD_MS", 1000)
 LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD = _env_int("LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD", 3)
 
+# --- HTTP API token -----------------------------------------------------------------------------
+API_TOKEN_ENV = "RAYCLUSTER_API_TOKEN"
+API_TOKEN_FILE = "api_token"
+
 # --- checkpoints --------------------------------------------------------------------------------
 CHECKPOINT_WRITE_QUEUE = _env_int("CHECKPOINT_WRITE_QUEUE", 2)
 
-# --- local cluster auth (added with raycluster/localcluster.py) ---------------------------------
+# --- local cluster auth (raycluster/provision/) -------------------------------------------------
 # Ray 2.60 token authentication for the embedded local cluster: "token" (default: a fresh random
 # token per cluster, stored 0600 under the state dir) or "disabled".
 LOCAL_AUTH_MODE = _env_str("LOCAL_AUTH_MODE", "token")
 # How long stop()/kill_node() wait for SIGKILLed processes to disappear before giving up.
 LOCAL_NODE_KILL_WAIT_S = _env_float("LOCAL_NODE_KILL_WAIT_S", 5.0)
 
-# --- HTTP control API (raycluster/api.py, a Ray Serve application) ------------------------------
+# --- HTTP control API (raycluster/api/, a Ray Serve application) --------------------------------
 API_PORT = _env_int("API_PORT", 8000)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).
 API_MAX_BODY_BYTES = _env_int("API_MAX_BODY_BYTES", 1024 * 1024)

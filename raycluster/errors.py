@@ -1,10 +1,17 @@
-"""Typed exceptions of raycluster.
+"""Typed exceptions of raycluster, and the one table of how each one is answered.
 
-Every error says whether retrying the same call can help (``retryable``) and carries a stable
-machine-readable ``code``; ``field`` names the offending input field where there is one.
+Owns: every error class with its stable machine-readable ``code``, whether retrying the same call
+can help (``retryable``), the HTTP status the API answers with (``http_status``) and the exit code a
+command ends with (``exit_code``) — attributes of the classes, so the API, the HTTP client, the CLI
+and ``python -m raycluster.submit`` all read one table. ``field`` names the offending input field
+where there is one.
 """
 
 from __future__ import annotations
+
+# process exit codes of the command-line entry points (raycluster CLI, raycluster.submit)
+EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_ILLEGAL = 0, 1, 2, 3, 4, 5
+EXIT_UNAUTHORIZED = 6
 
 
 class RayClusterError(Exception):
@@ -12,6 +19,8 @@ class RayClusterError(Exception):
 
     code = "internal"
     retryable = False
+    http_status = 500
+    exit_code = EXIT_JOB_FAILED
 
     def __init__(self, message: str, *, field: str | None = None):
         super().__init__(message)
@@ -36,6 +45,8 @@ class InvalidJobSpec(RayClusterError):
     """The job spec is malformed; fix the spec, retrying will not help."""
 
     code = "invalid_spec"
+    http_status = 422
+    exit_code = EXIT_INVALID
 
 
 class EntrypointImportError(InvalidJobSpec):
@@ -50,14 +61,25 @@ class InfeasibleJob(InvalidJobSpec):
     code = "infeasible"
 
 
+class BodyTooLarge(InvalidJobSpec):
+    """A request body is larger than the API accepts."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
 class JobNotFound(RayClusterError):
     code = "not_found"
+    http_status = 404
+    exit_code = EXIT_NOT_FOUND
 
 
 class IllegalTransition(RayClusterError):
     """The job is not in a state that allows this operation (e.g. cancel a finished job)."""
 
     code = "illegal_transition"
+    http_status = 409
+    exit_code = EXIT_ILLEGAL
 
 
 class ClusterUnavailable(RayClusterError):
@@ -65,12 +87,16 @@ class ClusterUnavailable(RayClusterError):
 
     code = "unavailable"
     retryable = True
+    http_status = 503
+    exit_code = EXIT_UNAVAILABLE
 
 
 class Unauthorized(RayClusterError):
     """The HTTP API refused the request's bearer token (missing or wrong); retrying will not help."""
 
     code = "unauthorized"
+    http_status = 401
+    exit_code = EXIT_UNAUTHORIZED
 
 
 class ApiDeployError(RayClusterError):
@@ -78,6 +104,7 @@ class ApiDeployError(RayClusterError):
     taken by another program, or a Serve instance started with other options is running)."""
 
     code = "api_deploy"
+    exit_code = EXIT_INVALID
 
 
 class LocalClusterError(RayClusterError):
@@ -90,20 +117,34 @@ class CheckpointError(RayClusterError):
     code = "checkpoint"
 
 
-class NoValidCheckpoint(CheckpointError):
-    """Every registered checkpoint failed verification."""
-
-    code = "no_valid_checkpoint"
-
-
-# --- process exit codes of the command-line entry points (raycluster CLI, raycluster.submit) ----
-EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_ILLEGAL = 0, 1, 2, 3, 4, 5
-EXIT_UNAUTHORIZED = 6
-_EXIT_CODES = ((InvalidJobSpec, EXIT_INVALID), (ApiDeployError, EXIT_INVALID), (JobNotFound, EXIT_NOT_FOUND),
-               (IllegalTransition, EXIT_ILLEGAL), (ClusterUnavailable, EXIT_UNAVAILABLE),
-               (Unauthorized, EXIT_UNAUTHORIZED))
+def _all_classes() -> list[type[RayClusterError]]:
+    out, todo = [], [RayClusterError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
 
 
-def exit_code(exc: RayClusterError) -> int:
+def error_for_status(status: int, code: str | None, message: str, field: str | None = None) -> RayClusterError:
+    """The typed exception for an HTTP error answer: the class with this ``code`` when it answers with
+    this status, else the most general class answering with the status, else RayClusterError."""
+    classes = [c for c in _all_classes() if c is not RayClusterError]
+    if status == 403:
+        status = 401
+    if status in (502, 504):
+        status = 503
+    cls = next((c for c in classes if c.code == code and c.http_status == status), None)
+    if cls is None:  # a parent comes before its subclasses in the walk: the most general one
+        cls = next((c for c in classes if c.http_status == status and "http_status" in c.__dict__), None)
+    if cls is None:
+        exc = RayClusterError(f"HTTP {status}: {message}", field=field)
+        if code:
+            exc.code = code
+        return exc
+    return cls(message, field=field)
+
+
+def exit_code(exc: BaseException) -> int:
     """The exit code a command ends with when ``exc`` stops it (EXIT_JOB_FAILED for anything else)."""
-    return next((code for typ, code in _EXIT_CODES if isinstance(exc, typ)), EXIT_JOB_FAILED)
+    return getattr(exc, "exit_code", EXIT_JOB_FAILED) if isinstance(exc, RayClusterError) else EXIT_JOB_FAILED

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""HTTP control API benchmark (raycluster/api.py behind Ray Serve). Writes JSON.
+"""HTTP control API benchmark (raycluster/api/ behind Ray Serve). Writes JSON.
 
 (1) GET /cluster/status and (2) GET /jobs/{id}: ``--requests`` requests each from
     ``--concurrency`` concurrent keep-alive clients (asyncio + aiohttp): req/s, p50/p99/max latency,
@@ -39,11 +39,11 @@ import aiohttp  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from raycluster.api import deploy_api  # noqa: E402
+from raycluster.api.deploy import deploy_api  # noqa: E402
 from benchlib import log, pct, write_result  # noqa: E402
-from raycluster.localcluster import LocalCluster  # noqa: E402
-from raycluster.ports import free_port  # noqa: E402
-from raycluster.runtime import start_runtime  # noqa: E402
+from raycluster.provision.local.cluster import LocalCluster  # noqa: E402
+from raycluster.util.ports import free_port  # noqa: E402
+from raycluster.control.actors import start_runtime  # noqa: E402
 
 NOOP = {"entrypoint": "jobs.toy:noop", "resources": {"cpus": 0.5}}
 

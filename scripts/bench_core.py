@@ -31,8 +31,9 @@ from ray.util.placement_group import placement_group, remove_placement_group  # 
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
 
 from benchlib import log, pct, write_result  # noqa: E402
-from raycluster.localcluster import LocalCluster  # noqa: E402
-from raycluster.runtime import Client, start_runtime  # noqa: E402
+from raycluster.provision.local.cluster import LocalCluster  # noqa: E402
+from raycluster.client.ray_client import Client  # noqa: E402
+from raycluster.control.actors import start_runtime  # noqa: E402
 
 BUNDLE = {"CPU": 0.5}
 
@@ -100,7 +101,7 @@ def bare_cnn(config: dict) -> dict:
     import torch
 
     from jobs.cnn import train
-    from raycluster.context import BareContext
+    from raycluster.rank.context import BareContext
 
     cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     return train(BareContext(config, device=torch.device("cuda", 0) if cuda else torch.device("cpu")))

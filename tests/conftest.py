@@ -36,8 +36,8 @@ def local_runtime(state_dir: Path, num_workers: int):
     Afterwards: Serve (if a test started it) shut down, disconnected, exactly our nodes stopped."""
     import ray
 
-    from raycluster.localcluster import LocalCluster
-    from raycluster.runtime import start_runtime
+    from raycluster.provision.local.cluster import LocalCluster
+    from raycluster.control.actors import start_runtime
 
     os.environ.update(TEST_ENV)
     lc = LocalCluster(state_dir, num_workers=num_workers, cpus_per_worker=2, gpus_per_worker=1, env=dict(TEST_ENV))
@@ -75,6 +75,6 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def client(cluster):
-    from raycluster.runtime import Client
+    from raycluster.client.ray_client import Client
 
     return Client(cluster["coord"])

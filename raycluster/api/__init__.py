@@ -1,0 +1,9 @@
+"""The HTTP control API: a Ray Serve application (FastAPI ingress) in front of the runtime actors.
+
+Modules: ``routes`` (the ControlAPI deployment and its routes), ``app`` (the FastAPI app, OpenAPI,
+exception handlers), ``models`` (request/response models), ``errors`` (the one JSON error shape),
+``middleware`` (bearer auth, body limit, last-resort 500), ``settings`` (what a replica is given),
+``deploy`` (``deploy_api`` / ``undeploy_api``), ``token`` (the one token resolver) and
+``_serve_compat`` (the Ray Serve 2.60 workarounds). Nothing is imported here, so ``api.token`` stays
+cheap for clients that never import Ray.
+"""

@@ -1,0 +1,65 @@
+"""The FastAPI application of the control API: its OpenAPI schema, handlers and middleware.
+
+Owns: the ``app`` object the ControlAPI deployment serves (``routes.py`` adds the routes), the
+OpenAPI document (FastAPI's + the ``JobSpec`` request body, which ``POST /jobs`` parses by hand, +
+bearer security, public paths marked public) and the response documentation shared by routes.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from raycluster.api.errors import SafeJSONResponse, install_handlers
+from raycluster.api.middleware import PUBLIC_PATHS, Guard
+from raycluster.api.models import ErrorResponse
+from raycluster.spec import ENTRYPOINT_RE, NAME_RE, JobSpec
+
+
+class _App(FastAPI):
+    def openapi(self) -> dict:
+        """FastAPI's schema + the JobSpec request body (parsed by hand, see submit) + bearer security."""
+        if self.openapi_schema:
+            return self.openapi_schema
+        schema = get_openapi(title=self.title, version=self.version, description=self.description,
+                             routes=self.routes, separate_input_output_schemas=False)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        for field, regex in (("name", NAME_RE), ("entrypoint", ENTRYPOINT_RE)):  # checked by validators
+            spec_schema["properties"][field]["pattern"] = regex.pattern
+        comps.update(spec_schema.pop("$defs", {}))
+        comps["JobSpec"] = spec_schema
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        for path, ops in schema.get("paths", {}).items():
+            if path in PUBLIC_PATHS:
+                for op in ops.values():
+                    op["security"] = []
+        self.openapi_schema = schema
+        return schema
+
+
+app = _App(
+    title="raycluster control API",
+    version="1",
+    description="Submit, list, follow and cancel training jobs; cluster and node status. "
+                "Every route except /healthz needs `Authorization: Bearer <token>` (the token is in "
+                "`<state_dir>/api_token`). Errors: `{\"error\": {\"code\", \"message\", \"field\"?, \"retryable\"}}`.",
+    docs_url="/docs",
+    redoc_url=None,
+    default_response_class=SafeJSONResponse,
+    separate_input_output_schemas=False,
+)
+
+E = {"model": ErrorResponse}
+AUTH = {401: {**E, "description": "missing or wrong bearer token",
+               "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}}}
+UNAVAILABLE = {503: {**E, "description": "the runtime is restarting or unreachable; retry after Retry-After",
+                      "headers": {"Retry-After": {"schema": {"type": "string"}}}},
+                500: {**E, "description": "unexpected server error (no details are sent)"}}
+COMMON = {**AUTH, **UNAVAILABLE, 422: {**E, "description": "invalid parameter (field names it)"}}
+NOT_FOUND = {404: {**E, "description": "unknown job"}}
+
+
+install_handlers(app)
+app.add_middleware(Guard)

@@ -1,0 +1,139 @@
+"""Request and response models of the HTTP API (what ``/openapi.json`` describes).
+
+Owns: the response shapes. ``Job`` is derived from the store's ``JobRecord`` (one definition of a
+job's fields); the request body of ``POST /jobs`` is the ``JobSpec`` itself (``raycluster.spec``).
+"""
+
+from __future__ import annotations
+
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raycluster.store.jobs import JobRecord
+from raycluster.store.lifecycle import Cause
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="stable machine-readable code, e.g. invalid_spec, not_found, unavailable")
+    message: str
+    field: str | None = Field(None, description="the offending input field, where there is one")
+    retryable: bool = Field(False, description="whether the same request may succeed later")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    version: str = Field("", description="digest of the deployed API's code and settings")
+
+
+class Transition(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str | None = Field(None, alias="from")
+    to: str
+    ts: float
+    reason: str | None = None
+    cause: Cause | None = None
+
+
+class Job(JobRecord):
+    """A job as the API answers it: the stored record (``store.jobs.JobRecord``, the one definition)
+    plus, for ``GET /jobs/{id}``, its audit trail."""
+
+    transitions: list[Transition] | None = Field(None, description="audit trail (GET /jobs/{id} only)")
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(None, description="offset of the next page; null on the last page")
+    total: int | None = Field(None, description="not computed (always null); page with next_offset")
+
+
+class ResourceUsage(BaseModel):
+    total: float
+    allocated: float
+    free: float
+    utilization: float = Field(..., description="allocated / total (0 when total is 0)")
+
+
+class ActorHealth(BaseModel):
+    ok: bool
+    uptime_s: float | None = None
+    error: str | None = None
+
+
+class RuntimeHealth(BaseModel):
+    coordinator: ActorHealth
+    checkpoint_manager: ActorHealth
+
+
+class ClusterStatus(BaseModel):
+    nodes: int = Field(..., description="alive nodes")
+    gpus: ResourceUsage
+    cpus: ResourceUsage
+    utilization: float = Field(..., description="GPU utilisation, or CPU utilisation on a cluster without GPUs")
+    queue_depth: int = Field(..., description="PENDING jobs")
+    queue_depth_by_priority: dict[str, int]
+    jobs_by_state: dict[str, int]
+    runtime: RuntimeHealth
+    as_of: float = Field(..., description="unix time the figures were taken (cached up to API_STATUS_CACHE_S)")
+
+
+class Node(BaseModel):
+    id: str
+    alive: bool
+    is_head: bool
+    address: str | None = None
+    hostname: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    resources_total: dict[str, float]
+    resources_free: dict[str, float]
+
+
+class NodeList(BaseModel):
+    nodes: list[Node]
+
+
+class Checkpoint(BaseModel):
+    step: int
+    attempt: int | None = None
+    world_size: int | None = None
+    state: str
+    created_at: float | None = None
+    completed_at: float | None = None
+    reason: str | None = None
+    size_bytes: int = 0
+
+
+class CheckpointList(BaseModel):
+    job_id: str
+    checkpoints: list[Checkpoint]
+
+
+class MetricPoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    attempt: int
+    ts: float
+    step: int | None = None
+
+
+class MetricList(BaseModel):
+    job_id: str
+    metrics: list[MetricPoint] = Field(..., description="reports oldest first: attempt, ts, step + reported values")
+
+
+class RankLog(BaseModel):
+    attempt: int
+    rank: int
+    lines: list[str]
+
+
+class LogList(BaseModel):
+    job_id: str
+    logs: list[RankLog]

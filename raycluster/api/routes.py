@@ -1,0 +1,230 @@
+"""The ControlAPI deployment: every route of the HTTP control API.
+
+Owns the routes (all JSON)::
+
+    GET    /healthz                   liveness of the API itself (no auth, no actor call)
+    GET    /cluster/status            nodes, GPUs/CPUs total/allocated/free, utilisation, queue, runtime health
+    GET    /nodes, /nodes/{node_id}   Ray nodes: alive, address, resources total/free
+    POST   /jobs                      submit (body = job spec); 201 + the job; Idempotency-Key header
+    GET    /jobs                      ?state=..&state=..&tenant=..&limit=100&offset=0
+    GET    /jobs/{job_id}             one job with its transitions (and why it waits, while PENDING)
+    DELETE /jobs/{job_id}             cancel; 409 if it already finished
+    GET    /jobs/{job_id}/checkpoints | /metrics | /logs?tail=N
+
+It holds no job state: every answer comes from the Coordinator / CheckpointManager actors (found by
+name, awaited with a timeout: 503 + Retry-After when they restart or are slow) except ``/nodes``,
+which reads Ray's node table through the one node-info cache. ``/cluster/status`` and ``/nodes``
+are cached per replica for ``API_STATUS_CACHE_S``; concurrent requests share one refresh.
+``POST /jobs`` is idempotent under ``Idempotency-Key`` (a replay answers 201 with the same job;
+the same key with another spec is 409); without the header the API makes a key per request, so
+the actor-level retry of a call interrupted by a Coordinator restart cannot duplicate it either.
+"""
+
+# No ``from __future__ import annotations`` here: Serve's class-based view rebuilds each route's
+# endpoint in its own module, where string annotations (``Request``, ``Query``...) cannot be resolved;
+# FastAPI then takes ``request`` for a required query parameter (tests/cluster/test_api.py catches it).
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import ray
+from fastapi import Header, Path as PathParam, Query, Request
+from ray import serve
+
+from raycluster import constants as C
+from raycluster.api._serve_compat import serve_listener_reuses_address
+from raycluster.api.app import COMMON, E, NOT_FOUND, app
+from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
+from raycluster.api.models import CheckpointList, ClusterStatus, Health, Job, JobList, LogList, MetricList, Node, NodeList
+from raycluster.api.settings import configure
+from raycluster.control.nodes import NodeCache, read_nodes
+from raycluster.errors import RayClusterError
+from raycluster.spec import parse_spec
+from raycluster.store.lifecycle import JobState
+from raycluster.util.ttlcache import TTLCache
+
+log = logging.getLogger("raycluster.api")
+_JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_NODE_ID = r"^[A-Za-z0-9_-]{1,128}$"
+
+
+def _usage(total: float, free: float) -> dict:
+    total, free = float(total), float(free)
+    allocated = max(0.0, total - free)
+    return {"total": total, "allocated": allocated, "free": free,
+            "utilization": round(allocated / total, 6) if total > 0 else 0.0}
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@serve.deployment(name="ControlAPI")
+@serve.ingress(app)
+class ControlAPI:
+    """One API replica: finds the runtime actors by name and forwards requests to them."""
+
+    def __init__(self, settings: dict):
+        self.s = configure(settings)
+        serve_listener_reuses_address()  # before Serve binds this replica's direct-ingress port
+        self._handles: dict[str, Any] = {}
+        self._cache = TTLCache()
+        self._nodes_cache = NodeCache(read_nodes)
+
+    # ------------------------------------------------------------------ actor calls
+    async def _handle(self, name: str):
+        h = self._handles.get(name)
+        if h is None:
+            try:
+                h = await asyncio.to_thread(ray.get_actor, name, namespace=C.NAMESPACE)
+            except ValueError:
+                raise unavailable(f"the raycluster runtime is not running (no {name} actor)") from None
+            self._handles[name] = h
+        return h
+
+    async def _call(self, name: str, method: str, *args, timeout_s: float | None = None) -> Any:
+        h = await self._handle(name)
+        try:
+            fn = getattr(h, method)
+        except AttributeError:
+            raise ApiError(501, "not_implemented",
+                           f"the running {name} has no {method}(); upgrade the runtime") from None
+        timeout_s = self.s.actor_timeout_s if timeout_s is None else timeout_s
+        try:
+            return await asyncio.wait_for(fn.remote(*args), timeout_s)
+        except asyncio.TimeoutError:
+            raise unavailable(f"the {name} did not answer {method} within {timeout_s:.0f}s") from None
+        except Exception as exc:
+            # actor errors arrive as RayTaskError(<our error>): answer with the original (runtime._unwrap)
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, RayClusterError):
+                raise cause from None
+            if isinstance(exc, RayClusterError):
+                raise
+            if isinstance(exc, ACTOR_GONE):
+                if isinstance(exc, getattr(ray.exceptions, "ActorDiedError", ())):
+                    self._handles.pop(name, None)  # dead for good: look it up again next time
+                raise unavailable(f"the {name} is not reachable right now ({type(exc).__name__})") from None
+            raise
+
+    async def _coord(self, method: str, *args, timeout_s: float | None = None) -> Any:
+        return await self._call(C.COORDINATOR_NAME, method, *args, timeout_s=timeout_s)
+
+    async def _health(self, name: str, method: str) -> dict:
+        try:
+            out = await self._call(name, method, timeout_s=min(2.0, self.s.actor_timeout_s))
+        except Exception as exc:  # health is reported, not raised
+            return {"ok": False, "error": getattr(exc, "message", None) or type(exc).__name__}
+        return {"ok": True, "uptime_s": out.get("uptime_s") if isinstance(out, dict) else None}
+
+    async def _status(self) -> dict:
+        st, cm = await asyncio.gather(self._coord("cluster_status"),
+                                      self._health(C.CHECKPOINT_MANAGER_NAME, "ping"))
+        gpus = _usage(st["gpus_total"], st["gpus_free"])
+        cpus = _usage(st["cpus_total"], st["cpus_free"])
+        queue = {str(k): int(v) for k, v in st.get("queue_depth_by_priority", {}).items()}
+        return {
+            "nodes": st["nodes"], "gpus": gpus, "cpus": cpus,
+            "utilization": gpus["utilization"] if gpus["total"] > 0 else cpus["utilization"],
+            "queue_depth": sum(queue.values()), "queue_depth_by_priority": queue,
+            "jobs_by_state": {str(k): int(v) for k, v in st.get("jobs_by_state", {}).items()},
+            "runtime": {"coordinator": {"ok": True, "uptime_s": st.get("coordinator_uptime_s")},
+                        "checkpoint_manager": cm},
+            "as_of": time.time(),
+        }
+
+    async def _nodes(self) -> list[dict]:
+        try:
+            return await self._nodes_cache.anodes(self.s.status_cache_s)
+        except Exception as exc:
+            log.warning("cannot read Ray's node table: %s", exc)
+            raise unavailable("cannot read the node table from Ray right now") from None
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/healthz", response_model=Health, tags=["meta"], summary="liveness of the API (no auth)")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "version": self.s.version}
+
+    @app.get("/cluster/status", response_model=ClusterStatus, responses=COMMON, tags=["cluster"])
+    async def cluster_status(self) -> dict:
+        return await self._cache.aget("status", self.s.status_cache_s, self._status)
+
+    @app.get("/nodes", response_model=NodeList, responses=COMMON, tags=["cluster"])
+    async def list_nodes(self) -> dict:
+        return {"nodes": await self._nodes()}
+
+    @app.get("/nodes/{node_id}", response_model=Node, responses={**COMMON, 404: {**E, "description": "unknown node"}},
+             tags=["cluster"])
+    async def get_node(self, node_id: str = PathParam(..., pattern=_NODE_ID)) -> dict:
+        for n in await self._nodes():
+            if n["id"] == node_id:
+                return n
+        raise ApiError(404, "not_found", f"node {node_id!r} not found")
+
+    @app.post("/jobs", status_code=201, response_model=Job, tags=["jobs"],
+              responses={**COMMON, 409: {**E, "description": "Idempotency-Key reused with a different spec"},
+                         413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},
+                         422: {**E, "description": "invalid spec, non-importable entrypoint, or a gang that can "
+                                                   "never fit; field names the offending field"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}}},
+              summary="submit a job (201; a replay with the same Idempotency-Key returns 201 and the same job)")
+    async def submit(self, request: Request,
+                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1,
+                                                          max_length=255)) -> dict:
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
+        spec = parse_spec(data)  # InvalidJobSpec naming the field -> 422
+        key = idempotency_key or f"api-{uuid.uuid4().hex}"
+        job = await self._coord("submit", data, key, timeout_s=self.s.submit_timeout_s)
+        if idempotency_key and _canonical(job.get("spec")) != _canonical(spec.model_dump(mode="json")):
+            raise ApiError(409, "idempotency_key_reused",
+                           f"Idempotency-Key was already used for job {job.get('id')} with a different spec",
+                           field="Idempotency-Key")
+        return job
+
+    @app.get("/jobs", response_model=JobList, responses=COMMON, tags=["jobs"])
+    async def list_jobs(self,
+                        state: list[JobState] | None = Query(None, description="filter; repeatable"),
+                        tenant: str | None = Query(None, max_length=64),
+                        limit: int = Query(100, ge=1, le=1000),
+                        offset: int = Query(0, ge=0, le=1_000_000_000)) -> dict:
+        states = [s.value for s in state] if state else None
+        jobs = await self._coord("list", states, tenant, limit + 1, offset)
+        more = len(jobs) > limit
+        return {"jobs": jobs[:limit], "limit": limit, "offset": offset,
+                "next_offset": offset + limit if more else None, "total": None}
+
+    @app.get("/jobs/{job_id}", response_model=Job, responses={**COMMON, **NOT_FOUND}, tags=["jobs"])
+    async def get_job(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._coord("get", job_id)
+
+    @app.delete("/jobs/{job_id}", response_model=Job, tags=["jobs"], summary="cancel a job",
+                responses={**COMMON, **NOT_FOUND, 409: {**E, "description": "the job already finished"}})
+    async def cancel_job(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._coord("cancel", job_id)
+
+    @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, responses={**COMMON, **NOT_FOUND},
+             tags=["jobs"])
+    async def job_checkpoints(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        _job, cps = await asyncio.gather(self._coord("get", job_id),
+                                         self._call(C.CHECKPOINT_MANAGER_NAME, "list", job_id))
+        return {"job_id": job_id, "checkpoints": cps}
+
+    @app.get("/jobs/{job_id}/metrics", response_model=MetricList, responses={**COMMON, **NOT_FOUND},
+             tags=["jobs"])
+    async def job_metrics(self, job_id: str = PathParam(..., pattern=_JOB_ID),
+                          limit: int = Query(1000, ge=1, le=100_000)) -> dict:
+        return {"job_id": job_id, "metrics": await self._coord("metrics", job_id, limit)}
+
+    @app.get("/jobs/{job_id}/logs", response_model=LogList, tags=["jobs"],
+             responses={**COMMON, **NOT_FOUND, 501: {**E, "description": "the running Coordinator has no logs()"}})
+    async def job_logs(self, job_id: str = PathParam(..., pattern=_JOB_ID),
+                       tail: int = Query(200, ge=1, le=10_000, description="last N lines of each rank's log")) -> dict:
+        return {"job_id": job_id, "logs": await self._coord("logs", job_id, tail)}

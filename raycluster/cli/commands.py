@@ -1,0 +1,228 @@
+"""The ``raycluster`` subcommands: up/down a local cluster, submit/list/inspect/cancel jobs, demo.
+
+Owns what each subcommand does (parsing is ``main.py``, output ``format.py``). ``--address`` is a
+Ray address (``client.ray_client.Client``), or ``http(s)://host:port`` of the HTTP control API
+(``client.http_client.HttpClient``, which never imports Ray; token from ``--token-file``,
+``RAYCLUSTER_API_TOKEN`` or ``<state_dir>/api_token``, in that order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from raycluster.cli.format import finish, job_details, jobs_table, print_json, progress_printer
+from raycluster.errors import EXIT_INVALID, EXIT_OK, ClusterUnavailable
+
+DEMO_SPECS = ("configs/jobs/cnn.yaml", "configs/jobs/transformer.yaml", "configs/jobs/lstm.yaml")
+
+
+class BadArgument(Exception):
+    """A command-line argument that cannot work (exit code 2)."""
+
+
+def _client(args):
+    from raycluster.api.token import resolve_token
+    from raycluster.client.http_client import HttpClient, is_http_address
+
+    if is_http_address(args.address):
+        try:
+            token = resolve_token(args.token_file, args.state_dir)
+        except OSError as exc:
+            raise BadArgument(f"cannot read the API token: {exc}") from None
+        return HttpClient(args.address, token)
+    from raycluster.client.ray_client import Client, connect
+
+    connect(args.address, Path(args.state_dir))
+    return Client()
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_up(args) -> int:
+    from raycluster.client.ray_client import connect
+    from raycluster.control.actors import start_runtime
+    from raycluster.provision.local.cluster import LocalCluster
+
+    state_dir = Path(args.state_dir)
+    if not args.local:
+        print("only the embedded local cluster is supported by `up` so far: use `raycluster up --local`",
+              file=sys.stderr)
+        return EXIT_INVALID
+    existing = LocalCluster.load(state_dir)
+    if existing is not None and existing.is_running():
+        lc = existing
+        print(f"local cluster already running at {lc.address}")
+    else:
+        t0 = time.monotonic()
+        lc = LocalCluster(state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker)
+        lc.start()
+        print(f"local cluster up in {time.monotonic() - t0:.1f}s: head + {args.workers} workers at {lc.address}")
+    connect(lc.address, state_dir)
+    start_runtime(state_dir)
+    info = {"address": lc.address, "dashboard_url": getattr(lc, "dashboard_url", None),
+            "state_dir": str(state_dir)}
+    if args.api_port:
+        from raycluster.api.deploy import deploy_api
+
+        api = deploy_api(state_dir, port=args.api_port)
+        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None,
+                    api_direct_ingress=api["direct_ingress"])
+    if args.json:
+        print_json(info)
+    else:
+        print(f"runtime actors up · dashboard {info['dashboard_url']} · state in {state_dir}")
+        if info.get("api_url"):
+            print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
+        print("submit a job:  raycluster submit configs/jobs/cnn.yaml")
+    return EXIT_OK
+
+
+def cmd_down(args) -> int:
+    from raycluster.provision.local.cluster import LocalCluster
+
+    lc = LocalCluster.load(Path(args.state_dir))
+    if lc is None:
+        print("no local cluster recorded; nothing to stop")
+        return EXIT_OK
+    lc.stop()
+    print("local cluster stopped")
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from raycluster.spec import load_spec
+
+    spec = load_spec(args.file)
+    overrides = {}
+    if args.priority is not None:
+        overrides["priority"] = args.priority
+    if args.name:
+        overrides["name"] = args.name
+    spec_dict = {**spec.model_dump(mode="json", exclude_unset=True), **overrides}
+    client = _client(args)
+    job = client.submit(spec_dict)
+    if not args.wait:
+        print_json(job) if args.json else print(job["id"])
+        return EXIT_OK
+    if not args.json:
+        print(f"submitted {job['id']}; waiting")
+    final = client.wait([job["id"]], timeout_s=args.timeout, on_poll=None if args.json else progress_printer())
+    return finish(final, args.json)
+
+
+def cmd_jobs(args) -> int:
+    jobs = _client(args).list(states=args.state or None, tenant=args.tenant)
+    print_json(jobs) if args.json else print(jobs_table(jobs))
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    client = _client(args)
+    if args.job_id:
+        job = client.get(args.job_id)
+        if args.json:
+            print_json(job)
+            return EXIT_OK
+        print(job_details(job))
+        return EXIT_OK
+    st = client.cluster_status()
+    if args.json:
+        print_json(st)
+    else:
+        print(f"nodes {st['nodes']} · GPUs {st['gpus_free']:g}/{st['gpus_total']:g} free · "
+              f"CPUs {st['cpus_free']:g}/{st['cpus_total']:g} free")
+        print("jobs: " + " ".join(f"{k}={v}" for k, v in st["jobs_by_state"].items()))
+        if st["queue_depth_by_priority"]:
+            print("queue by priority: " + ", ".join(f"p{k}:{v}" for k, v in st["queue_depth_by_priority"].items()))
+    return EXIT_OK
+
+
+def cmd_logs(args) -> int:
+    logs = _client(args).logs(args.job_id, args.tail)
+    if args.json:
+        print_json(logs)
+        return EXIT_OK
+    if not logs:
+        print(f"no logs for {args.job_id} yet", file=sys.stderr)
+    for entry in logs:
+        print(f"==> attempt {entry['attempt']} rank {entry['rank']} <==")
+        for line in entry["lines"]:
+            print(line)
+    return EXIT_OK
+
+
+def cmd_env(args) -> int:
+    """Shell exports for Ray's own tools (``ray job submit``, ``ray status``) against the local cluster:
+    the dashboard address and, on a token cluster, the auth token's path."""
+    import shlex
+
+    from raycluster.provision.auth import driver_env
+    from raycluster.provision.local.record import read_record
+
+    record = read_record(Path(args.state_dir))
+    if not record or record.get("removed"):
+        raise ClusterUnavailable(f"no local cluster recorded under {args.state_dir}; start one with "
+                                 f"`raycluster up --local`")
+    env = {"RAY_API_SERVER_ADDRESS": record["dashboard_url"], **driver_env(Path(args.state_dir))}
+    if args.json:
+        print_json(env)
+    else:
+        for k, v in env.items():
+            print(f"export {k}={shlex.quote(str(v))}")
+    return EXIT_OK
+
+
+def cmd_cancel(args) -> int:
+    job = _client(args).cancel(args.job_id)
+    print_json(job) if args.json else print(f"{job['id']} {job['state']}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    """Start a local cluster, run the three example jobs at once, show them finish, stop."""
+    from raycluster.client.ray_client import Client, connect
+    from raycluster.control.actors import start_runtime
+    from raycluster.provision.local.cluster import LocalCluster
+    from raycluster.spec import load_spec
+
+    state_dir = Path(args.state_dir)
+    root = Path(__file__).resolve().parents[2]
+    lc = LocalCluster.load(state_dir)
+    started_here = not (lc is not None and lc.is_running())
+    if started_here:
+        print(f"starting a local cluster: head + {args.workers} worker nodes with "
+              f"{args.gpus_per_worker} GPU(s) each (logical GPUs when none are present)")
+        lc = LocalCluster(state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker)
+        lc.start()
+    try:
+        connect(lc.address, state_dir)
+        client = Client(start_runtime(state_dir))
+        print(f"cluster at {lc.address}; dashboard {getattr(lc, 'dashboard_url', None)}")
+        ids = []
+        for rel in DEMO_SPECS:
+            spec = load_spec(root / rel)
+            job = client.submit(spec)
+            ids.append(job["id"])
+            print(f"submitted {job['id']} {spec.name} (priority {spec.priority}, {spec.num_workers} worker(s), "
+                  f"{spec.resources.gpus:g} GPU each)")
+        final = client.wait(ids, timeout_s=args.timeout, on_poll=progress_printer())
+        code = finish(final, args.json)
+        for j in final:
+            cps = client.checkpoints(j["id"])
+            kept = [c["step"] for c in cps if c["state"] == "COMPLETE"]
+            print(f"{j['id']} {j['name']}: result {json.dumps(j.get('result'))} · checkpoints kept at steps {kept}")
+        return code
+    finally:
+        if started_here and not args.keep:
+            import ray
+
+            ray.shutdown()
+            lc.stop()
+            print("local cluster stopped")
+
+

@@ -1,0 +1,88 @@
+"""How the CLI shows things: job tables, progress lines, one job's details, JSON.
+
+Owns: the human output of ``raycluster`` (``--json`` prints the same data as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from raycluster.errors import EXIT_JOB_FAILED, EXIT_OK
+from raycluster.store.lifecycle import JobState
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _fmt_age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0, time.time() - ts)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m"
+
+
+def _fmt_num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def jobs_table(jobs: list[dict]) -> str:
+    cols = ("ID", "NAME", "STATE", "PRIO", "ATTEMPT", "STEP", "LOSS", "ACC/MAE", "AGE")
+    rows = []
+    for j in jobs:
+        m = j.get("last_metrics") or {}
+        acc = m.get("accuracy", m.get("mae"))
+        rows.append((j["id"], j["name"], j["state"], str(j["priority"]), str(j["attempt"]), _fmt_num(m.get("step")),
+                     _fmt_num(m.get("loss")), _fmt_num(acc), _fmt_age(j["submitted_at"])))
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), *(line(r) for r in rows)])
+
+
+def progress_printer(every_s: float = 5.0):
+    """Print a job's line when its state changes, or its progress at most every ``every_s``."""
+    last: dict[str, tuple[str, float]] = {}
+
+    def show(jobs: list[dict]) -> None:
+        now = time.monotonic()
+        for j in jobs:
+            prev = last.get(j["id"])
+            if prev is not None and prev[0] == j["state"] and now - prev[1] < every_s:
+                continue
+            last[j["id"]] = (j["state"], now)
+            m = j.get("last_metrics") or {}
+            print(f"{time.strftime('%H:%M:%S')} {j['id']} {j['name']:<22} {j['state']:<10} attempt={j['attempt']} "
+                  f"step={_fmt_num(m.get('step'))} loss={_fmt_num(m.get('loss'))}", flush=True)
+    return show
+
+
+def finish(final: list[dict], as_json: bool) -> int:
+    if as_json:
+        print_json(final)
+    else:
+        print(jobs_table(final))
+        for j in final:
+            if j["state"] == JobState.FAILED.value:
+                print(f"\n{j['id']} failed: {j.get('reason')}\n{j.get('error') or ''}", file=sys.stderr)
+    return EXIT_OK if all(j["state"] == JobState.SUCCEEDED.value for j in final) else EXIT_JOB_FAILED
+
+
+def job_details(job: dict) -> str:
+    """``raycluster status JOB``: the job's row, why it waits or ended, and its transitions."""
+    out = [jobs_table([job])]
+    if job.get("state") == JobState.PENDING.value and job.get("waiting"):
+        out.append(f"waiting: {job['waiting']}")
+    if job.get("cause"):
+        out.append(f"cause: {job['cause']}")
+    for k in ("reason", "error", "result"):
+        if job.get(k):
+            out.append(f"{k}: {job[k] if isinstance(job[k], str) else json.dumps(job[k])}")
+    out.append("transitions:")
+    for t in job.get("transitions") or []:
+        cause = f" [{t['cause']}]" if t.get("cause") else ""
+        out.append(f"  {time.strftime('%H:%M:%S', time.localtime(t['ts']))} {t['from'] or '-':>10} -> {t['to']:<10}"
+                   f"{cause} {t['reason'] or ''}".rstrip())
+    return "\n".join(out)

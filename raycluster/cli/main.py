@@ -1,0 +1,88 @@
+"""The ``raycluster`` command line: argument parsing and exit codes.
+
+Exit codes (the one table in ``raycluster.errors``): 0 ok · 1 a job ended FAILED/CANCELLED (submit
+--wait, demo) or an unexpected error · 2 invalid input (bad spec, bad arguments) · 3 cluster/runtime
+unavailable · 4 job not found · 5 illegal transition (e.g. cancel a finished job) · 6 unauthorised
+(HTTP API token missing or wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raycluster import constants as C
+from raycluster.cli import commands
+from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
+from raycluster.store.lifecycle import JobState
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raycluster", description="Run many ML training jobs on a Ray cluster.")
+    p.add_argument("--state-dir", default=str(C.state_dir()), help="state directory (default %(default)s)")
+    p.add_argument("--address", default=None,
+                   help="Ray address (default: RAY_ADDRESS or the local cluster), or http(s)://host:port of the "
+                        "raycluster HTTP API")
+    p.add_argument("--token-file", default=None,
+                   help="HTTP API token file (default: RAYCLUSTER_API_TOKEN, else <state-dir>/api_token)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def cluster_shape(sp):
+        sp.add_argument("--workers", type=int, default=3, help="worker nodes (default %(default)s)")
+        sp.add_argument("--cpus-per-worker", type=float, default=2)
+        sp.add_argument("--gpus-per-worker", type=int, default=1)
+
+    sp = sub.add_parser("up", help="start a cluster and the runtime actors")
+    sp.add_argument("--local", action="store_true", help="embedded local cluster on this machine")
+    sp.add_argument("--api-port", type=int, default=C.API_PORT,
+                    help="port of the HTTP control API on 127.0.0.1 (default %(default)s; 0 = no API)")
+    cluster_shape(sp)
+    sp.set_defaults(fn=commands.cmd_up)
+    sp = sub.add_parser("down", help="stop the local cluster started by `up`")
+    sp.set_defaults(fn=commands.cmd_down)
+    sp = sub.add_parser("submit", help="submit a job spec (YAML or JSON)")
+    sp.add_argument("file")
+    sp.add_argument("--priority", type=int)
+    sp.add_argument("--name")
+    sp.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it SUCCEEDED")
+    sp.add_argument("--timeout", type=float, default=3600)
+    sp.set_defaults(fn=commands.cmd_submit)
+    sp = sub.add_parser("jobs", help="list jobs")
+    sp.add_argument("--state", action="append", choices=[s.value for s in JobState])
+    sp.add_argument("--tenant")
+    sp.set_defaults(fn=commands.cmd_jobs)
+    sp = sub.add_parser("status", help="cluster status, or one job's details")
+    sp.add_argument("job_id", nargs="?")
+    sp.set_defaults(fn=commands.cmd_status)
+    sp = sub.add_parser("cancel", help="cancel a job")
+    sp.add_argument("job_id")
+    sp.set_defaults(fn=commands.cmd_cancel)
+    sp = sub.add_parser("logs", help="last lines of each rank's log of a job (per attempt)")
+    sp.add_argument("job_id")
+    sp.add_argument("--tail", type=int, default=200, help="lines per rank log (default %(default)s)")
+    sp.set_defaults(fn=commands.cmd_logs)
+    sp = sub.add_parser("env", help="shell exports for `ray job submit` & co. against the local cluster "
+                                    "(eval \"$(raycluster env)\")")
+    sp.set_defaults(fn=commands.cmd_env)
+    sp = sub.add_parser("demo", help="local cluster + three example jobs at once, then stop")
+    cluster_shape(sp)
+    sp.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    sp.add_argument("--timeout", type=float, default=900)
+    sp.set_defaults(fn=commands.cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (RayClusterError, commands.BadArgument) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return EXIT_INVALID if isinstance(exc, commands.BadArgument) else exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""What every client shares: turning a spec argument into a dict, and the one follow/wait loop.
+
+Owns: ``ClientBase`` — ``submit`` normalisation (a path, a JobSpec, a dict or JSON text, validated
+locally first with the error the server would give) and ``wait`` — and ``follow_jobs``, the one
+loop that polls jobs until they are terminal, riding out a control plane that is briefly
+unavailable (a Coordinator restarting). ``raycluster submit --wait``, ``raycluster demo`` and
+``python -m raycluster.submit --follow`` all use it. Imports nothing from Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from raycluster.errors import ClusterUnavailable, InvalidJobSpec
+from raycluster.spec import JobSpec, load_spec, parse_spec
+from raycluster.store.lifecycle import JobState
+
+
+def follow_jobs(get: Callable[[str], dict], job_ids: list[str], *, timeout_s: float | None = None,
+                poll_s: float = 0.5, on_poll: Callable[[list[dict]], None] | None = None,
+                on_unavailable: Callable[[ClusterUnavailable], None] | None = None,
+                unavailable_grace_s: float | None = None) -> list[dict]:
+    """Poll ``get`` until every job is terminal; return their last states.
+
+    Stops early at ``timeout_s`` (returning what it has). While the control plane is unavailable it
+    keeps polling (calling ``on_unavailable``) — until ``unavailable_grace_s`` of continuous
+    unavailability or the timeout, then re-raises."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    down_since: float | None = None
+    while True:
+        try:
+            jobs = [get(j) for j in job_ids]
+            down_since = None
+        except ClusterUnavailable as exc:
+            now = time.monotonic()
+            down_since = down_since or now
+            if (deadline is not None and now > deadline) or (
+                    unavailable_grace_s is not None and now - down_since > unavailable_grace_s):
+                raise
+            if on_unavailable:
+                on_unavailable(exc)
+            time.sleep(poll_s)
+            continue
+        if on_poll:
+            on_poll(jobs)
+        if all(JobState(j["state"]).terminal for j in jobs) or (deadline is not None and time.monotonic() > deadline):
+            return jobs
+        time.sleep(poll_s)
+
+
+class ClientBase:
+    """The calls every client has; subclasses implement ``_submit`` and ``get`` & co."""
+
+    key_prefix = "client"
+
+    def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None) -> dict:
+        """Submit a spec (a file path, a JobSpec, a dict or JSON text). A key per submit (the same
+        on every retry of it) makes retries safe from duplicates."""
+        if isinstance(spec, Path):
+            spec = load_spec(spec)
+        if isinstance(spec, JobSpec):
+            spec = spec.model_dump(mode="json")
+        elif isinstance(spec, (str, bytes)):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise InvalidJobSpec(f"spec is not valid JSON: {exc}") from None
+        parse_spec(spec)  # fail fast, locally, with the same error the server would give
+        return self._submit(spec, idempotency_key or f"{self.key_prefix}-{uuid.uuid4().hex}")
+
+    def _submit(self, spec: dict, idempotency_key: str) -> dict:
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> dict:
+        raise NotImplementedError
+
+    def wait(self, job_ids: list[str], timeout_s: float = 600.0, poll_s: float = 0.5,
+             on_poll: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Poll until every job is terminal or ``timeout_s`` passes."""
+        return follow_jobs(self.get, job_ids, timeout_s=timeout_s, poll_s=poll_s, on_poll=on_poll)
+
+
+__all__ = ["ClientBase", "follow_jobs"]

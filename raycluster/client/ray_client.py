@@ -1,0 +1,105 @@
+"""The Ray client: connecting a driver to a cluster, and ``Client`` over the runtime actors.
+
+Owns: how a driver (CLI, tests, scripts, ``python -m raycluster.submit``) reaches a Ray cluster —
+an explicit address, ``RAY_ADDRESS``, or the embedded local cluster's record in the state dir, with
+that cluster's Ray auth — and ``Client``: synchronous calls on the Coordinator and CheckpointManager
+actors that turn actor errors back into raycluster's typed exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from raycluster import constants as C
+from raycluster.client.base import ClientBase
+from raycluster.control.actors import get_handle
+from raycluster.errors import ClusterUnavailable, RayClusterError
+from raycluster.provision.auth import apply_driver_auth, local_cluster_address
+
+
+def resolve_address(address: str | None, state_dir: Path) -> str:
+    addr = address or os.environ.get("RAY_ADDRESS") or local_cluster_address(state_dir)
+    if not addr:
+        raise ClusterUnavailable(
+            f"no cluster to talk to: start one with `raycluster up --local`, or pass --address / set RAY_ADDRESS "
+            f"(no local cluster record under {state_dir})")
+    return addr
+
+
+def connect(address: str | None = None, state_dir: Path | None = None) -> None:
+    """ray.init against the cluster (idempotent) in the raycluster namespace."""
+    if ray.is_initialized():
+        return
+    state_dir = Path(state_dir or C.state_dir())
+    addr = resolve_address(address, state_dir)
+    if addr == local_cluster_address(state_dir):  # our embedded cluster: use its auth token
+        apply_driver_auth(state_dir)
+    try:
+        ray.init(address=addr, namespace=C.NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ClusterUnavailable(f"cannot connect to Ray at {addr}: {exc}") from None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Turn a RayTaskError around one of our exceptions back into that exception."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, RayClusterError):
+        return cause
+    if isinstance(exc, RayClusterError):
+        return exc
+    if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+        return ClusterUnavailable(f"the runtime actor is not reachable right now: {exc}")
+    return exc
+
+
+class Client(ClientBase):
+    """Synchronous client over the runtime actors (used by the CLI, tests and benchmarks)."""
+
+    key_prefix = "client"
+
+    def __init__(self, handle=None, timeout_s: float = 120.0):
+        self._h = handle or get_handle(C.COORDINATOR_NAME)
+        self._timeout_s = timeout_s
+
+    def _call(self, method: str, *args, actor=None) -> Any:
+        actor = self._h if actor is None else actor
+        try:
+            return ray.get(getattr(actor, method).remote(*args), timeout=self._timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterUnavailable(f"the runtime did not answer {method} in {self._timeout_s:.0f}s") from None
+        except Exception as exc:
+            unwrapped = unwrap(exc)
+            if unwrapped is exc:
+                raise
+            raise unwrapped from None
+
+    def _submit(self, spec: dict, idempotency_key: str) -> dict:
+        return self._call("submit", spec, idempotency_key)
+
+    def get(self, job_id: str) -> dict:
+        return self._call("get", job_id)
+
+    def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[dict]:
+        return self._call("list", states, tenant, limit, offset)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("cancel", job_id)
+
+    def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
+        return self._call("metrics", job_id, limit)
+
+    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+        """Last lines of each rank's log: ``[{"attempt", "rank", "lines"}, ...]``."""
+        return self._call("logs", job_id, tail_lines)
+
+    def cluster_status(self) -> dict:
+        return self._call("cluster_status")
+
+    def checkpoints(self, job_id: str) -> list[dict]:
+        return self._call("list", job_id, actor=get_handle(C.CHECKPOINT_MANAGER_NAME))

@@ -1,0 +1,1 @@
+"""The runtime actors (Coordinator, CheckpointManager) and their seams to Ray (RayOps, node info)."""

@@ -1,0 +1,57 @@
+"""The one factory of the runtime actors: their names, options and how to find them.
+
+Owns: creating (or finding, ``get_if_exists``) the named detached actors — CheckpointManager and
+Coordinator, both pinned to the head node (worker nodes come and go) in the ``raycluster``
+namespace — and looking one up by name with a clear ``ClusterUnavailable`` when it is not there.
+Later runtime actors (HealthMonitor, BudgetAutoscaler, MetricsCollector) are added here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+
+from raycluster import constants as C
+from raycluster.errors import ClusterUnavailable
+
+_MISSING = {
+    C.COORDINATOR_NAME: "the raycluster runtime is not running on this cluster (no Coordinator actor); "
+                        "start it with `raycluster up`",
+    C.CHECKPOINT_MANAGER_NAME: "no CheckpointManager actor on this cluster; start the runtime with `raycluster up`",
+}
+
+
+def _options(name: str) -> dict:
+    return dict(name=name, namespace=C.NAMESPACE, lifetime="detached", get_if_exists=True,
+                resources=dict(C.HEAD_NODE_RESOURCE))
+
+
+def get_or_create_checkpoint_manager(state_dir: Path):
+    from raycluster.control.checkpoint_manager import CheckpointManager
+
+    return CheckpointManager.options(**_options(C.CHECKPOINT_MANAGER_NAME)).remote(str(state_dir))
+
+
+def get_or_create_coordinator(state_dir: Path):
+    from raycluster.control.coordinator import Coordinator
+
+    return Coordinator.options(**_options(C.COORDINATOR_NAME)).remote(str(state_dir))
+
+
+def start_runtime(state_dir: Path, timeout_s: float = 120.0):
+    """Create (or find) the runtime actors; return the Coordinator handle once both answer."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cm = get_or_create_checkpoint_manager(state_dir)
+    coord = get_or_create_coordinator(state_dir)
+    ray.get([cm.ping.remote(), coord.ping.remote()], timeout=timeout_s)
+    return coord
+
+
+def get_handle(name: str):
+    """The named runtime actor, or ClusterUnavailable saying how to start it."""
+    try:
+        return ray.get_actor(name, namespace=C.NAMESPACE)
+    except ValueError:
+        raise ClusterUnavailable(_MISSING.get(name, f"no {name} actor on this cluster")) from None

@@ -1,0 +1,78 @@
+"""The Coordinator actor: a named, detached, restartable thin shell over ``CoordinatorCore``.
+
+Owns: the actor boundary (every method delegates) and the reconcile thread, which runs
+``reconcile_once()`` every RECONCILE_INTERVAL_S and at once when woken (a submit, a finished rank,
+a placed gang). Created by ``control/actors.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import ray
+
+from raycluster import constants as C
+from raycluster.control.core import CoordinatorCore
+from raycluster.control.rayops import RayOps
+
+log = logging.getLogger("raycluster.coordinator")
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
+class Coordinator:
+    def __init__(self, state_dir: str, checkpoint_root: str | None = None):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from raycluster.control.actors import get_or_create_checkpoint_manager
+
+        cm = get_or_create_checkpoint_manager(Path(state_dir))
+        me = ray.get_runtime_context().current_actor
+        self.core = CoordinatorCore(Path(state_dir), RayOps(), cm, me, checkpoint_root)
+        self.core._guard("startup sweep", self.core.sweep_placement_groups)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
+        self._thread.start()
+        log.info("coordinator started (state dir %s)", state_dir)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.core.reconcile_once()
+            except Exception:  # never let the loop die
+                log.exception("reconcile pass failed")
+            self.core.wait(C.RECONCILE_INTERVAL_S)
+
+    def ping(self) -> dict:
+        return {"ok": True, "uptime_s": time.time() - self.core.started_at, "pid": os.getpid()}
+
+    def submit(self, spec: dict | str, idempotency_key: str | None = None) -> dict:
+        return self.core.submit(spec, idempotency_key)
+
+    def get(self, job_id: str) -> dict:
+        return self.core.get(job_id)
+
+    def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[dict]:
+        return self.core.list(states, tenant, limit, offset)
+
+    def cancel(self, job_id: str) -> dict:
+        return self.core.cancel(job_id)
+
+    def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
+        return self.core.metrics(job_id, limit)
+
+    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+        return self.core.logs(job_id, tail_lines)
+
+    def report(self, job_id: str, attempt: int, step: int | None, metrics: dict) -> None:
+        self.core.report(job_id, attempt, step, metrics)
+
+    def rank_started(self, job_id: str, attempt: int, rank: int) -> None:
+        """Called by rank 0 as it starts: move the job to RUNNING now rather than at the next tick."""
+        self.core.wake()
+
+    def cluster_status(self) -> dict:
+        return self.core.cluster_status()

@@ -1,0 +1,292 @@
+"""The Coordinator's control loop: observe → decide → apply, one pass at a time.
+
+Owns: the in-memory handles of the attempts the Coordinator runs (placement group + one ObjectRef
+per rank) and the reconcile pass over the job table:
+
+1. *observe* — non-terminal jobs from SQLite, rank task status (``GangOps.poll``), placement-group
+   readiness, free resources per node (``NodeCache``);
+2. *decide* — a ``policy.steps.Step`` per job (``decide_placing`` / ``decide_running`` /
+   ``start_step``) and ``policy.admission.decide_admission`` for the queue: pure functions;
+3. *apply* — ``apply(job, step)``, the one place a Step is carried out: the conditional state
+   transition (committed to SQLite first: the intent), then placement groups and rank tasks.
+
+Each job's step and each periodic chore runs under ``_guard``: its exception is logged and the
+pass goes on. Everything in memory can be rebuilt: on (re)start, PLACING jobs find their named
+placement group again, RUNNING jobs whose rank tasks died with the previous Coordinator move to
+RECOVERING (cause ``coordinator_restart``, no budget consumed), and placement groups that belong
+to no active attempt are removed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raycluster import constants as C
+from raycluster.control.nodes import NodeCache
+from raycluster.control.rayops import GangOps, pg_name
+from raycluster.errors import IllegalTransition
+from raycluster.policy.admission import AdmissionContext, QueuedJob, decide_admission, place
+from raycluster.policy.recovery import RankStatus
+from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
+from raycluster.spec import JobSpec
+from raycluster.store.jobs import JobRecord, JobStore
+from raycluster.store.lifecycle import ACTIVE_STATES, JobState
+
+log = logging.getLogger("raycluster.coordinator")
+
+
+def gcs_uris(runtime_env: dict | None) -> list[str]:
+    """The gcs:// package URIs a runtime_env refers to (working_dir, py_modules)."""
+    if not runtime_env:
+        return []
+    out = []
+    wd = runtime_env.get("working_dir")
+    if isinstance(wd, str) and wd.startswith("gcs://"):
+        out.append(wd)
+    for m in runtime_env.get("py_modules") or []:
+        if isinstance(m, str) and m.startswith("gcs://"):
+            out.append(m)
+    return out
+
+
+@dataclass
+class Attempt:
+    job_id: str
+    attempt: int
+    pg: Any
+    placing_since: float
+    refs: list | None = None
+    placed: bool = False  # the placement group is created (its resources show as used)
+    first_failure_at: float | None = None
+
+
+class Reconciler:
+    """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top."""
+
+    def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
+                 checkpoint_root: str | None = None, clock=time.time):
+        self.state_dir = Path(state_dir)
+        self.store = JobStore(self.state_dir / "jobs.db")
+        self.ops = ops
+        self.nodes = NodeCache(ops.nodes, clock=clock)
+        self.cm = checkpoint_manager
+        self.handle = self_handle
+        self.checkpoint_root = checkpoint_root or str(self.state_dir / "checkpoints")
+        self.log_dir = self.state_dir / "logs"
+        self.clock = clock
+        self.started_at = clock()
+        self.attempts: dict[str, Attempt] = {}
+        self.recent_steps: collections.deque[tuple[float, Step]] = collections.deque(maxlen=C.RECENT_STEPS_KEPT)
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._metrics: list[tuple] = []
+        self._metrics_lock = threading.Lock()
+        self._specs: dict[str, JobSpec] = {}
+        self._last_sweep = 0.0
+        self._last_pin = 0.0
+
+    # ------------------------------------------------------------------ loop
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wait(self, timeout_s: float) -> None:
+        self._wake.wait(timeout_s)
+        self._wake.clear()
+
+    def reconcile_once(self) -> None:
+        """One observe → decide → apply pass. Each step's exception is logged, never raised."""
+        now = self.clock()
+        self._guard("flush metrics", self._flush_metrics)
+        with self._lock:
+            try:
+                jobs = self.store.list([JobState.PENDING, *ACTIVE_STATES])
+            except Exception:
+                log.exception("reconcile: cannot read the job table")
+                return
+            active_ids = {j.id for j in jobs}
+            for jid in [j for j in self.attempts if j not in active_ids]:
+                self._guard(f"teardown {jid}", self._teardown, self.attempts.pop(jid))
+            for jid in [j for j in self._specs if j not in active_ids and j not in self.attempts]:
+                del self._specs[jid]
+            for job in jobs:
+                if job.state != JobState.PENDING:
+                    self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
+            pending = [j for j in jobs if j.state == JobState.PENDING]
+            if pending:
+                self._guard("admission", self._admit, pending, now)
+            if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:
+                self._last_sweep = now
+                self._guard("sweep", self.sweep_placement_groups)
+            if now - self._last_pin > C.PACKAGE_PIN_S / 3:
+                self._last_pin = now
+                self._guard("pin packages", self._pin_packages, jobs)
+
+    def _guard(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except IllegalTransition as exc:  # lost a race with a user action (e.g. cancel): re-read next tick
+            log.info("reconcile %s: %s", what, exc)
+        except Exception:
+            log.exception("reconcile step %r failed; continuing", what)
+
+    # ------------------------------------------------------------------ observe + decide
+    def _spec(self, job: JobRecord) -> JobSpec:
+        spec = self._specs.get(job.id)
+        if spec is None:  # specs are immutable once stored: parse each once
+            spec = self._specs[job.id] = JobSpec.model_validate(job.spec)
+        return spec
+
+    def decide(self, job: JobRecord, now: float) -> Step | None:
+        """Observe one active job's attempt and decide its next step (None: nothing to do now)."""
+        if job.state == JobState.RECOVERING:
+            return start_step(job, now)
+        att = self.attempts.get(job.id)
+        if job.state == JobState.PLACING:
+            att = self._ensure_launched(job, att, now)
+            return decide_placing(job, ready=self.ops.pg_ready(att.pg), placing_for_s=now - att.placing_since,
+                                  timeout_s=C.PLACEMENT_TIMEOUT_S, max_timeouts=C.MAX_PLACEMENT_TIMEOUTS, now=now)
+        spec = self._spec(job)
+        limits = Limits(spec.max_restarts, spec.max_user_retries, spec.max_runtime_s)
+        if att is None or att.refs is None:  # its rank tasks died with the previous Coordinator
+            return decide_running(job, limits, None, settled=True, now=now)
+        results = self.ops.poll(att.refs)
+        if att.first_failure_at is None and any(
+                r.status in (RankStatus.USER_ERROR, RankStatus.SYSTEM_ERROR) for r in results):
+            att.first_failure_at = now
+        settled = att.first_failure_at is not None and now - att.first_failure_at >= C.FAILURE_SETTLE_S
+        return decide_running(job, limits, results, settled=settled, now=now)
+
+    def _step_job(self, job: JobRecord, now: float) -> None:
+        step = self.decide(job, now)
+        if step is None:
+            return
+        job = self.apply(job, step, now)
+        if step.action == Action.MARK_RUNNING:  # a short job may already be done: look again now
+            self._step_job(job, now)
+
+    def _ensure_launched(self, job: JobRecord, att: Attempt | None, now: float) -> Attempt:
+        """A PLACING job's attempt with its ranks submitted. If this Coordinator holds nothing of it
+        (it restarted: the ranks died with the previous one), reuse the attempt's named placement
+        group (or create it); if an earlier launch failed, launch again (raises if it fails again)."""
+        if att is None:
+            spec = self._spec(job)
+            name = pg_name(job.id, job.attempt)
+            pg = self.ops.get_pg(name) or self.ops.create_pg(name, spec.bundles(), spec.placement_strategy.value)
+            att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now)
+        if att.refs is None:
+            self._launch(job, att)
+        return att
+
+    def _admit(self, pending: list[JobRecord], now: float) -> None:
+        _total, free = self.nodes.totals_and_free(0.0)
+        # placement groups not created yet do not show in the free view: count them as taken
+        for att in self.attempts.values():
+            if not att.placed:
+                spec = self._specs.get(att.job_id)
+                placed = spec and place(spec.bundles(), free, spec.placement_strategy.value)
+                if placed:
+                    free = placed[1]
+        queue = []
+        for j in pending:
+            spec = self._spec(j)
+            queue.append(QueuedJob(j.id, j.priority, j.queued_at, tuple(spec.bundles()),
+                                   spec.placement_strategy.value))
+        decision = decide_admission(AdmissionContext(tuple(queue), free, C.STARVATION_THRESHOLD_S, C.AGING_S), now)
+        by_id = {j.id: j for j in pending}
+        for jid in decision.admit:
+            self._guard(f"start {jid}", self.apply, by_id[jid], start_step(by_id[jid], now), now)
+        changed = {jid: why for jid, why in decision.waiting.items() if by_id[jid].waiting != why}
+        self.store.set_waiting(changed)
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, job: JobRecord, step: Step, now: float) -> JobRecord:
+        """Carry out one decision: commit the transition first (the intent), then act on Ray."""
+        self.recent_steps.append((now, step))
+        log.info("step %s", step.describe())
+        if step.action == Action.START:
+            old = self.attempts.pop(job.id, None)
+            if old is not None:
+                self._teardown(old)
+            elif job.state == JobState.RECOVERING:
+                self.ops.remove_pg_by_name(pg_name(job.id, job.attempt))
+            rec = self._transition(job, step, now)
+            spec = self._spec(job)
+            pg = self.ops.create_pg(pg_name(job.id, rec.attempt), spec.bundles(), spec.placement_strategy.value)
+            att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now)
+            self._launch(rec, att)
+            return rec
+        if step.action == Action.MARK_RUNNING:
+            self.attempts[job.id].placed = True
+        else:  # REQUEUE, SUCCEED, RECOVER, FAIL: the attempt is over
+            att = self.attempts.pop(job.id, None)
+            if att is not None:
+                self._teardown(att)
+            if step.action == Action.SUCCEED:
+                self._flush_metrics()
+        return self._transition(job, step, now)
+
+    def _transition(self, job: JobRecord, step: Step, now: float) -> JobRecord:
+        return self.store.transition(job.id, step.src, step.dst, cause=step.cause, reason=step.reason, now=now,
+                                     **step.fields)
+
+    def _launch(self, job: JobRecord, att: Attempt) -> None:
+        """Submit every rank into the attempt's placement group at once: Ray starts them the moment
+        the group is placed, with no loop round trip. Never leaves half a gang running."""
+        spec = self._spec(job)
+        bundle = spec.resources.bundle()
+        refs: list = []
+        try:
+            for rank in range(spec.num_workers):
+                launch = {
+                    "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
+                    "entrypoint": spec.entrypoint, "config": spec.config, "checkpoint_root": self.checkpoint_root,
+                    "checkpoint_policy": spec.checkpoint.model_dump(), "checkpoint_manager": self.cm,
+                    "coordinator": self.handle, "log_dir": str(self.log_dir),
+                }
+                refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
+                                                 f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))
+        except BaseException:
+            self.ops.cancel(refs)
+            raise
+        att.refs = refs
+        self.ops.watch(refs, self.wake)
+
+    def _teardown(self, att: Attempt) -> None:
+        if att.refs:
+            pending = [ref for ref, r in zip(att.refs, self.ops.poll(att.refs)) if r.status == RankStatus.RUNNING]
+            self.ops.cancel(pending)
+        self.ops.remove_pg(att.pg)
+
+    # ------------------------------------------------------------------ chores
+    def _pin_packages(self, jobs: list[JobRecord]) -> None:
+        """Renew the GCS pins of the uploaded packages (working_dir, py_modules) of every job not yet
+        finished: Ray deletes a package once no job, actor or worker refers to it, and the Ray job
+        that uploaded it (``ray job submit --working-dir``) may end long before our job is placed."""
+        uris = sorted({u for j in jobs for u in gcs_uris(self._spec(j).runtime_env)})
+        if uris:
+            self.ops.pin_uris(uris, C.PACKAGE_PIN_S)
+
+    def sweep_placement_groups(self) -> None:
+        """Remove placement groups named by us that belong to no active attempt."""
+        keep = {pg_name(j.id, j.attempt) for j in self.store.list(list(ACTIVE_STATES))}
+        for name in self.ops.our_pg_names():
+            if name not in keep:
+                log.info("removing orphaned placement group %s", name)
+                self.ops.remove_pg_by_name(name)
+
+    def _flush_metrics(self) -> None:
+        with self._metrics_lock:
+            rows, self._metrics = self._metrics, []
+        if rows:
+            try:
+                self.store.record_metrics(rows)
+            except Exception:
+                with self._metrics_lock:  # keep them for the next try
+                    self._metrics = rows + self._metrics
+                raise

@@ -1,0 +1,1 @@
+"""The embedded default cluster: a Ray head plus N worker nodes as processes on this machine."""

@@ -1,0 +1,1 @@
+"""What runs inside one gang member: the rank task body, ``ctx``, rank logs."""

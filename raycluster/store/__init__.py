@@ -1,0 +1,1 @@
+"""Durable state in SQLite (WAL): job lifecycle, jobs, checkpoint registry. Imports nothing from Ray."""

@@ -1,0 +1,258 @@
+"""The durable job table (``jobs.db``, SQLite WAL): one record definition, the store over it.
+
+Owns: ``JobRecord`` — the one definition of a job row, from which the table's columns, its row
+mapping and the HTTP API's ``Job`` model are derived — and ``JobStore``, the only code that reads
+or writes ``jobs.db``. Every transition is a conditional update (``WHERE state=?``) checked
+against ``lifecycle.LEGAL_TRANSITIONS``, so a stale writer (e.g. a Coordinator restarted mid-step)
+cannot overwrite a newer state, and it is appended to the ``transitions`` audit table (with its
+reason and ``Cause``) in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, Field
+
+from raycluster.errors import IllegalTransition, JobNotFound
+from raycluster.store.db import Table, connect
+from raycluster.store.lifecycle import Cause, JobState, is_legal
+
+
+class JobRecord(BaseModel):
+    """One job, as stored and as answered (the API's ``Job`` adds only ``transitions``)."""
+
+    id: str = Field(..., json_schema_extra={"sql": "PRIMARY KEY"})
+    name: str
+    spec: dict[str, Any]
+    priority: int
+    tenant: str | None = None
+    state: JobState
+    attempt: int = 0
+    system_restarts: int = 0
+    user_retries: int = 0
+    submitted_at: float = 0.0
+    started_at: float | None = Field(None, description="first RUNNING")
+    attempt_started_at: float | None = Field(None, description="the current attempt RUNNING")
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    queued_at: float = Field(0.0, description="when queued, for FIFO and aging (kept across re-queues)")
+    error: str | None = None
+    reason: str | None = Field(None, description="why the last transition happened, in words")
+    result: Any = None
+    last_metrics: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, json_schema_extra={"sql": "UNIQUE"})
+    cause: Cause | None = Field(None, description="why the last transition happened, as a stable code")
+    waiting: str | None = Field(None, description="why a PENDING job is not placed yet (admission's last word)")
+    placement_timeouts: int = Field(0, description="placements of this job that timed out so far")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        d["cause"] = self.cause.value if self.cause is not None else None
+        if d["last_metrics"] is None:
+            d["last_metrics"] = {}
+        return d
+
+
+JOBS = Table("jobs", JobRecord, extra_ddl="CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    src TEXT,
+    dst TEXT NOT NULL,
+    ts REAL NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    step INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_job ON metrics(job_id, ts);
+"""
+
+
+def new_job_id() -> str:
+    return "job-" + uuid.uuid4().hex[:12]
+
+
+class JobStore:
+    """Durable job table. Thread-safe; one instance per process."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._conn = connect(self.path)
+        self._lock = threading.RLock()
+        with self._lock:
+            JOBS.create(self._conn)
+            self._conn.executescript(_SCHEMA)
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(transitions)")}
+            if "cause" not in have:  # databases written before causes existed
+                self._conn.execute("ALTER TABLE transitions ADD COLUMN cause TEXT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _write(self, fn):
+        """Run ``fn(conn)`` in one IMMEDIATE transaction under the store lock."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._conn)
+                self._conn.execute("COMMIT")
+                return out
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    # ----------------------------------------------------------------- reads
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {JOBS.select_list} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        return JOBS.row(row)
+
+    def find_by_idempotency_key(self, key: str) -> JobRecord | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {JOBS.select_list} FROM jobs WHERE idempotency_key=?",
+                                     (key,)).fetchone()
+        return JOBS.row(row) if row else None
+
+    def list(self, states: Iterable[JobState] | None = None, tenant: str | None = None,
+             limit: int | None = None, offset: int = 0) -> list[JobRecord]:
+        sql = f"SELECT {JOBS.select_list} FROM jobs"
+        where, args = [], []
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(s.value for s in states)
+        if tenant is not None:
+            where.append("tenant=?")
+            args.append(tenant)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY submitted_at, id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args.extend([limit, offset])
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [JOBS.row(r) for r in rows]
+
+    def transitions(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT src, dst, ts, reason, cause FROM transitions WHERE job_id=? ORDER BY seq", (job_id,)
+            ).fetchall()
+        return [{"from": s, "to": d, "ts": ts, "reason": r, "cause": c} for s, d, ts, r, c in rows]
+
+    def metrics_history(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT attempt, ts, step, data FROM metrics WHERE job_id=? ORDER BY ts DESC LIMIT ?",
+                (job_id, limit),
+            ).fetchall()
+        return [{"attempt": a, "ts": ts, "step": st, **json.loads(d)} for a, ts, st, d in reversed(rows)]
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        out = {s.value: 0 for s in JobState}
+        out.update({s: n for s, n in rows})
+        return out
+
+    def queue_depth_by_priority(self) -> dict[int, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT priority, COUNT(*) FROM jobs WHERE state=? GROUP BY priority",
+                                      (JobState.PENDING.value,)).fetchall()
+        return dict(rows)
+
+    # ----------------------------------------------------------------- writes
+    def insert(self, *, name: str, spec: dict, priority: int, tenant: str | None,
+               idempotency_key: str | None = None, now: float | None = None) -> JobRecord:
+        """A new PENDING job. Raises sqlite3.IntegrityError when ``idempotency_key`` is taken."""
+        now = time.time() if now is None else now
+        rec = JobRecord(id=new_job_id(), name=name, spec=spec, priority=priority, tenant=tenant,
+                        state=JobState.PENDING, submitted_at=now, updated_at=now, queued_at=now,
+                        idempotency_key=idempotency_key, cause=Cause.SUBMITTED, reason="submitted")
+        fields = JOBS.encode(rec.__dict__)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT INTO jobs ({', '.join(fields)}) VALUES ({','.join('?' * len(fields))})",
+                         tuple(fields.values()))
+            conn.execute("INSERT INTO transitions (job_id, src, dst, ts, reason, cause) VALUES (?,?,?,?,?,?)",
+                         (rec.id, None, JobState.PENDING.value, now, "submitted", Cause.SUBMITTED.value))
+
+        self._write(write)
+        return rec
+
+    def transition(self, job_id: str, src: JobState, dst: JobState, *, cause: Cause, reason: str | None = None,
+                   now: float | None = None, **fields: Any) -> JobRecord:
+        """Move ``job_id`` from ``src`` to ``dst`` iff it is still in ``src``; set extra ``fields``.
+
+        Raises IllegalTransition if the edge is not legal or the job is no longer in ``src``.
+        """
+        if not is_legal(src, dst):
+            raise IllegalTransition(f"job {job_id}: {src.value} -> {dst.value} is not a legal transition")
+        now = time.time() if now is None else now
+        sets = JOBS.encode({"state": dst, "updated_at": now, "reason": reason, "cause": cause,
+                            "waiting": None, **fields})
+
+        def write(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in sets)} WHERE id=? AND state=?",
+                               (*sets.values(), job_id, src.value))
+            if cur.rowcount != 1:
+                current = self.get(job_id)  # raises JobNotFound
+                raise IllegalTransition(
+                    f"job {job_id} is {current.state.value}, not {src.value}; cannot move to {dst.value}")
+            conn.execute("INSERT INTO transitions (job_id, src, dst, ts, reason, cause) VALUES (?,?,?,?,?,?)",
+                         (job_id, src.value, dst.value, now, reason, cause.value))
+
+        self._write(write)
+        return self.get(job_id)
+
+    def set_waiting(self, reasons: dict[str, str | None]) -> None:
+        """Record why PENDING jobs wait (admission's decision); only jobs still PENDING change."""
+        if reasons:
+            self._write(lambda conn: conn.executemany(
+                "UPDATE jobs SET waiting=? WHERE id=? AND state=?",
+                [(why, jid, JobState.PENDING.value) for jid, why in reasons.items()]))
+
+    def record_metrics(self, rows: list[tuple[str, int, float, int | None, dict]]) -> None:
+        """Append metric reports and update each job's last_metrics (merged) in one transaction."""
+        if not rows:
+            return
+        last: dict[str, dict] = {}
+        for jid, _a, _ts, step, data in rows:
+            merged = last.setdefault(jid, {})
+            merged.update(data)
+            if step is not None:
+                merged["step"] = step
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO metrics (job_id, attempt, ts, step, data) VALUES (?,?,?,?,?)",
+                             [(j, a, ts, st, json.dumps(d)) for j, a, ts, st, d in rows])
+            for jid, merged in last.items():
+                row = conn.execute("SELECT last_metrics FROM jobs WHERE id=?", (jid,)).fetchone()
+                if row is None:
+                    continue
+                current = json.loads(row[0]) if row[0] else {}
+                current.update(merged)
+                conn.execute("UPDATE jobs SET last_metrics=? WHERE id=?", (json.dumps(current), jid))
+
+        self._write(write)

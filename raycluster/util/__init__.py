@@ -1,0 +1,1 @@
+"""Small shared helpers with no knowledge of jobs or Ray: files, ports, caches."""

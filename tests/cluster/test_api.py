@@ -1,0 +1,454 @@
+"""The HTTP control API (raycluster/api.py, a Ray Serve app) on a real local multi-node cluster.
+
+Real HTTP with ``requests`` against the deployed app: job round trip, auth on every route,
+the one error shape (422 with field, 404, 409, 413), idempotent submit, property-based fuzzing
+of every operation with schemathesis (no 500s, responses match the OpenAPI schema), and the
+API staying up while the Coordinator actor is killed and restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from contextlib import suppress
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from raycluster.util.ports import free_port
+from tests.conftest import coordinator_restarted, local_runtime, wait_for
+
+pytestmark = [pytest.mark.cluster]
+
+ACTOR_TIMEOUT_S = 5.0  # the API's wait for an actor in these tests (503 after that)
+HTTP_TIMEOUT_S = 90.0  # a submit may wait for an entrypoint import on a cold worker
+DUMMY_JOB = "job-000000000000"
+
+
+def counter_spec(name, steps=20, sleep=0.0, **extra):
+    return {"name": name, "entrypoint": "jobs.toy:counter", "config": {"steps": steps, "sleep_per_step_s": sleep},
+            "resources": {"cpus": 0.5, "gpus": 0}, "checkpoint": {"every_steps": 5, "keep_last": 3}, **extra}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """Head (no CPUs) + 2 workers, runtime actors, and the API deployed on a free port."""
+    from raycluster.api.deploy import deploy_api
+
+    state_dir = Path(tmp_path_factory.mktemp("rc-api"))
+    with local_runtime(state_dir, num_workers=2) as (lc, coord):
+        info = deploy_api(state_dir, port=free_port("127.0.0.1"), actor_timeout_s=ACTOR_TIMEOUT_S)
+        token_path = Path(info["token_path"])
+        assert token_path.stat().st_mode & 0o777 == 0o600
+        token = token_path.read_text().strip()
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        yield SimpleNamespace(url=info["url"], token=token, s=session, coord=coord, state_dir=state_dir, lc=lc)
+
+
+def _get(api, path, **kw):
+    return api.s.get(api.url + path, timeout=HTTP_TIMEOUT_S, **kw)
+
+
+def _post_job(api, spec, key=None, **kw):
+    headers = {"Idempotency-Key": key} if key else {}
+    return api.s.post(api.url + "/jobs", json=spec, headers=headers, timeout=HTTP_TIMEOUT_S, **kw)
+
+
+def _assert_error(resp, status, code=None, field=None):
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert isinstance(err["code"], str) and isinstance(err["message"], str), body
+    assert "Traceback" not in err["message"]
+    if code:
+        assert err["code"] == code, body
+    if field:
+        assert err.get("field") == field, body
+    return err
+
+
+def _state(api, jid):
+    r = _get(api, f"/jobs/{jid}")
+    assert r.status_code == 200, r.text
+    return r.json()["state"]
+
+
+# ============================================================================ round trip
+@pytest.mark.timeout(150)
+def test_job_round_trip_and_cancel(api):
+    r = _post_job(api, counter_spec("api-roundtrip"))
+    assert r.status_code == 201, r.text
+    job = r.json()
+    jid = job["id"]
+    assert job["state"] == "PENDING" and job["name"] == "api-roundtrip"
+
+    listed = _get(api, "/jobs").json()
+    assert jid in [j["id"] for j in listed["jobs"]] and listed["limit"] == 100 and listed["offset"] == 0
+    one = _get(api, f"/jobs/{jid}").json()
+    assert one["id"] == jid and one["transitions"][0]["to"] == "PENDING"
+
+    wait_for(lambda: _state(api, jid) in ("SUCCEEDED", "FAILED", "CANCELLED"), 90, "the job to finish")
+    final = _get(api, f"/jobs/{jid}").json()
+    assert final["state"] == "SUCCEEDED", final["error"]
+    assert final["result"]["steps"] == 20
+    assert [t["to"] for t in final["transitions"]][-1] == "SUCCEEDED"
+
+    metrics = _get(api, f"/jobs/{jid}/metrics").json()
+    assert metrics["job_id"] == jid and max(m["step"] for m in metrics["metrics"]) == 20
+    cps = _get(api, f"/jobs/{jid}/checkpoints").json()["checkpoints"]
+    assert [c["step"] for c in cps if c["state"] == "COMPLETE"], cps
+    logs = _get(api, f"/jobs/{jid}/logs", params={"tail": 5})
+    if logs.status_code == 501:  # a Coordinator without logs() answers in the same error shape
+        _assert_error(logs, 501, "not_implemented")
+    else:
+        assert logs.status_code == 200, logs.text
+        for entry in logs.json()["logs"]:
+            assert set(entry) == {"attempt", "rank", "lines"} and len(entry["lines"]) <= 5
+
+    # filters and paging
+    done = _get(api, "/jobs", params=[("state", "SUCCEEDED"), ("state", "FAILED")]).json()["jobs"]
+    assert jid in [j["id"] for j in done] and all(j["state"] in ("SUCCEEDED", "FAILED") for j in done)
+    assert jid not in [j["id"] for j in _get(api, "/jobs", params={"state": "RUNNING"}).json()["jobs"]]
+    page = _get(api, "/jobs", params={"limit": 1}).json()
+    assert len(page["jobs"]) == 1 and page["limit"] == 1
+
+    # cancel a running job, then cancel it again
+    long = _post_job(api, counter_spec("api-long", steps=2000, sleep=0.1)).json()["id"]
+    wait_for(lambda: _state(api, long) == "RUNNING", 60, "the long job to run")
+    r = api.s.delete(f"{api.url}/jobs/{long}", timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "CANCELLED"
+    _assert_error(api.s.delete(f"{api.url}/jobs/{long}", timeout=HTTP_TIMEOUT_S), 409, "illegal_transition")
+
+    status = _get(api, "/cluster/status").json()
+    assert status["nodes"] == 3 and status["gpus"]["total"] == 2 and status["cpus"]["total"] == 4
+    assert status["runtime"]["coordinator"]["ok"] and status["runtime"]["checkpoint_manager"]["ok"]
+    assert status["jobs_by_state"]["SUCCEEDED"] >= 1 and status["jobs_by_state"]["CANCELLED"] >= 1
+    nodes = _get(api, "/nodes").json()["nodes"]
+    assert len([n for n in nodes if n["alive"]]) == 3 and sum(n["is_head"] for n in nodes) == 1
+    for n in nodes:
+        assert not any("_group_" in k or k.startswith("node:") for k in n["resources_total"]), n
+    worker = next(n for n in nodes if not n["is_head"])
+    assert _get(api, f"/nodes/{worker['id']}").json()["resources_total"]["GPU"] == 1
+    _assert_error(_get(api, "/nodes/ffff"), 404, "not_found")
+
+
+# ============================================================================ auth
+@pytest.mark.timeout(60)
+def test_every_route_but_healthz_needs_the_token(api):
+    r = requests.get(api.url + "/healthz", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "ok" and set(r.json()) == {"status", "version"}
+    assert api.token not in r.text
+    schema = _get(api, "/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    routes = []
+    for path, ops in schema["paths"].items():
+        concrete = path.replace("{job_id}", DUMMY_JOB).replace("{node_id}", "0" * 56)
+        routes += [(method.upper(), concrete) for method in ops if method in ("get", "post", "put", "delete", "patch")]
+    routes += [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/no-such-route")]
+    assert len(routes) >= 12
+    bad_headers = [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {api.token}"},
+                   {"Authorization": "Bearer"}, {"Authorization": f"Bearer {api.token}x"}]
+    checked = 0
+    for method, path in routes:
+        if path == "/healthz":
+            continue
+        for headers in bad_headers:
+            r = requests.request(method, api.url + path, headers=headers, json=counter_spec("unauth"), timeout=10)
+            _assert_error(r, 401, "unauthorized")
+            assert r.headers.get("WWW-Authenticate") == "Bearer"
+            assert api.token not in r.text
+            checked += 1
+    assert checked >= 11 * len(bad_headers)
+    # the scheme is case-insensitive; the right token opens every read route
+    r = requests.get(api.url + "/cluster/status", headers={"Authorization": f"bearer {api.token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert _get(api, "/docs").status_code == 200
+    # the token file is reused, never rotated behind a running deployment's back
+    from raycluster.api.token import ensure_api_token, resolve_token
+
+    assert ensure_api_token(api.state_dir)[0] == api.token == resolve_token(state_dir=api.state_dir)
+
+
+# ============================================================================ errors
+BAD_SPECS = [
+    ("missing entrypoint", {"name": "x"}, "invalid_spec", "entrypoint"),
+    ("priority too high", {**counter_spec("x"), "priority": 5000}, "invalid_spec", "priority"),
+    ("negative workers", {**counter_spec("x"), "num_workers": -1}, "invalid_spec", "num_workers"),
+    ("unknown field", {**counter_spec("x"), "colour": "blue"}, "invalid_spec", "colour"),
+    ("nested field", {**counter_spec("x"), "resources": {"gpus": -1}}, "invalid_spec", "resources.gpus"),
+    ("bad name", {**counter_spec("x"), "name": "has space"}, "invalid_spec", "name"),
+    ("not importable", {**counter_spec("x"), "entrypoint": "jobs.toy:no_such_function"},
+     "entrypoint_not_importable", "entrypoint"),
+    ("gang larger than the cluster", {**counter_spec("x"), "num_workers": 5, "resources": {"cpus": 1, "gpus": 1}},
+     "infeasible", "num_workers"),
+    ("not an object", [1, 2, 3], "invalid_spec", None),
+]
+
+
+@pytest.mark.timeout(120)
+def test_errors_have_one_shape(api):
+    for what, spec, code, field in BAD_SPECS:
+        err = _assert_error(_post_job(api, spec), 422, code, field)
+        assert err["message"], what
+    for body in (b"{not json", b"", b"\xff\xfe"):
+        r = api.s.post(api.url + "/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        _assert_error(r, 422, "invalid_json")
+    _assert_error(_get(api, "/jobs", params={"limit": 0}), 422, "invalid_request", "limit")
+    _assert_error(_get(api, "/jobs", params={"limit": 1001}), 422, "invalid_request", "limit")
+    _assert_error(_get(api, "/jobs", params={"state": "SLEEPING"}), 422, "invalid_request", "state.0")
+    _assert_error(_get(api, "/jobs/bad id!"), 422, "invalid_request", "job_id")
+    _assert_error(_get(api, "/jobs/x/logs", params={"tail": -1}), 422, "invalid_request", "tail")
+    _assert_error(api.s.post(api.url + "/jobs", json=counter_spec("x"), headers={"Idempotency-Key": "k" * 300},
+                             timeout=30), 422, "invalid_request", "Idempotency-Key")
+
+    for method, suffix in (("GET", ""), ("DELETE", ""), ("GET", "/metrics"), ("GET", "/checkpoints"),
+                           ("GET", "/logs")):
+        r = api.s.request(method, f"{api.url}/jobs/{DUMMY_JOB}{suffix}", timeout=30)
+        if r.status_code != 501:
+            _assert_error(r, 404, "not_found")
+    _assert_error(_get(api, "/no/such/route"), 404, "not_found")
+    _assert_error(api.s.put(api.url + "/jobs", timeout=30), 405, "method_not_allowed")
+
+    # 413: declared length, and a chunked body without Content-Length
+    big = {**counter_spec("big"), "config": {"blob": "x" * (1024 * 1024 + 10)}}
+    _assert_error(_post_job(api, big), 413, "payload_too_large")
+
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 65536
+
+    r = api.s.post(api.url + "/jobs", data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+    _assert_error(r, 413, "payload_too_large")
+    assert _get(api, "/healthz").status_code == 200  # still serving
+
+
+@pytest.mark.timeout(90)
+def test_submit_is_idempotent_under_idempotency_key(api):
+    key = f"test-{uuid.uuid4().hex}"
+    spec = counter_spec("idem", steps=3)
+    first = _post_job(api, spec, key)
+    second = _post_job(api, spec, key)
+    assert first.status_code == 201 and second.status_code == 201, (first.text, second.text)
+    assert first.json()["id"] == second.json()["id"]
+    jobs = _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]
+    assert [j["id"] for j in jobs if j["idempotency_key"] == key] == [first.json()["id"]]
+    # the same key with a different spec is a client bug: 409, nothing created
+    _assert_error(_post_job(api, counter_spec("idem-other", steps=3), key), 409, "idempotency_key_reused",
+                  "Idempotency-Key")
+    # without a key every POST is a new job
+    a, b = _post_job(api, spec), _post_job(api, spec)
+    assert a.status_code == b.status_code == 201 and a.json()["id"] != b.json()["id"]
+
+
+# ============================================================================ fuzzing
+@pytest.fixture(scope="module")
+def api_schema(api):
+    import schemathesis
+
+    raw = _get(api, "/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.config.update(base_url=api.url, headers={"Authorization": f"Bearer {api.token}"},
+                         request_timeout=HTTP_TIMEOUT_S)
+    return schema
+
+
+FUZZ_EXAMPLES = 25  # per operation and generation mode (positive, negative): ~400 requests in all
+
+
+@pytest.mark.timeout(150)
+def test_fuzz_every_operation(api, api_schema):
+    """Schemathesis-generated requests (valid and invalid) for every operation: no 500s, and every
+    status code, content type and body is the documented one. Driven through hypothesis directly
+    (schemathesis' pytest plugin does not support pytest 9's node ids)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
+                                                   response_headers_conformance, response_schema_conformance,
+                                                   status_code_conformance)
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+              response_schema_conformance, negative_data_rejection]
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 11
+    by_label = {op.label: op for op in operations}
+
+    # 1) real objects, so the success schemas (201 Job, transitions, metrics, checkpoints) are checked too
+    auth = {"Authorization": f"Bearer {api.token}"}
+    created = by_label["POST /jobs"].Case(body=counter_spec("fuzz-real", steps=10)).call_and_validate(
+        headers=auth, checks=checks, timeout=HTTP_TIMEOUT_S)
+    assert created.status_code == 201, created.text
+    jid = created.json()["id"]
+    wait_for(lambda: _state(api, jid) == "SUCCEEDED", 60, "the job to finish")
+    node_id = _get(api, "/nodes").json()["nodes"][0]["id"]
+    for label, op in sorted(by_label.items(), key=lambda kv: kv[0].startswith("DELETE")):
+        params = {k: v for k, v in (("job_id", jid), ("node_id", node_id)) if "{" + k + "}" in op.path}
+        if op.method.upper() == "POST":
+            continue
+        query = {"state": ["SUCCEEDED", "RUNNING"], "limit": 2} if label == "GET /jobs" else None
+        r = op.Case(path_parameters=params, query=query).call_and_validate(headers=auth, checks=checks,
+                                                                           timeout=HTTP_TIMEOUT_S)
+        assert r.status_code == (409 if label.startswith("DELETE") else 200), (label, r.text)
+
+    # 2) generated requests, valid and invalid by the schema
+    calls: dict[str, int] = {}
+    codes: dict[int, int] = {}
+    for op in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=mode))
+            def run(case):
+                if isinstance(case.body, dict):
+                    case.body.pop("runtime_env", None)  # a random runtime_env makes Ray try to build it
+                response = case.call_and_validate(headers=auth, checks=checks, timeout=HTTP_TIMEOUT_S)
+                calls[op.label] = calls.get(op.label, 0) + 1
+                codes[response.status_code] = codes.get(response.status_code, 0) + 1
+
+            try:
+                run()
+            except Unsatisfiable:  # no invalid input exists for an operation without parameters
+                assert mode == GenerationMode.NEGATIVE, op.label
+    assert len(calls) == len(operations), calls
+    print(f"fuzzing: {sum(calls.values())} requests, status codes {sorted(codes.items())}")
+    assert codes.get(200) and codes.get(422) and 500 not in codes, codes
+
+
+# ============================================================================ coordinator restart
+@pytest.mark.timeout(150)
+def test_api_answers_while_the_coordinator_restarts(api):
+    import ray
+
+    jid = _post_job(api, counter_spec("before-kill", steps=3)).json()["id"]
+    coord = ray.get_actor("coordinator", namespace="raycluster")
+    pid_before = ray.get(coord.ping.remote(), timeout=30)["pid"]
+    ray.kill(coord, no_restart=False)
+
+    key = f"during-restart-{uuid.uuid4().hex}"
+    seen: dict[int, int] = {}
+    submitted = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        answers = [_get(api, "/cluster/status"), _get(api, f"/jobs/{jid}"), _get(api, "/jobs", params={"limit": 5})]
+        if submitted is None:
+            r = _post_job(api, counter_spec("during-restart", steps=3), key)
+            answers.append(r)
+            if r.status_code == 201:
+                submitted = r.json()["id"]
+        for r in answers:
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
+            assert r.status_code in (200, 201, 503), (r.status_code, r.text)
+            if r.status_code == 503:
+                _assert_error(r, 503, "unavailable")
+                assert r.json()["error"]["retryable"] is True and int(r.headers["Retry-After"]) > 0
+        if submitted and coordinator_restarted(coord, pid_before) and answers[0].status_code == 200:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the API did not recover within 90 s (statuses seen: {seen})")
+    print(f"statuses while the Coordinator restarted: {seen}")
+    # recovered: fresh answers, and the retried submit created exactly one job
+    wait_for(lambda: _get(api, "/cluster/status").status_code == 200, 30, "GET /cluster/status 200")
+    assert _post_job(api, counter_spec("during-restart", steps=3), key).json()["id"] == submitted
+    jobs = _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]
+    assert [j["id"] for j in jobs if j["idempotency_key"] == key] == [submitted]
+    wait_for(lambda: _state(api, submitted) == "SUCCEEDED", 60, "the job submitted during the restart to finish")
+
+    # killed for good: 503 + Retry-After (never 500, never a hang) until the runtime is started again
+    from raycluster.control.actors import start_runtime
+
+    ray.kill(coord, no_restart=True)
+    (r,) = wait_for(lambda: (lambda r: (r,) if r.status_code == 503 else None)(_get(api, f"/jobs/{jid}")), 30,
+                    "503 from a dead Coordinator")  # a tuple: a 503 Response itself is falsy
+    err = _assert_error(r, 503, "unavailable")
+    assert err["retryable"] is True and int(r.headers["Retry-After"]) > 0
+    _assert_error(_post_job(api, counter_spec("while-dead", steps=3), f"dead-{uuid.uuid4().hex}"), 503, "unavailable")
+    start_runtime(api.state_dir)
+    wait_for(lambda: _get(api, f"/jobs/{jid}").status_code == 200, 60, "the API to find the new Coordinator")
+    assert _get(api, "/cluster/status").json()["runtime"]["coordinator"]["ok"]
+
+
+def _listener_pid(port: int) -> int | None:
+    """PID of the process listening on 127.0.0.1/0.0.0.0:``port`` (among this user's processes)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        with suppress(psutil.Error, OSError):
+            for c in proc.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                    return proc.pid
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    import psutil
+
+    return " ".join(psutil.Process(pid).cmdline())
+
+
+def test_api_port_is_served_by_the_replica_itself_and_redeploy_is_idempotent(api):
+    """Direct ingress: the API replica (not Serve's proxy) owns the advertised port, so a request
+    crosses one process; deploying again keeps the same URL and answers throughout."""
+    from raycluster.api.deploy import deploy_api
+
+    port = int(api.url.rsplit(":", 1)[1])
+    pid = _listener_pid(port)
+    assert pid is not None and _cmdline(pid).startswith("ray::ServeReplica:raycluster-api"), \
+        (pid, pid and _cmdline(pid))
+    again = deploy_api(api.state_dir, port=port, actor_timeout_s=ACTOR_TIMEOUT_S)
+    assert again["url"] == api.url and again["direct_ingress"] is True
+    assert _listener_pid(port) == pid  # same settings: the replica was not replaced
+    assert _get(api, "/cluster/status").status_code == 200
+
+
+def test_deploy_refuses_a_port_another_program_holds(api):
+    """A taken port is a clear, non-retryable error naming the field — before anything is changed:
+    the running API keeps answering on its own port."""
+    from raycluster.api.deploy import deploy_api
+    from raycluster.errors import ApiDeployError
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(ApiDeployError) as exc:
+            deploy_api(api.state_dir, port=taken, actor_timeout_s=ACTOR_TIMEOUT_S)
+    assert exc.value.field == "api_port" and not exc.value.retryable
+    assert f":{taken}" in exc.value.message and "another program" in exc.value.message
+    # a free port, but Serve's port is fixed while it runs: a clear error, not a minute-long hang
+    with pytest.raises(ApiDeployError, match="already deployed on this cluster") as exc:
+        deploy_api(api.state_dir, port=free_port("127.0.0.1"), actor_timeout_s=ACTOR_TIMEOUT_S)
+    assert exc.value.field == "api_port"
+    assert _get(api, "/cluster/status").status_code == 200
+
+
+def test_api_comes_back_on_the_same_port_after_its_replica_dies(api):
+    """SIGKILL the replica that owns the port: Serve starts a new one, which gets the same port
+    (no port quarantine), and jobs submitted before are all still there."""
+    import signal
+
+    jid = _post_job(api, counter_spec("before-replica-kill", steps=2), f"rk-{uuid.uuid4().hex}").json()["id"]
+    port = int(api.url.rsplit(":", 1)[1])
+    old = _listener_pid(port)
+    assert old is not None and _cmdline(old).startswith("ray::ServeReplica:raycluster-api")
+    os.kill(old, signal.SIGKILL)  # a process of the cluster this module started, found by its socket
+
+    def answering_from_a_new_replica():
+        pid = _listener_pid(port)
+        if pid is None or pid == old:
+            return None
+        with suppress(requests.RequestException):
+            return _get(api, f"/jobs/{jid}").status_code == 200
+        return None
+
+    wait_for(answering_from_a_new_replica, 90, "a new API replica answering on the same port")
+    assert _cmdline(_listener_pid(port)).startswith("ray::ServeReplica:raycluster-api")

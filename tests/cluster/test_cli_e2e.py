@@ -1,0 +1,110 @@
+"""End to end through the README's own commands: `raycluster up/submit/jobs/status/cancel/down`
+and `raycluster demo`, as subprocesses against their own local cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from raycluster.util.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.cluster]
+
+
+def rc(state_dir, *args, timeout=300, check_code=None):
+    env = {**os.environ, "RAYCLUSTER_STATE_DIR": str(state_dir), "RAYCLUSTER_RECONCILE_INTERVAL_S": "0.2"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "raycluster.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check_code is not None:
+        assert proc.returncode == check_code, (args, proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+def recorded_pids(state_dir):
+    rec = json.loads((Path(state_dir) / "local-cluster" / "cluster.json").read_text())
+    return [n["pid"] for n in rec["nodes"]]
+
+
+@pytest.mark.timeout(400)
+def test_cli_lifecycle(tmp_path):
+    state = tmp_path / "s"
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: cli-job\nentrypoint: jobs.toy:counter\nnum_workers: 2\nresources: {cpus: 0.5}\n"
+                    "checkpoint: {every_steps: 5}\nconfig: {steps: 20}\n")
+    long = tmp_path / "long.yaml"
+    long.write_text("name: long\nentrypoint: jobs.toy:counter\nconfig: {steps: 100000, sleep_per_step_s: 0.1}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nentrypoint: jobs.toy:counter\npriority: -3\n")
+    try:
+        api_port = free_port("127.0.0.1")
+        up = rc(state, "--json", "up", "--local", "--workers", "2", "--api-port", str(api_port), check_code=0)
+        pids = recorded_pids(state)
+        info = json.loads(up.stdout[up.stdout.index("{"):])
+        assert info["address"].startswith("127.0.0.1:") and info["api_url"].endswith(f":{api_port}")
+        assert (state / "api_token").stat().st_mode & 0o777 == 0o600
+
+        done = rc(state, "submit", str(spec), "--wait", check_code=0)
+        assert "SUCCEEDED" in done.stdout
+        jobs = json.loads(rc(state, "--json", "jobs", check_code=0).stdout)
+        assert [j["state"] for j in jobs] == ["SUCCEEDED"] and jobs[0]["result"]["steps"] == 20
+        jid = jobs[0]["id"]
+        detail = json.loads(rc(state, "--json", "status", jid, check_code=0).stdout)
+        assert [t["to"] for t in detail["transitions"]][-1] == "SUCCEEDED"
+        assert "nodes 3" in rc(state, "status", check_code=0).stdout
+        logs = rc(state, "logs", jid, "--tail", "5", check_code=0).stdout
+        assert "==> attempt 1 rank 0 <==" in logs and "==> attempt 1 rank 1 <==" in logs
+        assert "not found" in rc(state, "logs", "job-000000000000", check_code=4).stderr
+
+        err = rc(state, "submit", str(bad), check_code=2)
+        assert "priority" in err.stderr and "Traceback" not in err.stderr
+        assert "not found" in rc(state, "status", "job-000000000000", check_code=4).stderr
+        assert "already SUCCEEDED" in rc(state, "cancel", jid, check_code=5).stderr
+
+        # the same queue over HTTP, through the Serve API, with the token from the state dir
+        over_http = json.loads(rc(state, "--address", info["api_url"], "--json", "jobs", check_code=0).stdout)
+        assert [j["id"] for j in over_http] == [jid]
+        # `up` again: idempotent (same API, same URL); on a port another program holds: exit 2, and
+        # the running cluster and API are untouched
+        again = rc(state, "--json", "up", "--local", "--api-port", str(api_port), check_code=0)
+        assert json.loads(again.stdout[again.stdout.index("{"):])["api_url"] == info["api_url"]
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = rc(state, "up", "--local", "--api-port", str(squatter.getsockname()[1]), check_code=2)
+        assert "another program is listening" in taken.stderr and "Traceback" not in taken.stderr
+        assert recorded_pids(state) == pids
+        assert rc(state, "--address", info["api_url"], "--json", "jobs", check_code=0).returncode == 0
+
+        lid = rc(state, "submit", str(long), check_code=0).stdout.strip()
+        assert rc(state, "cancel", lid, check_code=0).stdout.split() == [lid, "CANCELLED"]
+        assert len(json.loads(rc(state, "--json", "jobs", check_code=0).stdout)) == 2  # the bad spec added nothing
+    finally:
+        rc(state, "down", timeout=120)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert "no local cluster" in rc(state, "down", check_code=0).stdout  # idempotent
+
+
+@pytest.mark.timeout(200)
+def test_cli_without_cluster_says_how_to_start_one(tmp_path):
+    proc = rc(tmp_path / "empty", "jobs", check_code=3)
+    assert "raycluster up --local" in proc.stderr
+
+
+@pytest.mark.timeout(600)
+def test_demo_runs_three_jobs_to_success(tmp_path):
+    state = tmp_path / "demo"
+    proc = rc(state, "demo", timeout=560)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    for name in ("cnn-classifier", "transformer-classifier", "lstm-forecaster"):
+        assert any(name in ln and "SUCCEEDED" in ln for ln in proc.stdout.splitlines()), name
+    assert proc.stdout.count("checkpoints kept at steps [") == 3
+    assert "local cluster stopped" in proc.stdout

@@ -1,0 +1,98 @@
+"""Fakes shared by the unit tests: a GangOps that records what the control loop asks of Ray, and a
+settable clock. The real RayOps is exercised by the cluster tests."""
+
+from __future__ import annotations
+
+import itertools
+
+from raycluster.control.rayops import GangOps
+from raycluster.policy.recovery import RankResult, RankStatus
+from raycluster.store.lifecycle import Cause
+
+
+class FakePG:
+    def __init__(self, name, bundles):
+        self.name, self.bundles, self.ready, self.removed = name, bundles, False, False
+
+
+class FakeOps(GangOps):
+    def __init__(self, nodes=3):
+        self.total = {f"n{i}": {"CPU": 2.0, "GPU": 1.0} for i in range(nodes)}
+        self.pgs: dict[str, FakePG] = {}
+        self.tasks: dict[int, RankResult] = {}
+        self.results: dict[int, dict] = {}
+        self.cancelled: list[int] = []
+        self._ids = itertools.count()
+        self.bad_entrypoints = set()
+        self.auto_ready = True
+        self.watched = []
+        self.pinned = []
+
+    def nodes(self):
+        free = {n: dict(r) for n, r in self.total.items()}
+        used = sum(len(p.bundles) for p in self.pgs.values() if not p.removed and p.ready)
+        for n in list(free)[:used]:
+            free[n] = {"CPU": 1.0, "GPU": 0.0}
+        return [{"id": n, "alive": True, "is_head": False, "address": "127.0.0.1", "hostname": "h", "labels": {},
+                 "resources_total": dict(r), "resources_free": free[n]} for n, r in self.total.items()]
+
+    def create_pg(self, name, bundles, strategy):
+        pg = self.pgs[name] = FakePG(name, bundles)
+        pg.ready = self.auto_ready
+        return pg
+
+    def get_pg(self, name):
+        pg = self.pgs.get(name)
+        return pg if pg and not pg.removed else None
+
+    def pg_ready(self, pg):
+        return pg.ready
+
+    def remove_pg(self, pg):
+        if pg is not None:
+            pg.removed = True
+
+    def remove_pg_by_name(self, name):
+        self.remove_pg(self.get_pg(name))
+
+    def our_pg_names(self):
+        return {n: n for n, p in self.pgs.items() if not p.removed}
+
+    def launch_rank(self, pg, bundle_index, resources, launch, runtime_env, task_name):
+        ref = next(self._ids)
+        self.tasks[ref] = RankResult(launch["rank"], RankStatus.RUNNING)
+        return ref
+
+    def poll(self, refs):
+        return [RankResult(i, self.tasks[r].status, self.tasks[r].error, self.tasks[r].cause,
+                           self.results.get(r, {"ok": True}) if self.tasks[r].status == RankStatus.OK else None)
+                for i, r in enumerate(refs)]
+
+    def cancel(self, refs):
+        for r in refs:
+            self.cancelled.append(r)
+            self.tasks[r] = RankResult(0, RankStatus.CANCELLED)
+
+    def watch(self, refs, callback):
+        self.watched.extend(refs)
+
+    def pin_uris(self, uris, expiration_s):
+        self.pinned.append((tuple(uris), expiration_s))
+
+    def check_entrypoint(self, ep, runtime_env, timeout_s):
+        return "no such module" if ep in self.bad_entrypoints else None
+
+    # test helpers
+    def finish(self, refs, status=RankStatus.OK, error=None, cause=None):
+        if status == RankStatus.SYSTEM_ERROR and cause is None:
+            cause = Cause.NODE_LOST
+        for r in refs:
+            self.tasks[r] = RankResult(0, status, error, cause)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t

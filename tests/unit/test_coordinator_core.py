@@ -1,0 +1,307 @@
+"""The Coordinator's control loop driven by a fake RayOps (no cluster): lifecycle, recovery,
+restart, placement timeout, cancel, max runtime. The real RayOps is covered by the integration tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from raycluster import constants as C
+from raycluster.control.core import CoordinatorCore
+from raycluster.errors import EntrypointImportError, IllegalTransition, InfeasibleJob, JobNotFound
+from raycluster.policy.recovery import RankStatus
+from raycluster.store.lifecycle import Cause
+from tests.fakes import Clock, FakeOps
+
+
+@pytest.fixture
+def env(tmp_path):
+    ops, clock = FakeOps(), Clock()
+    core = CoordinatorCore(tmp_path, ops, clock=clock)
+    return core, ops, clock, tmp_path
+
+
+def spec(name="j", workers=1, **kw):
+    return {"name": name, "entrypoint": "jobs.toy:noop", "num_workers": workers,
+            "resources": {"gpus": 1, "cpus": 1}, **kw}
+
+
+def tick(core, clock, dt=0.1):
+    clock.t += dt
+    core.reconcile_once()
+
+
+def test_lifecycle_to_success(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock)  # admitted -> PLACING, PG created (ready at once)
+    assert core.get(jid)["state"] == "PLACING"
+    tick(core, clock)  # PG ready -> ranks launched -> RUNNING
+    assert core.get(jid)["state"] == "RUNNING"
+    refs = core.attempts[jid].refs
+    assert len(refs) == 2
+    # the loop is woken by every rank finishing
+    assert set(refs) <= set(ops.watched)
+    ops.results[refs[0]] = {"loss": 0.5}
+    ops.finish(refs)
+    tick(core, clock)
+    job = core.get(jid)
+    assert job["state"] == "SUCCEEDED" and job["result"] == {"loss": 0.5}
+    assert ops.pgs[f"rc-{jid}-a1"].removed
+    assert [t["to"] for t in job["transitions"]] == ["PENDING", "PLACING", "RUNNING", "SUCCEEDED"]
+    assert [t["cause"] for t in job["transitions"]] == ["submitted", "admitted", "placed", "finished"]
+    assert job["cause"] == "finished"
+    # every decision was kept, in order, for inspection and replay
+    assert [st.action.value for _ts, st in core.recent_steps if st.job_id == jid] == ["start", "mark_running",
+                                                                                     "succeed"]
+
+
+def test_system_failure_restarts_then_fails_when_budget_used(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2, max_restarts=1))["id"]
+    tick(core, clock), tick(core, clock)
+    refs = core.attempts[jid].refs
+    ops.finish(refs[1:], RankStatus.SYSTEM_ERROR, "NodeDiedError: node gone", Cause.NODE_LOST)
+    ops.finish(refs[:1], RankStatus.USER_ERROR, "RuntimeError: Connection closed by peer")
+    tick(core, clock)
+    assert core.get(jid)["cause"] == "node_lost"
+    job = core.get(jid)
+    assert job["state"] == "RECOVERING" and job["system_restarts"] == 1
+    assert ops.pgs[f"rc-{jid}-a1"].removed
+    tick(core, clock)  # RECOVERING -> PLACING attempt 2
+    assert core.get(jid)["state"] == "PLACING" and core.get(jid)["attempt"] == 2
+    tick(core, clock)
+    ops.finish(core.attempts[jid].refs, RankStatus.SYSTEM_ERROR, "WorkerCrashedError")
+    tick(core, clock)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and "max_restarts=1" in job["reason"]
+
+
+def test_peer_socket_error_waits_for_settle_before_blaming_user(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock), tick(core, clock)
+    refs = core.attempts[jid].refs
+    ops.finish(refs[:1], RankStatus.USER_ERROR, "RuntimeError: Connection reset by peer")
+    tick(core, clock)
+    assert core.get(jid)["state"] == "RUNNING"  # rank 1 has not reported yet
+    tick(core, clock, dt=C.FAILURE_SETTLE_S + 1)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and "Connection reset" in job["error"]
+    assert refs[1] in ops.cancelled
+
+
+def test_user_error_retry_budget(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(max_user_retries=1))["id"]
+    tick(core, clock), tick(core, clock)
+    ops.finish(core.attempts[jid].refs, RankStatus.USER_ERROR, "ValueError: x")
+    tick(core, clock)
+    assert core.get(jid)["state"] == "RECOVERING" and core.get(jid)["user_retries"] == 1
+    tick(core, clock), tick(core, clock)
+    ops.finish(core.attempts[jid].refs, RankStatus.USER_ERROR, "ValueError: x")
+    tick(core, clock)
+    assert core.get(jid)["state"] == "FAILED"
+
+
+def test_restarted_coordinator_recovers_without_spending_budget(env):
+    core, ops, clock, tmp_path = env
+    run = core.submit(spec("run"))["id"]
+    tick(core, clock), tick(core, clock)
+    ops.auto_ready = False
+    placing = core.submit(spec("placing"))["id"]
+    tick(core, clock)
+    assert core.get(placing)["state"] == "PLACING"
+    # the actor dies: a new core over the same database, with no in-memory attempts
+    core2 = CoordinatorCore(tmp_path, ops, clock=clock)
+    ops.auto_ready = True
+    ops.pgs[f"rc-{placing}-a1"].ready = True
+    tick(core2, clock)
+    assert core2.get(run)["state"] == "RECOVERING" and core2.get(run)["system_restarts"] == 0
+    assert core2.get(run)["cause"] == "coordinator_restart"
+    assert core2.get(placing)["state"] == "RUNNING"  # found its placement group again
+    tick(core2, clock), tick(core2, clock)
+    assert core2.get(run)["state"] == "RUNNING" and core2.get(run)["attempt"] == 2
+    assert ops.pgs[f"rc-{run}-a1"].removed
+
+
+def test_placement_timeout_requeues(env):
+    core, ops, clock, _ = env
+    ops.auto_ready = False
+    jid = core.submit(spec())["id"]
+    tick(core, clock)
+    assert core.get(jid)["state"] == "PLACING"
+    tick(core, clock, dt=C.PLACEMENT_TIMEOUT_S + 1)
+    job = core.get(jid)
+    assert job["state"] == "PENDING" and "placement not ready" in job["reason"]
+    assert job["cause"] == "placement_timeout" and job["placement_timeouts"] == 1
+    assert ops.pgs[f"rc-{jid}-a1"].removed
+
+
+def test_placement_timeouts_are_bounded_then_the_job_fails_with_no_resources(env, monkeypatch):
+    core, ops, clock, _ = env
+    monkeypatch.setattr(C, "MAX_PLACEMENT_TIMEOUTS", 3)
+    ops.auto_ready = False
+    jid = core.submit(spec())["id"]
+    for attempt in (1, 2, 3):
+        tick(core, clock)
+        assert core.get(jid)["state"] == "PLACING" and core.get(jid)["attempt"] == attempt
+        tick(core, clock, dt=C.PLACEMENT_TIMEOUT_S + 1)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and job["cause"] == "no_resources" and job["placement_timeouts"] == 3
+    assert "could not be placed" in job["reason"] and "no resources" in job["error"]
+    assert all(pg.removed for pg in ops.pgs.values())
+    tick(core, clock, dt=C.PLACEMENT_TIMEOUT_S + 1)
+    assert core.get(jid)["state"] == "FAILED"  # terminal: no more loops
+
+
+def test_waiting_reason_is_stored_and_shown(env, monkeypatch):
+    """What admission decides about jobs it does not start is kept: 'waiting for capacity', and
+    'capacity reserved for <job>' behind a job holding a reservation."""
+    core, ops, clock, _ = env
+    monkeypatch.setattr(C, "STARVATION_THRESHOLD_S", 5.0)
+    blocker = core.submit(spec("blocker", workers=2))["id"]  # 2 of the 3 GPUs
+    tick(core, clock), tick(core, clock)
+    assert core.get(blocker)["state"] == "RUNNING"
+    big = core.submit(spec("big", workers=3, priority=90))["id"]  # needs all 3: waits
+    tick(core, clock)
+    assert core.get(big)["waiting"] == "waiting for capacity"
+    clock.t += 10  # past the starvation threshold: big holds a reservation
+    small = core.submit(spec("small", workers=1, priority=10))["id"]  # would fit, but is held back
+    tick(core, clock)
+    assert core.get(big)["waiting"] == "waiting for capacity (holds reservation)"
+    assert core.get(small)["state"] == "PENDING"
+    assert core.get(small)["waiting"] == f"capacity reserved for {big}"
+    assert core.list(["PENDING"])[0]["waiting"]  # list answers carry it too
+    ops.finish(core.attempts[blocker].refs)
+    tick(core, clock), tick(core, clock)
+    assert core.get(big)["state"] in ("PLACING", "RUNNING") and core.get(big)["waiting"] is None
+
+
+def test_cancel_running_tears_down_and_twice_is_illegal(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock), tick(core, clock)
+    refs = list(core.attempts[jid].refs)
+    assert core.cancel(jid)["state"] == "CANCELLED"
+    assert set(refs) <= set(ops.cancelled) and ops.pgs[f"rc-{jid}-a1"].removed
+    assert jid not in core.attempts
+    with pytest.raises(IllegalTransition):
+        core.cancel(jid)
+    tick(core, clock)
+    assert core.get(jid)["state"] == "CANCELLED"
+
+
+def test_max_runtime(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec(max_runtime_s=5))["id"]
+    tick(core, clock), tick(core, clock)
+    tick(core, clock, dt=6)
+    job = core.get(jid)
+    assert job["state"] == "FAILED" and "max_runtime_s" in job["error"]
+
+
+def test_submit_validation_leaves_nothing_behind(env):
+    core, ops, clock, _ = env
+    ops.bad_entrypoints.add("jobs.gone:train")
+    with pytest.raises(EntrypointImportError):
+        core.submit({**spec(), "entrypoint": "jobs.gone:train"})
+    with pytest.raises(InfeasibleJob):
+        core.submit(spec(workers=4))
+    assert core.list() == []
+
+
+def test_idempotent_submit(env):
+    core, *_ = env
+    a = core.submit(spec(), idempotency_key="k")
+    b = core.submit(spec(), idempotency_key="k")
+    assert a["id"] == b["id"] and len(core.list()) == 1
+
+
+def test_priority_order_with_limited_capacity(env):
+    core, ops, clock, _ = env
+    ops.total = {"n0": {"CPU": 2.0, "GPU": 1.0}}
+    low = core.submit(spec("low", priority=10))["id"]
+    high = core.submit(spec("high", priority=90))["id"]
+    tick(core, clock)
+    assert core.get(high)["state"] == "PLACING" and core.get(low)["state"] == "PENDING"
+
+
+def test_a_failing_step_does_not_stop_the_loop_nor_leave_half_a_gang(env, monkeypatch):
+    core, ops, clock, _ = env
+    a = core.submit(spec("a", workers=2))["id"]
+    b = core.submit(spec("b"))["id"]
+    real_launch = ops.launch_rank
+    launched_for_a = []
+
+    def flaky(pg, i, res, launch, rt, name):
+        if launch["job_id"] == a and launch["rank"] == 1:
+            raise RuntimeError("raylet hiccup")
+        ref = real_launch(pg, i, res, launch, rt, name)
+        if launch["job_id"] == a:
+            launched_for_a.append(ref)
+        return ref
+
+    monkeypatch.setattr(ops, "launch_rank", flaky)
+    tick(core, clock)
+    tick(core, clock)
+    assert core.get(b)["state"] == "RUNNING"  # b is unaffected by a's failing step
+    assert core.get(a)["state"] == "PLACING" and core.attempts[a].refs is None
+    assert launched_for_a and set(launched_for_a) <= set(ops.cancelled)  # rank 0 of a was not left running
+    monkeypatch.setattr(ops, "launch_rank", real_launch)
+    tick(core, clock)
+    assert core.get(a)["state"] == "RUNNING" and len(core.attempts[a].refs) == 2
+
+
+def test_metrics_are_buffered_then_persisted(env):
+    core, ops, clock, _ = env
+    jid = core.submit(spec())["id"]
+    core.report(jid, 1, 10, {"loss": 1.5})
+    core.report(jid, 1, 20, {"loss": 1.0})
+    tick(core, clock)
+    assert core.get(jid)["last_metrics"] == {"loss": 1.0, "step": 20}
+    assert [m["step"] for m in core.metrics(jid)] == [10, 20]
+
+
+def test_rank_logs_tail_per_attempt_and_rank(env):
+    core, ops, clock, tmp = env
+    jid = core.submit(spec(workers=2))["id"]
+    tick(core, clock)
+    tick(core, clock)
+    assert core.logs(jid) == []
+    from raycluster.rank.logs import rank_log_path
+
+    for attempt, rank, n in ((2, 0, 3), (1, 1, 5), (1, 0, 300), (10, 0, 1)):
+        p = rank_log_path(tmp / "logs", jid, attempt, rank)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("".join(f"a{attempt} r{rank} line {i}\n" for i in range(n)))
+    (p.parent / "junk.txt").write_text("ignored")
+    out = core.logs(jid)
+    assert [(e["attempt"], e["rank"]) for e in out] == [(1, 0), (1, 1), (2, 0), (10, 0)]
+    assert len(out[0]["lines"]) == 200 and out[0]["lines"][-1] == "a1 r0 line 299"
+    assert out[1]["lines"] == [f"a1 r1 line {i}" for i in range(5)]
+    assert [e["lines"] for e in core.logs(jid, tail_lines=2)][2] == ["a2 r0 line 1", "a2 r0 line 2"]
+    assert all(e["lines"] == [] for e in core.logs(jid, tail_lines=0))
+    with pytest.raises(JobNotFound):
+        core.logs("job-nope")
+
+
+def test_launch_carries_log_dir_and_uploaded_packages_are_pinned(env, monkeypatch):
+    core, ops, clock, tmp = env
+    launches = []
+    real = ops.launch_rank
+    monkeypatch.setattr(ops, "launch_rank", lambda *a: launches.append(a[3]) or real(*a))
+    uri = "gcs://_ray_pkg_0123456789abcdef.zip"
+    jid = core.submit(spec(runtime_env={"working_dir": uri, "py_modules": [uri.replace("0123", "3210"), "s3://x"]}))["id"]
+    assert ops.pinned and ops.pinned[0][0] == (uri, uri.replace("0123", "3210"))  # pinned at submit
+    tick(core, clock)
+    tick(core, clock)
+    assert launches[0]["log_dir"] == str(tmp / "logs")
+    ops.pinned.clear()
+    clock.t += C.PACKAGE_PIN_S  # renewed while the job is not finished
+    core.reconcile_once()
+    assert ops.pinned and uri in ops.pinned[0][0]
+    core.cancel(jid)
+    ops.pinned.clear()
+    clock.t += C.PACKAGE_PIN_S
+    core.reconcile_once()
+    assert ops.pinned == []  # finished jobs' packages are left to Ray
