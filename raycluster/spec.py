@@ -101,12 +101,8 @@ class JobSpec(_Strict):
             raise ValueError(f"must be JSON-serialisable ({exc})") from None
         return v
 
-
     def bundles(self) -> list[dict[str, float]]:
         return [self.resources.bundle() for _ in range(self.num_workers)]
-
-    def to_json(self) -> str:
-        return self.model_dump_json()
 
 
 def _field_of(err: dict) -> str:

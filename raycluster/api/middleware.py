@@ -90,19 +90,6 @@ class Guard:
             await reply(error_response(500, "internal", "internal server error"))
 
 
-def _too_large(limit: int) -> SafeJSONResponse:
-    return error_response(413, "payload_too_large", f"request body is larger than {limit} bytes")
-
-
-def _token_ok(header: bytes | None, expected_sha256: str) -> bool:
-    if not header:
-        return False
-    scheme, _, token = header.partition(b" ")
-    if scheme.lower() != b"bearer" or not token.strip():
-        return False
-    return hmac.compare_digest(hashlib.sha256(token.strip()).hexdigest(), expected_sha256)
-
-
 def _too_large(limit: int):
     return error_response(BodyTooLarge.http_status, BodyTooLarge.code, f"request body is larger than {limit} bytes")
 

@@ -99,6 +99,8 @@ def test_job_round_trip_and_cancel(api):
     assert final["state"] == "SUCCEEDED", final["error"]
     assert final["result"]["steps"] == 20
     assert [t["to"] for t in final["transitions"]][-1] == "SUCCEEDED"
+    assert [t["cause"] for t in final["transitions"]] == ["submitted", "admitted", "placed", "finished"]
+    assert final["cause"] == "finished" and final["waiting"] is None and final["placement_timeouts"] == 0
 
     metrics = _get(api, f"/jobs/{jid}/metrics").json()
     assert metrics["job_id"] == jid and max(m["step"] for m in metrics["metrics"]) == 20
@@ -124,7 +126,7 @@ def test_job_round_trip_and_cancel(api):
     wait_for(lambda: _state(api, long) == "RUNNING", 60, "the long job to run")
     r = api.s.delete(f"{api.url}/jobs/{long}", timeout=HTTP_TIMEOUT_S)
     assert r.status_code == 200, r.text
-    assert r.json()["state"] == "CANCELLED"
+    assert r.json()["state"] == "CANCELLED" and r.json()["cause"] == "cancelled"
     _assert_error(api.s.delete(f"{api.url}/jobs/{long}", timeout=HTTP_TIMEOUT_S), 409, "illegal_transition")
 
     status = _get(api, "/cluster/status").json()
