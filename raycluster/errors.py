@@ -41,75 +41,54 @@ def _rebuild(cls, message, field):
     return cls(message, field=field)
 
 
+# The table: each class's code, HTTP status (API) and exit code (CLI, raycluster.submit).
 class InvalidJobSpec(RayClusterError):
     """The job spec is malformed; fix the spec, retrying will not help."""
-
-    code = "invalid_spec"
-    http_status = 422
-    exit_code = EXIT_INVALID
+    code, http_status, exit_code = "invalid_spec", 422, EXIT_INVALID
 
 
 class EntrypointImportError(InvalidJobSpec):
     """The entrypoint cannot be imported or is not callable."""
-
     code = "entrypoint_not_importable"
 
 
 class InfeasibleJob(InvalidJobSpec):
     """The gang can never fit on this cluster, however long it waits."""
-
     code = "infeasible"
 
 
 class BodyTooLarge(InvalidJobSpec):
     """A request body is larger than the API accepts."""
-
-    code = "payload_too_large"
-    http_status = 413
+    code, http_status = "payload_too_large", 413
 
 
 class JobNotFound(RayClusterError):
-    code = "not_found"
-    http_status = 404
-    exit_code = EXIT_NOT_FOUND
+    code, http_status, exit_code = "not_found", 404, EXIT_NOT_FOUND
 
 
 class IllegalTransition(RayClusterError):
     """The job is not in a state that allows this operation (e.g. cancel a finished job)."""
-
-    code = "illegal_transition"
-    http_status = 409
-    exit_code = EXIT_ILLEGAL
+    code, http_status, exit_code = "illegal_transition", 409, EXIT_ILLEGAL
 
 
 class ClusterUnavailable(RayClusterError):
     """The runtime (Ray cluster or its actors) cannot be reached right now; retry later."""
-
-    code = "unavailable"
-    retryable = True
-    http_status = 503
-    exit_code = EXIT_UNAVAILABLE
+    code, http_status, exit_code, retryable = "unavailable", 503, EXIT_UNAVAILABLE, True
 
 
 class Unauthorized(RayClusterError):
     """The HTTP API refused the request's bearer token (missing or wrong); retrying will not help."""
-
-    code = "unauthorized"
-    http_status = 401
-    exit_code = EXIT_UNAUTHORIZED
+    code, http_status, exit_code = "unauthorized", 401, EXIT_UNAUTHORIZED
 
 
 class ApiDeployError(RayClusterError):
     """The HTTP API could not be deployed or is not reachable where it should be (e.g. its port is
     taken by another program, or a Serve instance started with other options is running)."""
-
-    code = "api_deploy"
-    exit_code = EXIT_INVALID
+    code, exit_code = "api_deploy", EXIT_INVALID
 
 
 class LocalClusterError(RayClusterError):
     """Starting or stopping the embedded local cluster failed."""
-
     code = "local_cluster"
 
 

@@ -56,14 +56,16 @@ class Column:
             self.sql_type, self.json = "REAL", False
         else:  # dict, list, Any: JSON text
             self.sql_type, self.json = "TEXT", True
-        parts = [name, self.sql_type]
-        if constraint:
-            parts.append(constraint)
-        if not nullable and "PRIMARY KEY" not in constraint:
-            parts.append("NOT NULL")
+        sql_default = ""
         if not required and isinstance(default, (int, float, str)) and not isinstance(default, bool):
-            parts.append(f"DEFAULT {default!r}" if not isinstance(default, str) else f"DEFAULT '{default}'")
-        self.ddl = " ".join(parts)
+            sql_default = f"DEFAULT {default!r}" if not isinstance(default, str) else f"DEFAULT '{default}'"
+        not_null = "NOT NULL" if not nullable and "PRIMARY KEY" not in constraint else ""
+        self.ddl = " ".join(p for p in (name, self.sql_type, constraint, not_null, sql_default) if p)
+        # reading needs work only for JSON, enums, and NULLs of non-nullable columns without an SQL
+        # default (rows written before the column existed); every other value is stored as read
+        self.needs_decode = self.json or self.enum is not None or (not nullable and not sql_default and not required)
+        # ALTER TABLE ADD COLUMN cannot add NOT NULL without a default (old rows read as the default)
+        self.add_ddl = " ".join(p for p in (name, self.sql_type, not_null if sql_default else "", sql_default) if p)
         self._required = required
 
     def encode(self, value: Any) -> Any:
@@ -99,6 +101,9 @@ class Table:
         ]
         self.by_name = {c.name: c for c in self.columns}
         self.select_list = ", ".join(c.name for c in self.columns)
+        self._names = [c.name for c in self.columns]
+        self._decoded = [(c.name, c.decode) for c in self.columns if c.needs_decode]
+        self._fields_set = set(self._names)
         self.extra_ddl = extra_ddl
 
     def create(self, conn: sqlite3.Connection) -> None:
@@ -107,13 +112,23 @@ class Table:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({self.name})")}
         for col in self.columns:
             if col.name not in have:
-                conn.execute(f"ALTER TABLE {self.name} ADD COLUMN {col.ddl}")
+                conn.execute(f"ALTER TABLE {self.name} ADD COLUMN {col.add_ddl}")
         if self.extra_ddl:
             conn.executescript(self.extra_ddl)
 
     def row(self, values: tuple) -> BaseModel:
-        """A model instance from a ``SELECT {select_list}`` row (trusted: not re-validated)."""
-        return self.model.model_construct(**{c.name: c.decode(v) for c, v in zip(self.columns, values)})
+        """A model instance from a ``SELECT {select_list}`` row. Trusted, so not re-validated, and
+        built the way ``model_construct`` does minus its per-field default handling (the reconcile
+        loop and every API read go through here)."""
+        data = dict(zip(self._names, values))
+        for name, decode in self._decoded:
+            data[name] = decode(data[name])
+        obj = self.model.__new__(self.model)
+        object.__setattr__(obj, "__dict__", data)
+        object.__setattr__(obj, "__pydantic_fields_set__", self._fields_set)
+        object.__setattr__(obj, "__pydantic_extra__", None)
+        object.__setattr__(obj, "__pydantic_private__", None)
+        return obj
 
     def encode(self, fields: dict[str, Any]) -> dict[str, Any]:
         return {k: self.by_name[k].encode(v) for k, v in fields.items()}

@@ -27,7 +27,6 @@ class JobState(str, Enum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 ACTIVE_STATES = frozenset({JobState.PLACING, JobState.RUNNING, JobState.RECOVERING})
-UNFINISHED_STATES = frozenset(JobState) - TERMINAL_STATES
 
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.PLACING, JobState.CANCELLED, JobState.FAILED}),

@@ -123,8 +123,8 @@ def test_unknown_job(store):
 
 
 def test_schema_comes_from_the_record_and_old_databases_are_migrated(tmp_path):
-    """A jobs.db written before causes/waiting existed gains the new columns, keeps its rows, and
-    the table's columns are exactly the record's fields."""
+    """A jobs.db written before causes/waiting existed (and, here, without last_metrics) gains the new
+    columns, keeps its rows, and the table's columns are exactly the record's fields."""
     from raycluster.store.jobs import JOBS, JobRecord
 
     path = tmp_path / "old.db"
@@ -135,7 +135,7 @@ def test_schema_comes_from_the_record_and_old_databases_are_migrated(tmp_path):
             system_restarts INTEGER NOT NULL DEFAULT 0, user_retries INTEGER NOT NULL DEFAULT 0,
             submitted_at REAL NOT NULL, started_at REAL, attempt_started_at REAL, finished_at REAL,
             updated_at REAL NOT NULL, queued_at REAL NOT NULL, error TEXT, reason TEXT, result TEXT,
-            last_metrics TEXT, idempotency_key TEXT UNIQUE);
+            idempotency_key TEXT UNIQUE);
         CREATE TABLE transitions (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, src TEXT,
             dst TEXT NOT NULL, ts REAL NOT NULL, reason TEXT);
         INSERT INTO jobs (id, name, spec, priority, state, submitted_at, updated_at, queued_at)
