@@ -40,8 +40,9 @@ from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import CheckpointList, ClusterStatus, Health, Job, JobList, LogList, MetricList, Node, NodeList
 from raycluster.api.settings import configure
+from raycluster.control.actors import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
-from raycluster.errors import RayClusterError
+from raycluster.errors import ClusterUnavailable, RayClusterError
 from raycluster.spec import parse_spec
 from raycluster.store.lifecycle import JobState
 from raycluster.util.ttlcache import TTLCache
@@ -79,9 +80,9 @@ class ControlAPI:
         h = self._handles.get(name)
         if h is None:
             try:
-                h = await asyncio.to_thread(ray.get_actor, name, namespace=C.NAMESPACE)
-            except ValueError:
-                raise unavailable(f"the raycluster runtime is not running (no {name} actor)") from None
+                h = await asyncio.to_thread(get_handle, name)
+            except ClusterUnavailable as exc:
+                raise unavailable(exc.message) from None
             self._handles[name] = h
         return h
 
@@ -98,7 +99,7 @@ class ControlAPI:
         except asyncio.TimeoutError:
             raise unavailable(f"the {name} did not answer {method} within {timeout_s:.0f}s") from None
         except Exception as exc:
-            # actor errors arrive as RayTaskError(<our error>): answer with the original (runtime._unwrap)
+            # actor errors arrive as RayTaskError(<our error>): answer with the original (as client.ray_client.unwrap)
             cause = getattr(exc, "cause", None)
             if isinstance(cause, RayClusterError):
                 raise cause from None

@@ -8,7 +8,6 @@ Ray address (``client.ray_client.Client``), or ``http(s)://host:port`` of the HT
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

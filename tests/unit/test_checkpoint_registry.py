@@ -1,7 +1,6 @@
 """Checkpoint registry (no Ray)."""
 
 import hashlib
-import os
 
 from raycluster.rank.context import shard_path
 from raycluster.store.checkpoints import CheckpointRegistry
