@@ -12,10 +12,16 @@ Policy (documented in the README):
   STARVATION_THRESHOLD_S. From then on it holds a *reservation*: nothing behind it starts, so
   running jobs drain until its gang fits. A stream of small jobs can therefore delay a big
   high-priority job by at most the threshold plus the runtime of what is already running.
+
+A pass costs about the number of queued jobs, not jobs x nodes (``FreeView``): nodes are kept in
+placement order as placements change them, and a gang of identical bundles that cannot fit is
+refused from per-shape capacity counts without a scan. The decisions are exactly those of the
+straightforward policy (tests/unit/test_admission_property.py; scripts/bench_queue.py).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 Resources = dict[str, float]
@@ -30,6 +36,13 @@ class QueuedJob:
     queued_at: float
     bundles: tuple[Resources, ...]
     strategy: str = "PACK"
+    # the one bundle of a gang of identical bundles, as a hashable key (None: bundles differ)
+    shape: tuple | None = field(init=False, compare=False, repr=False, default=None)
+
+    def __post_init__(self):
+        first = self.bundles[0] if self.bundles else None
+        if first is not None and all(b == first for b in self.bundles[1:]):
+            object.__setattr__(self, "shape", tuple(sorted(first.items())))
 
 
 @dataclass(frozen=True)
@@ -56,37 +69,143 @@ def _take(bundle: Resources, free: Resources) -> None:
         free[k] = free.get(k, 0.0) - v
 
 
+class FreeView:
+    """Free resources per node during one decision pass, built for many placements.
+
+    * Copy-on-write: a node's dict is copied only when a placement takes from it.
+    * The nodes stay in placement order — most free GPUs, then most free CPUs, then node id — in a
+      list kept sorted as placements change nodes (bisect), instead of sorting every node for every
+      gang tried.
+    * For each bundle shape seen, how many such bundles each node could still take is kept per node and
+      summed, so a gang of identical bundles that cannot fit is refused in O(1): PACK/SPREAD need
+      ``n`` in total, STRICT_SPREAD ``n`` nodes with room for one, STRICT_PACK one node with room for
+      ``n``. These counts are upper bounds (a little slack for float rounding): they only ever refuse
+      gangs the greedy placement would refuse too; every gang they let through is placed by exactly
+      the greedy placement of ``place`` (same node order, same first-fit choices).
+    """
+
+    def __init__(self, free_by_node: dict[str, Resources]):
+        self._base = free_by_node
+        self._own: dict[str, Resources] = {}
+        self._keys = sorted(self._key(n) for n in free_by_node)
+        self._caps: dict[tuple, tuple[dict[str, int], list[int]]] = {}  # shape -> (per node, [sum, nodes>=1])
+
+    def get(self, node: str) -> Resources:
+        return self._own.get(node) or self._base[node]
+
+    def _key(self, node: str) -> tuple[float, float, str]:
+        r = self.get(node)
+        return (-r.get("GPU", 0.0), -r.get("CPU", 0.0), node)
+
+    def order(self) -> list[str]:
+        return [k[2] for k in self._keys]
+
+    def snapshot(self) -> dict[str, Resources]:
+        return {n: dict(self.get(n)) for n in self._base}
+
+    # ---- bundle capacities ------------------------------------------------------------------------
+    @staticmethod
+    def _cap(bundle: Resources, free: Resources) -> int:
+        need = [(k, v) for k, v in bundle.items() if v > 0]
+        if not need:
+            return 1 << 30
+        return max(0, min(int((free.get(k, 0.0) + _EPS) / v + 1e-6) for k, v in need))
+
+    def surely_cannot_fit(self, shape: tuple | None, n: int, strategy: str) -> bool:
+        """True only if no placement of ``n`` bundles of ``shape`` exists (so the greedy fails too);
+        ``shape`` None (bundles that differ) is never refused here."""
+        if shape is None or n == 0:
+            return False
+        got = self._caps.get(shape)
+        if got is None:
+            bundle = dict(shape)
+            per = {node: self._cap(bundle, self.get(node)) for node in self._base}
+            got = self._caps[shape] = (per, [sum(per.values()), sum(1 for c in per.values() if c > 0)], bundle)
+        per, (total, nodes_with_room), _bundle = got
+        if strategy == "STRICT_SPREAD":
+            return nodes_with_room < n
+        if strategy == "STRICT_PACK":
+            return not any(c >= n for c in per.values()) if nodes_with_room else True
+        return total < n
+
+    # ---- taking -----------------------------------------------------------------------------------
+    def _set(self, node: str, free: Resources) -> None:
+        old = self._key(node)
+        del self._keys[bisect.bisect_left(self._keys, old)]
+        self._own[node] = free
+        bisect.insort(self._keys, self._key(node))
+        for per, agg, bundle in self._caps.values():
+            c_old, c_new = per[node], self._cap(bundle, free)
+            if c_old != c_new:
+                per[node] = c_new
+                agg[0] += c_new - c_old
+                agg[1] += (c_new > 0) - (c_old > 0)
+
+    def place(self, bundles, strategy: str, shape: tuple | None = None) -> list[str] | None:
+        """Place the gang greedily (exactly as ``place``); take its resources if it fits. ``shape``:
+        the gang's one bundle as a key when all its bundles are identical (QueuedJob.shape)."""
+        if self.surely_cannot_fit(shape, len(bundles), strategy):
+            return None
+        # the node order at the start of this gang, as in ``place`` (_keys changes only after it)
+        nodes = [k[2] for k in self._keys] if strategy == "SPREAD" else None
+        trial: dict[str, Resources] = {}
+
+        def in_order():
+            return nodes if nodes is not None else (k[2] for k in self._keys)
+
+        def free(n: str) -> Resources:
+            return trial.get(n) or self.get(n)
+
+        def take(n: str, b: Resources) -> None:
+            r = trial.get(n)
+            if r is None:
+                r = trial[n] = dict(self.get(n))
+            _take(b, r)
+
+        assignment: list[str] = []
+        if strategy == "STRICT_PACK":
+            total: Resources = {}
+            for b in bundles:
+                for k, v in b.items():
+                    total[k] = total.get(k, 0.0) + v
+            chosen = next((n for n in in_order() if _fits(total, free(n))), None)
+            if chosen is None:
+                return None
+            take(chosen, total)
+            assignment = [chosen] * len(bundles)
+        else:
+            used: dict[str, int] = {}
+            for b in bundles:
+                if strategy == "STRICT_SPREAD":
+                    chosen = next((n for n in in_order() if n not in used and _fits(b, free(n))), None)
+                elif strategy == "SPREAD":  # least used first, stable in node order
+                    chosen = None
+                    for level in sorted({0, *used.values()}):
+                        chosen = next((n for n in nodes if used.get(n, 0) == level and _fits(b, free(n))), None)
+                        if chosen is not None:
+                            break
+                else:  # PACK: nodes this gang already uses first
+                    chosen = next((n for n in used if _fits(b, free(n))), None)
+                    if chosen is None:
+                        chosen = next((n for n in in_order() if n not in used and _fits(b, free(n))), None)
+                if chosen is None:
+                    return None
+                take(chosen, b)
+                used[chosen] = used.get(chosen, 0) + 1
+                assignment.append(chosen)
+        for n, r in trial.items():
+            self._set(n, r)
+        return assignment
+
+
 def place(bundles: tuple[Resources, ...] | list[Resources], free_by_node: dict[str, Resources],
           strategy: str) -> tuple[list[str], dict[str, Resources]] | None:
     """Return (node per bundle, remaining free) if the gang fits now, else None."""
-    free = {n: dict(r) for n, r in free_by_node.items()}
-    nodes = sorted(free, key=lambda n: (-free[n].get("GPU", 0.0), -free[n].get("CPU", 0.0), n))
-    assignment: list[str] = []
-    if strategy == "STRICT_PACK":
-        total: Resources = {}
-        for b in bundles:
-            for k, v in b.items():
-                total[k] = total.get(k, 0.0) + v
-        for n in nodes:
-            if _fits(total, free[n]):
-                _take(total, free[n])
-                return [n] * len(bundles), free
-        return None
-    used: dict[str, int] = {}
-    for b in bundles:
-        if strategy == "STRICT_SPREAD":
-            candidates = [n for n in nodes if n not in used]
-        elif strategy == "SPREAD":
-            candidates = sorted(nodes, key=lambda n: used.get(n, 0))  # stable: least-used first
-        else:  # PACK: nodes already used by this gang first
-            candidates = sorted(nodes, key=lambda n: 0 if n in used else 1)
-        chosen = next((n for n in candidates if _fits(b, free[n])), None)
-        if chosen is None:
-            return None
-        _take(b, free[chosen])
-        used[chosen] = used.get(chosen, 0) + 1
-        assignment.append(chosen)
-    return assignment, free
+    view = FreeView(free_by_node)
+    first = bundles[0] if bundles else None
+    shape = tuple(sorted(first.items())) if first is not None and all(b == first for b in bundles) else None
+    assignment = view.place(list(bundles), strategy, shape)
+    return None if assignment is None else (assignment, view.snapshot())
 
 
 def infeasible_reason(bundles: list[Resources], strategy: str, total_by_node: dict[str, Resources]) -> str | None:
@@ -116,21 +235,21 @@ def effective_priority(job: QueuedJob, now: float, aging_s: float) -> float:
 
 
 def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
-    order = sorted(
-        ctx.queue,
-        key=lambda j: (-effective_priority(j, now, ctx.aging_s), j.queued_at, j.job_id),
-    )
-    free = {n: dict(r) for n, r in ctx.free_by_node.items()}
+    aging_s = ctx.aging_s
+    if aging_s > 0:  # effective_priority, inlined: this key is computed for every queued job
+        order = sorted(ctx.queue, key=lambda j: (-(j.priority + (now - j.queued_at if now > j.queued_at else 0.0)
+                                                   / aging_s), j.queued_at, j.job_id))
+    else:
+        order = sorted(ctx.queue, key=lambda j: (-j.priority, j.queued_at, j.job_id))
+    view = FreeView(ctx.free_by_node)
     decision = AdmissionDecision()
     blocked: QueuedJob | None = None
     for job in order:
         if decision.reserved_for is not None:
             decision.waiting[job.job_id] = f"capacity reserved for {decision.reserved_for}"
             continue
-        placed = place(job.bundles, free, job.strategy)
-        if placed is not None:
+        if view.place(job.bundles, job.strategy, job.shape) is not None:
             decision.admit.append(job.job_id)
-            free = placed[1]
             continue
         decision.waiting[job.job_id] = "waiting for capacity"
         if blocked is None:

@@ -61,7 +61,8 @@ class JobRecord(BaseModel):
         return d
 
 
-JOBS = Table("jobs", JobRecord, extra_ddl="CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);")
+JOBS = Table("jobs", JobRecord, extra_ddl="CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);\n"
+                                          "CREATE INDEX IF NOT EXISTS jobs_order ON jobs(submitted_at, id);")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transitions (
