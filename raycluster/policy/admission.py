@@ -40,9 +40,15 @@ class QueuedJob:
     shape: tuple | None = field(init=False, compare=False, repr=False, default=None)
 
     def __post_init__(self):
-        first = self.bundles[0] if self.bundles else None
-        if first is not None and all(b == first for b in self.bundles[1:]):
-            object.__setattr__(self, "shape", tuple(sorted(first.items())))
+        object.__setattr__(self, "shape", shape_of(self.bundles))
+
+
+def shape_of(bundles) -> tuple | None:
+    """The one bundle of a gang of identical bundles as a hashable key; None if the bundles differ."""
+    first = bundles[0] if bundles else None
+    if first is None or any(b != first for b in bundles[1:]):
+        return None
+    return tuple(sorted(first.items()))
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,6 @@ class FreeView:
     def _key(self, node: str) -> tuple[float, float, str]:
         r = self.get(node)
         return (-r.get("GPU", 0.0), -r.get("CPU", 0.0), node)
-
-    def order(self) -> list[str]:
-        return [k[2] for k in self._keys]
 
     def snapshot(self) -> dict[str, Resources]:
         return {n: dict(self.get(n)) for n in self._base}
@@ -202,9 +205,7 @@ def place(bundles: tuple[Resources, ...] | list[Resources], free_by_node: dict[s
           strategy: str) -> tuple[list[str], dict[str, Resources]] | None:
     """Return (node per bundle, remaining free) if the gang fits now, else None."""
     view = FreeView(free_by_node)
-    first = bundles[0] if bundles else None
-    shape = tuple(sorted(first.items())) if first is not None and all(b == first for b in bundles) else None
-    assignment = view.place(list(bundles), strategy, shape)
+    assignment = view.place(list(bundles), strategy, shape_of(bundles))
     return None if assignment is None else (assignment, view.snapshot())
 
 
@@ -229,24 +230,24 @@ def infeasible_reason(bundles: list[Resources], strategy: str, total_by_node: di
             f"on {len(total_by_node)} nodes")
 
 
-def effective_priority(job: QueuedJob, now: float, aging_s: float) -> float:
-    waited = max(0.0, now - job.queued_at)
-    return job.priority + (waited / aging_s if aging_s > 0 else 0.0)
+def queue_order(queue, now: float, aging_s: float) -> list[QueuedJob]:
+    """Highest effective priority first (priority + waited_s / aging_s; aging_s 0 = none), FIFO within
+    equal. The key is computed for every queued job every pass, so it is written out inline."""
+    if aging_s > 0:
+        return sorted(queue, key=lambda j: (-(j.priority + (now - j.queued_at if now > j.queued_at else 0.0)
+                                              / aging_s), j.queued_at, j.job_id))
+    return sorted(queue, key=lambda j: (-j.priority, j.queued_at, j.job_id))
 
 
 def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
-    aging_s = ctx.aging_s
-    if aging_s > 0:  # effective_priority, inlined: this key is computed for every queued job
-        order = sorted(ctx.queue, key=lambda j: (-(j.priority + (now - j.queued_at if now > j.queued_at else 0.0)
-                                                   / aging_s), j.queued_at, j.job_id))
-    else:
-        order = sorted(ctx.queue, key=lambda j: (-j.priority, j.queued_at, j.job_id))
+    order = queue_order(ctx.queue, now, ctx.aging_s)
     view = FreeView(ctx.free_by_node)
     decision = AdmissionDecision()
     blocked: QueuedJob | None = None
+    reserved_msg = ""
     for job in order:
         if decision.reserved_for is not None:
-            decision.waiting[job.job_id] = f"capacity reserved for {decision.reserved_for}"
+            decision.waiting[job.job_id] = reserved_msg
             continue
         if view.place(job.bundles, job.strategy, job.shape) is not None:
             decision.admit.append(job.job_id)
@@ -256,5 +257,6 @@ def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
             blocked = job
             if now - job.queued_at >= ctx.starvation_threshold_s:
                 decision.reserved_for = job.job_id
+                reserved_msg = f"capacity reserved for {job.job_id}"
                 decision.waiting[job.job_id] = "waiting for capacity (holds reservation)"
     return decision

@@ -56,8 +56,6 @@ class JobRecord(BaseModel):
         d = dict(self.__dict__)
         d["state"] = self.state.value
         d["cause"] = self.cause.value if self.cause is not None else None
-        if d["last_metrics"] is None:
-            d["last_metrics"] = {}
         return d
 
 
