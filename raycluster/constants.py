@@ -52,6 +52,9 @@ def state_dir() -> Path:
 
 # --- control loop -------------------------------------------------------------------------------
 RECONCILE_INTERVAL_S = _env_float("RECONCILE_INTERVAL_S", 1.0)
+# Passes woken early (a submit storm, many ranks finishing at once) start at most this often, so a
+# burst of wakes is handled by a few passes rather than one per wake.
+RECONCILE_MIN_GAP_S = _env_float("RECONCILE_MIN_GAP_S", 0.02)
 PLACEMENT_TIMEOUT_S = _env_float("PLACEMENT_TIMEOUT_S", 120.0)
 # A job whose placement times out this many times fails with cause no_resources (it is queued again
 # after each earlier timeout).
@@ -113,6 +116,8 @@ LOCAL_NODE_KILL_WAIT_S = _env_float("LOCAL_NODE_KILL_WAIT_S", 5.0)
 
 # --- HTTP control API (raycluster/api/, a Ray Serve application) --------------------------------
 API_PORT = _env_int("API_PORT", 8000)
+# Jobs one batch submit (POST /jobs/batch, Client.submit_many) may carry.
+SUBMIT_BATCH_MAX = _env_int("SUBMIT_BATCH_MAX", 1000)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).
 API_MAX_BODY_BYTES = _env_int("API_MAX_BODY_BYTES", 1024 * 1024)
 # How long one API request waits for a runtime actor before answering 503 (submit waits at least

@@ -71,6 +71,11 @@ class IllegalTransition(RayClusterError):
     code, http_status, exit_code = "illegal_transition", 409, EXIT_ILLEGAL
 
 
+class IdempotencyKeyReused(RayClusterError):
+    """An idempotency key already made a job from a different spec: a client bug, nothing created."""
+    code, http_status, exit_code = "idempotency_key_reused", 409, EXIT_INVALID
+
+
 class ClusterUnavailable(RayClusterError):
     """The runtime (Ray cluster or its actors) cannot be reached right now; retry later."""
     code, http_status, exit_code, retryable = "unavailable", 503, EXIT_UNAVAILABLE, True

@@ -37,13 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 import ray  # noqa: E402
-from ray import serve  # noqa: E402
 
-from raycluster.api.deploy import deploy_api  # noqa: E402
-from benchlib import log, pct, write_result  # noqa: E402
+from benchlib import log, pct, start_runtime_and_api, stop_cluster, write_result  # noqa: E402
 from raycluster.provision.local.cluster import LocalCluster  # noqa: E402
-from raycluster.util.ports import free_port  # noqa: E402
-from raycluster.control.actors import start_runtime  # noqa: E402
 
 NOOP = {"entrypoint": "jobs.toy:noop", "resources": {"cpus": 0.5}}
 
@@ -145,11 +141,7 @@ def main() -> None:
                                 "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
                     "cluster": {"workers": args.workers, "node_env": env}}
     try:
-        lc.connect(namespace="raycluster", log_to_driver=False)
-        start_runtime(state_dir)
-        info = deploy_api(state_dir, port=free_port("127.0.0.1"))
-        url = info["url"]
-        headers = {"Authorization": "Bearer " + Path(info["token_path"]).read_text().strip()}
+        info, url, headers = start_runtime_and_api(lc, state_dir)
         import requests
 
         jid = requests.post(f"{url}/jobs", json={"name": "bench-target", **NOOP}, headers=headers,
@@ -213,12 +205,7 @@ def main() -> None:
         result["submit_burst"] = {**strip(r), "accepted_per_s": r["req_per_s"], "check": check}
         log(f"    lost/duplicated check: {check}")
     finally:
-        try:
-            serve.shutdown()
-        except Exception as exc:  # the cluster is going away anyway
-            log(f"serve.shutdown: {exc}")
-        ray.shutdown()
-        lc.stop()
+        stop_cluster(lc)
     write_result(result, args.out)
     if not result.get("submit_burst", {}).get("check", {}).get("ok"):
         sys.exit(1)

@@ -24,3 +24,30 @@ def write_result(result: dict, out: str | Path) -> None:
     text = json.dumps(result, indent=2)
     out.write_text(text)
     print(text)
+
+
+def start_runtime_and_api(lc, state_dir) -> tuple[dict, str, dict]:
+    """Connect to a started local cluster, start the runtime actors and deploy the HTTP API on a free
+    port: (deploy info, API URL, auth headers)."""
+    from raycluster.api.deploy import deploy_api
+    from raycluster.control.actors import start_runtime
+    from raycluster.util.ports import free_port
+
+    lc.connect(namespace="raycluster", log_to_driver=False)
+    start_runtime(state_dir)
+    info = deploy_api(state_dir, port=free_port("127.0.0.1"))
+    headers = {"Authorization": "Bearer " + Path(info["token_path"]).read_text().strip()}
+    return info, info["url"], headers
+
+
+def stop_cluster(lc) -> None:
+    """Stop Serve (if started), disconnect, and stop the local cluster a benchmark started."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    except Exception as exc:  # the cluster is going away anyway
+        log(f"serve.shutdown: {exc}")
+    ray.shutdown()
+    lc.stop()

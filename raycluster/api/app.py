@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from raycluster.api.errors import SafeJSONResponse, install_handlers
 from raycluster.api.middleware import PUBLIC_PATHS, Guard
+from raycluster import constants as C
 from raycluster.api.models import ErrorResponse
 from raycluster.spec import ENTRYPOINT_RE, NAME_RE, JobSpec
 
@@ -29,6 +30,12 @@ class _App(FastAPI):
             spec_schema["properties"][field]["pattern"] = regex.pattern
         comps.update(spec_schema.pop("$defs", {}))
         comps["JobSpec"] = spec_schema
+        comps["JobBatchRequest"] = {
+            "type": "object", "required": ["jobs"], "additionalProperties": False,
+            "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": C.SUBMIT_BATCH_MAX, "items": {
+                "type": "object", "required": ["spec"], "additionalProperties": False,
+                "properties": {"spec": {"$ref": "#/components/schemas/JobSpec"},
+                               "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255}}}}}}
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
         for path, ops in schema.get("paths", {}).items():

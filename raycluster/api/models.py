@@ -46,6 +46,10 @@ class Job(JobRecord):
     transitions: list[Transition] | None = Field(None, description="audit trail (GET /jobs/{id} only)")
 
 
+class JobBatch(BaseModel):
+    jobs: list[Job] = Field(..., description="the jobs, in the order of the request")
+
+
 class JobList(BaseModel):
     jobs: list[Job]
     limit: int

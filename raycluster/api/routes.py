@@ -6,6 +6,8 @@ Owns the routes (all JSON)::
     GET    /cluster/status            nodes, GPUs/CPUs total/allocated/free, utilisation, queue, runtime health
     GET    /nodes, /nodes/{node_id}   Ray nodes: alive, address, resources total/free
     POST   /jobs                      submit (body = job spec); 201 + the job; Idempotency-Key header
+    POST   /jobs/batch                submit up to SUBMIT_BATCH_MAX jobs at once, all or none (an
+                                      idempotency_key per item); 201 + the jobs in order
     GET    /jobs                      ?state=..&state=..&tenant=..&limit=100&offset=0
     GET    /jobs/{job_id}             one job with its transitions (and why it waits, while PENDING)
     DELETE /jobs/{job_id}             cancel; 409 if it already finished
@@ -38,11 +40,12 @@ from raycluster import constants as C
 from raycluster.api._serve_compat import serve_listener_reuses_address
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
-from raycluster.api.models import CheckpointList, ClusterStatus, Health, Job, JobList, LogList, MetricList, Node, NodeList
+from raycluster.api.models import (CheckpointList, ClusterStatus, Health, Job, JobBatch, JobList, LogList, MetricList,
+                                   Node, NodeList)
 from raycluster.api.settings import configure
 from raycluster.control.actors import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
-from raycluster.errors import ClusterUnavailable, RayClusterError
+from raycluster.errors import ClusterUnavailable, IdempotencyKeyReused, RayClusterError
 from raycluster.spec import parse_spec
 from raycluster.store.lifecycle import JobState
 from raycluster.util.ttlcache import TTLCache
@@ -59,8 +62,17 @@ def _usage(total: float, free: float) -> dict:
             "utilization": round(allocated / total, 6) if total > 0 else 0.0}
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+def _json_body_doc(schema: str) -> dict:
+    """OpenAPI for a JSON request body the route parses by hand (so that errors keep one shape)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
 
 @serve.deployment(name="ControlAPI")
@@ -170,25 +182,34 @@ class ControlAPI:
                          413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},
                          422: {**E, "description": "invalid spec, non-importable entrypoint, or a gang that can "
                                                    "never fit; field names the offending field"}},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}}},
+              openapi_extra=_json_body_doc("JobSpec"),
               summary="submit a job (201; a replay with the same Idempotency-Key returns 201 and the same job)")
     async def submit(self, request: Request,
                      idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1,
                                                           max_length=255)) -> dict:
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
-        spec = parse_spec(data)  # InvalidJobSpec naming the field -> 422
+        data = await _json_body(request)
+        parse_spec(data)  # InvalidJobSpec naming the field -> 422
         key = idempotency_key or f"api-{uuid.uuid4().hex}"
-        job = await self._coord("submit", data, key, timeout_s=self.s.submit_timeout_s)
-        if idempotency_key and _canonical(job.get("spec")) != _canonical(spec.model_dump(mode="json")):
-            raise ApiError(409, "idempotency_key_reused",
-                           f"Idempotency-Key was already used for job {job.get('id')} with a different spec",
-                           field="Idempotency-Key")
-        return job
+        try:
+            return await self._coord("submit", data, key, timeout_s=self.s.submit_timeout_s)
+        except IdempotencyKeyReused as exc:  # the same key with another spec: a client bug, nothing created
+            raise IdempotencyKeyReused(exc.message.replace("idempotency key", "Idempotency-Key", 1),
+                                       field="Idempotency-Key") from None
+
+    @app.post("/jobs/batch", status_code=201, response_model=JobBatch, tags=["jobs"],
+              responses={**COMMON, 409: {**E, "description": "an idempotency_key reused with a different spec"},
+                         413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},
+                         422: {**E, "description": "an invalid item (field names it: jobs[i].spec.<field>); "
+                                                   "nothing created"}},
+              openapi_extra=_json_body_doc("JobBatchRequest"),
+              summary="submit many jobs in one request: all or none, each idempotent under its idempotency_key")
+    async def submit_batch(self, request: Request) -> dict:
+        data = await _json_body(request)
+        if not isinstance(data, dict) or set(data) != {"jobs"}:
+            raise ApiError(422, "invalid_spec", 'the body must be {"jobs": [{"spec": ..., "idempotency_key": ...}]}',
+                           field="jobs")
+        # every item is validated by the Coordinator (errors name jobs[i].<field>), all or none
+        return {"jobs": await self._coord("submit_many", data["jobs"], timeout_s=self.s.submit_timeout_s)}
 
     @app.get("/jobs", response_model=JobList, responses=COMMON, tags=["jobs"])
     async def list_jobs(self,

@@ -114,8 +114,22 @@ def cmd_submit(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    jobs = _client(args).list(states=args.state or None, tenant=args.tenant)
-    print_json(jobs) if args.json else print(jobs_table(jobs))
+    """One page of jobs (``--limit``/``--offset``), or ``--all``; says how to get the next page."""
+    if args.limit < 1 or args.offset < 0:
+        raise BadArgument("--limit must be >= 1 and --offset >= 0")
+    client = _client(args)
+    if args.all:
+        jobs, more = client.list(states=args.state or None, tenant=args.tenant), False
+    else:
+        jobs = client.list(states=args.state or None, tenant=args.tenant, limit=args.limit + 1, offset=args.offset)
+        more, jobs = len(jobs) > args.limit, jobs[:args.limit]
+    if args.json:
+        print_json(jobs)
+    else:
+        print(jobs_table(jobs))
+        if more:
+            print(f"(jobs {args.offset + 1}-{args.offset + len(jobs)}, more: --offset {args.offset + len(jobs)}"
+                  " for the next page, --all for every job)", file=sys.stderr)
     return EXIT_OK
 
 

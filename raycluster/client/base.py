@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from raycluster.constants import SUBMIT_BATCH_MAX
 from raycluster.errors import ClusterUnavailable, InvalidJobSpec
 from raycluster.spec import JobSpec, load_spec, parse_spec
 from raycluster.store.lifecycle import JobState
@@ -60,6 +61,12 @@ class ClientBase:
     def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None) -> dict:
         """Submit a spec (a file path, a JobSpec, a dict or JSON text). A key per submit (the same
         on every retry of it) makes retries safe from duplicates."""
+        spec = self._normalise(spec)
+        return self._submit(spec, idempotency_key or f"{self.key_prefix}-{uuid.uuid4().hex}")
+
+    @staticmethod
+    def _normalise(spec) -> dict:
+        """A spec argument as the dict the server takes, validated here first."""
         if isinstance(spec, Path):
             spec = load_spec(spec)
         if isinstance(spec, JobSpec):
@@ -70,9 +77,32 @@ class ClientBase:
             except json.JSONDecodeError as exc:
                 raise InvalidJobSpec(f"spec is not valid JSON: {exc}") from None
         parse_spec(spec)  # fail fast, locally, with the same error the server would give
-        return self._submit(spec, idempotency_key or f"{self.key_prefix}-{uuid.uuid4().hex}")
+        return spec
+
+    def submit_many(self, specs: list, idempotency_keys: list[str] | None = None,
+                    batch_size: int = SUBMIT_BATCH_MAX) -> list[dict]:
+        """Submit many specs in batches of ``batch_size`` (one call and one transaction each, all or
+        none per batch), answering the jobs in order. A key per spec (made here when not given, the
+        same on every retry of a batch) makes retries safe from duplicates."""
+        if idempotency_keys is not None and len(idempotency_keys) != len(specs):
+            raise InvalidJobSpec("one idempotency key per spec", field="idempotency_keys")
+        if not 1 <= batch_size <= SUBMIT_BATCH_MAX:
+            raise InvalidJobSpec(f"batch_size must be 1-{SUBMIT_BATCH_MAX}", field="batch_size")
+        prefix = f"{self.key_prefix}-{uuid.uuid4().hex}"
+        items = []
+        for i, spec in enumerate(specs):
+            spec = self._normalise(spec)
+            key = idempotency_keys[i] if idempotency_keys is not None else f"{prefix}-{i}"
+            items.append({"spec": spec, "idempotency_key": key})
+        out: list[dict] = []
+        for i in range(0, len(items), batch_size):
+            out += self._submit_many(items[i:i + batch_size])
+        return out
 
     def _submit(self, spec: dict, idempotency_key: str) -> dict:
+        raise NotImplementedError
+
+    def _submit_many(self, items: list[dict]) -> list[dict]:
         raise NotImplementedError
 
     def get(self, job_id: str) -> dict:

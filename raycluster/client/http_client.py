@@ -132,6 +132,9 @@ class HttpClient(ClientBase):
     def _submit(self, spec: dict, idempotency_key: str) -> dict:
         return self._send("POST", "/jobs", body=spec, headers={"Idempotency-Key": idempotency_key})[0]
 
+    def _submit_many(self, items: list[dict]) -> list[dict]:
+        return self._send("POST", "/jobs/batch", body={"jobs": items})[0]["jobs"]
+
     def get(self, job_id: str) -> dict:
         return self._get(self._job_path(job_id))
 

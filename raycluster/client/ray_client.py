@@ -81,6 +81,9 @@ class Client(ClientBase):
     def _submit(self, spec: dict, idempotency_key: str) -> dict:
         return self._call("submit", spec, idempotency_key)
 
+    def _submit_many(self, items: list[dict]) -> list[dict]:
+        return self._call("submit_many", items)
+
     def get(self, job_id: str) -> dict:
         return self._call("get", job_id)
 

@@ -2,7 +2,8 @@
 
 Owns: the actor boundary (every method delegates) and the reconcile thread, which runs
 ``reconcile_once()`` every RECONCILE_INTERVAL_S and at once when woken (a submit, a finished rank,
-a placed gang). Created by ``control/actors.py``.
+a placed gang), at most once per RECONCILE_MIN_GAP_S (or three times the last pass's duration,
+whichever is longer: a storm of wakes costs at most a third of a core). Created by ``control/actors.py``.
 """
 
 from __future__ import annotations
@@ -39,17 +40,26 @@ class Coordinator:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 self.core.reconcile_once()
             except Exception:  # never let the loop die
                 log.exception("reconcile pass failed")
+            pass_s = time.monotonic() - started
             self.core.wait(C.RECONCILE_INTERVAL_S)
+            # passes take at most a third of the time, however often they are woken
+            rest = max(C.RECONCILE_MIN_GAP_S, 3 * pass_s) - (time.monotonic() - started)
+            if rest > 0:  # woken early: wakes arriving meanwhile are served by the next pass
+                time.sleep(rest)
 
     def ping(self) -> dict:
         return {"ok": True, "uptime_s": time.time() - self.core.started_at, "pid": os.getpid()}
 
     def submit(self, spec: dict | str, idempotency_key: str | None = None) -> dict:
         return self.core.submit(spec, idempotency_key)
+
+    def submit_many(self, items: list[dict]) -> list[dict]:
+        return self.core.submit_many(items)
 
     def get(self, job_id: str) -> dict:
         return self.core.get(job_id)

@@ -9,15 +9,18 @@ fake, the ``Coordinator`` actor (``control/coordinator.py``) with the real RayOp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 from typing import Any
 
 from raycluster import constants as C
+from raycluster.control.nodes import totals_and_free
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler, gcs_uris
-from raycluster.errors import EntrypointImportError, IllegalTransition, InfeasibleJob
+from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
+                               InvalidJobSpec)
 from raycluster.policy.admission import infeasible_reason
 from raycluster.rank.logs import read_rank_logs
 from raycluster.spec import JobSpec, parse_spec
@@ -27,36 +30,115 @@ from raycluster.util.ttlcache import TTLCache
 log = logging.getLogger("raycluster.coordinator")
 
 
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@contextlib.contextmanager
+def _located(prefix: str):
+    """Re-raise a spec error with the batch item it belongs to (``jobs[3].num_workers``)."""
+    try:
+        yield
+    except InvalidJobSpec as exc:
+        if not prefix:
+            raise
+        raise type(exc)(f"{prefix.rstrip('.')}: {exc.message}",
+                        field=prefix + (f"spec.{exc.field}" if exc.field and exc.field != "spec" else "spec")) from None
+
+
 class CoordinatorCore(Reconciler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._ep_checked = TTLCache(self.clock)
+        self._feasible_for: object = None
+        self._feasible: dict[tuple, str | None] = {}
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
-        spec = parse_spec(spec_data)
-        if idempotency_key:
-            existing = self.store.find_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return existing.to_dict()
-        self._check_entrypoint(spec)
-        total, _free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
-        why = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
-        if why:
-            raise InfeasibleJob(f"job can never be placed: {why}", field="num_workers")
+        return self._submit_all([(spec_data, idempotency_key)], lambda i: "")[0]
+
+    def submit_many(self, items: list[dict]) -> list[dict]:
+        """Submit up to SUBMIT_BATCH_MAX jobs, each ``{"spec": ..., "idempotency_key": ...}``, all or
+        none: an invalid one fails the batch naming ``jobs[i].<field>`` and nothing is created. An item
+        whose key was used before answers the job made then (as a single submit would)."""
+        if not isinstance(items, list) or not items:
+            raise InvalidJobSpec("jobs must be a non-empty list of {spec, idempotency_key}", field="jobs")
+        if len(items) > C.SUBMIT_BATCH_MAX:
+            raise InvalidJobSpec(f"at most {C.SUBMIT_BATCH_MAX} jobs per batch, got {len(items)}", field="jobs")
+        pairs, seen = [], set()
+        for i, it in enumerate(items):
+            if not isinstance(it, dict) or "spec" not in it or set(it) - {"spec", "idempotency_key"}:
+                raise InvalidJobSpec(f"jobs[{i}] must be an object with a spec and an optional idempotency_key",
+                                     field=f"jobs[{i}]")
+            key = it.get("idempotency_key")
+            if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255 or key in seen):
+                raise InvalidJobSpec(f"jobs[{i}].idempotency_key must be a string of 1-255 characters used once "
+                                     "in the batch", field=f"jobs[{i}].idempotency_key")
+            seen.add(key)
+            pairs.append((it["spec"], key))
+        return self._submit_all(pairs, lambda i: f"jobs[{i}].")
+
+    def _submit_all(self, pairs: list[tuple[Any, str | None]], where) -> list[dict]:
+        """Validate every spec (entrypoint importable, gang feasible), then insert the new ones in one
+        transaction; ``where(i)`` prefixes the field an error names."""
+        specs = []
+        for i, (data, _key) in enumerate(pairs):
+            with _located(where(i)):
+                specs.append(parse_spec(data))
+        keys = [k for _d, k in pairs if k]
+        existing = self.store.find_by_idempotency_keys(keys) if keys else {}
+        for i, (spec, (_d, key)) in enumerate(zip(specs, pairs)):
+            if key in existing and _canonical(existing[key].spec) != _canonical(spec.model_dump(mode="json")):
+                raise IdempotencyKeyReused(f"{where(i)}idempotency key {key!r} was already used for job "
+                                           f"{existing[key].id} with a different spec",
+                                           field=f"{where(i)}idempotency_key")
+        new = [(i, spec, key) for i, (spec, (_d, key)) in enumerate(zip(specs, pairs)) if key not in existing]
+        for i, spec, _key in new:
+            with _located(where(i)):
+                self._check_entrypoint(spec)
+                why = self._infeasible(spec)
+                if why:
+                    raise InfeasibleJob(f"job can never be placed: {why}", field="num_workers")
+        rows = [dict(name=spec.name, spec=spec.model_dump(mode="json"), priority=spec.priority, tenant=spec.tenant,
+                     idempotency_key=key) for _i, spec, key in new]
         try:
-            rec = self.store.insert(name=spec.name, spec=spec.model_dump(mode="json"), priority=spec.priority,
-                                    tenant=spec.tenant, idempotency_key=idempotency_key, now=self.clock())
-        except sqlite3.IntegrityError:  # a concurrent retry with the same key won the race
-            existing = self.store.find_by_idempotency_key(idempotency_key or "")
-            if existing is None:
-                raise
-            return existing.to_dict()
-        log.info("submitted %s (%s, priority %d, %d workers)", rec.id, spec.name, spec.priority, spec.num_workers)
-        if gcs_uris(spec.runtime_env):  # keep uploaded packages alive after the submitting Ray job ends
-            self._guard("pin packages", self.ops.pin_uris, gcs_uris(spec.runtime_env), C.PACKAGE_PIN_S)
-        self.wake()
-        return rec.to_dict()
+            made = self.store.insert_many(rows, now=self.clock())
+        except sqlite3.IntegrityError:  # a concurrent retry with one of the keys won the race: one by one
+            made = []
+            for row in rows:
+                try:
+                    made.append(self.store.insert(**row, now=self.clock()))
+                except sqlite3.IntegrityError:
+                    other = self.store.find_by_idempotency_key(row["idempotency_key"] or "")
+                    if other is None:
+                        raise
+                    made.append(other)
+        by_index = dict(zip((i for i, _s, _k in new), made))
+        out = [by_index[i] if i in by_index else existing[key] for i, (_d, key) in enumerate(pairs)]
+        if made:
+            if len(made) == 1:
+                spec = new[0][1]
+                log.info("submitted %s (%s, priority %d, %d workers)", made[0].id, spec.name, spec.priority,
+                         spec.num_workers)
+            else:
+                log.info("submitted %d jobs (%s ... %s)", len(made), made[0].id, made[-1].id)
+            uris = sorted({u for _i, spec, _k in new for u in gcs_uris(spec.runtime_env)})
+            if uris:  # keep uploaded packages alive after the submitting Ray job ends
+                self._guard("pin packages", self.ops.pin_uris, uris, C.PACKAGE_PIN_S)
+            self.wake()
+        return [r.to_dict() for r in out]
+
+    def _infeasible(self, spec: JobSpec) -> str | None:
+        """Why the gang can never be placed on the cluster's nodes (None: it can), remembered per
+        gang shape for as long as the node table read is reused (a burst of similar submits)."""
+        nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
+        if self._feasible_for is not nodes:
+            self._feasible_for, self._feasible = nodes, {}
+        key = (json.dumps(spec.bundles(), sort_keys=True), spec.placement_strategy.value)
+        if key not in self._feasible:
+            total, _free = totals_and_free(nodes)
+            self._feasible[key] = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
+        return self._feasible[key]
 
     def _check_entrypoint(self, spec: JobSpec) -> None:
         key = spec.entrypoint + "|" + json.dumps(spec.runtime_env, sort_keys=True)
@@ -113,6 +195,7 @@ class CoordinatorCore(Reconciler):
                 raise IllegalTransition(f"job {job_id} is already {rec.state.value}; nothing to cancel")
             rec = self.store.transition(job_id, rec.state, JobState.CANCELLED, cause=Cause.CANCELLED,
                                         reason="cancelled by user", finished_at=self.clock())
+            self._note(rec)
             att = self.attempts.pop(job_id, None)
             if att is not None:
                 self._teardown(att)

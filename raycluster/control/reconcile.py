@@ -3,10 +3,13 @@
 Owns: the in-memory handles of the attempts the Coordinator runs (placement group + one ObjectRef
 per rank) and the reconcile pass over the job table:
 
-1. *observe* — non-terminal jobs from SQLite, rank task status (``GangOps.poll``), placement-group
-   readiness, free resources per node (``NodeCache``);
-2. *decide* — a ``policy.steps.Step`` per job (``decide_placing`` / ``decide_running`` /
-   ``start_step``) and ``policy.admission.decide_admission`` for the queue: pure functions;
+1. *observe* — the job rows that changed since the last pass (``JobStore.changed_since``: rows
+   carry a version, so a long queue that does not change costs nothing to read) folded into the
+   in-memory view of non-terminal jobs and the ordered ``AdmissionQueue``; rank task status
+   (``GangOps.poll``), placement-group readiness, free resources per node (``NodeCache``);
+2. *decide* — a ``policy.steps.Step`` per active job (``decide_placing`` / ``decide_running`` /
+   ``start_step``) and ``AdmissionQueue.decide`` for the queue (skipped when neither the queue nor
+   the free resources changed): pure functions;
 3. *apply* — ``apply(job, step)``, the one place a Step is carried out: the conditional state
    transition (committed to SQLite first: the intent), then placement groups and rank tasks.
 
@@ -31,12 +34,12 @@ from raycluster import constants as C
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.errors import IllegalTransition
-from raycluster.policy.admission import AdmissionContext, QueuedJob, decide_admission, place
+from raycluster.policy.admission import AdmissionQueue, QueuedJob, place
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
 from raycluster.spec import JobSpec
 from raycluster.store.jobs import JobRecord, JobStore
-from raycluster.store.lifecycle import ACTIVE_STATES, JobState
+from raycluster.store.lifecycle import ACTIVE_STATES, TERMINAL_STATES, Cause, JobState
 
 log = logging.getLogger("raycluster.coordinator")
 
@@ -88,6 +91,12 @@ class Reconciler:
         self._metrics: list[tuple] = []
         self._metrics_lock = threading.Lock()
         self._specs: dict[str, JobSpec] = {}
+        # the non-terminal jobs as of the last pass, by state, and the version they were read at
+        self._pending: dict[str, JobRecord] = {}
+        self._active: dict[str, JobRecord] = {}
+        self._packages: dict[str, list[str]] = {}  # job id -> the gcs:// packages it needs pinned
+        self._rev: int | None = None
+        self.queue = AdmissionQueue(C.STARVATION_THRESHOLD_S, C.AGING_S)
         self._last_sweep = 0.0
         self._last_pin = 0.0
 
@@ -105,35 +114,77 @@ class Reconciler:
         self._guard("flush metrics", self._flush_metrics)
         with self._lock:
             try:
-                jobs = self.store.list([JobState.PENDING, *ACTIVE_STATES])
+                self._observe()
             except Exception:
                 log.exception("reconcile: cannot read the job table")
                 return
-            active_ids = {j.id for j in jobs}
-            for jid in [j for j in self.attempts if j not in active_ids]:
+            for jid in [j for j in self.attempts if j not in self._active]:
                 self._guard(f"teardown {jid}", self._teardown, self.attempts.pop(jid))
-            for jid in [j for j in self._specs if j not in active_ids and j not in self.attempts]:
-                del self._specs[jid]
-            for job in jobs:
-                if job.state != JobState.PENDING:
-                    self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
-            pending = [j for j in jobs if j.state == JobState.PENDING]
-            if pending:
-                self._guard("admission", self._admit, pending, now)
+            for job in list(self._active.values()):
+                self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
+            if self._pending:
+                self._guard("admission", self._admit, now)
             if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:
                 self._last_sweep = now
                 self._guard("sweep", self.sweep_placement_groups)
             if now - self._last_pin > C.PACKAGE_PIN_S / 3:
                 self._last_pin = now
-                self._guard("pin packages", self._pin_packages, jobs)
+                self._guard("pin packages", self._pin_packages)
 
-    def _guard(self, what: str, fn, *args) -> None:
+    def _observe(self) -> None:
+        """Fold the job rows that changed since the last pass into the in-memory view (all
+        non-terminal rows at the first pass)."""
+        if self._rev is None:
+            rev = self.store.max_rev()  # first: a row changed after it is read again next pass
+            recs = self.store.list([JobState.PENDING, *ACTIVE_STATES])
+        else:
+            recs, rev = self.store.changed_since(self._rev)
+        for rec in recs:
+            self._guard(f"read {rec.id}", self._note, rec)
+        self._rev = rev if self._rev is None else max(self._rev, rev)
+
+    def _note(self, rec: JobRecord) -> None:
+        """Record a job row as read or as just written."""
+        jid = rec.id
+        if rec.state == JobState.PENDING:
+            try:
+                spec = self._spec(rec)
+            except ValueError as exc:  # stored by a version whose spec this one no longer accepts
+                self._pending.pop(jid, None)
+                self.queue.discard(jid)
+                self._note(self.store.transition(
+                    jid, JobState.PENDING, JobState.FAILED, cause=Cause.SYSTEM_ERROR, now=self.clock(),
+                    reason="its stored spec is not valid for this version", finished_at=self.clock(),
+                    error=f"the stored spec is not valid for this version of raycluster: {exc}"))
+                return
+            self._active.pop(jid, None)
+            self._pending[jid] = rec
+            self.queue.put(QueuedJob(jid, rec.priority, rec.queued_at, tuple(spec.bundles()),
+                                     spec.placement_strategy.value))
+        elif rec.state in TERMINAL_STATES:
+            self._pending.pop(jid, None)
+            self._active.pop(jid, None)
+            self.queue.discard(jid)
+            self._packages.pop(jid, None)
+            self._specs.pop(jid, None)
+            return
+        else:
+            self._pending.pop(jid, None)
+            self.queue.discard(jid)
+            self._active[jid] = rec
+        if jid not in self._packages:
+            self._packages[jid] = gcs_uris(self._spec(rec).runtime_env)
+
+    def _guard(self, what: str, fn, *args) -> bool:
+        """Run one step; its exception is logged, never raised. True if it completed."""
         try:
             fn(*args)
+            return True
         except IllegalTransition as exc:  # lost a race with a user action (e.g. cancel): re-read next tick
             log.info("reconcile %s: %s", what, exc)
         except Exception:
             log.exception("reconcile step %r failed; continuing", what)
+        return False
 
     # ------------------------------------------------------------------ observe + decide
     def _spec(self, job: JobRecord) -> JobSpec:
@@ -183,7 +234,7 @@ class Reconciler:
             self._launch(job, att)
         return att
 
-    def _admit(self, pending: list[JobRecord], now: float) -> None:
+    def _admit(self, now: float) -> None:
         _total, free = self.nodes.totals_and_free(0.0)
         # placement groups not created yet do not show in the free view: count them as taken
         for att in self.attempts.values():
@@ -192,17 +243,21 @@ class Reconciler:
                 placed = spec and place(spec.bundles(), free, spec.placement_strategy.value)
                 if placed:
                     free = placed[1]
-        queue = []
-        for j in pending:
-            spec = self._spec(j)
-            queue.append(QueuedJob(j.id, j.priority, j.queued_at, tuple(spec.bundles()),
-                                   spec.placement_strategy.value))
-        decision = decide_admission(AdmissionContext(tuple(queue), free, C.STARVATION_THRESHOLD_S, C.AGING_S), now)
-        by_id = {j.id: j for j in pending}
+        self.queue.configure(C.STARVATION_THRESHOLD_S, C.AGING_S)
+        decision = self.queue.decide(free, now)
+        if decision is None:  # nothing it depends on changed since the last pass
+            return
+        done = True
         for jid in decision.admit:
-            self._guard(f"start {jid}", self.apply, by_id[jid], start_step(by_id[jid], now), now)
-        changed = {jid: why for jid, why in decision.waiting.items() if by_id[jid].waiting != why}
-        self.store.set_waiting(changed)
+            job = self._pending[jid]
+            done &= self._guard(f"start {jid}", self.apply, job, start_step(job, now), now)
+        changed = {jid: why for jid, why in decision.waiting.items() if self._pending[jid].waiting != why}
+        done &= self._guard("record waiting reasons", self.store.set_waiting, changed)
+        if not done:  # not all of it was carried out: decide again next pass
+            self.queue.forget()
+            return
+        for jid, why in changed.items():
+            self._pending[jid].waiting = why
 
     # ------------------------------------------------------------------ apply
     def apply(self, job: JobRecord, step: Step, now: float) -> JobRecord:
@@ -232,8 +287,11 @@ class Reconciler:
         return self._transition(job, step, now)
 
     def _transition(self, job: JobRecord, step: Step, now: float) -> JobRecord:
-        return self.store.transition(job.id, step.src, step.dst, cause=step.cause, reason=step.reason, now=now,
-                                     **step.fields)
+        rec = self.store.transition(job.id, step.src, step.dst, cause=step.cause, reason=step.reason, now=now,
+                                    **step.fields)
+        if rec.state != JobState.PENDING:  # a job queued again waits for the next pass's admission
+            self._note(rec)
+        return rec
 
     def _launch(self, job: JobRecord, att: Attempt) -> None:
         """Submit every rank into the attempt's placement group at once: Ray starts them the moment
@@ -264,11 +322,11 @@ class Reconciler:
         self.ops.remove_pg(att.pg)
 
     # ------------------------------------------------------------------ chores
-    def _pin_packages(self, jobs: list[JobRecord]) -> None:
+    def _pin_packages(self) -> None:
         """Renew the GCS pins of the uploaded packages (working_dir, py_modules) of every job not yet
         finished: Ray deletes a package once no job, actor or worker refers to it, and the Ray job
         that uploaded it (``ray job submit --working-dir``) may end long before our job is placed."""
-        uris = sorted({u for j in jobs for u in gcs_uris(self._spec(j).runtime_env)})
+        uris = sorted({u for us in self._packages.values() for u in us})
         if uris:
             self.ops.pin_uris(uris, C.PACKAGE_PIN_S)
 

@@ -5,7 +5,10 @@ placement strategy) and the queue policy.
 
 Policy (documented in the README):
 * Order: effective priority, highest first; FIFO (time queued) within equal effective priority.
-  Effective priority = priority + waited_s / AGING_S (aging; AGING_S=0 disables it).
+  Effective priority = priority + waited_s / AGING_S (aging; AGING_S=0 disables it). Aging raises
+  every queued job's effective priority at the same rate, so the order never changes with time:
+  it is the order of ``priority * AGING_S - queued_at`` (``order_key``), kept across passes by
+  ``AdmissionQueue``.
 * Gang: a job is admitted only if its whole gang fits on the free resources now.
 * Backfill with bounded starvation: when the first job in order does not fit, later (lower
   effective priority) jobs that do fit may start — until that blocked job has waited
@@ -15,13 +18,17 @@ Policy (documented in the README):
 
 A pass costs about the number of queued jobs, not jobs x nodes (``FreeView``): nodes are kept in
 placement order as placements change them, and a gang of identical bundles that cannot fit is
-refused from per-shape capacity counts without a scan. The decisions are exactly those of the
+refused from per-shape capacity counts without a scan. ``AdmissionQueue`` keeps the queue in order
+between passes and skips a pass whose inputs (queue, free resources) did not change — the one
+decision that time alone can change, a blocked job reaching the starvation threshold, is rechecked
+at that instant. The decisions are exactly those of the
 straightforward policy (tests/unit/test_admission_property.py; scripts/bench_queue.py).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 Resources = dict[str, float]
@@ -64,15 +71,7 @@ class AdmissionDecision:
     admit: list[str] = field(default_factory=list)
     reserved_for: str | None = None
     waiting: dict[str, str] = field(default_factory=dict)
-
-
-def _fits(bundle: Resources, free: Resources) -> bool:
-    return all(free.get(k, 0.0) + _EPS >= v for k, v in bundle.items() if v > 0)
-
-
-def _take(bundle: Resources, free: Resources) -> None:
-    for k, v in bundle.items():
-        free[k] = free.get(k, 0.0) - v
+    blocked: str | None = None  # the first job in order that did not fit
 
 
 class FreeView:
@@ -93,26 +92,29 @@ class FreeView:
     def __init__(self, free_by_node: dict[str, Resources]):
         self._base = free_by_node
         self._own: dict[str, Resources] = {}
-        self._keys = sorted(self._key(n) for n in free_by_node)
-        self._caps: dict[tuple, tuple[dict[str, int], list[int]]] = {}  # shape -> (per node, [sum, nodes>=1])
+        self._node_key = {n: (-r.get("GPU", 0.0), -r.get("CPU", 0.0), n) for n, r in free_by_node.items()}
+        self._keys = sorted(self._node_key.values())
+        # shape -> (bundle's needs, per-node capacity, [sum of capacities, nodes with capacity >= 1])
+        self._caps: dict[tuple, tuple[list, dict[str, int], list[int]]] = {}
 
     def get(self, node: str) -> Resources:
         return self._own.get(node) or self._base[node]
-
-    def _key(self, node: str) -> tuple[float, float, str]:
-        r = self.get(node)
-        return (-r.get("GPU", 0.0), -r.get("CPU", 0.0), node)
 
     def snapshot(self) -> dict[str, Resources]:
         return {n: dict(self.get(n)) for n in self._base}
 
     # ---- bundle capacities ------------------------------------------------------------------------
     @staticmethod
-    def _cap(bundle: Resources, free: Resources) -> int:
-        need = [(k, v) for k, v in bundle.items() if v > 0]
+    def _cap(need: list[tuple[str, float]], free: Resources) -> int:
+        """How many bundles of these needs fit in ``free`` (an upper bound: a little float slack)."""
         if not need:
             return 1 << 30
-        return max(0, min(int((free.get(k, 0.0) + _EPS) / v + 1e-6) for k, v in need))
+        cap = None
+        for k, v in need:
+            c = int((free.get(k, 0.0) + _EPS) / v + 1e-6)
+            if cap is None or c < cap:
+                cap = c
+        return cap if cap > 0 else 0
 
     def surely_cannot_fit(self, shape: tuple | None, n: int, strategy: str) -> bool:
         """True only if no placement of ``n`` bundles of ``shape`` exists (so the greedy fails too);
@@ -121,10 +123,10 @@ class FreeView:
             return False
         got = self._caps.get(shape)
         if got is None:
-            bundle = dict(shape)
-            per = {node: self._cap(bundle, self.get(node)) for node in self._base}
-            got = self._caps[shape] = (per, [sum(per.values()), sum(1 for c in per.values() if c > 0)], bundle)
-        per, (total, nodes_with_room), _bundle = got
+            need = [(k, v) for k, v in shape if v > 0]
+            per = {node: self._cap(need, self.get(node)) for node in self._base}
+            got = self._caps[shape] = (need, per, [sum(per.values()), sum(1 for c in per.values() if c > 0)])
+        _need, per, (total, nodes_with_room) = got
         if strategy == "STRICT_SPREAD":
             return nodes_with_room < n
         if strategy == "STRICT_PACK":
@@ -133,12 +135,13 @@ class FreeView:
 
     # ---- taking -----------------------------------------------------------------------------------
     def _set(self, node: str, free: Resources) -> None:
-        old = self._key(node)
-        del self._keys[bisect.bisect_left(self._keys, old)]
+        keys = self._keys
+        del keys[bisect.bisect_left(keys, self._node_key[node])]
+        key = self._node_key[node] = (-free.get("GPU", 0.0), -free.get("CPU", 0.0), node)
+        bisect.insort(keys, key)
         self._own[node] = free
-        bisect.insort(self._keys, self._key(node))
-        for per, agg, bundle in self._caps.values():
-            c_old, c_new = per[node], self._cap(bundle, free)
+        for need, per, agg in self._caps.values():
+            c_old, c_new = per[node], self._cap(need, free)
             if c_old != c_new:
                 per[node] = c_new
                 agg[0] += c_new - c_old
@@ -149,21 +152,24 @@ class FreeView:
         the gang's one bundle as a key when all its bundles are identical (QueuedJob.shape)."""
         if self.surely_cannot_fit(shape, len(bundles), strategy):
             return None
-        # the node order at the start of this gang, as in ``place`` (_keys changes only after it)
-        nodes = [k[2] for k in self._keys] if strategy == "SPREAD" else None
+        # nodes in order at the start of this gang, as in ``place``: _keys changes only after it
+        keys, node_key = self._keys, self._node_key
+        own, base = self._own, self._base
         trial: dict[str, Resources] = {}
 
-        def in_order():
-            return nodes if nodes is not None else (k[2] for k in self._keys)
-
-        def free(n: str) -> Resources:
-            return trial.get(n) or self.get(n)
+        def fits(b: Resources, n: str) -> bool:
+            r = trial.get(n) or own.get(n) or base[n]
+            for k, v in b.items():
+                if v > 0 and r.get(k, 0.0) + _EPS < v:
+                    return False
+            return True
 
         def take(n: str, b: Resources) -> None:
             r = trial.get(n)
             if r is None:
-                r = trial[n] = dict(self.get(n))
-            _take(b, r)
+                r = trial[n] = dict(own.get(n) or base[n])
+            for k, v in b.items():
+                r[k] = r.get(k, 0.0) - v
 
         assignment: list[str] = []
         if strategy == "STRICT_PACK":
@@ -171,7 +177,7 @@ class FreeView:
             for b in bundles:
                 for k, v in b.items():
                     total[k] = total.get(k, 0.0) + v
-            chosen = next((n for n in in_order() if _fits(total, free(n))), None)
+            chosen = next((k[2] for k in keys if fits(total, k[2])), None)
             if chosen is None:
                 return None
             take(chosen, total)
@@ -179,18 +185,20 @@ class FreeView:
         else:
             used: dict[str, int] = {}
             for b in bundles:
+                chosen = None
                 if strategy == "STRICT_SPREAD":
-                    chosen = next((n for n in in_order() if n not in used and _fits(b, free(n))), None)
+                    chosen = next((k[2] for k in keys if k[2] not in used and fits(b, k[2])), None)
                 elif strategy == "SPREAD":  # least used first, stable in node order
-                    chosen = None
                     for level in sorted({0, *used.values()}):
-                        chosen = next((n for n in nodes if used.get(n, 0) == level and _fits(b, free(n))), None)
+                        chosen = next((k[2] for k in keys if used.get(k[2], 0) == level and fits(b, k[2])), None)
                         if chosen is not None:
                             break
-                else:  # PACK: nodes this gang already uses first
-                    chosen = next((n for n in used if _fits(b, free(n))), None)
+                else:  # PACK: nodes this gang already uses first, in node order
+                    # (identical bundles: only the last node used can still fit one, order is moot)
+                    in_use = used if len(used) < 2 or shape is not None else sorted(used, key=node_key.__getitem__)
+                    chosen = next((n for n in in_use if fits(b, n)), None)
                     if chosen is None:
-                        chosen = next((n for n in in_order() if n not in used and _fits(b, free(n))), None)
+                        chosen = next((k[2] for k in keys if k[2] not in used and fits(b, k[2])), None)
                 if chosen is None:
                     return None
                 take(chosen, b)
@@ -230,33 +238,139 @@ def infeasible_reason(bundles: list[Resources], strategy: str, total_by_node: di
             f"on {len(total_by_node)} nodes")
 
 
-def queue_order(queue, now: float, aging_s: float) -> list[QueuedJob]:
-    """Highest effective priority first (priority + waited_s / aging_s; aging_s 0 = none), FIFO within
-    equal. The key is computed for every queued job every pass, so it is written out inline."""
+def order_key(job: QueuedJob, aging_s: float) -> tuple:
+    """A job's place in the queue: highest effective priority first, FIFO within equal, job id last.
+
+    Effective priority ``priority + (now - queued_at) / aging_s`` orders jobs like
+    ``priority * aging_s - queued_at`` at every ``now``, so the key holds no time and the order is
+    kept across passes."""
     if aging_s > 0:
-        return sorted(queue, key=lambda j: (-(j.priority + (now - j.queued_at if now > j.queued_at else 0.0)
-                                              / aging_s), j.queued_at, j.job_id))
-    return sorted(queue, key=lambda j: (-j.priority, j.queued_at, j.job_id))
+        return (job.queued_at - job.priority * aging_s, job.queued_at, job.job_id)
+    return (-job.priority, job.queued_at, job.job_id)
 
 
-def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
-    order = queue_order(ctx.queue, now, ctx.aging_s)
+def queue_order(queue, aging_s: float) -> list[QueuedJob]:
+    return sorted(queue, key=lambda j: order_key(j, aging_s))
+
+
+def decide_admission(ctx: AdmissionContext, now: float, ordered: list[QueuedJob] | None = None) -> AdmissionDecision:
+    """Which queued jobs start now. ``ordered``: ``ctx.queue`` already in ``queue_order`` (as
+    ``AdmissionQueue`` keeps it), so the pass does not sort."""
+    order = ordered if ordered is not None else queue_order(ctx.queue, ctx.aging_s)
     view = FreeView(ctx.free_by_node)
     decision = AdmissionDecision()
-    blocked: QueuedJob | None = None
-    reserved_msg = ""
-    for job in order:
-        if decision.reserved_for is not None:
-            decision.waiting[job.job_id] = reserved_msg
-            continue
-        if view.place(job.bundles, job.strategy, job.shape) is not None:
-            decision.admit.append(job.job_id)
-            continue
-        decision.waiting[job.job_id] = "waiting for capacity"
-        if blocked is None:
-            blocked = job
+    waiting = decision.waiting
+    # gangs of identical bundles that did not fit, by (bundle, count, strategy): free resources only
+    # shrink during a pass and such a gang's fit is monotone in them, so the answer stays no
+    refused: set[tuple] = set()
+    for i, job in enumerate(order):
+        kind = (job.shape, len(job.bundles), job.strategy) if job.shape is not None else None
+        if kind not in refused:
+            if view.place(job.bundles, job.strategy, job.shape) is not None:
+                decision.admit.append(job.job_id)
+                continue
+            if kind is not None:
+                refused.add(kind)
+        waiting[job.job_id] = "waiting for capacity"
+        if decision.blocked is None:
+            decision.blocked = job.job_id
             if now - job.queued_at >= ctx.starvation_threshold_s:
+                # a reservation: nothing behind the blocked job starts
                 decision.reserved_for = job.job_id
-                reserved_msg = f"capacity reserved for {job.job_id}"
-                decision.waiting[job.job_id] = "waiting for capacity (holds reservation)"
+                waiting[job.job_id] = "waiting for capacity (holds reservation)"
+                waiting.update(dict.fromkeys([j.job_id for j in order[i + 1:]],
+                                             f"capacity reserved for {job.job_id}"))
+                break
     return decision
+
+
+class AdmissionQueue:
+    """The queued jobs, kept in admission order between passes, and the inputs of the last pass.
+
+    ``put``/``discard`` keep the order (a sorted list of ``order_key``: O(log n) to find, a memmove
+    to insert). ``decide`` runs ``decide_admission`` unless nothing it depends on changed since
+    the last pass that admitted nothing: the same queue (``version``), the same free resources, and
+    ``now`` before the instant the blocked job reaches the starvation threshold. Pure: no Ray, no I/O.
+    """
+
+    def __init__(self, starvation_threshold_s: float, aging_s: float):
+        self.starvation_threshold_s = starvation_threshold_s
+        self.aging_s = aging_s
+        self._jobs: dict[str, QueuedJob] = {}
+        self._keys: list[tuple] = []
+        self._ordered: list[QueuedJob] | None = None
+        self.version = 0
+        self._last: tuple[int, dict, float] | None = None  # (version, free, recheck at)
+        self.passes = self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    def get(self, job_id: str) -> QueuedJob | None:
+        return self._jobs.get(job_id)
+
+    def put(self, job: QueuedJob) -> None:
+        old = self._jobs.get(job.job_id)
+        if old == job:
+            return
+        if old is not None:
+            self._remove_key(old)
+        bisect.insort(self._keys, order_key(job, self.aging_s))
+        self._jobs[job.job_id] = job
+        self._changed()
+
+    def discard(self, job_id: str) -> None:
+        old = self._jobs.pop(job_id, None)
+        if old is not None:
+            self._remove_key(old)
+            self._changed()
+
+    def _remove_key(self, job: QueuedJob) -> None:
+        key = order_key(job, self.aging_s)
+        del self._keys[bisect.bisect_left(self._keys, key)]
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._ordered = None
+
+    def configure(self, starvation_threshold_s: float, aging_s: float) -> None:
+        """Change the knobs (constants read each pass, so an override applies at once)."""
+        if starvation_threshold_s != self.starvation_threshold_s:
+            self.starvation_threshold_s = starvation_threshold_s
+            self._last = None
+        if aging_s != self.aging_s:
+            self.aging_s = aging_s
+            self._keys = sorted(order_key(j, aging_s) for j in self._jobs.values())
+            self._changed()
+
+    def forget(self) -> None:
+        """Decide again at the next pass (what the last decision asked for was not all carried out)."""
+        self._last = None
+
+    def ordered(self) -> list[QueuedJob]:
+        if self._ordered is None:
+            jobs = self._jobs
+            self._ordered = [jobs[k[-1]] for k in self._keys]
+        return self._ordered
+
+    def decide(self, free_by_node: dict[str, Resources], now: float) -> AdmissionDecision | None:
+        """The admission decision, or None when it would be the last one again."""
+        last = self._last
+        if last is not None and last[0] == self.version and now < last[2] and last[1] == free_by_node:
+            self.skipped += 1
+            return None
+        order = self.ordered()
+        ctx = AdmissionContext(tuple(order), free_by_node, self.starvation_threshold_s, self.aging_s)
+        decision = decide_admission(ctx, now, ordered=order)
+        self.passes += 1
+        if decision.admit:  # the queue changes once they start; until then decide again each pass
+            self._last = None
+        else:
+            recheck_at = math.inf
+            if decision.blocked is not None and decision.reserved_for is None:
+                recheck_at = self._jobs[decision.blocked].queued_at + self.starvation_threshold_s
+            self._last = (self.version, {n: dict(r) for n, r in free_by_node.items()}, recheck_at)
+        return decision

@@ -5,7 +5,9 @@ mapping and the HTTP API's ``Job`` model are derived — and ``JobStore``, the o
 or writes ``jobs.db``. Every transition is a conditional update (``WHERE state=?``) checked
 against ``lifecycle.LEGAL_TRANSITIONS``, so a stale writer (e.g. a Coordinator restarted mid-step)
 cannot overwrite a newer state, and it is appended to the ``transitions`` audit table (with its
-reason and ``Cause``) in the same transaction.
+reason and ``Cause``) in the same transaction. Each insert and transition gives the row a new
+``rev`` (a table-wide version), so the Coordinator reads only the rows that changed since its last
+pass (``changed_since``) instead of the whole queue.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class JobRecord(BaseModel):
     cause: Cause | None = Field(None, description="why the last transition happened, as a stable code")
     waiting: str | None = Field(None, description="why a PENDING job is not placed yet (admission's last word)")
     placement_timeouts: int = Field(0, description="placements of this job that timed out so far")
+    rev: int = Field(0, description="row version: grows with every insert and state change of any job "
+                                    "(not with metric reports or waiting reasons)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -60,7 +64,12 @@ class JobRecord(BaseModel):
 
 
 JOBS = Table("jobs", JobRecord, extra_ddl="CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);\n"
-                                          "CREATE INDEX IF NOT EXISTS jobs_order ON jobs(submitted_at, id);")
+                                          "CREATE INDEX IF NOT EXISTS jobs_order ON jobs(submitted_at, id);\n"
+                                          "CREATE INDEX IF NOT EXISTS jobs_rev ON jobs(rev);")
+
+# the next row version, inside a write transaction (IMMEDIATE: writers are serialized, so versions
+# are committed in order and a reader that saw version v has seen every row of version <= v)
+_NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM jobs)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transitions (
@@ -132,6 +141,16 @@ class JobStore:
                                      (key,)).fetchone()
         return JOBS.row(row) if row else None
 
+    def find_by_idempotency_keys(self, keys: list[str]) -> dict[str, JobRecord]:
+        out: dict[str, JobRecord] = {}
+        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            chunk = keys[i:i + 500]
+            with self._lock:
+                rows = self._conn.execute(f"SELECT {JOBS.select_list} FROM jobs WHERE idempotency_key IN "
+                                          f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            out.update((r.idempotency_key, r) for r in map(JOBS.row, rows))
+        return out
+
     def list(self, states: Iterable[JobState] | None = None, tenant: str | None = None,
              limit: int | None = None, offset: int = 0) -> list[JobRecord]:
         sql = f"SELECT {JOBS.select_list} FROM jobs"
@@ -152,6 +171,18 @@ class JobStore:
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [JOBS.row(r) for r in rows]
+
+    def max_rev(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COALESCE(MAX(rev), 0) FROM jobs").fetchone()[0]
+
+    def changed_since(self, rev: int) -> tuple[list[JobRecord], int]:
+        """Rows inserted or transitioned after version ``rev`` (oldest first), and the newest version."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {JOBS.select_list} FROM jobs WHERE rev > ? ORDER BY rev",
+                                      (rev,)).fetchall()
+        recs = [JOBS.row(r) for r in rows]
+        return recs, (recs[-1].rev if recs else rev)
 
     def transitions(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -185,20 +216,31 @@ class JobStore:
     def insert(self, *, name: str, spec: dict, priority: int, tenant: str | None,
                idempotency_key: str | None = None, now: float | None = None) -> JobRecord:
         """A new PENDING job. Raises sqlite3.IntegrityError when ``idempotency_key`` is taken."""
+        return self.insert_many([dict(name=name, spec=spec, priority=priority, tenant=tenant,
+                                      idempotency_key=idempotency_key)], now=now)[0]
+
+    def insert_many(self, jobs: list[dict[str, Any]], now: float | None = None) -> list[JobRecord]:
+        """New PENDING jobs (each a dict of name, spec, priority, tenant, idempotency_key), all or
+        none in one transaction. Raises sqlite3.IntegrityError when an idempotency key is taken."""
         now = time.time() if now is None else now
-        rec = JobRecord(id=new_job_id(), name=name, spec=spec, priority=priority, tenant=tenant,
-                        state=JobState.PENDING, submitted_at=now, updated_at=now, queued_at=now,
-                        idempotency_key=idempotency_key, cause=Cause.SUBMITTED, reason="submitted")
-        fields = JOBS.encode(rec.__dict__)
+        recs = [JobRecord(id=new_job_id(), **j, state=JobState.PENDING, submitted_at=now, updated_at=now,
+                          queued_at=now, cause=Cause.SUBMITTED, reason="submitted") for j in jobs]
+        rows = [JOBS.encode(r.__dict__) for r in recs]
+        names = [k for k in rows[0] if k != "rev"] if rows else []
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute(f"INSERT INTO jobs ({', '.join(fields)}) VALUES ({','.join('?' * len(fields))})",
-                         tuple(fields.values()))
-            conn.execute("INSERT INTO transitions (job_id, src, dst, ts, reason, cause) VALUES (?,?,?,?,?,?)",
-                         (rec.id, None, JobState.PENDING.value, now, "submitted", Cause.SUBMITTED.value))
+            base = conn.execute(f"SELECT {_NEXT_REV}").fetchone()[0]
+            for i, rec in enumerate(recs):
+                rec.rev = base + i
+            conn.executemany(f"INSERT INTO jobs ({', '.join(names)}, rev) VALUES ({','.join('?' * len(names))}, ?)",
+                             [(*(row[k] for k in names), rec.rev) for row, rec in zip(rows, recs)])
+            conn.executemany("INSERT INTO transitions (job_id, src, dst, ts, reason, cause) VALUES (?,?,?,?,?,?)",
+                             [(rec.id, None, JobState.PENDING.value, now, "submitted", Cause.SUBMITTED.value)
+                              for rec in recs])
 
-        self._write(write)
-        return rec
+        if recs:
+            self._write(write)
+        return recs
 
     def transition(self, job_id: str, src: JobState, dst: JobState, *, cause: Cause, reason: str | None = None,
                    now: float | None = None, **fields: Any) -> JobRecord:
@@ -213,7 +255,8 @@ class JobStore:
                             "waiting": None, **fields})
 
         def write(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in sets)} WHERE id=? AND state=?",
+            cur = conn.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in sets)}, rev={_NEXT_REV} "
+                               "WHERE id=? AND state=?",
                                (*sets.values(), job_id, src.value))
             if cur.rowcount != 1:
                 current = self.get(job_id)  # raises JobNotFound

@@ -250,6 +250,39 @@ def test_submit_is_idempotent_under_idempotency_key(api):
     assert a.status_code == b.status_code == 201 and a.json()["id"] != b.json()["id"]
 
 
+def test_batch_submit_is_all_or_none_and_idempotent_per_item(api):
+    """POST /jobs/batch (and HttpClient.submit_many over it): an invalid item fails the batch with
+    422 naming jobs[i].<field> and nothing created; a replay answers the same jobs; a key reused with
+    another spec is 409 naming the item; the jobs run like any other."""
+    from raycluster.client.http_client import HttpClient
+
+    run = uuid.uuid4().hex[:8]
+    items = [{"spec": counter_spec(f"batch-{run}-{i}", steps=2), "idempotency_key": f"batch-{run}-{i}"}
+             for i in range(4)]
+    bad = [*items[:1], {"spec": {**counter_spec("bad"), "num_workers": 0}}, *items[1:]]
+    url = api.url + "/jobs/batch"
+    _assert_error(api.s.post(url, json={"jobs": bad}, timeout=HTTP_TIMEOUT_S), 422, "invalid_spec",
+                  "jobs[1].spec.num_workers")
+    for body, field in (({"jobs": []}, "jobs"), ({"jobs": items, "more": 1}, "jobs"), ([1], "jobs")):
+        _assert_error(api.s.post(url, json=body, timeout=HTTP_TIMEOUT_S), 422, None, field)
+    names = {j["name"] for j in _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]}
+    assert not any(n.startswith(f"batch-{run}") for n in names)  # nothing created
+    first = api.s.post(url, json={"jobs": items}, timeout=HTTP_TIMEOUT_S)
+    assert first.status_code == 201, first.text
+    ids = [j["id"] for j in first.json()["jobs"]]
+    assert [j["name"] for j in first.json()["jobs"]] == [f"batch-{run}-{i}" for i in range(4)]
+    client = HttpClient(api.url, api.token)
+    again = client.submit_many([it["spec"] for it in items], [it["idempotency_key"] for it in items])
+    assert [j["id"] for j in again] == ids
+    other = [{"spec": counter_spec("other"), "idempotency_key": items[2]["idempotency_key"]}]
+    _assert_error(api.s.post(url, json={"jobs": other}, timeout=HTTP_TIMEOUT_S), 409, "idempotency_key_reused",
+                  "jobs[0].idempotency_key")
+    fresh = client.submit_many([counter_spec(f"batch-{run}-x{i}", steps=2) for i in range(3)], batch_size=2)
+    assert len({j["id"] for j in fresh}) == 3
+    for jid in ids + [j["id"] for j in fresh]:
+        wait_for(lambda: _state(api, jid) == "SUCCEEDED", 90, f"{jid} to finish")
+
+
 # ============================================================================ fuzzing
 @pytest.fixture(scope="module")
 def api_schema(api):
@@ -281,7 +314,7 @@ def test_fuzz_every_operation(api, api_schema):
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
               response_schema_conformance, negative_data_rejection]
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) >= 11
+    assert len(operations) >= 12
     by_label = {op.label: op for op in operations}
 
     # 1) real objects, so the success schemas (201 Job, transitions, metrics, checkpoints) are checked too
@@ -312,6 +345,10 @@ def test_fuzz_every_operation(api, api_schema):
             def run(case):
                 if isinstance(case.body, dict):
                     case.body.pop("runtime_env", None)  # a random runtime_env makes Ray try to build it
+                    batch = case.body.get("jobs")
+                    for item in batch if isinstance(batch, list) else []:
+                        if isinstance(item, dict) and isinstance(item.get("spec"), dict):
+                            item["spec"].pop("runtime_env", None)
                 response = case.call_and_validate(headers=auth, checks=checks, timeout=HTTP_TIMEOUT_S)
                 calls[op.label] = calls.get(op.label, 0) + 1
                 codes[response.status_code] = codes.get(response.status_code, 0) + 1

@@ -164,9 +164,19 @@ def test_invalid_specs_give_clear_errors_and_disturb_nothing(client):
         with pytest.raises(exc_type):
             client.submit(spec)
     assert len(client.list()) == before
+    # a batch through the actor: one bad item (the Coordinator's own check) fails it whole, naming it
+    good = counter_spec("batch-ok", steps=2)
+    for spec, exc_type, field in cases[4:]:
+        with pytest.raises(exc_type) as ei:
+            client._call("submit_many", [{"spec": good}, {"spec": spec}])
+        assert ei.value.field == f"jobs[1].spec.{field}", (spec, ei.value.field)
+    assert len(client.list()) == before
+    batch = client.submit_many([counter_spec(f"batch-{i}", steps=2) for i in range(3)])
+    assert len({j["id"] for j in batch}) == 3 and len(client.list()) == before + 3
     with pytest.raises(JobNotFound):
         client.get("job-doesnotexist")
     assert client.wait([running], timeout_s=60)[0]["state"] == "SUCCEEDED"
+    assert all(j["state"] == "SUCCEEDED" for j in client.wait([j["id"] for j in batch], timeout_s=60))
     with pytest.raises(IllegalTransition):
         client.cancel(running)
 

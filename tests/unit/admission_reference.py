@@ -97,15 +97,18 @@ def infeasible_reason(bundles: list[Resources], strategy: str, total_by_node: di
             f"on {len(total_by_node)} nodes")
 
 
-def effective_priority(job: QueuedJob, now: float, aging_s: float) -> float:
-    waited = max(0.0, now - job.queued_at)
-    return job.priority + (waited / aging_s if aging_s > 0 else 0.0)
+def effective_priority_order(job: QueuedJob, aging_s: float) -> float:
+    """Higher first. priority + (now - queued_at) / aging_s, times aging_s, less now: the same
+    order at every instant (the runtime keeps its queue order across passes)."""
+    if aging_s > 0:
+        return job.priority * aging_s - job.queued_at
+    return float(job.priority)
 
 
 def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
     order = sorted(
         ctx.queue,
-        key=lambda j: (-effective_priority(j, now, ctx.aging_s), j.queued_at, j.job_id),
+        key=lambda j: (-effective_priority_order(j, ctx.aging_s), j.queued_at, j.job_id),
     )
     free = {n: dict(r) for n, r in ctx.free_by_node.items()}
     decision = AdmissionDecision()

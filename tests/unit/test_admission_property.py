@@ -72,3 +72,89 @@ def test_the_input_is_never_modified():
     jobs = tuple(fast.QueuedJob(f"j{i}", 50, float(i), ({"CPU": 1.0, "GPU": 1.0},), "PACK") for i in range(3))
     d = fast.decide_admission(fast.AdmissionContext(jobs, free, 300.0, 600.0), 10.0)
     assert d.admit == ["j0", "j1"] and free == {"a": {"CPU": 2.0, "GPU": 1.0}, "b": {"CPU": 2.0, "GPU": 1.0}}
+
+
+@st.composite
+def queue_histories(draw):
+    """A queue changed step by step: jobs added, removed, resources freed/taken, time passing."""
+    jobs = draw(contexts(fast))
+    steps = []
+    for _ in range(draw(st.integers(1, 8))):
+        steps.append(draw(st.one_of(
+            st.tuples(st.just("put"), st.integers(0, 11)),
+            st.tuples(st.just("discard"), st.integers(0, 11)),
+            st.tuples(st.just("free"), clusters()),
+            st.tuples(st.just("time"), st.sampled_from([0.0, 50.0, 400.0])),
+        )))
+    return jobs, steps
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=queue_histories(), free=clusters(), threshold=st.sampled_from([0.0, 100.0, 1e9]),
+       aging=st.sampled_from([0.0, 600.0]))
+def test_the_kept_queue_decides_like_a_pass_from_scratch(history, free, threshold, aging):
+    """AdmissionQueue (order kept across passes, a pass skipped when nothing changed) answers at
+    every step what the reference decides from scratch: a skipped pass (None) only where the
+    reference's decision is the previous one again."""
+    jobs, steps = history
+    q = fast.AdmissionQueue(threshold, aging)
+    queued: dict[str, object] = {}
+    now, last = 500.0, None
+    for j in jobs:
+        q.put(j)
+        queued[j.job_id] = j
+    for op, arg in [("time", 0.0), *steps]:
+        if op == "put" and arg < len(jobs):
+            q.put(jobs[arg])
+            queued[jobs[arg].job_id] = jobs[arg]
+        elif op == "discard" and arg < len(jobs):
+            q.discard(jobs[arg].job_id)
+            queued.pop(jobs[arg].job_id, None)
+        elif op == "free":
+            free = arg
+        elif op == "time":
+            now += arg
+        assert [j.job_id for j in q.ordered()] == [j.job_id for j in fast.queue_order(queued.values(), aging)]
+        ref_jobs = tuple(ref.QueuedJob(j.job_id, j.priority, j.queued_at, j.bundles, j.strategy)
+                         for j in queued.values())
+        want = ref.decide_admission(ref.AdmissionContext(ref_jobs, free, threshold, aging), now)
+        got = q.decide(free, now)
+        if got is None:
+            assert last is not None and (last.admit, last.reserved_for, last.waiting) == (
+                want.admit, want.reserved_for, want.waiting)
+        else:
+            assert (got.admit, got.reserved_for, got.waiting) == (want.admit, want.reserved_for, want.waiting)
+            last = got
+
+
+def test_an_unchanged_queue_is_not_decided_again_until_a_reservation_is_due():
+    free = {"a": {"CPU": 4.0, "GPU": 1.0}}
+    q = fast.AdmissionQueue(starvation_threshold_s=100.0, aging_s=600.0)
+    big = fast.QueuedJob("big", 90, 0.0, ({"CPU": 1.0, "GPU": 2.0},))
+    small = fast.QueuedJob("small", 10, 5.0, ({"CPU": 1.0, "GPU": 1.0},))
+    q.put(big)
+    assert q.decide(free, 10.0).waiting == {"big": "waiting for capacity"}
+    assert q.decide(free, 50.0) is None and q.skipped == 1  # same queue, same free: same answer
+    assert q.decide({"a": {"CPU": 4.0, "GPU": 0.0}}, 50.0) is not None  # free changed
+    q.put(small)
+    assert q.decide(free, 60.0).admit == ["small"]  # backfill before the threshold
+    assert q.decide(free, 61.0) is not None  # it admitted: decided again until the queue changes
+    q.discard("small")
+    assert q.decide(free, 62.0).reserved_for is None
+    assert q.decide(free, 99.0) is None
+    d = q.decide(free, 100.0)  # big reaches the starvation threshold: time alone changed the answer
+    assert d is not None and d.reserved_for == "big"
+    assert q.decide(free, 500.0) is None
+    q.forget()  # the caller could not carry out the last decision: decide again
+    assert q.decide(free, 501.0) is not None
+    q.configure(starvation_threshold_s=1000.0, aging_s=600.0)
+    assert q.decide(free, 502.0).reserved_for is None
+
+
+def test_pack_tries_the_nodes_it_already_uses_in_node_order():
+    """Found by the property test: a PACK gang of different bundles tries the nodes it already uses
+    in node order (most free first), not in the order it started using them."""
+    free = {"n1": {"CPU": 2.0, "GPU": 0.5, "memory": 4e9}, "n3": {"CPU": 4.0, "GPU": 0.5}}
+    gang = ({"CPU": 0.5, "memory": 5e8}, {"CPU": 2.0}, {"CPU": 1.0})
+    want = ref.place(gang, free, "PACK")
+    assert want[0] == ["n1", "n3", "n3"] and fast.place(gang, free, "PACK") == want

@@ -305,3 +305,98 @@ def test_launch_carries_log_dir_and_uploaded_packages_are_pinned(env, monkeypatc
     clock.t += C.PACKAGE_PIN_S
     core.reconcile_once()
     assert ops.pinned == []  # finished jobs' packages are left to Ray
+
+
+def test_a_long_queue_costs_nothing_while_nothing_changes(env, monkeypatch):
+    """With jobs queued and nothing changing, a pass reads no job rows (only the versions changed
+    since the last pass) and does not decide admission again; a submit, a freed GPU or a cancel
+    makes the next pass decide (and read just that row)."""
+    core, ops, clock, _ = env
+    blocker = core.submit(spec("blocker", workers=3))["id"]  # all 3 GPUs
+    tick(core, clock), tick(core, clock)
+    queued = [core.submit(spec(f"q{i}", priority=i % 3 * 40))["id"] for i in range(50)]
+    tick(core, clock)
+    assert all(core.get(j)["waiting"] == "waiting for capacity" for j in queued)
+    read = []
+    real_changed = core.store.changed_since
+    monkeypatch.setattr(core.store, "changed_since", lambda rev: read.append(real_changed(rev)) or read[-1])
+    monkeypatch.setattr(core.store, "list", lambda *a, **k: pytest.fail("a pass read the whole table"))
+    passes = core.queue.passes
+    for _ in range(5):
+        tick(core, clock)
+    assert core.queue.passes == passes and core.queue.skipped >= 5
+    assert all(recs == [] for recs, _rev in read)
+    extra = core.submit(spec("extra"))["id"]
+    tick(core, clock)
+    assert [r.id for r in read[-1][0]] == [extra] and core.queue.passes == passes + 1
+    assert core.get(extra)["waiting"] == "waiting for capacity"
+    core.cancel(queued[0])
+    ops.finish(core.attempts[blocker].refs)  # frees the 3 GPUs: the head of the queue starts
+    tick(core, clock), tick(core, clock)
+    started = [core.get(j) for j in queued[1:] if core.get(j)["state"] != "PENDING"]
+    assert len(started) == 3 and all(j["priority"] == 80 for j in started)
+    assert core.get(queued[0])["state"] == "CANCELLED" and queued[0] not in core.queue
+
+
+def test_submit_many_is_all_or_none_and_idempotent_per_item(env, monkeypatch):
+    """A batch is validated whole before anything is stored: one bad item fails it naming
+    jobs[i].<field>, and nothing is created. Items whose key made a job before answer that job; a
+    key reused with another spec is refused (nothing created); a batch is one transaction."""
+    from raycluster.errors import IdempotencyKeyReused, InvalidJobSpec
+
+    core, ops, clock, _ = env
+    items = [{"spec": spec(f"b{i}"), "idempotency_key": f"k{i}"} for i in range(5)]
+    bad = [*items[:2], {"spec": spec("bad", workers=0), "idempotency_key": "kx"}, *items[2:]]
+    with pytest.raises(InvalidJobSpec) as err:
+        core.submit_many(bad)
+    assert err.value.field == "jobs[2].spec.num_workers" and "jobs[2]" in err.value.message
+    huge = [*items[:1], {"spec": spec("huge", workers=9)}]  # more GPUs than the cluster has
+    with pytest.raises(InfeasibleJob) as err:
+        core.submit_many(huge)
+    assert err.value.field == "jobs[1].spec.num_workers"
+    assert core.list() == []  # nothing created by either
+    for wrong, field in (([], "jobs"), ("x", "jobs"), ([{"spec": spec()}, 3], "jobs[1]"),
+                         ([{"spec": spec(), "extra": 1}], "jobs[0]"),
+                         ([{"spec": spec(), "idempotency_key": "a"}, {"spec": spec(), "idempotency_key": "a"}],
+                          "jobs[1].idempotency_key"),
+                         ([{"spec": spec(), "idempotency_key": ""}], "jobs[0].idempotency_key")):
+        with pytest.raises(InvalidJobSpec) as err:
+            core.submit_many(wrong)
+        assert err.value.field == field, wrong
+    monkeypatch.setattr(C, "SUBMIT_BATCH_MAX", 3)
+    with pytest.raises(InvalidJobSpec, match="at most 3"):
+        core.submit_many(items)
+    monkeypatch.setattr(C, "SUBMIT_BATCH_MAX", 1000)
+
+    writes = []
+    real = core.store.insert_many
+    monkeypatch.setattr(core.store, "insert_many", lambda rows, now=None: writes.append(len(rows)) or real(rows, now))
+    first = core.submit_many(items)
+    assert [j["name"] for j in first] == [f"b{i}" for i in range(5)] and writes == [5]
+    # a retry of the batch with two new items: the five answer the same jobs, two are created
+    again = core.submit_many([*items, {"spec": spec("b5"), "idempotency_key": "k5"}, {"spec": spec("b6")}])
+    assert [j["id"] for j in again[:5]] == [j["id"] for j in first] and writes == [5, 2]
+    assert len(core.list()) == 7 and len({j["id"] for j in again}) == 7
+    assert core.submit(spec("b0"), "k0")["id"] == first[0]["id"]  # a single submit agrees
+    with pytest.raises(IdempotencyKeyReused) as err:
+        core.submit_many([{"spec": spec("b7"), "idempotency_key": "k7"},
+                          {"spec": spec("other"), "idempotency_key": "k1"}])
+    assert err.value.field == "jobs[1].idempotency_key" and first[1]["id"] in err.value.message
+    with pytest.raises(IdempotencyKeyReused):
+        core.submit(spec("other"), "k1")
+    assert len(core.list()) == 7  # neither created anything
+    tick(core, clock)
+    assert sum(j["state"] == "PLACING" for j in core.list()) == 3  # they queue like any job
+
+
+def test_a_queued_job_whose_stored_spec_no_longer_parses_fails_alone(env):
+    """A row written by a version whose spec this one rejects fails that job with a clear error
+    (cause system_error); the rest of the queue is admitted as usual."""
+    core, ops, clock, _ = env
+    odd = core.store.insert(name="odd", spec={"name": "odd", "entrypoint": "jobs.toy:noop", "gpu": 1},
+                            priority=99, tenant=None, now=clock.t)
+    ok = core.submit(spec("ok"))["id"]
+    tick(core, clock)
+    job = core.get(odd.id)
+    assert job["state"] == "FAILED" and job["cause"] == "system_error" and "gpu" in job["error"]
+    assert core.get(ok)["state"] == "PLACING"

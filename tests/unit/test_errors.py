@@ -18,6 +18,7 @@ def _classes():
     (E.InvalidJobSpec, 422, E.EXIT_INVALID), (E.EntrypointImportError, 422, E.EXIT_INVALID),
     (E.InfeasibleJob, 422, E.EXIT_INVALID), (E.BodyTooLarge, 413, E.EXIT_INVALID),
     (E.JobNotFound, 404, E.EXIT_NOT_FOUND), (E.IllegalTransition, 409, E.EXIT_ILLEGAL),
+    (E.IdempotencyKeyReused, 409, E.EXIT_INVALID),
     (E.ClusterUnavailable, 503, E.EXIT_UNAVAILABLE), (E.Unauthorized, 401, E.EXIT_UNAUTHORIZED),
     (E.ApiDeployError, 500, E.EXIT_INVALID), (E.LocalClusterError, 500, E.EXIT_JOB_FAILED),
     (E.RayClusterError, 500, E.EXIT_JOB_FAILED),

@@ -153,7 +153,31 @@ def test_schema_comes_from_the_record_and_old_databases_are_migrated(tmp_path):
     assert [t["cause"] for t in s.transitions("job-old")] == [None, "cancelled"]
     s.set_waiting({"job-old": "never"})  # only PENDING jobs get a waiting reason
     assert s.get("job-old").waiting is None
+    assert s.get("job-old").rev == 1  # the old row had version 0; its transition gave it the next
     s.close()
+
+
+def test_row_versions_give_the_rows_changed_since_a_read(store):
+    """Every insert and transition gives the row a new table-wide version; ``changed_since`` answers
+    exactly the rows written after a version, oldest first; metric reports and waiting reasons do
+    not count as changes (the control loop does not act on them)."""
+    assert store.max_rev() == 0 and store.changed_since(0) == ([], 0)
+    a, b = _new(store), _new(store)
+    assert (a.rev, b.rev) == (1, 2) and store.get(a.id).rev == 1
+    seen = store.max_rev()
+    assert seen == 2 and store.changed_since(seen) == ([], 2)
+    store.transition(a.id, JobState.PENDING, JobState.PLACING, cause=Cause.ADMITTED)
+    store.set_waiting({b.id: "waiting for capacity"})
+    store.record_metrics([(a.id, 1, 1.0, 3, {"loss": 1.0})])
+    recs, rev = store.changed_since(seen)
+    assert [(r.id, r.state, r.rev) for r in recs] == [(a.id, JobState.PLACING, 3)] and rev == 3
+    c = _new(store)
+    store.transition(b.id, JobState.PENDING, JobState.CANCELLED, cause=Cause.CANCELLED)
+    recs, rev = store.changed_since(rev)
+    assert [r.id for r in recs] == [c.id, b.id] and rev == 5
+    with pytest.raises(IllegalTransition):  # a refused transition changes nothing
+        store.transition(b.id, JobState.PENDING, JobState.PLACING, cause=Cause.ADMITTED)
+    assert store.changed_since(rev) == ([], rev)
 
 
 def test_api_job_model_is_the_record_plus_transitions():
