@@ -260,17 +260,11 @@ def decide_admission(ctx: AdmissionContext, now: float, ordered: list[QueuedJob]
     view = FreeView(ctx.free_by_node)
     decision = AdmissionDecision()
     waiting = decision.waiting
-    # gangs of identical bundles that did not fit, by (bundle, count, strategy): free resources only
-    # shrink during a pass and such a gang's fit is monotone in them, so the answer stays no
-    refused: set[tuple] = set()
     for i, job in enumerate(order):
-        kind = (job.shape, len(job.bundles), job.strategy) if job.shape is not None else None
-        if kind not in refused:
-            if view.place(job.bundles, job.strategy, job.shape) is not None:
-                decision.admit.append(job.job_id)
-                continue
-            if kind is not None:
-                refused.add(kind)
+        # (a gang of identical bundles that cannot fit is refused in O(1) by the view's capacity counts)
+        if view.place(job.bundles, job.strategy, job.shape) is not None:
+            decision.admit.append(job.job_id)
+            continue
         waiting[job.job_id] = "waiting for capacity"
         if decision.blocked is None:
             decision.blocked = job.job_id
