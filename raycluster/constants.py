@@ -118,6 +118,8 @@ LOCAL_NODE_KILL_WAIT_S = _env_float("LOCAL_NODE_KILL_WAIT_S", 5.0)
 API_PORT = _env_int("API_PORT", 8000)
 # Jobs one batch submit (POST /jobs/batch, Client.submit_many) may carry.
 SUBMIT_BATCH_MAX = _env_int("SUBMIT_BATCH_MAX", 1000)
+# concurrent POST /jobs requests of one API replica sent to the Coordinator in one call, at most
+API_SUBMIT_BATCH_MAX = _env_int("API_SUBMIT_BATCH_MAX", 100)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).
 API_MAX_BODY_BYTES = _env_int("API_MAX_BODY_BYTES", 1024 * 1024)
 # How long one API request waits for a runtime actor before answering 503 (submit waits at least

@@ -9,6 +9,7 @@
       * ``cold_ms``     — ``decide_admission`` from scratch (sorts the queue);
       * ``runtime_ms``  — what the Coordinator runs when something changed: ``AdmissionQueue.decide``
                           with the queue order kept across passes;
+      * ``full_ms``     — the same on a cluster with no GPU free (a submit while it is full);
       * ``skipped_ms``  — the same when nothing changed (the pass is skipped);
       * ``reference_ms``— the reference. Both must make the same decision.
 (2) Coordinator tick on a real local cluster: the Coordinator actor's CPU (ms per second, from its
@@ -90,8 +91,15 @@ def decision_passes(repeats: int) -> list[dict]:
             return q.decide(ctx.free_by_node, NOW)
 
         run_ms, run = median_ms(changed, repeats)
-        # nothing changed since the last pass (one that admitted nothing: here, no GPU free)
+        # something changed (e.g. a job was submitted) but no GPU is free: a pass that admits nothing
         full = {n: {**r, "GPU": 0.0} for n, r in ctx.free_by_node.items()}
+
+        def full_pass():
+            q.forget()
+            return q.decide(full, NOW)
+
+        full_ms, _ = median_ms(full_pass, repeats)
+        # nothing changed since the last pass (one that admitted nothing)
         q.decide(full, NOW)
         skip_ms, skipped = median_ms(lambda: q.decide(full, NOW), repeats)
         rctx = workload(ref, jobs, nodes)
@@ -99,10 +107,11 @@ def decision_passes(repeats: int) -> list[dict]:
         same = all((d.admit, d.reserved_for, d.waiting) == (want.admit, want.reserved_for, want.waiting)
                    for d in (cold, run)) and skipped is None
         row = {"jobs": jobs, "nodes": nodes, "runtime_ms": round(run_ms, 2), "cold_ms": round(cold_ms, 2),
-               "skipped_ms": round(skip_ms, 3), "reference_ms": round(ref_ms, 2),
+               "full_ms": round(full_ms, 3), "skipped_ms": round(skip_ms, 3), "reference_ms": round(ref_ms, 2),
                "speedup_vs_reference": round(ref_ms / run_ms, 1), "admitted": len(run.admit),
                "same_decision": same}
-        log(f"{jobs} jobs x {nodes} nodes: kept order {run_ms:.1f} ms, cold {cold_ms:.1f} ms, skipped "
+        log(f"{jobs} jobs x {nodes} nodes: kept order {run_ms:.1f} ms, cold {cold_ms:.1f} ms, nothing fits "
+            f"{full_ms:.2f} ms, skipped "
             f"{skip_ms:.3f} ms; reference {ref_ms:.1f} ms ({ref_ms / run_ms:.1f}x); {len(run.admit)} admitted, "
             f"same decision: {same}")
         rows.append(row)

@@ -39,6 +39,7 @@ from ray import serve
 from raycluster import constants as C
 from raycluster.api._serve_compat import serve_listener_reuses_address
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
+from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Health, Job, JobBatch, JobList, LogList, MetricList,
                                    Node, NodeList)
@@ -86,6 +87,10 @@ class ControlAPI:
         self._handles: dict[str, Any] = {}
         self._cache = TTLCache()
         self._nodes_cache = NodeCache(read_nodes)
+        self._submits = SubmitBatcher(
+            lambda items: self._coord("submit_many", items, timeout_s=self.s.submit_timeout_s),
+            lambda data, key: self._coord("submit", data, key, timeout_s=self.s.submit_timeout_s),
+            C.API_SUBMIT_BATCH_MAX)
 
     # ------------------------------------------------------------------ actor calls
     async def _handle(self, name: str):
@@ -191,7 +196,7 @@ class ControlAPI:
         parse_spec(data)  # InvalidJobSpec naming the field -> 422
         key = idempotency_key or f"api-{uuid.uuid4().hex}"
         try:
-            return await self._coord("submit", data, key, timeout_s=self.s.submit_timeout_s)
+            return await self._submits.submit(data, key)  # concurrent submits share a Coordinator call
         except IdempotencyKeyReused as exc:  # the same key with another spec: a client bug, nothing created
             raise IdempotencyKeyReused(exc.message.replace("idempotency key", "Idempotency-Key", 1),
                                        field="Idempotency-Key") from None

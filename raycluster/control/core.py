@@ -21,7 +21,7 @@ from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler, gcs_uris
 from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
                                InvalidJobSpec)
-from raycluster.policy.admission import infeasible_reason
+from raycluster.policy.placement import infeasible_reason
 from raycluster.rank.logs import read_rank_logs
 from raycluster.spec import JobSpec, parse_spec
 from raycluster.store.lifecycle import Cause, JobState

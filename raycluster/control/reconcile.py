@@ -34,7 +34,8 @@ from raycluster import constants as C
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.errors import IllegalTransition
-from raycluster.policy.admission import AdmissionQueue, QueuedJob, place
+from raycluster.policy.admission import AdmissionQueue, QueuedJob
+from raycluster.policy.placement import place
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
 from raycluster.spec import JobSpec
@@ -56,6 +57,32 @@ def gcs_uris(runtime_env: dict | None) -> list[str]:
         if isinstance(m, str) and m.startswith("gcs://"):
             out.append(m)
     return out
+
+
+class WaitingIndex:
+    """The pending jobs by their stored waiting reason, so that the reasons a pass gives (the same
+    for thousands of jobs) are compared with the stored ones as set differences, not job by job."""
+
+    def __init__(self):
+        self._by_reason: dict[str, set[str]] = {}
+
+    def move(self, job_id: str, old: str | None, new: str | None) -> None:
+        if old == new:
+            return
+        if old is not None and (have := self._by_reason.get(old)) is not None:
+            have.discard(job_id)
+            if not have:
+                del self._by_reason[old]
+        if new is not None:
+            self._by_reason.setdefault(new, set()).add(job_id)
+
+    def changed(self, groups: list[tuple[str, list[str]]]) -> dict[str, str]:
+        """The jobs of ``groups`` (reason, job ids) whose stored reason is another, with the new one."""
+        out: dict[str, str] = {}
+        for why, ids in groups:
+            have = self._by_reason.get(why)
+            out.update(dict.fromkeys(ids if have is None else set(ids).difference(have), why))
+        return out
 
 
 @dataclass
@@ -93,6 +120,7 @@ class Reconciler:
         self._specs: dict[str, JobSpec] = {}
         # the non-terminal jobs as of the last pass, by state, and the version they were read at
         self._pending: dict[str, JobRecord] = {}
+        self._waiting = WaitingIndex()  # the pending jobs by their stored waiting reason
         self._active: dict[str, JobRecord] = {}
         self._packages: dict[str, list[str]] = {}  # job id -> the gcs:// packages it needs pinned
         self._rev: int | None = None
@@ -150,7 +178,7 @@ class Reconciler:
             try:
                 spec = self._spec(rec)
             except ValueError as exc:  # stored by a version whose spec this one no longer accepts
-                self._pending.pop(jid, None)
+                self._drop_pending(jid)
                 self.queue.discard(jid)
                 self._note(self.store.transition(
                     jid, JobState.PENDING, JobState.FAILED, cause=Cause.SYSTEM_ERROR, now=self.clock(),
@@ -158,22 +186,29 @@ class Reconciler:
                     error=f"the stored spec is not valid for this version of raycluster: {exc}"))
                 return
             self._active.pop(jid, None)
+            old = self._pending.get(jid)
+            self._waiting.move(jid, old.waiting if old else None, rec.waiting)
             self._pending[jid] = rec
             self.queue.put(QueuedJob(jid, rec.priority, rec.queued_at, tuple(spec.bundles()),
                                      spec.placement_strategy.value))
         elif rec.state in TERMINAL_STATES:
-            self._pending.pop(jid, None)
+            self._drop_pending(jid)
             self._active.pop(jid, None)
             self.queue.discard(jid)
             self._packages.pop(jid, None)
             self._specs.pop(jid, None)
             return
         else:
-            self._pending.pop(jid, None)
+            self._drop_pending(jid)
             self.queue.discard(jid)
             self._active[jid] = rec
         if jid not in self._packages:
             self._packages[jid] = gcs_uris(self._spec(rec).runtime_env)
+
+    def _drop_pending(self, jid: str) -> None:
+        rec = self._pending.pop(jid, None)
+        if rec is not None:
+            self._waiting.move(jid, rec.waiting, None)
 
     def _guard(self, what: str, fn, *args) -> bool:
         """Run one step; its exception is logged, never raised. True if it completed."""
@@ -251,13 +286,15 @@ class Reconciler:
         for jid in decision.admit:
             job = self._pending[jid]
             done &= self._guard(f"start {jid}", self.apply, job, start_step(job, now), now)
-        changed = {jid: why for jid, why in decision.waiting.items() if self._pending[jid].waiting != why}
+        changed = self._waiting.changed(decision.groups)
         done &= self._guard("record waiting reasons", self.store.set_waiting, changed)
         if not done:  # not all of it was carried out: decide again next pass
             self.queue.forget()
             return
         for jid, why in changed.items():
-            self._pending[jid].waiting = why
+            rec = self._pending[jid]
+            self._waiting.move(jid, rec.waiting, why)
+            rec.waiting = why
 
     # ------------------------------------------------------------------ apply
     def apply(self, job: JobRecord, step: Step, now: float) -> JobRecord:

@@ -16,24 +16,27 @@ Policy (documented in the README):
   running jobs drain until its gang fits. A stream of small jobs can therefore delay a big
   high-priority job by at most the threshold plus the runtime of what is already running.
 
-A pass costs about the number of queued jobs, not jobs x nodes (``FreeView``): nodes are kept in
-placement order as placements change them, and a gang of identical bundles that cannot fit is
-refused from per-shape capacity counts without a scan. ``AdmissionQueue`` keeps the queue in order
-between passes and skips a pass whose inputs (queue, free resources) did not change — the one
-decision that time alone can change, a blocked job reaching the starvation threshold, is rechecked
-at that instant. The decisions are exactly those of the
+A pass costs about the jobs it admits plus the number of *lanes*, not the queue's length nor
+jobs x nodes: queued gangs of the same number of identical bundles under the same strategy form a
+lane, merged in queue order, and a lane is dropped at its first refusal (free resources only shrink
+during a pass, so nothing later in it can fit); nodes are kept in buckets of equal free GPUs/CPUs in
+placement order (``FreeView``), so a gang is placed or refused after a look at a few buckets.
+``AdmissionQueue`` keeps the queue and its lanes in order between passes and skips a pass whose
+inputs (queue, free resources) did not change — the one decision that time alone can change, a
+blocked job reaching the starvation threshold, is rechecked at that instant. Every job not admitted
+waits for a reason shared by many (``AdmissionDecision.groups``). The decisions are exactly those of the
 straightforward policy (tests/unit/test_admission_property.py; scripts/bench_queue.py).
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
+import operator
 from dataclasses import dataclass, field
 
-Resources = dict[str, float]
-
-_EPS = 1e-9
+from raycluster.policy.placement import FreeView, Resources, shape_of
 
 
 @dataclass(frozen=True)
@@ -45,18 +48,17 @@ class QueuedJob:
     strategy: str = "PACK"
     # the one bundle of a gang of identical bundles, as a hashable key (None: bundles differ)
     shape: tuple | None = field(init=False, compare=False, repr=False, default=None)
+    # Its lane: gangs of the same number of identical bundles under the same strategy (None: a gang
+    # of differing bundles, tried on its own). Free resources only shrink during a pass, and how many
+    # identical bundles a node can take shrinks with them, so once a gang does not fit, no later gang
+    # of its lane fits in that pass. (A str, so its hash is computed once.)
+    lane: str | None = field(init=False, compare=False, repr=False, default=None)
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", shape_of(self.bundles))
-
-
-def shape_of(bundles) -> tuple | None:
-    """The one bundle of a gang of identical bundles as a hashable key; None if the bundles differ."""
-    first = bundles[0] if bundles else None
-    if first is None or any(b != first for b in bundles[1:]):
-        return None
-    return tuple(sorted(first.items()))
-
+        shape = shape_of(self.bundles)
+        object.__setattr__(self, "shape", shape)
+        if shape is not None:
+            object.__setattr__(self, "lane", f"{self.strategy}/{len(self.bundles)}/{shape}")
 
 @dataclass(frozen=True)
 class AdmissionContext:
@@ -66,176 +68,29 @@ class AdmissionContext:
     aging_s: float
 
 
+WAITING = "waiting for capacity"
+HOLDS_RESERVATION = "waiting for capacity (holds reservation)"
+
+
+def reserved_reason(job_id: str) -> str:
+    return f"capacity reserved for {job_id}"
+
+
 @dataclass
 class AdmissionDecision:
+    """What a pass decided. Every queued job not admitted waits, for the reason given by
+    ``waiting_groups`` (reason, job ids), built once per pass; ``waiting`` is the same as a dict."""
     admit: list[str] = field(default_factory=list)
     reserved_for: str | None = None
-    waiting: dict[str, str] = field(default_factory=dict)
     blocked: str | None = None  # the first job in order that did not fit
+    groups: list[tuple[str, list[str]]] = field(default_factory=list, repr=False)
 
-
-class FreeView:
-    """Free resources per node during one decision pass, built for many placements.
-
-    * Copy-on-write: a node's dict is copied only when a placement takes from it.
-    * The nodes stay in placement order — most free GPUs, then most free CPUs, then node id — in a
-      list kept sorted as placements change nodes (bisect), instead of sorting every node for every
-      gang tried.
-    * For each bundle shape seen, how many such bundles each node could still take is kept per node and
-      summed, so a gang of identical bundles that cannot fit is refused in O(1): PACK/SPREAD need
-      ``n`` in total, STRICT_SPREAD ``n`` nodes with room for one, STRICT_PACK one node with room for
-      ``n``. These counts are upper bounds (a little slack for float rounding): they only ever refuse
-      gangs the greedy placement would refuse too; every gang they let through is placed by exactly
-      the greedy placement of ``place`` (same node order, same first-fit choices).
-    """
-
-    def __init__(self, free_by_node: dict[str, Resources]):
-        self._base = free_by_node
-        self._own: dict[str, Resources] = {}
-        self._node_key = {n: (-r.get("GPU", 0.0), -r.get("CPU", 0.0), n) for n, r in free_by_node.items()}
-        self._keys = sorted(self._node_key.values())
-        # shape -> (bundle's needs, per-node capacity, [sum of capacities, nodes with capacity >= 1])
-        self._caps: dict[tuple, tuple[list, dict[str, int], list[int]]] = {}
-
-    def get(self, node: str) -> Resources:
-        return self._own.get(node) or self._base[node]
-
-    def snapshot(self) -> dict[str, Resources]:
-        return {n: dict(self.get(n)) for n in self._base}
-
-    # ---- bundle capacities ------------------------------------------------------------------------
-    @staticmethod
-    def _cap(need: list[tuple[str, float]], free: Resources) -> int:
-        """How many bundles of these needs fit in ``free`` (an upper bound: a little float slack)."""
-        if not need:
-            return 1 << 30
-        cap = None
-        for k, v in need:
-            c = int((free.get(k, 0.0) + _EPS) / v + 1e-6)
-            if cap is None or c < cap:
-                cap = c
-        return cap if cap > 0 else 0
-
-    def surely_cannot_fit(self, shape: tuple | None, n: int, strategy: str) -> bool:
-        """True only if no placement of ``n`` bundles of ``shape`` exists (so the greedy fails too);
-        ``shape`` None (bundles that differ) is never refused here."""
-        if shape is None or n == 0:
-            return False
-        got = self._caps.get(shape)
-        if got is None:
-            need = [(k, v) for k, v in shape if v > 0]
-            per = {node: self._cap(need, self.get(node)) for node in self._base}
-            got = self._caps[shape] = (need, per, [sum(per.values()), sum(1 for c in per.values() if c > 0)])
-        _need, per, (total, nodes_with_room) = got
-        if strategy == "STRICT_SPREAD":
-            return nodes_with_room < n
-        if strategy == "STRICT_PACK":
-            return not any(c >= n for c in per.values()) if nodes_with_room else True
-        return total < n
-
-    # ---- taking -----------------------------------------------------------------------------------
-    def _set(self, node: str, free: Resources) -> None:
-        keys = self._keys
-        del keys[bisect.bisect_left(keys, self._node_key[node])]
-        key = self._node_key[node] = (-free.get("GPU", 0.0), -free.get("CPU", 0.0), node)
-        bisect.insort(keys, key)
-        self._own[node] = free
-        for need, per, agg in self._caps.values():
-            c_old, c_new = per[node], self._cap(need, free)
-            if c_old != c_new:
-                per[node] = c_new
-                agg[0] += c_new - c_old
-                agg[1] += (c_new > 0) - (c_old > 0)
-
-    def place(self, bundles, strategy: str, shape: tuple | None = None) -> list[str] | None:
-        """Place the gang greedily (exactly as ``place``); take its resources if it fits. ``shape``:
-        the gang's one bundle as a key when all its bundles are identical (QueuedJob.shape)."""
-        if self.surely_cannot_fit(shape, len(bundles), strategy):
-            return None
-        # nodes in order at the start of this gang, as in ``place``: _keys changes only after it
-        keys, node_key = self._keys, self._node_key
-        own, base = self._own, self._base
-        trial: dict[str, Resources] = {}
-
-        def fits(b: Resources, n: str) -> bool:
-            r = trial.get(n) or own.get(n) or base[n]
-            for k, v in b.items():
-                if v > 0 and r.get(k, 0.0) + _EPS < v:
-                    return False
-            return True
-
-        def take(n: str, b: Resources) -> None:
-            r = trial.get(n)
-            if r is None:
-                r = trial[n] = dict(own.get(n) or base[n])
-            for k, v in b.items():
-                r[k] = r.get(k, 0.0) - v
-
-        assignment: list[str] = []
-        if strategy == "STRICT_PACK":
-            total: Resources = {}
-            for b in bundles:
-                for k, v in b.items():
-                    total[k] = total.get(k, 0.0) + v
-            chosen = next((k[2] for k in keys if fits(total, k[2])), None)
-            if chosen is None:
-                return None
-            take(chosen, total)
-            assignment = [chosen] * len(bundles)
-        else:
-            used: dict[str, int] = {}
-            for b in bundles:
-                chosen = None
-                if strategy == "STRICT_SPREAD":
-                    chosen = next((k[2] for k in keys if k[2] not in used and fits(b, k[2])), None)
-                elif strategy == "SPREAD":  # least used first, stable in node order
-                    for level in sorted({0, *used.values()}):
-                        chosen = next((k[2] for k in keys if used.get(k[2], 0) == level and fits(b, k[2])), None)
-                        if chosen is not None:
-                            break
-                else:  # PACK: nodes this gang already uses first, in node order
-                    # (identical bundles: only the last node used can still fit one, order is moot)
-                    in_use = used if len(used) < 2 or shape is not None else sorted(used, key=node_key.__getitem__)
-                    chosen = next((n for n in in_use if fits(b, n)), None)
-                    if chosen is None:
-                        chosen = next((k[2] for k in keys if k[2] not in used and fits(b, k[2])), None)
-                if chosen is None:
-                    return None
-                take(chosen, b)
-                used[chosen] = used.get(chosen, 0) + 1
-                assignment.append(chosen)
-        for n, r in trial.items():
-            self._set(n, r)
-        return assignment
-
-
-def place(bundles: tuple[Resources, ...] | list[Resources], free_by_node: dict[str, Resources],
-          strategy: str) -> tuple[list[str], dict[str, Resources]] | None:
-    """Return (node per bundle, remaining free) if the gang fits now, else None."""
-    view = FreeView(free_by_node)
-    assignment = view.place(list(bundles), strategy, shape_of(bundles))
-    return None if assignment is None else (assignment, view.snapshot())
-
-
-def infeasible_reason(bundles: list[Resources], strategy: str, total_by_node: dict[str, Resources]) -> str | None:
-    """Why this gang can never be placed on a cluster of these node totals (None if it can)."""
-    if not total_by_node:
-        return "the cluster has no nodes"
-    if place(bundles, total_by_node, strategy) is not None:
-        return None
-    need: Resources = {}
-    for b in bundles:
-        for k, v in b.items():
-            need[k] = need.get(k, 0.0) + v
-    have: Resources = {}
-    for r in total_by_node.values():
-        for k, v in r.items():
-            have[k] = have.get(k, 0.0) + v
-    short = [f"{k} {need[k]:g} > {have.get(k, 0.0):g}" for k in sorted(need) if need[k] > have.get(k, 0.0) + _EPS]
-    if short:
-        return "the gang needs more than the whole cluster has: " + ", ".join(short)
-    return (f"no way to place {len(bundles)} bundles of {bundles[0]} with strategy {strategy} "
-            f"on {len(total_by_node)} nodes")
+    @property
+    def waiting(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for why, ids in self.groups:
+            out.update(dict.fromkeys(ids, why))
+        return out
 
 
 def order_key(job: QueuedJob, aging_s: float) -> tuple:
@@ -253,36 +108,74 @@ def queue_order(queue, aging_s: float) -> list[QueuedJob]:
     return sorted(queue, key=lambda j: order_key(j, aging_s))
 
 
-def decide_admission(ctx: AdmissionContext, now: float, ordered: list[QueuedJob] | None = None) -> AdmissionDecision:
-    """Which queued jobs start now. ``ordered``: ``ctx.queue`` already in ``queue_order`` (as
-    ``AdmissionQueue`` keeps it), so the pass does not sort."""
-    order = ordered if ordered is not None else queue_order(ctx.queue, ctx.aging_s)
-    view = FreeView(ctx.free_by_node)
+def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: dict[str, Resources],
+            now: float, starvation_threshold_s: float) -> AdmissionDecision:
+    """One pass: the lanes' jobs merged in queue order (``keys``: every job's ``order_key``,
+    sorted; ``lanes``: (lane, its jobs' keys sorted)). A lane is dropped at its first refusal, so a
+    pass costs about the jobs admitted plus the number of lanes, not the queue's length."""
+    view = FreeView(free_by_node)
     decision = AdmissionDecision()
-    waiting = decision.waiting
-    for i, job in enumerate(order):
-        # (a gang of identical bundles that cannot fit is refused in O(1) by the view's capacity counts)
-        if view.place(job.bundles, job.strategy, job.shape) is not None:
-            decision.admit.append(job.job_id)
-            continue
-        waiting[job.job_id] = "waiting for capacity"
-        if decision.blocked is None:
-            decision.blocked = job.job_id
-            if now - job.queued_at >= ctx.starvation_threshold_s:
-                # a reservation: nothing behind the blocked job starts
-                decision.reserved_for = job.job_id
-                waiting[job.job_id] = "waiting for capacity (holds reservation)"
-                waiting.update(dict.fromkeys([j.job_id for j in order[i + 1:]],
-                                             f"capacity reserved for {job.job_id}"))
+    admit = decision.admit
+    heap = [(ks[0], i, 0) for i, (_lane, ks) in enumerate(lanes) if ks]
+    heapq.heapify(heap)
+    regular = [lane is not None for lane, _ks in lanes]
+    blocked_key, admitted_keys = None, []
+    while heap:
+        key, i, pos = heap[0]
+        job = jobs[key[-1]]
+        placed = view.place(job.bundles, job.strategy, job.shape) is not None
+        if placed:
+            admit.append(job.job_id)
+            admitted_keys.append(key)
+        elif blocked_key is None:
+            blocked_key, decision.blocked = key, job.job_id
+            if now - job.queued_at >= starvation_threshold_s:
+                decision.reserved_for = job.job_id  # a reservation: nothing behind the blocked job starts
                 break
+        ks = lanes[i][1]
+        if (placed or not regular[i]) and pos + 1 < len(ks):
+            heapq.heapreplace(heap, (ks[pos + 1], i, pos + 1))
+        else:
+            heapq.heappop(heap)
+    if blocked_key is not None:
+        at = bisect.bisect_left(keys, blocked_key)
+        if decision.reserved_for is not None:
+            decision.groups = [(HOLDS_RESERVATION, [decision.blocked]),
+                               (reserved_reason(decision.blocked), _ids(keys, at + 1, len(keys), ()))]
+        else:  # every job before the first refused one was admitted
+            later = [bisect.bisect_left(keys, k) for k in admitted_keys if k > blocked_key]
+            decision.groups = [(WAITING, _ids(keys, at, len(keys), later))]
     return decision
+
+
+_job_id_of = operator.itemgetter(-1)
+
+
+def _ids(keys: list[tuple], start: int, stop: int, skip) -> list[str]:
+    """The job ids of ``keys[start:stop]`` but those at the positions ``skip`` (sorted)."""
+    out: list[str] = []
+    for pos in skip:
+        out.extend(map(_job_id_of, keys[start:pos]))
+        start = pos + 1
+    out.extend(map(_job_id_of, keys[start:stop]))
+    return out
+
+
+def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
+    """Which queued jobs start now (from scratch; ``AdmissionQueue`` keeps the order between passes)."""
+    jobs = {j.job_id: j for j in ctx.queue}
+    keys = sorted(order_key(j, ctx.aging_s) for j in ctx.queue)
+    lanes: dict[str | None, list[tuple]] = {}
+    for k in keys:
+        lanes.setdefault(jobs[k[-1]].lane, []).append(k)
+    return _decide(keys, list(lanes.items()), jobs, ctx.free_by_node, now, ctx.starvation_threshold_s)
 
 
 class AdmissionQueue:
     """The queued jobs, kept in admission order between passes, and the inputs of the last pass.
 
-    ``put``/``discard`` keep the order (a sorted list of ``order_key``: O(log n) to find, a memmove
-    to insert). ``decide`` runs ``decide_admission`` unless nothing it depends on changed since
+    ``put``/``discard`` keep the order and the lanes (sorted lists of ``order_key``: O(log n) to
+    find, a memmove to insert). ``decide`` runs the pass unless nothing it depends on changed since
     the last pass that admitted nothing: the same queue (``version``), the same free resources, and
     ``now`` before the instant the blocked job reaches the starvation threshold. Pure: no Ray, no I/O.
     """
@@ -292,7 +185,7 @@ class AdmissionQueue:
         self.aging_s = aging_s
         self._jobs: dict[str, QueuedJob] = {}
         self._keys: list[tuple] = []
-        self._ordered: list[QueuedJob] | None = None
+        self._lanes: dict[str | None, list[tuple]] = {}
         self.version = 0
         self._last: tuple[int, dict, float] | None = None  # (version, free, recheck at)
         self.passes = self.skipped = 0
@@ -312,7 +205,9 @@ class AdmissionQueue:
             return
         if old is not None:
             self._remove_key(old)
-        bisect.insort(self._keys, order_key(job, self.aging_s))
+        key = order_key(job, self.aging_s)
+        bisect.insort(self._keys, key)
+        bisect.insort(self._lanes.setdefault(job.lane, []), key)
         self._jobs[job.job_id] = job
         self._changed()
 
@@ -325,10 +220,14 @@ class AdmissionQueue:
     def _remove_key(self, job: QueuedJob) -> None:
         key = order_key(job, self.aging_s)
         del self._keys[bisect.bisect_left(self._keys, key)]
+        lane_key = job.lane
+        lane = self._lanes[lane_key]
+        del lane[bisect.bisect_left(lane, key)]
+        if not lane:
+            del self._lanes[lane_key]
 
     def _changed(self) -> None:
         self.version += 1
-        self._ordered = None
 
     def configure(self, starvation_threshold_s: float, aging_s: float) -> None:
         """Change the knobs (constants read each pass, so an override applies at once)."""
@@ -337,7 +236,10 @@ class AdmissionQueue:
             self._last = None
         if aging_s != self.aging_s:
             self.aging_s = aging_s
-            self._keys = sorted(order_key(j, aging_s) for j in self._jobs.values())
+            jobs = list(self._jobs.values())
+            self._jobs, self._keys, self._lanes = {}, [], {}
+            for job in jobs:
+                self.put(job)
             self._changed()
 
     def forget(self) -> None:
@@ -345,10 +247,8 @@ class AdmissionQueue:
         self._last = None
 
     def ordered(self) -> list[QueuedJob]:
-        if self._ordered is None:
-            jobs = self._jobs
-            self._ordered = [jobs[k[-1]] for k in self._keys]
-        return self._ordered
+        jobs = self._jobs
+        return [jobs[k[-1]] for k in self._keys]
 
     def decide(self, free_by_node: dict[str, Resources], now: float) -> AdmissionDecision | None:
         """The admission decision, or None when it would be the last one again."""
@@ -356,9 +256,8 @@ class AdmissionQueue:
         if last is not None and last[0] == self.version and now < last[2] and last[1] == free_by_node:
             self.skipped += 1
             return None
-        order = self.ordered()
-        ctx = AdmissionContext(tuple(order), free_by_node, self.starvation_threshold_s, self.aging_s)
-        decision = decide_admission(ctx, now, ordered=order)
+        decision = _decide(self._keys, list(self._lanes.items()), self._jobs, free_by_node, now,
+                           self.starvation_threshold_s)
         self.passes += 1
         if decision.admit:  # the queue changes once they start; until then decide again each pass
             self._last = None

@@ -283,6 +283,40 @@ def test_batch_submit_is_all_or_none_and_idempotent_per_item(api):
         wait_for(lambda: _state(api, jid) == "SUCCEEDED", 90, f"{jid} to finish")
 
 
+@pytest.mark.timeout(150)
+def test_concurrent_posts_share_coordinator_calls_and_each_gets_its_own_answer(api):
+    """30 POST /jobs at once (the replica sends concurrent submits to the Coordinator together): every
+    good one is a job of its own, listed once under its key; the bad one, the infeasible one and the
+    reused key get their own errors, naming their own field, and spoil nobody else's submit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = uuid.uuid4().hex[:8]
+    taken = f"taken-{run}"
+    assert _post_job(api, counter_spec(f"c-{run}-taken", steps=1), taken).status_code == 201
+    specs = [counter_spec(f"c-{run}-{i}", steps=1) for i in range(30)]
+    specs[7]["num_workers"] = 0
+    specs[11]["resources"] = {"cpus": 500, "gpus": 0}
+    keys = [f"c-{run}-{i}" for i in range(30)]
+    keys[19] = taken  # used before with another spec
+
+    def post(i):
+        return requests.post(api.url + "/jobs", json=specs[i], headers={
+            "Idempotency-Key": keys[i], "Authorization": f"Bearer {api.token}"}, timeout=HTTP_TIMEOUT_S)
+
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(post, range(30)))
+    _assert_error(answers[7], 422, "invalid_spec", "num_workers")
+    _assert_error(answers[11], 422, "infeasible", "num_workers")
+    _assert_error(answers[19], 409, "idempotency_key_reused", "Idempotency-Key")
+    good = {i: r for i, r in enumerate(answers) if i not in (7, 11, 19)}
+    assert all(r.status_code == 201 for r in good.values()), [(i, r.text) for i, r in good.items()]
+    assert all(r.json()["name"] == f"c-{run}-{i}" for i, r in good.items())
+    listed = [j for j in _get(api, "/jobs", params={"limit": 1000}).json()["jobs"] if j["name"].startswith(f"c-{run}-")]
+    assert sorted(j["id"] for j in listed if j["name"] != f"c-{run}-taken") == sorted(r.json()["id"] for r in good.values())
+    for i, r in good.items():
+        wait_for(lambda: _state(api, r.json()["id"]) == "SUCCEEDED", 120, f"c-{run}-{i} to finish")
+
+
 # ============================================================================ fuzzing
 @pytest.fixture(scope="module")
 def api_schema(api):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from raycluster.policy.admission import AdmissionContext, QueuedJob, decide_admission, infeasible_reason, place
+from raycluster.policy.admission import AdmissionContext, QueuedJob, decide_admission
+from raycluster.policy.placement import infeasible_reason, place
 
 GPU1 = {"CPU": 1.0, "GPU": 1.0}
 
@@ -101,3 +102,19 @@ def test_infeasible_reason_names_the_shortage():
     assert infeasible_reason([GPU1] * 3, "STRICT_SPREAD", nodes(2, gpus=4, cpus=8)) is not None
     assert infeasible_reason([GPU1] * 3, "SPREAD", nodes(3)) is None
     assert infeasible_reason([GPU1], "PACK", {}) == "the cluster has no nodes"
+
+
+def test_a_pass_tries_each_lane_once_when_nothing_fits(monkeypatch):
+    """5,000 queued gangs of 3 lanes on a full cluster: 3 placements tried, not 5,000; every job
+    still gets its waiting reason."""
+    from raycluster.policy import placement
+
+    tried = []
+    real = placement.FreeView.place
+    monkeypatch.setattr(placement.FreeView, "place", lambda self, *a: tried.append(a) or real(self, *a))
+    gangs = [({"CPU": 1.0, "GPU": 1.0},), ({"CPU": 1.0, "GPU": 1.0},) * 2, ({"CPU": 1.0, "GPU": 1.0},) * 4]
+    queue = [QueuedJob(f"j{i}", 50, float(i), gangs[i % 3], "SPREAD") for i in range(5000)]
+    free = {f"n{i}": {"CPU": 8.0, "GPU": 0.0} for i in range(100)}
+    d = decide_admission(AdmissionContext(tuple(queue), free, 1e9, 600.0), 10.0)
+    assert d.admit == [] and d.blocked == "j0" and len(tried) == 3
+    assert d.waiting == {f"j{i}": "waiting for capacity" for i in range(5000)}

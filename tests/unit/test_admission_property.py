@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raycluster.policy import admission as fast
+from raycluster.policy import placement
 from tests.unit import admission_reference as ref
 
 STRATEGIES = ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -48,7 +49,7 @@ def contexts(draw, module):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(free=clusters(), gang=gangs(), strategy=st.sampled_from(STRATEGIES))
 def test_place_matches_the_reference(free, gang, strategy):
-    assert fast.place(gang, free, strategy) == ref.place(gang, free, strategy)
+    assert placement.place(gang, free, strategy) == ref.place(gang, free, strategy)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -61,10 +62,33 @@ def test_decide_admission_matches_the_reference(free, jobs, threshold, aging, no
     assert (got.admit, got.reserved_for, got.waiting) == (want.admit, want.reserved_for, want.waiting)
 
 
+@st.composite
+def crowded_queues(draw):
+    """Many jobs of few shapes (so lanes hold many jobs), on GPU/CPU-only or memory-bound bundles."""
+    shapes = [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 0.5, "GPU": 0.5}, {"CPU": 1.0, "memory": 2e9}, {"CPU": 2.0}]
+    jobs = []
+    for i in range(draw(st.integers(0, 40))):
+        b = draw(st.sampled_from(shapes))
+        jobs.append(ref.QueuedJob(f"j{i}", draw(st.sampled_from([10, 50])), float(draw(st.integers(0, 1000))),
+                                  tuple([b] * draw(st.integers(1, 3))), draw(st.sampled_from(STRATEGIES))))
+    return jobs
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(free=clusters(), jobs=crowded_queues(), threshold=st.sampled_from([0.0, 100.0, 1e9]),
+       now=st.sampled_from([500.0, 2000.0]))
+def test_crowded_lanes_decide_like_the_reference(free, jobs, threshold, now):
+    """Lanes of many identical gangs: dropping a lane at its first refusal loses no admission."""
+    want = ref.decide_admission(ref.AdmissionContext(tuple(jobs), free, threshold, 600.0), now)
+    fast_jobs = tuple(fast.QueuedJob(j.job_id, j.priority, j.queued_at, j.bundles, j.strategy) for j in jobs)
+    got = fast.decide_admission(fast.AdmissionContext(fast_jobs, free, threshold, 600.0), now)
+    assert (got.admit, got.reserved_for, got.waiting) == (want.admit, want.reserved_for, want.waiting)
+
+
 @settings(max_examples=200, deadline=None)
 @given(free=clusters(), gang=gangs(), strategy=st.sampled_from(STRATEGIES))
 def test_infeasible_reason_matches_the_reference(free, gang, strategy):
-    assert fast.infeasible_reason(list(gang), strategy, free) == ref.infeasible_reason(list(gang), strategy, free)
+    assert placement.infeasible_reason(list(gang), strategy, free) == ref.infeasible_reason(list(gang), strategy, free)
 
 
 def test_the_input_is_never_modified():
@@ -157,4 +181,4 @@ def test_pack_tries_the_nodes_it_already_uses_in_node_order():
     free = {"n1": {"CPU": 2.0, "GPU": 0.5, "memory": 4e9}, "n3": {"CPU": 4.0, "GPU": 0.5}}
     gang = ({"CPU": 0.5, "memory": 5e8}, {"CPU": 2.0}, {"CPU": 1.0})
     want = ref.place(gang, free, "PACK")
-    assert want[0] == ["n1", "n3", "n3"] and fast.place(gang, free, "PACK") == want
+    assert want[0] == ["n1", "n3", "n3"] and placement.place(gang, free, "PACK") == want

@@ -326,10 +326,14 @@ def test_a_long_queue_costs_nothing_while_nothing_changes(env, monkeypatch):
         tick(core, clock)
     assert core.queue.passes == passes and core.queue.skipped >= 5
     assert all(recs == [] for recs, _rev in read)
+    written = []
+    real_set_waiting = core.store.set_waiting
+    monkeypatch.setattr(core.store, "set_waiting", lambda reasons: written.append(reasons) or real_set_waiting(reasons))
     extra = core.submit(spec("extra"))["id"]
     tick(core, clock)
     assert [r.id for r in read[-1][0]] == [extra] and core.queue.passes == passes + 1
     assert core.get(extra)["waiting"] == "waiting for capacity"
+    assert written == [{extra: "waiting for capacity"}]  # the others' reasons are unchanged: not written
     core.cancel(queued[0])
     ops.finish(core.attempts[blocker].refs)  # frees the 3 GPUs: the head of the queue starts
     tick(core, clock), tick(core, clock)
