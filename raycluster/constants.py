@@ -120,6 +120,8 @@ API_PORT = _env_int("API_PORT", 8000)
 SUBMIT_BATCH_MAX = _env_int("SUBMIT_BATCH_MAX", 1000)
 # concurrent POST /jobs requests of one API replica sent to the Coordinator in one call, at most
 API_SUBMIT_BATCH_MAX = _env_int("API_SUBMIT_BATCH_MAX", 100)
+# bundles of running + queued gangs told to Ray's autoscaler as demand (elastic clusters), at most
+DEMAND_MAX_BUNDLES = _env_int("DEMAND_MAX_BUNDLES", 1000)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).
 API_MAX_BODY_BYTES = _env_int("API_MAX_BODY_BYTES", 1024 * 1024)
 # How long one API request waits for a runtime actor before answering 503 (submit waits at least

@@ -27,6 +27,7 @@ class FakeOps(GangOps):
         self.auto_ready = True
         self.watched = []
         self.pinned = []
+        self.requested = []
 
     def nodes(self):
         free = {n: dict(r) for n, r in self.total.items()}
@@ -79,6 +80,9 @@ class FakeOps(GangOps):
     def pin_uris(self, uris, expiration_s):
         self.pinned.append((tuple(uris), expiration_s))
 
+    def request_resources(self, bundles):
+        self.requested.append([dict(b) for b in bundles])
+
     def check_entrypoint(self, ep, runtime_env, timeout_s):
         return "no such module" if ep in self.bad_entrypoints else None
 
@@ -96,3 +100,47 @@ class Clock:
 
     def __call__(self):
         return self.t
+
+
+class FakeMarket:
+    """A market in memory (the provider's unit tests): a price table, what it rents out to us,
+    failures to inject. The local market (real processes) is exercised by the cluster tests."""
+
+    def __init__(self, name="fake", capacity=3):
+        from raycluster.provision.market.base import Offer
+
+        self.name = name
+        self.capacity = capacity
+        self._offer = Offer
+        self.running: dict[str, dict] = {}
+        self.launches: dict[str, object] = {}
+        self.dead: set[str] = set()
+        self.refuse: Exception | None = None
+        self.released: list[str] = []
+        self.pending_notices: list = []
+
+    def offers(self):
+        left = max(0, self.capacity - len(self.running))
+        return [self._offer(self.name, "T4", "spot", 0.2, 1, 2, left, "T4/spot"),
+                self._offer(self.name, "T4", "on_demand", 0.5, 1, 2, left, "T4/on_demand")]
+
+    def rent(self, offer, launch):
+        if self.refuse is not None:
+            raise self.refuse
+        if launch.rental_id not in self.running:
+            self.running[launch.rental_id] = {"instance": f"i-{len(self.launches)}", "kind": offer.kind}
+            self.launches[launch.rental_id] = launch
+        return self.running[launch.rental_id]
+
+    def release(self, rental_id, handle):
+        if self.running.pop(rental_id, None) is not None:
+            self.released.append(rental_id)
+
+    def held(self):
+        return dict(self.running)
+
+    def alive(self, rental_id, handle):
+        return rental_id in self.running and rental_id not in self.dead
+
+    def notices(self):
+        return list(self.pending_notices)

@@ -39,6 +39,26 @@ def _client(args):
     return Client()
 
 
+def _elastic(path: str | None):
+    """The elastic-cluster config of ``up --elastic FILE`` (None without it); errors name the key."""
+    if not path:
+        return None
+    import yaml
+
+    from raycluster.provision.autoscaling import ElasticConfig
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadArgument(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadArgument(f"{path}: expected a mapping with node_types, markets, ...")
+    known = set(ElasticConfig.__dataclass_fields__)
+    if set(data) - known:
+        raise BadArgument(f"{path}: unknown key(s) {sorted(set(data) - known)} (known: {sorted(known)})")
+    return ElasticConfig(**data)
+
+
 # ------------------------------------------------------------------------------------ commands
 def cmd_up(args) -> int:
     from raycluster.client.ray_client import connect
@@ -57,7 +77,7 @@ def cmd_up(args) -> int:
     else:
         t0 = time.monotonic()
         lc = LocalCluster(state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                          gpus_per_worker=args.gpus_per_worker)
+                          gpus_per_worker=args.gpus_per_worker, elastic=_elastic(args.elastic))
         lc.start()
         print(f"local cluster up in {time.monotonic() - t0:.1f}s: head + {args.workers} workers at {lc.address}")
     connect(lc.address, state_dir)
@@ -210,7 +230,7 @@ def cmd_demo(args) -> int:
         print(f"starting a local cluster: head + {args.workers} worker nodes with "
               f"{args.gpus_per_worker} GPU(s) each (logical GPUs when none are present)")
         lc = LocalCluster(state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                          gpus_per_worker=args.gpus_per_worker)
+                          gpus_per_worker=args.gpus_per_worker, elastic=_elastic(args.elastic))
         lc.start()
     try:
         connect(lc.address, state_dir)

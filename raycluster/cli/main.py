@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from raycluster import constants as C
-from raycluster.cli import commands
+from raycluster.cli import commands, market
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
 
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("up", help="start a cluster and the runtime actors")
     sp.add_argument("--local", action="store_true", help="embedded local cluster on this machine")
+    sp.add_argument("--elastic", metavar="FILE", default=None,
+                    help="rent worker nodes from markets as jobs need them (Ray's autoscaler + our provider), "
+                         "configured by FILE (e.g. configs/elastic.yaml); --workers are then fixed extra nodes")
     sp.add_argument("--api-port", type=int, default=C.API_PORT,
                     help="port of the HTTP control API on 127.0.0.1 (default %(default)s; 0 = no API)")
     cluster_shape(sp)
@@ -68,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("env", help="shell exports for `ray job submit` & co. against the local cluster "
                                     "(eval \"$(raycluster env)\")")
     sp.set_defaults(fn=commands.cmd_env)
+    sp = sub.add_parser("nodes", help="rented nodes of an elastic local cluster: market, kind, price, state, cost")
+    sp.add_argument("--all", action="store_true", help="released ones too")
+    sp.set_defaults(fn=market.cmd_nodes)
+    sp = sub.add_parser("market", help="act as the market (the local market only)")
+    msub = sp.add_subparsers(dest="market_cmd", required=True)
+    mp = msub.add_parser("preempt", help="preempt a spot node: a notice now, the node stopped at the deadline")
+    mp.add_argument("node", help="the rented node's id (see `raycluster nodes`)")
+    mp.add_argument("--notice-s", type=float, default=None, help="seconds of notice (default: the market's)")
+    mp.set_defaults(fn=market.cmd_market_preempt)
     sp = sub.add_parser("demo", help="local cluster + three example jobs at once, then stop")
     cluster_shape(sp)
     sp.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")

@@ -22,6 +22,7 @@ from raycluster.control.reconcile import Reconciler, gcs_uris
 from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
                                InvalidJobSpec)
 from raycluster.policy.placement import infeasible_reason
+from raycluster.provision.market.local import RENTAL_LABEL
 from raycluster.rank.logs import read_rank_logs
 from raycluster.spec import JobSpec, parse_spec
 from raycluster.store.lifecycle import Cause, JobState
@@ -137,7 +138,13 @@ class CoordinatorCore(Reconciler):
         key = (json.dumps(spec.bundles(), sort_keys=True), spec.placement_strategy.value)
         if key not in self._feasible:
             total, _free = totals_and_free(nodes)
-            self._feasible[key] = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
+            if self.elastic_nodes:  # the largest cluster the autoscaler may make: fixed nodes + all it may rent
+                rented = {n["id"] for n in nodes if RENTAL_LABEL in (n.get("labels") or {})}
+                total = {**{n: r for n, r in total.items() if n not in rented}, **self.elastic_nodes}
+            why = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
+            if why and self.elastic_nodes:
+                why += f" (counting the {len(self.elastic_nodes)} node(s) the autoscaler may rent)"
+            self._feasible[key] = why
         return self._feasible[key]
 
     def _check_entrypoint(self, spec: JobSpec) -> None:

@@ -68,6 +68,7 @@ class GangOps(Protocol):
     def cancel(self, refs: list) -> None: ...
     def watch(self, refs: list, callback: Callable[[], None]) -> None: ...
     def pin_uris(self, uris: list[str], expiration_s: int) -> None: ...
+    def request_resources(self, bundles: list[dict[str, float]]) -> None: ...
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None: ...
 
 
@@ -177,6 +178,14 @@ class RayOps:
                     log.warning("runtime_env package %s is no longer in the GCS", uri)
             except Exception as exc:  # best effort: the job still holds its own reference
                 log.warning("cannot pin %s: %s", uri, exc)
+
+    # ------------------------------------------------------------- demand
+    def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        """Tell Ray's autoscaler the cluster should hold these bundles (running and queued gangs);
+        replaces the last request; [] clears it (idle nodes are then released)."""
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(b) for b in bundles])
 
     # ------------------------------------------------------------- validation
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None:

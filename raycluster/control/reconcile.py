@@ -36,6 +36,7 @@ from raycluster.control.rayops import GangOps, pg_name
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import AdmissionQueue, QueuedJob
 from raycluster.policy.placement import place
+from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
 from raycluster.spec import JobSpec
@@ -125,6 +126,9 @@ class Reconciler:
         self._packages: dict[str, list[str]] = {}  # job id -> the gcs:// packages it needs pinned
         self._rev: int | None = None
         self.queue = AdmissionQueue(C.STARVATION_THRESHOLD_S, C.AGING_S)
+        # an elastic cluster: the nodes Ray's autoscaler may still rent, and the demand last told it
+        self.elastic_nodes = autoscaling.elastic_nodes(autoscaling.recorded_config(self.state_dir))
+        self._demand_key: tuple | None = None
         self._last_sweep = 0.0
         self._last_pin = 0.0
 
@@ -152,6 +156,8 @@ class Reconciler:
                 self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
             if self._pending:
                 self._guard("admission", self._admit, now)
+            if self.elastic_nodes:
+                self._guard("demand", self._tell_demand)
             if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:
                 self._last_sweep = now
                 self._guard("sweep", self.sweep_placement_groups)
@@ -295,6 +301,24 @@ class Reconciler:
             rec = self._pending[jid]
             self._waiting.move(jid, rec.waiting, why)
             rec.waiting = why
+
+    def _tell_demand(self) -> None:
+        """Queued gangs are visible to Ray's autoscaler only through us (a placement group is made
+        once a gang fits): tell it the bundles of every running and queued gang (at most
+        DEMAND_MAX_BUNDLES, in queue order) whenever they change; nothing left clears the request,
+        so idle rented nodes are released."""
+        key = (self.queue.version, frozenset(self._active))
+        if key == self._demand_key:
+            return
+        bundles: list[dict[str, float]] = []
+        for rec in self._active.values():
+            bundles.extend(self._spec(rec).bundles())
+        for job in self.queue.ordered():
+            if len(bundles) >= C.DEMAND_MAX_BUNDLES:
+                break
+            bundles.extend(job.bundles)
+        self.ops.request_resources(bundles[:C.DEMAND_MAX_BUNDLES])
+        self._demand_key = key
 
     # ------------------------------------------------------------------ apply
     def apply(self, job: JobRecord, step: Step, now: float) -> JobRecord:

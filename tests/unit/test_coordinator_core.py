@@ -404,3 +404,34 @@ def test_a_queued_job_whose_stored_spec_no_longer_parses_fails_alone(env):
     job = core.get(odd.id)
     assert job["state"] == "FAILED" and job["cause"] == "system_error" and "gpu" in job["error"]
     assert core.get(ok)["state"] == "PLACING"
+
+
+def test_an_elastic_cluster_accepts_gangs_it_can_rent_for_and_tells_the_autoscaler(tmp_path):
+    """With an autoscaling config recorded (an elastic local cluster), a gang larger than the nodes up
+    now is accepted if the nodes the autoscaler may rent can hold it, and the bundles of every running
+    and queued gang are told to the autoscaler as demand — cleared once nothing is left."""
+    import json
+
+    from raycluster.errors import InfeasibleJob
+    from raycluster.provision.local.record import cluster_dir
+
+    cluster_dir(tmp_path).mkdir(parents=True)
+    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
+        "max_workers": 3, "head_node_type": "head",
+        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
+                                 "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 5}}}))
+    ops, clock = FakeOps(nodes=1), Clock()
+    core = CoordinatorCore(tmp_path, ops, clock=clock)
+    assert len(core.elastic_nodes) == 3  # the cluster's max_workers caps the type's 5
+    big = core.submit(spec("big", workers=4, placement_strategy="STRICT_SPREAD"))["id"]  # 1 up + 3 to rent
+    with pytest.raises(InfeasibleJob, match="the autoscaler may rent"):
+        core.submit(spec("huge", workers=5, placement_strategy="STRICT_SPREAD"))
+    tick(core, clock)
+    assert core.get(big)["state"] == "PENDING"
+    assert ops.requested[-1] == [{"CPU": 1.0, "GPU": 1.0}] * 4
+    n = len(ops.requested)
+    tick(core, clock)
+    assert len(ops.requested) == n  # unchanged demand is not told again
+    core.cancel(big)
+    tick(core, clock)
+    assert ops.requested[-1] == []  # nothing queued or running: idle rented nodes may go

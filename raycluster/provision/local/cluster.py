@@ -25,7 +25,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from raycluster import constants as C
 from raycluster.errors import LocalClusterError
-from raycluster.provision import raystart
+from raycluster.provision import autoscaling, raystart
+from raycluster.provision.autoscaling import ElasticConfig
 from raycluster.provision.auth import apply_env, driver_env_of
 from raycluster.provision.local.process import LocalNodeLauncher, stop_launchers, wait_gone
 from raycluster.provision.local.record import (HEAD_ROLE, RECORD_NAME, RECORD_VERSION, TOKEN_NAME, WORKER_ROLE,
@@ -48,12 +49,14 @@ class LocalCluster:
     def __init__(self, state_dir: Path | str, num_workers: int = 2, cpus_per_worker: int = 2,
                  gpus_per_worker: int = 1, head_cpus: int = 0, object_store_bytes: int = C.LOCAL_OBJECT_STORE_BYTES,
                  env: dict[str, str] | None = None, *, gpu_mode: str = "auto", gpu_ids: Sequence[str] | None = None,
-                 auth_mode: str | None = None):
+                 auth_mode: str | None = None, elastic: ElasticConfig | None = None):
         """``gpu_mode``: "auto" (physical GPUs if NVML sees any, else logical), "physical" or
         "logical" (declared ``--num-gpus`` only, even on a GPU machine). ``gpu_ids``: the physical
         CUDA ids to hand out (default: all visible ones); giving them implies physical mode. Each
         worker gets a disjoint slice of ``gpus_per_worker`` of them via CUDA_VISIBLE_DEVICES (fewer,
-        possibly 0, when they run out). ``auth_mode``: "token" | "disabled" (default LOCAL_AUTH_MODE)."""
+        possibly 0, when they run out). ``auth_mode``: "token" | "disabled" (default LOCAL_AUTH_MODE).
+        ``elastic``: start the head with Ray's autoscaler renting worker nodes from markets
+        (``provision/autoscaling.py``); ``stop`` then also gives back every rental."""
         if num_workers < 0 or cpus_per_worker < 0 or gpus_per_worker < 0 or head_cpus < 0:
             raise LocalClusterError("node counts and resources must be >= 0")
         if gpu_mode not in ("auto", "physical", "logical"):
@@ -73,6 +76,7 @@ class LocalCluster:
         self.gpu_mode = gpu_mode
         self.gpu_ids = [str(g) for g in gpu_ids] if gpu_ids is not None else None
         self.auth_mode = auth_mode
+        self.elastic = elastic
         self._record: dict | None = None
         self._popens: dict[str, subprocess.Popen] = {}  # our own children, by node name
         self.cluster_dir = cluster_dir(self.state_dir)
@@ -297,8 +301,9 @@ class LocalCluster:
                           client_server_port=client_port if has_client else None)
             argv = (raystart.ray_start_argv()
                     + raystart.head_args(gcs_port, dashboard_port, client_port if has_client else None, self.head_cpus)
-                    + raystart.common_args(name, Path(record["temp_dir"]) / "h", labels, self.object_store_bytes))
-            launcher = self._new_node(name, HEAD_ROLE, argv, head_env, {"CPU": float(self.head_cpus), "GPU": 0.0},
+                    + raystart.common_args(name, Path(record["temp_dir"]) / "h", labels, self.object_store_bytes)
+                    + self._autoscaling_args())
+            launcher = self._new_node(name, HEAD_ROLE, argv, {**head_env, **self._autoscaling_env()}, {"CPU": float(self.head_cpus), "GPU": 0.0},
                                       labels, [] if record["gpu_kind"] == "physical" else None)
             try:
                 self._register({name: launcher})
@@ -310,6 +315,17 @@ class LocalCluster:
                     raise
                 log.warning("local head node did not start (try %d/%d), starting it again: %s",
                             attempt + 1, tries, exc.message.splitlines()[0])
+
+    def _autoscaling_args(self) -> list[str]:
+        """Ray's autoscaler on the head, renting from markets (an elastic cluster), as configured."""
+        if self.elastic is None:
+            return []
+        path = autoscaling.write_config(self.elastic, self._record, self.cluster_dir, self.head_cpus)
+        return [f"--autoscaling-config={path}"]
+
+    def _autoscaling_env(self) -> dict[str, str]:
+        return {} if self.elastic is None else autoscaling.head_env(self._record["cluster_id"],
+                                                                     self.elastic.update_interval_s)
 
     def _start_workers(self, shapes: list[dict]) -> list[str]:
         """Start one worker per shape (keyword arguments of ``_launch_worker``) and wait for all; a
@@ -413,6 +429,10 @@ class LocalCluster:
         record = self._refresh()
         if record is None:
             return
+        try:  # first the rented nodes (the autoscaler would otherwise replace them)
+            autoscaling.release_recorded(record)
+        except Exception as exc:  # the nodes below are stopped anyway; say what is left
+            log.error("local cluster %s: giving back rented nodes failed: %s", record.get("cluster_id"), exc)
         nodes = sorted(self._nodes_from_record(), key=lambda n: n.role == HEAD_ROLE)  # workers' SIGTERM first
         launchers = [self._launcher(n) for n in nodes]
         survivors = stop_launchers(launchers, C.LOCAL_NODE_STOP_GRACE_S) if launchers else []

@@ -1,0 +1,1 @@
+"""GPU markets: the interface (base.py) and its implementations."""

@@ -1,0 +1,284 @@
+"""A Ray node provider that rents worker nodes from GPU markets (``provider: {type: external,
+module: raycluster.provision.node_provider.MarketNodeProvider}``).
+
+Owns: ``MarketNodeProvider`` — maps the node types of a Ray cluster config onto markets
+(``node_config: {market, gpu_type, kind}``) and keeps every rental in SQLite
+(``store/rentals.py``), shared by every provider instance (the ``ray up`` process and the
+autoscaler's monitor build their own). Ray's autoscaler (v1 or v2 through its adapter) does the
+mechanics; this class only rents, lists, tags and releases. Each node is started with
+``RAY_CLOUD_INSTANCE_ID=<rental id>`` and ``RAY_NODE_TYPE_NAME=<node type>`` (how v2 matches Ray
+nodes to provider nodes) and carries its market, kind and price as tags and Ray node labels
+(``RAY_NODE_MARKET_TYPE`` becomes Ray's ``ray.io/market-type``). The head is listed with its tags
+(v2 ignores a provider that does not list it).
+
+``create_node`` raises on refusal (capacity, market error) rather than make fewer nodes silently; a
+rent is idempotent under v2's launch request id. Every listing call (once per autoscaler tick) also
+reconciles with the markets: a node the market no longer runs is marked released (so a replacement
+is launched), a rented node that never joined Ray within ``join_timeout_s`` is released, a
+preemption notice drains the node in Ray (reason PREEMPTION, the market's deadline), and anything
+a market bills us for that is not a rental we know is released (no leaked rental).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, STATUS_UP_TO_DATE, TAG_RAY_LAUNCH_REQUEST,
+                                 TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE)
+
+from raycluster.provision import raystart
+from raycluster.provision.market.base import KINDS, CapacityExhausted, Market, MarketConfigError, NodeLaunch, Offer
+from raycluster.provision.market.local import LocalMarket
+from raycluster.store.rentals import LIVE_STATES, RentalRecord, RentalState, RentalStore, new_rental_id
+
+log = logging.getLogger("raycluster.provider")
+
+MARKET_LABEL, KIND_LABEL, PRICE_LABEL = "raycluster.io/market", "raycluster.io/kind", "raycluster.io/usd-per-hour"
+TAG_MARKET, TAG_KIND, TAG_PRICE = "raycluster-market", "raycluster-kind", "raycluster-usd-per-hour"
+HEAD_MARKET = "head"
+
+
+def make_markets(cfg: dict, state_dir: Path) -> dict[str, Market]:
+    """The markets named under ``provider.markets`` (an unknown one names its key)."""
+    raw = cfg.get("markets") or {"local": {}}
+    if not isinstance(raw, dict):
+        raise MarketConfigError("provider.markets must be a mapping of market name -> settings",
+                                field="provider.markets")
+    out: dict[str, Market] = {}
+    for name, settings in raw.items():
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise MarketConfigError(f"provider.markets.{name} must be a mapping", field=f"provider.markets.{name}")
+        if name == "local":
+            known = {"gpu_types", "preemption_rate_per_hour", "preemption_notice_s"}
+            unknown = set(settings) - known
+            if unknown:
+                raise MarketConfigError(f"provider.markets.local: unknown key(s) {sorted(unknown)}",
+                                        field=f"provider.markets.local.{sorted(unknown)[0]}")
+            out[name] = LocalMarket(state_dir / "market-local.db", state_dir / "market-local",
+                                    auth_mode=cfg.get("auth_mode", "disabled"),
+                                    auth_token_path=cfg.get("auth_token_path"),
+                                    node_temp_dir=cfg.get("node_temp_dir"), **settings)
+        else:
+            raise MarketConfigError(f"unknown market {name!r} (known: local)", field=f"provider.markets.{name}")
+    return out
+
+
+def _price_tag(usd_per_hour: float) -> str:
+    return f"{usd_per_hour:.4f}"
+
+
+class MarketNodeProvider(NodeProvider):
+    def __init__(self, provider_config: dict[str, Any], cluster_name: str,
+                 markets: dict[str, Market] | None = None) -> None:
+        """``markets``: given by tests (a fake at the boundary); Ray builds them from the config."""
+        super().__init__(provider_config, cluster_name)
+        cfg = provider_config
+        for key in ("state_dir", "head_address"):
+            if not cfg.get(key):
+                raise MarketConfigError(f"provider.{key} is required", field=f"provider.{key}")
+        self.state_dir = Path(cfg["state_dir"]).expanduser()
+        self.head_address = str(cfg["head_address"])
+        self.dashboard_url = cfg.get("dashboard_url")
+        self.auth_token_path = cfg.get("auth_token_path") if cfg.get("auth_mode") == "token" else None
+        self.join_timeout_s = float(cfg.get("join_timeout_s", 300.0))
+        self.store = RentalStore(self.state_dir / "rentals.db")
+        self.markets = markets if markets is not None else make_markets(cfg, self.state_dir)
+        self._lock = threading.RLock()
+        self._last_sync = 0.0
+        self._drained: set[str] = set()
+        head_id = cfg.get("head_node_id")
+        if head_id:  # the head: listed with its tags, never billed
+            self.store.insert(RentalRecord(
+                id=head_id, request_id=f"head:{head_id}", market=HEAD_MARKET, node_type=cfg.get("head_node_type", "head"),
+                kind="on_demand", gpu_type="", usd_per_hour=0.0, state=RentalState.RUNNING, created_at=time.time(),
+                running_at=time.time(), tags={TAG_RAY_NODE_KIND: NODE_KIND_HEAD,
+                                              TAG_RAY_USER_NODE_TYPE: cfg.get("head_node_type", "head"),
+                                              TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
+                                              TAG_RAY_NODE_NAME: f"ray-{cluster_name}-head"}))
+
+    # ---- listing --------------------------------------------------------------------------------
+    def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
+        with self._lock:
+            self._sync()
+            return [r.id for r in self.store.list((RentalState.REQUESTED, RentalState.RUNNING))
+                    if all(r.tags.get(k) == v for k, v in tag_filters.items())]
+
+    def is_running(self, node_id: str) -> bool:
+        r = self.store.get(node_id)
+        return r is not None and r.state == RentalState.RUNNING
+
+    def is_terminated(self, node_id: str) -> bool:
+        r = self.store.get(node_id)
+        return r is None or r.state in (RentalState.RELEASING, RentalState.RELEASED)
+
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        r = self.store.get(node_id)
+        return dict(r.tags) if r else {}
+
+    def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
+        self.store.set_tags(node_id, tags)
+
+    def internal_ip(self, node_id: str) -> str:
+        return "127.0.0.1"
+
+    def external_ip(self, node_id: str) -> str:
+        return "127.0.0.1"
+
+    # ---- renting --------------------------------------------------------------------------------
+    def _offer(self, node_config: dict[str, Any]) -> tuple[Market, Offer]:
+        market_name = node_config.get("market", "local")
+        market = self.markets.get(market_name)
+        if market is None:
+            raise MarketConfigError(f"node_config.market {market_name!r} is not configured under provider.markets "
+                                    f"(have {sorted(self.markets)})", field="node_config.market")
+        kind = node_config.get("kind", "on_demand")
+        if kind not in KINDS:
+            raise MarketConfigError(f"node_config.kind must be one of {KINDS}, not {kind!r}", field="node_config.kind")
+        gpu_type = node_config.get("gpu_type")
+        for offer in market.offers():
+            if offer.kind == kind and (gpu_type is None or offer.gpu_type == gpu_type):
+                return market, offer
+        raise CapacityExhausted(f"market {market_name} offers no {kind} {gpu_type or 'node'}")
+
+    def create_node(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, Any]:
+        return self.create_node_with_resources_and_labels(node_config, tags, count, {}, {})
+
+    def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels) -> dict[str, Any]:
+        with self._lock:
+            market, offer = self._offer(node_config)
+            request = tags.get(TAG_RAY_LAUNCH_REQUEST) or new_rental_id()
+            made = [self.store.by_request(f"{request}:{i}") for i in range(count)]
+            todo = [i for i, r in enumerate(made) if r is None]
+            if len(todo) > offer.available:
+                raise CapacityExhausted(f"market {market.name} has {offer.available} {offer.kind} {offer.gpu_type} "
+                                        f"left, {len(todo)} asked")
+            node_type = tags.get(TAG_RAY_USER_NODE_TYPE, "worker")
+            out = {}
+            for i in range(count):
+                if made[i] is not None:
+                    out[made[i].id] = made[i].to_dict()
+                    continue
+                rec, _new = self.store.insert(RentalRecord(
+                    id=new_rental_id(), request_id=f"{request}:{i}", market=market.name, node_type=node_type,
+                    kind=offer.kind, gpu_type=offer.gpu_type, usd_per_hour=offer.usd_per_hour,
+                    created_at=time.time(), resources={"CPU": float(offer.cpus), "GPU": float(offer.gpus)},
+                    tags={**tags, TAG_RAY_NODE_KIND: tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER),
+                          TAG_MARKET: market.name, TAG_KIND: offer.kind, TAG_PRICE: _price_tag(offer.usd_per_hour)}))
+                node_labels = {**{k: str(v) for k, v in (labels or {}).items()}, MARKET_LABEL: market.name,
+                               KIND_LABEL: offer.kind, PRICE_LABEL: _price_tag(offer.usd_per_hour)}
+                launch = NodeLaunch(rec.id, node_type, self.head_address,
+                                    env={"RAY_CLOUD_INSTANCE_ID": rec.id, "RAY_NODE_TYPE_NAME": node_type,
+                                         "RAY_NODE_MARKET_TYPE": "spot" if offer.kind == "spot" else "on-demand"},
+                                    labels=node_labels,
+                                    resources={k: float(v) for k, v in (resources or {}).items()
+                                               if k not in ("CPU", "GPU", "memory", "object_store_memory")})
+                try:
+                    handle = market.rent(offer, launch)
+                except Exception as exc:
+                    self.store.update(rec.id, state=RentalState.RELEASED, released_at=time.time(),
+                                      reason=f"refused: {exc}")
+                    raise
+                rec = self.store.update(rec.id, from_states=[RentalState.REQUESTED], state=RentalState.RUNNING,
+                                        handle=handle, running_at=time.time()) or rec
+                log.info("rented %s: %s %s %s at %.4f USD/h", rec.id, market.name, offer.kind, offer.gpu_type,
+                         offer.usd_per_hour)
+                out[rec.id] = rec.to_dict()
+            return out
+
+    def terminate_node(self, node_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            self._release(node_id, "terminated by the autoscaler")
+        return None
+
+    def terminate_nodes(self, node_ids: list[str]) -> dict[str, Any] | None:
+        for node_id in node_ids:
+            self.terminate_node(node_id)
+        return None
+
+    def _release(self, node_id: str, reason: str) -> None:
+        rec = self.store.get(node_id)
+        if rec is None or rec.market == HEAD_MARKET or rec.state == RentalState.RELEASED:
+            return
+        self.store.update(node_id, state=RentalState.RELEASING, reason=reason)
+        market = self.markets.get(rec.market)
+        if market is not None:
+            market.release(rec.id, rec.handle)
+        self.store.update(node_id, state=RentalState.RELEASED, released_at=time.time())
+        log.info("released %s (%s)", node_id, reason)
+
+    def release_all(self, reason: str = "cluster down") -> list[str]:
+        """Release every rental (``ray down`` / the cluster going away) and anything a market bills."""
+        with self._lock:
+            ids = [r.id for r in self.store.list(LIVE_STATES) if r.market != HEAD_MARKET]
+            for node_id in ids:
+                self._release(node_id, reason)
+            for market in self.markets.values():
+                for rental_id, handle in market.held().items():
+                    market.release(rental_id, handle)
+            return ids
+
+    # ---- reconcile with the markets ----------------------------------------------------------------
+    def _sync(self) -> None:
+        """What the markets say against what we hold (see the module doc). Each part's error is
+        logged; listing goes on."""
+        now = time.time()
+        live = [r for r in self.store.list(LIVE_STATES) if r.market != HEAD_MARKET]
+        for name, market in self.markets.items():
+            try:
+                held = market.held()
+                known = {r.id for r in live if r.market == name}
+                for rental_id, handle in held.items():
+                    if rental_id not in known:
+                        log.warning("market %s bills %s, which is no node of ours: releasing it", name, rental_id)
+                        market.release(rental_id, handle)
+                for r in live:
+                    if r.market == name and r.state == RentalState.RUNNING and r.id not in held:
+                        self.store.update(r.id, from_states=[RentalState.RUNNING], state=RentalState.RELEASED,
+                                          released_at=now, reason="lost: the market no longer runs it")
+                        log.warning("rental %s is gone from market %s", r.id, name)
+                    elif r.market == name and r.state == RentalState.RUNNING and not market.alive(r.id, r.handle):
+                        self._release(r.id, "lost: its node stopped")
+                for notice in market.notices():
+                    self._on_notice(notice)
+            except Exception:
+                log.exception("provider: reconciling with market %s failed; going on", name)
+        if self.join_timeout_s > 0 and self.dashboard_url:
+            self._release_never_joined(now, live)
+
+    def _ray_nodes(self) -> dict[str, dict]:
+        entries = raystart.state_api_nodes(self.dashboard_url, self.auth_token_path) if self.dashboard_url else None
+        return {e.get("node_name"): e for e in entries or []}
+
+    def _release_never_joined(self, now: float, live: list[RentalRecord]) -> None:
+        late = [r for r in live if r.state == RentalState.RUNNING and now - r.created_at > self.join_timeout_s]
+        if not late:
+            return
+        nodes = self._ray_nodes()
+        if not nodes:  # the dashboard does not answer: decide nothing
+            return
+        for r in late:
+            if f"rc-{r.id}" not in nodes:
+                self._release(r.id, f"never joined Ray within {self.join_timeout_s:.0f}s")
+
+    def _on_notice(self, notice) -> None:
+        if notice.rental_id in self._drained:
+            return
+        rec = self.store.update(notice.rental_id, preempt_deadline=notice.deadline)
+        if rec is None:
+            return
+        node = self._ray_nodes().get(f"rc-{notice.rental_id}")
+        if node is None or not node.get("node_id"):
+            return
+        from raycluster.control.drain import drain_node
+
+        accepted, why = drain_node(self.head_address, node["node_id"], "PREEMPTION",
+                                   f"{rec.market} preempts this {rec.kind} node ({notice.reason})", notice.deadline)
+        log.warning("preemption notice for %s (deadline in %.0fs): drain %s%s", notice.rental_id,
+                    notice.deadline - time.time(), "accepted" if accepted else "refused", f": {why}" if why else "")
+        self._drained.add(notice.rental_id)

@@ -1,0 +1,144 @@
+"""Rentals: every node we pay a market for, from the request to its release (SQLite, WAL).
+
+Owns: ``RentalRecord`` (one row per rented node: market, node type, kind, price, the market's own
+handle, Ray node tags, times) and ``RentalStore``. The store is shared by every process that makes
+or ends rentals — the ``ray up`` process and the autoscaler's monitor build separate node providers
+over the same file — so every change is one conditional statement (``WHERE state IN ...``) and a
+rent is idempotent under its ``request_id`` (a retried create never pays twice). A rental is billed
+from ``created_at`` (the request) to ``released_at``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from raycluster.store.db import Table, connect
+
+
+class RentalState(str, Enum):
+    REQUESTED = "requested"  # asked of the market; not known to run yet
+    RUNNING = "running"      # the market says it runs (it may not have joined Ray yet)
+    RELEASING = "releasing"  # we asked the market to stop it
+    RELEASED = "released"    # the market no longer bills it (terminal)
+
+
+LIVE_STATES = (RentalState.REQUESTED, RentalState.RUNNING, RentalState.RELEASING)
+
+
+class RentalRecord(BaseModel):
+    id: str = Field(json_schema_extra={"sql": "PRIMARY KEY"})
+    request_id: str = Field(json_schema_extra={"sql": "UNIQUE"})
+    market: str
+    node_type: str
+    kind: str  # "spot" | "on_demand"
+    gpu_type: str
+    usd_per_hour: float
+    state: RentalState = RentalState.REQUESTED
+    resources: dict[str, float] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    handle: dict[str, Any] = Field(default_factory=dict)  # the market's own: pid, instance id, host...
+    created_at: float
+    running_at: float | None = None
+    released_at: float | None = None
+    preempt_deadline: float | None = None  # a preemption notice: the market stops it then
+    reason: str | None = None  # why it was released (idle, preempted, never joined, lost, leaked...)
+
+    def cost_usd(self, now: float) -> float:
+        end = self.released_at if self.released_at is not None else now
+        return max(0.0, end - self.created_at) / 3600.0 * self.usd_per_hour
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        if now is not None:
+            out["cost_usd"] = round(self.cost_usd(now), 6)
+        return out
+
+
+RENTALS = Table("rentals", RentalRecord, "CREATE INDEX IF NOT EXISTS rentals_state ON rentals(state);")
+
+
+def new_rental_id() -> str:
+    return "rent-" + secrets.token_hex(6)
+
+
+class RentalStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._conn = connect(self.path)
+        self._lock = threading.Lock()
+        with self._lock:
+            RENTALS.create(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _rows(self, where: str = "", args: tuple = ()) -> list[RentalRecord]:
+        sql = f"SELECT {RENTALS.select_list} FROM rentals {where} ORDER BY created_at, id"
+        with self._lock:
+            return [RENTALS.row(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def insert(self, rec: RentalRecord) -> tuple[RentalRecord, bool]:
+        """Store a new rental; (the stored one, True) — or (the one made before under the same
+        ``request_id``, False): a request retried never makes a second rental."""
+        fields = RENTALS.encode(rec.model_dump())
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        try:
+            with self._lock:
+                self._conn.execute(f"INSERT INTO rentals ({cols}) VALUES ({marks})", tuple(fields.values()))
+        except sqlite3.IntegrityError:
+            old = self.by_request(rec.request_id)
+            if old is None:
+                raise
+            return old, False
+        return rec, True
+
+    def get(self, rental_id: str) -> RentalRecord | None:
+        rows = self._rows("WHERE id = ?", (rental_id,))
+        return rows[0] if rows else None
+
+    def by_request(self, request_id: str) -> RentalRecord | None:
+        rows = self._rows("WHERE request_id = ?", (request_id,))
+        return rows[0] if rows else None
+
+    def list(self, states=LIVE_STATES) -> list[RentalRecord]:
+        if states is None:
+            return self._rows()
+        states = [RentalState(s).value for s in states]
+        return self._rows(f"WHERE state IN ({', '.join('?' for _ in states)})", tuple(states))
+
+    def update(self, rental_id: str, *, from_states=None, **fields: Any) -> RentalRecord | None:
+        """Set ``fields`` on a rental if it is in one of ``from_states`` (any state if None); the
+        rental as it is after, or None if the condition did not hold (another process moved it)."""
+        enc = RENTALS.encode(fields)
+        sets = ", ".join(f"{k} = ?" for k in enc)
+        where, args = "id = ?", [rental_id]
+        if from_states is not None:
+            states = [RentalState(s).value for s in from_states]
+            where += f" AND state IN ({', '.join('?' for _ in states)})"
+            args += states
+        with self._lock:
+            cur = self._conn.execute(f"UPDATE rentals SET {sets} WHERE {where}", (*enc.values(), *args))
+        return self.get(rental_id) if cur.rowcount else None
+
+    def set_tags(self, rental_id: str, tags: dict[str, str]) -> None:
+        """Merge ``tags`` into a rental's tags (one transaction: concurrent writers do not lose tags)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute("SELECT tags FROM rentals WHERE id = ?", (rental_id,)).fetchone()
+                if row is not None:
+                    merged = {**RENTALS.by_name["tags"].decode(row[0]), **tags}
+                    self._conn.execute("UPDATE rentals SET tags = ? WHERE id = ?",
+                                       (RENTALS.by_name["tags"].encode(merged), rental_id))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise

@@ -1,0 +1,167 @@
+"""An elastic local cluster: Ray's autoscaler (v2) with our MarketNodeProvider renting worker nodes
+from the local market (real ``ray start`` processes), all on this machine.
+
+One cluster for the module: a head with 1 CPU and no GPU, one node type ``gpu_spot`` (local market,
+spot T4: 2 CPUs, 1 GPU, at most 2), idle timeout 8 s, autoscaler tick 1 s."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+SPOT_USD_PER_HOUR, ON_DEMAND_USD_PER_HOUR = 0.11, 0.42
+
+
+@pytest.fixture(scope="module")
+def elastic(tmp_path_factory):
+    import ray
+
+    from raycluster.provision.autoscaling import ElasticConfig
+    from raycluster.provision.local.cluster import LocalCluster
+
+    state_dir = Path(tmp_path_factory.mktemp("rc-elastic"))
+    cfg = ElasticConfig(
+        node_types={"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": 2,
+                                 "resources": {"CPU": 2, "GPU": 1}}},
+        markets={"local": {"gpu_types": {"T4": {"gpus": 1, "cpus": 2, "capacity": 2,
+                                                "spot_usd_per_hour": SPOT_USD_PER_HOUR,
+                                                "on_demand_usd_per_hour": ON_DEMAND_USD_PER_HOUR}},
+                           "preemption_notice_s": 3}},
+        idle_timeout_s=8, update_interval_s=1, join_timeout_s=120)
+    lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg)
+    lc.start()
+    try:
+        lc.connect(log_to_driver=False)
+        yield lc
+    finally:
+        ray.shutdown()
+        lc.stop()
+        market_db = lc.cluster_dir / "provider" / "market-local.db"
+        import sqlite3
+
+        with sqlite3.connect(market_db) as conn:  # the market's own books: nothing rented to us
+            assert conn.execute("SELECT COUNT(*) FROM local_market").fetchone()[0] == 0
+
+
+def _provider(lc):
+    from raycluster.provision.local.record import read_json
+    from raycluster.provision.node_provider import MarketNodeProvider
+
+    config = read_json(lc.cluster_dir / "autoscaling.json")
+    return MarketNodeProvider(config["provider"], config["cluster_name"])
+
+
+def _rentals(lc, live_only=True):
+    return [r for r in _provider(lc).store.list(None) if r.market == "local"
+            and (not live_only or r.state.value in ("requested", "running"))]
+
+
+@pytest.mark.timeout(180)
+def test_a_gpu_task_rents_a_spot_node_which_is_released_when_idle(elastic):
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=1)
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    t0 = time.monotonic()
+    node_id = ray.get(where.remote(), timeout=120)  # the head has no GPU: only a rented node can run it
+    scale_up_s = time.monotonic() - t0
+    (rental,) = _rentals(elastic)
+    assert (rental.kind, rental.gpu_type, rental.usd_per_hour, rental.node_type) == (
+        "spot", "T4", SPOT_USD_PER_HOUR, "gpu_spot")
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    assert node["Labels"]["raycluster.io/rental"] == rental.id
+    assert node["Labels"]["raycluster.io/kind"] == "spot" and node["Labels"]["raycluster.io/market"] == "local"
+    assert node["Labels"].get("ray.io/market-type") == "spot"
+    pid = rental.handle["pid"]
+    assert psutil.pid_exists(pid)
+    # idle for the idle timeout: the autoscaler terminates it, the market stops exactly its processes
+    wait_for(lambda: _provider(elastic).store.get(rental.id).state.value == "released", 90,
+             "the idle rented node to be released")
+    gone = _provider(elastic).store.get(rental.id)
+    assert gone.reason == "terminated by the autoscaler" and not _rentals(elastic)
+    assert gone.released_at is not None and gone.cost_usd(time.time()) > 0
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30,
+             "the node's process to exit")
+    print(f"scale-up {scale_up_s:.1f}s")
+
+
+@pytest.mark.timeout(240)
+def test_a_preempted_spot_node_is_drained_killed_and_replaced(elastic):
+    """The market preempts the node a task needs (3 s notice): the node is drained in Ray, killed at
+    the deadline, the rental marked released, and a replacement is rented for the work still asked."""
+    import ray
+
+    from raycluster.provision.market.local import LocalMarket
+
+    @ray.remote(num_gpus=1, num_cpus=1, max_retries=3)
+    def slow(seconds):
+        time.sleep(seconds)
+        return ray.get_runtime_context().get_node_id()
+
+    @ray.remote(num_gpus=1, num_cpus=1)
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    first_node = ray.get(where.remote(), timeout=120)
+    (rental,) = _rentals(elastic)
+    ref = slow.remote(20)  # runs on the rented node (the only GPU)
+    time.sleep(2)
+    market = LocalMarket(elastic.cluster_dir / "provider" / "market-local.db",
+                         elastic.cluster_dir / "provider" / "market-local")
+    notice = market.preempt(rental.id, notice_s=3)
+    assert notice.deadline > time.time()
+    wait_for(lambda: _provider(elastic).store.get(rental.id).state.value == "released", 60,
+             "the preempted rental to be gone")
+    assert _provider(elastic).store.get(rental.id).preempt_deadline == pytest.approx(notice.deadline)
+    from ray.util.state import get_node
+    # it was drained in Ray with reason PREEMPTION before the market killed it: Ray says so
+    dead = wait_for(lambda: (n := get_node(first_node)) and n.state == "DEAD" and n, 60, "Ray to see the node dead")
+    assert dead.state_message.startswith("Terminated due to preemption"), dead.state_message
+    final_node = ray.get(ref, timeout=150)  # retried on a replacement node
+    assert final_node != first_node
+    (replacement,) = _rentals(elastic)
+    assert replacement.id != rental.id
+
+
+def _cli(lc, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "raycluster.cli", "--state-dir", str(lc.state_dir), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(240)
+def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elastic):
+    """A job needing a GPU on a cluster with none up is accepted (the autoscaler may rent one), its
+    gang is told to the autoscaler as demand, a spot node is rented, the job SUCCEEDS there;
+    ``raycluster nodes`` lists the rental with its market, kind and price."""
+    import json
+
+    from raycluster.client.ray_client import Client
+    from raycluster.control.actors import start_runtime
+
+    start_runtime(elastic.state_dir)
+    client = Client()
+    job = client.submit({"name": "needs-a-gpu", "entrypoint": "jobs.toy:counter",
+                         "config": {"steps": 5, "sleep_per_step_s": 0.5},
+                         "resources": {"gpus": 1, "cpus": 1}})
+    wait_for(lambda: client.get(job["id"])["state"] == "SUCCEEDED", 180, "the GPU job to succeed on a rented node")
+    out = _cli(elastic, "--json", "nodes", "--all")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert any(r["market"] == "local" and r["kind"] == "spot" and r["usd_per_hour"] == SPOT_USD_PER_HOUR
+               and r["cost_usd"] >= 0 for r in rows), rows
+    bad = _cli(elastic, "market", "preempt", "rent-nosuchnode")
+    assert bad.returncode == 4 and "rents out no node 'rent-nosuchnode'" in bad.stderr
+    # nothing queued or running any more: the demand is cleared and the idle node given back
+    wait_for(lambda: not _rentals(elastic), 120, "the idle node to be released after the job")

@@ -1,0 +1,34 @@
+"""``raycluster up --local --elastic FILE`` refuses a bad elastic config before starting anything,
+with exit 2 and the offending key named; ``nodes`` / ``market preempt`` without an elastic cluster
+say how to start one."""
+
+from __future__ import annotations
+
+import pytest
+
+from raycluster.cli.main import main
+
+GOOD_TYPE = "node_types: {gpu_spot: {market: local, kind: spot, gpu_type: T4, max_workers: 2}}\n"
+
+
+@pytest.mark.parametrize("text, named", [
+    (GOOD_TYPE + "idle_timeout_s: soon\n", "idle_timeout_s"),
+    (GOOD_TYPE + "colour: blue\n", "colour"),
+    ("node_types: {gpu: {market: moon}}\n", "available_node_types.gpu.market"),
+    ("node_types: {gpu: {kind: cheap}}\n", "available_node_types.gpu.kind"),
+    ("node_types: {gpu: {max_workers: -1}}\n", "available_node_types.gpu.max_workers"),
+    ("node_types: {}\n", "available_node_types"),
+    ("- just a list\n", "expected a mapping"),
+])
+def test_a_bad_elastic_config_is_refused_naming_the_key(tmp_path, capsys, text, named):
+    cfg = tmp_path / "elastic.yaml"
+    cfg.write_text(text)
+    state = tmp_path / "state"
+    assert main(["--state-dir", str(state), "up", "--local", "--elastic", str(cfg), "--api-port", "0"]) == 2
+    assert named in capsys.readouterr().err
+    assert not (state / "local-cluster" / "cluster.json").exists()  # nothing started
+
+
+def test_nodes_without_an_elastic_cluster_says_how_to_start_one(tmp_path, capsys):
+    assert main(["--state-dir", str(tmp_path), "nodes"]) == 3
+    assert "raycluster up --local --elastic" in capsys.readouterr().err

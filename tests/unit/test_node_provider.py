@@ -1,0 +1,144 @@
+"""MarketNodeProvider (provision/node_provider.py) against a market in memory (the boundary fake):
+renting, idempotency per launch request, refusals raised and explained, tags persisted across
+provider instances, release, and the reconcile with the market (lost nodes, leaked rentals). The
+local market with real processes and Ray's autoscaler are in tests/cluster/test_autoscale_local.py."""
+
+from __future__ import annotations
+
+import pytest
+from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_LAUNCH_REQUEST, TAG_RAY_NODE_KIND,
+                                 TAG_RAY_USER_NODE_TYPE)
+
+from raycluster.provision.market.base import CapacityExhausted, MarketConfigError, MarketUnavailable
+from raycluster.provision.market.local import parse_gpu_types
+from raycluster.provision.node_provider import MarketNodeProvider, make_markets
+from raycluster.store.rentals import RentalState
+from tests.fakes import FakeMarket
+
+WORKER_TAGS = {TAG_RAY_NODE_KIND: NODE_KIND_WORKER, TAG_RAY_USER_NODE_TYPE: "gpu_spot"}
+
+
+def provider(tmp_path, market=None, **cfg):
+    market = market or FakeMarket()
+    config = {"state_dir": str(tmp_path), "head_address": "127.0.0.1:6379", "head_node_id": "head-1",
+              "head_node_type": "head", **cfg}
+    return MarketNodeProvider(config, "test", markets={market.name: market}), market
+
+
+def test_rents_lists_and_tags_each_node_with_its_market_kind_and_price(tmp_path):
+    p, market = provider(tmp_path)
+    made = p.create_node({"market": "fake", "kind": "spot", "gpu_type": "T4"},
+                         {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "req-1"}, 2)
+    assert len(made) == 2 and set(market.running) == set(made)
+    workers = p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER})
+    assert sorted(workers) == sorted(made)
+    assert p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}) == ["head-1"]  # the head is listed
+    for node_id in workers:
+        tags, launch = p.node_tags(node_id), market.launches[node_id]
+        assert (tags["raycluster-market"], tags["raycluster-kind"], tags["raycluster-usd-per-hour"]) == (
+            "fake", "spot", "0.2000")
+        assert p.is_running(node_id) and not p.is_terminated(node_id)
+        # how Ray's autoscaler v2 matches the Ray node to this provider node, and the market labels
+        assert launch.env["RAY_CLOUD_INSTANCE_ID"] == node_id and launch.env["RAY_NODE_TYPE_NAME"] == "gpu_spot"
+        assert launch.env["RAY_NODE_MARKET_TYPE"] == "spot" and launch.labels["raycluster.io/kind"] == "spot"
+
+
+def test_the_same_launch_request_never_rents_twice(tmp_path):
+    p, market = provider(tmp_path)
+    tags = {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "req-9"}
+    first = p.create_node({"market": "fake", "kind": "spot"}, tags, 2)
+    again = p.create_node({"market": "fake", "kind": "spot"}, tags, 2)
+    assert set(first) == set(again) and len(market.launches) == 2
+
+
+def test_a_refusal_is_raised_and_nothing_is_left_rented(tmp_path):
+    p, market = provider(tmp_path, FakeMarket(capacity=1))
+    with pytest.raises(CapacityExhausted, match="1 spot T4 left, 2 asked"):
+        p.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "r"}, 2)
+    assert market.running == {} and p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER}) == []
+    market.refuse = MarketUnavailable("HTTP 503 from the market")
+    with pytest.raises(MarketUnavailable):
+        p.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "r2"}, 1)
+    (rec,) = [r for r in p.store.list(None) if r.market == "fake"]
+    assert rec.state == RentalState.RELEASED and "503" in rec.reason  # explained, not listed
+    assert p.non_terminated_nodes({}) == ["head-1"]
+
+
+@pytest.mark.parametrize("node_config, field", [
+    ({"market": "nowhere"}, "node_config.market"),
+    ({"market": "fake", "kind": "cheap"}, "node_config.kind"),
+])
+def test_a_bad_node_config_names_its_key(tmp_path, node_config, field):
+    p, market = provider(tmp_path)
+    with pytest.raises(MarketConfigError) as err:
+        p.create_node(node_config, dict(WORKER_TAGS), 1)
+    assert err.value.field == field and market.running == {}
+
+
+def test_tags_are_shared_by_every_provider_instance(tmp_path):
+    """The ``ray up`` process and the monitor build separate providers over one state dir."""
+    market = FakeMarket()
+    a, _ = provider(tmp_path, market)
+    (node_id,) = a.create_node({"market": "fake", "kind": "on_demand"}, dict(WORKER_TAGS), 1)
+    b, _ = provider(tmp_path, market)
+    b.set_node_tags(node_id, {"ray-node-status": "up-to-date"})
+    a.set_node_tags(node_id, {"extra": "1"})
+    assert a.node_tags(node_id)["ray-node-status"] == "up-to-date" and b.node_tags(node_id)["extra"] == "1"
+    b.set_node_tags("head-1", {"ray-node-status": "up-to-date"})
+    assert a.node_tags("head-1")[TAG_RAY_NODE_KIND] == NODE_KIND_HEAD
+
+
+def test_terminate_releases_through_the_market(tmp_path):
+    p, market = provider(tmp_path)
+    (node_id,) = p.create_node({"market": "fake", "kind": "spot"}, dict(WORKER_TAGS), 1)
+    p.terminate_node(node_id)
+    assert market.released == [node_id] and p.is_terminated(node_id)
+    assert p.store.get(node_id).released_at is not None and p.non_terminated_nodes({}) == ["head-1"]
+    p.terminate_node(node_id)  # twice: no error, nothing more
+    assert market.released == [node_id]
+
+
+def test_listing_reconciles_with_the_market(tmp_path):
+    """A node the market no longer runs is gone (so the autoscaler replaces it); one whose machine
+    stopped is released; a rental the market bills that is no node of ours is released."""
+    p, market = provider(tmp_path)
+    a, b = p.create_node({"market": "fake", "kind": "spot"}, dict(WORKER_TAGS), 2)
+    market.running.pop(a)  # taken back by the market
+    market.dead.add(b)  # the machine stopped
+    market.running["rent-stranger"] = {"instance": "i-x"}  # billed, not ours
+    assert p.non_terminated_nodes({}) == ["head-1"]
+    assert p.store.get(a).reason.startswith("lost") and p.store.get(b).reason.startswith("lost")
+    assert "rent-stranger" in market.released and market.running == {}
+
+
+def test_release_all_leaves_nothing_rented(tmp_path):
+    p, market = provider(tmp_path)
+    p.create_node({"market": "fake", "kind": "spot"}, dict(WORKER_TAGS), 3)
+    assert len(p.release_all()) == 3 and market.running == {}
+    assert p.non_terminated_nodes({}) == ["head-1"]
+
+
+@pytest.mark.parametrize("markets, field", [
+    ({"moon": {}}, "provider.markets.moon"),
+    ({"local": {"gpu_types": {"T4": {"on_demand_usd_per_hour": "cheap"}}}},
+     "markets.local.gpu_types.T4.on_demand_usd_per_hour"),
+    ({"local": {"gpu_types": {"T4": {"on_demand_usd_per_hour": 1, "vram": 16}}}}, "markets.local.gpu_types.T4.vram"),
+    ({"local": {"colour": "blue"}}, "provider.markets.local.colour"),
+    ({"local": {"preemption_rate_per_hour": -1}}, "markets.local.preemption_rate_per_hour"),
+    ("local", "provider.markets"),
+])
+def test_bad_market_config_names_the_key(tmp_path, markets, field):
+    with pytest.raises(MarketConfigError) as err:
+        make_markets({"markets": markets}, tmp_path)
+    assert err.value.field == field
+
+
+def test_missing_provider_keys_are_named(tmp_path):
+    with pytest.raises(MarketConfigError) as err:
+        MarketNodeProvider({"state_dir": str(tmp_path)}, "test", markets={})
+    assert err.value.field == "provider.head_address"
+
+
+def test_the_default_price_table_is_valid_and_spot_is_optional():
+    table = parse_gpu_types({"A100": {"gpus": 1, "cpus": 4, "on_demand_usd_per_hour": 3.0, "capacity": 2}})
+    assert table["A100"]["spot_usd_per_hour"] is None and parse_gpu_types(None)["T4"]["capacity"] == 4
