@@ -119,8 +119,9 @@ def error_for_status(status: int, code: str | None, message: str, field: str | N
     if status in (502, 504):
         status = 503
     cls = next((c for c in classes if c.code == code and c.http_status == status), None)
-    if cls is None:  # a parent comes before its subclasses in the walk: the most general one
-        cls = next((c for c in classes if c.http_status == status and "http_status" in c.__dict__), None)
+    if cls is None:  # the most general class that answers with this status (fewest ancestors)
+        general = [c for c in classes if c.http_status == status and "http_status" in c.__dict__]
+        cls = min(general, key=lambda c: (len(c.__mro__), c.__name__)) if general else None
     if cls is None:
         exc = RayClusterError(f"HTTP {status}: {message}", field=field)
         if code:

@@ -230,7 +230,7 @@ def cmd_demo(args) -> int:
         print(f"starting a local cluster: head + {args.workers} worker nodes with "
               f"{args.gpus_per_worker} GPU(s) each (logical GPUs when none are present)")
         lc = LocalCluster(state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                          gpus_per_worker=args.gpus_per_worker, elastic=_elastic(args.elastic))
+                          gpus_per_worker=args.gpus_per_worker)
         lc.start()
     try:
         connect(lc.address, state_dir)

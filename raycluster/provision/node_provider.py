@@ -64,8 +64,29 @@ def make_markets(cfg: dict, state_dir: Path) -> dict[str, Market]:
                                     auth_mode=cfg.get("auth_mode", "disabled"),
                                     auth_token_path=cfg.get("auth_token_path"),
                                     node_temp_dir=cfg.get("node_temp_dir"), **settings)
+        elif name == "ssh":
+            from raycluster.provision.market.ssh import SshMarket
+
+            unknown = set(settings) - {"hosts", "connect_timeout_s", "stop_grace_s"}
+            if unknown:
+                raise MarketConfigError(f"provider.markets.ssh: unknown key(s) {sorted(unknown)}",
+                                        field=f"provider.markets.ssh.{sorted(unknown)[0]}")
+            out[name] = SshMarket(state_dir / "market-ssh.db", auth_mode=cfg.get("auth_mode", "disabled"),
+                                  auth_token_path=cfg.get("auth_token_path"), **settings)
+        elif name == "http":
+            from raycluster.provision.market.http import HttpMarket
+
+            known = {"url", "api_key_env", "api_key_file", "gpu_names", "max_usd_per_hour", "image", "ray_bin",
+                     "retries", "backoff_s", "timeout_s", "node_ip", "work_dir"}
+            unknown = set(settings) - known
+            if unknown:
+                raise MarketConfigError(f"provider.markets.http: unknown key(s) {sorted(unknown)}",
+                                        field=f"provider.markets.http.{sorted(unknown)[0]}")
+            out[name] = HttpMarket(auth_mode=cfg.get("auth_mode", "disabled"),
+                                   auth_token_path=cfg.get("auth_token_path"), **settings)
         else:
-            raise MarketConfigError(f"unknown market {name!r} (known: local)", field=f"provider.markets.{name}")
+            raise MarketConfigError(f"unknown market {name!r} (known: local, ssh, http)",
+                                    field=f"provider.markets.{name}")
     return out
 
 
@@ -92,6 +113,8 @@ class MarketNodeProvider(NodeProvider):
         self._lock = threading.RLock()
         self._last_sync = 0.0
         self._drained: set[str] = set()
+        self._seen: dict[str, RentalRecord] = {}
+        self._changes = 0  # rentals this instance changed (so a listing knows to read them again)
         head_id = cfg.get("head_node_id")
         if head_id:  # the head: listed with its tags, never billed
             self.store.insert(RentalRecord(
@@ -105,24 +128,33 @@ class MarketNodeProvider(NodeProvider):
     # ---- listing --------------------------------------------------------------------------------
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
         with self._lock:
-            self._sync()
-            return [r.id for r in self.store.list((RentalState.REQUESTED, RentalState.RUNNING))
-                    if all(r.tags.get(k) == v for k, v in tag_filters.items())]
+            rows, changed = self._sync()
+            if changed:
+                rows = self.store.list(LIVE_STATES)
+            rows = [r for r in rows if r.state in (RentalState.REQUESTED, RentalState.RUNNING)]
+            # the autoscaler asks each node's tags and state right after: answered from this read
+            self._seen = {r.id: r for r in rows}
+            return [r.id for r in rows if all(r.tags.get(k) == v for k, v in tag_filters.items())]
+
+    def _get(self, node_id: str) -> RentalRecord | None:
+        r = self._seen.get(node_id)
+        return r if r is not None else self.store.get(node_id)
 
     def is_running(self, node_id: str) -> bool:
-        r = self.store.get(node_id)
+        r = self._get(node_id)
         return r is not None and r.state == RentalState.RUNNING
 
     def is_terminated(self, node_id: str) -> bool:
-        r = self.store.get(node_id)
+        r = self._get(node_id)
         return r is None or r.state in (RentalState.RELEASING, RentalState.RELEASED)
 
     def node_tags(self, node_id: str) -> dict[str, str]:
-        r = self.store.get(node_id)
+        r = self._get(node_id)
         return dict(r.tags) if r else {}
 
     def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
         self.store.set_tags(node_id, tags)
+        self._seen.pop(node_id, None)  # (another instance may have merged tags too: read it again)
 
     def internal_ip(self, node_id: str) -> str:
         return "127.0.0.1"
@@ -131,7 +163,8 @@ class MarketNodeProvider(NodeProvider):
         return "127.0.0.1"
 
     # ---- renting --------------------------------------------------------------------------------
-    def _offer(self, node_config: dict[str, Any]) -> tuple[Market, Offer]:
+    def _offers(self, node_config: dict[str, Any]) -> tuple[Market, list[Offer]]:
+        """The market of a node type and one offer per node it can rent now, cheapest first."""
         market_name = node_config.get("market", "local")
         market = self.markets.get(market_name)
         if market is None:
@@ -141,35 +174,42 @@ class MarketNodeProvider(NodeProvider):
         if kind not in KINDS:
             raise MarketConfigError(f"node_config.kind must be one of {KINDS}, not {kind!r}", field="node_config.kind")
         gpu_type = node_config.get("gpu_type")
-        for offer in market.offers():
-            if offer.kind == kind and (gpu_type is None or offer.gpu_type == gpu_type):
-                return market, offer
-        raise CapacityExhausted(f"market {market_name} offers no {kind} {gpu_type or 'node'}")
+        matching = sorted((o for o in market.offers() if o.kind == kind and (gpu_type is None or o.gpu_type == gpu_type)),
+                          key=lambda o: o.usd_per_hour)
+        slots = [o for o in matching for _ in range(max(0, o.available))]
+        if not matching:
+            raise CapacityExhausted(f"market {market_name} offers no {kind} {gpu_type or 'node'}")
+        return market, slots
 
     def create_node(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, Any]:
         return self.create_node_with_resources_and_labels(node_config, tags, count, {}, {})
 
     def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels) -> dict[str, Any]:
         with self._lock:
-            market, offer = self._offer(node_config)
+            market, slots = self._offers(node_config)
             request = tags.get(TAG_RAY_LAUNCH_REQUEST) or new_rental_id()
             made = [self.store.by_request(f"{request}:{i}") for i in range(count)]
             todo = [i for i, r in enumerate(made) if r is None]
-            if len(todo) > offer.available:
-                raise CapacityExhausted(f"market {market.name} has {offer.available} {offer.kind} {offer.gpu_type} "
-                                        f"left, {len(todo)} asked")
+            if len(todo) > len(slots):
+                what = f"{node_config.get('kind', 'on_demand')} {node_config.get('gpu_type') or 'node'}"
+                raise CapacityExhausted(f"market {market.name} has {len(slots)} {what} left, {len(todo)} asked")
+            slots = iter(slots)
             node_type = tags.get(TAG_RAY_USER_NODE_TYPE, "worker")
             out = {}
             for i in range(count):
                 if made[i] is not None:
                     out[made[i].id] = made[i].to_dict()
                     continue
-                rec, _new = self.store.insert(RentalRecord(
+                offer = next(slots)
+                rec, new = self.store.insert(RentalRecord(
                     id=new_rental_id(), request_id=f"{request}:{i}", market=market.name, node_type=node_type,
                     kind=offer.kind, gpu_type=offer.gpu_type, usd_per_hour=offer.usd_per_hour,
                     created_at=time.time(), resources={"CPU": float(offer.cpus), "GPU": float(offer.gpus)},
                     tags={**tags, TAG_RAY_NODE_KIND: tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER),
                           TAG_MARKET: market.name, TAG_KIND: offer.kind, TAG_PRICE: _price_tag(offer.usd_per_hour)}))
+                if not new:  # another provider instance made this request's node: not rented twice
+                    out[rec.id] = rec.to_dict()
+                    continue
                 node_labels = {**{k: str(v) for k, v in (labels or {}).items()}, MARKET_LABEL: market.name,
                                KIND_LABEL: offer.kind, PRICE_LABEL: _price_tag(offer.usd_per_hour)}
                 launch = NodeLaunch(rec.id, node_type, self.head_address,
@@ -202,6 +242,8 @@ class MarketNodeProvider(NodeProvider):
         return None
 
     def _release(self, node_id: str, reason: str) -> None:
+        self._changes += 1
+        self._seen.pop(node_id, None)
         rec = self.store.get(node_id)
         if rec is None or rec.market == HEAD_MARKET or rec.state == RentalState.RELEASED:
             return
@@ -224,11 +266,13 @@ class MarketNodeProvider(NodeProvider):
             return ids
 
     # ---- reconcile with the markets ----------------------------------------------------------------
-    def _sync(self) -> None:
-        """What the markets say against what we hold (see the module doc). Each part's error is
-        logged; listing goes on."""
+    def _sync(self) -> tuple[list[RentalRecord], bool]:
+        """What the markets say against what we hold (see the module doc): (the live rentals as read,
+        whether anything was changed since). Each part's error is logged; listing goes on."""
         now = time.time()
-        live = [r for r in self.store.list(LIVE_STATES) if r.market != HEAD_MARKET]
+        rows = self.store.list(LIVE_STATES)
+        version = self._changes
+        live = [r for r in rows if r.market != HEAD_MARKET]
         for name, market in self.markets.items():
             try:
                 held = market.held()
@@ -239,6 +283,7 @@ class MarketNodeProvider(NodeProvider):
                         market.release(rental_id, handle)
                 for r in live:
                     if r.market == name and r.state == RentalState.RUNNING and r.id not in held:
+                        self._changes += 1
                         self.store.update(r.id, from_states=[RentalState.RUNNING], state=RentalState.RELEASED,
                                           released_at=now, reason="lost: the market no longer runs it")
                         log.warning("rental %s is gone from market %s", r.id, name)
@@ -246,10 +291,15 @@ class MarketNodeProvider(NodeProvider):
                         self._release(r.id, "lost: its node stopped")
                 for notice in market.notices():
                     self._on_notice(notice)
+                for r in live:  # a noticed node past its deadline: stop paying for it
+                    if (r.market == name and r.state == RentalState.RUNNING and r.preempt_deadline is not None
+                            and now > r.preempt_deadline):
+                        self._release(r.id, "preempted")
             except Exception:
                 log.exception("provider: reconciling with market %s failed; going on", name)
         if self.join_timeout_s > 0 and self.dashboard_url:
             self._release_never_joined(now, live)
+        return rows, self._changes != version
 
     def _ray_nodes(self) -> dict[str, dict]:
         entries = raystart.state_api_nodes(self.dashboard_url, self.auth_token_path) if self.dashboard_url else None
@@ -270,6 +320,7 @@ class MarketNodeProvider(NodeProvider):
         if notice.rental_id in self._drained:
             return
         rec = self.store.update(notice.rental_id, preempt_deadline=notice.deadline)
+        self._changes += 1
         if rec is None:
             return
         node = self._ray_nodes().get(f"rc-{notice.rental_id}")

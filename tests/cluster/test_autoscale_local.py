@@ -50,6 +50,15 @@ def elastic(tmp_path_factory):
             assert conn.execute("SELECT COUNT(*) FROM local_market").fetchone()[0] == 0
 
 
+@pytest.fixture(scope="module")
+def client(elastic):
+    from raycluster.client.ray_client import Client
+    from raycluster.control.actors import start_runtime
+
+    start_runtime(elastic.state_dir)
+    return Client()
+
+
 def _provider(lc):
     from raycluster.provision.local.record import read_json
     from raycluster.provision.node_provider import MarketNodeProvider
@@ -94,44 +103,6 @@ def test_a_gpu_task_rents_a_spot_node_which_is_released_when_idle(elastic):
     print(f"scale-up {scale_up_s:.1f}s")
 
 
-@pytest.mark.timeout(240)
-def test_a_preempted_spot_node_is_drained_killed_and_replaced(elastic):
-    """The market preempts the node a task needs (3 s notice): the node is drained in Ray, killed at
-    the deadline, the rental marked released, and a replacement is rented for the work still asked."""
-    import ray
-
-    from raycluster.provision.market.local import LocalMarket
-
-    @ray.remote(num_gpus=1, num_cpus=1, max_retries=3)
-    def slow(seconds):
-        time.sleep(seconds)
-        return ray.get_runtime_context().get_node_id()
-
-    @ray.remote(num_gpus=1, num_cpus=1)
-    def where():
-        return ray.get_runtime_context().get_node_id()
-
-    first_node = ray.get(where.remote(), timeout=120)
-    (rental,) = _rentals(elastic)
-    ref = slow.remote(20)  # runs on the rented node (the only GPU)
-    time.sleep(2)
-    market = LocalMarket(elastic.cluster_dir / "provider" / "market-local.db",
-                         elastic.cluster_dir / "provider" / "market-local")
-    notice = market.preempt(rental.id, notice_s=3)
-    assert notice.deadline > time.time()
-    wait_for(lambda: _provider(elastic).store.get(rental.id).state.value == "released", 60,
-             "the preempted rental to be gone")
-    assert _provider(elastic).store.get(rental.id).preempt_deadline == pytest.approx(notice.deadline)
-    from ray.util.state import get_node
-    # it was drained in Ray with reason PREEMPTION before the market killed it: Ray says so
-    dead = wait_for(lambda: (n := get_node(first_node)) and n.state == "DEAD" and n, 60, "Ray to see the node dead")
-    assert dead.state_message.startswith("Terminated due to preemption"), dead.state_message
-    final_node = ray.get(ref, timeout=150)  # retried on a replacement node
-    assert final_node != first_node
-    (replacement,) = _rentals(elastic)
-    assert replacement.id != rental.id
-
-
 def _cli(lc, *args):
     import subprocess
     import sys
@@ -141,17 +112,12 @@ def _cli(lc, *args):
 
 
 @pytest.mark.timeout(240)
-def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elastic):
+def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elastic, client):
     """A job needing a GPU on a cluster with none up is accepted (the autoscaler may rent one), its
     gang is told to the autoscaler as demand, a spot node is rented, the job SUCCEEDS there;
     ``raycluster nodes`` lists the rental with its market, kind and price."""
     import json
 
-    from raycluster.client.ray_client import Client
-    from raycluster.control.actors import start_runtime
-
-    start_runtime(elastic.state_dir)
-    client = Client()
     job = client.submit({"name": "needs-a-gpu", "entrypoint": "jobs.toy:counter",
                          "config": {"steps": 5, "sleep_per_step_s": 0.5},
                          "resources": {"gpus": 1, "cpus": 1}})
@@ -165,3 +131,42 @@ def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elas
     assert bad.returncode == 4 and "rents out no node 'rent-nosuchnode'" in bad.stderr
     # nothing queued or running any more: the demand is cleared and the idle node given back
     wait_for(lambda: not _rentals(elastic), 120, "the idle node to be released after the job")
+
+
+@pytest.mark.timeout(420)
+def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_identically(elastic, client):
+    """A 2-worker STRICT_SPREAD DDP job on two rented spot nodes; the market preempts one of them
+    mid-training (3 s notice): the node is drained in Ray (reason PREEMPTION) and killed, its rental
+    ends, the job recovers from its checkpoint, a replacement node is rented for the gang, and the job
+    ends with the same weights as an undisturbed run."""
+    import ray
+    from ray.util.state import get_node
+
+    from raycluster.provision.market.local import LocalMarket
+
+    cfg = {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.05, "report_every": 5}
+    spec = {"name": "cnn-spot", "entrypoint": "jobs.cnn:train", "num_workers": 2, "placement_strategy": "STRICT_SPREAD",
+            "resources": {"gpus": 1, "cpus": 1}, "config": cfg, "checkpoint": {"every_steps": 10, "keep_last": 3},
+            "max_restarts": 3}
+    baseline = client.wait([client.submit({**spec, "name": "cnn-spot-baseline"})["id"]], timeout_s=240)[0]
+    assert baseline["state"] == "SUCCEEDED", baseline["error"]
+    jid = client.submit(spec)["id"]
+    wait_for(lambda: any(c["state"] == "COMPLETE" and c["step"] >= 30 for c in client.checkpoints(jid)), 240,
+             "a checkpoint at step >= 30")
+    pg = next(i for i in ray.util.placement_group_table().values() if i.get("name") == f"rc-{jid}-a1")
+    victim_node = pg["bundles_to_node_id"][1]
+    victim = next(n for n in ray.nodes() if n["NodeID"] == victim_node)["Labels"]["raycluster.io/rental"]
+    market = LocalMarket(elastic.cluster_dir / "provider" / "market-local.db",
+                         elastic.cluster_dir / "provider" / "market-local")
+    notice = market.preempt(victim, notice_s=3)
+    wait_for(lambda: client.get(jid)["attempt"] >= 2, 120, "the job to be placed again")
+    final = client.wait([jid], timeout_s=300)[0]
+    assert final["state"] == "SUCCEEDED", final["error"]
+    assert "RECOVERING" in [t["to"] for t in final["transitions"]] and final["system_restarts"] == 1
+    assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
+    gone = _provider(elastic).store.get(victim)
+    assert gone.state.value == "released" and gone.preempt_deadline is not None
+    dead = wait_for(lambda: (n := get_node(victim_node)) and n.state == "DEAD" and n, 60, "Ray to see the node dead")
+    assert dead.state_message.startswith("Terminated due to preemption"), dead.state_message
+    # the gang needed two nodes again: a replacement was rented after the notice
+    assert [r for r in _rentals(elastic, live_only=False) if r.created_at > notice.deadline - 3]

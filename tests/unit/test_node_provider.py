@@ -53,7 +53,7 @@ def test_the_same_launch_request_never_rents_twice(tmp_path):
 
 def test_a_refusal_is_raised_and_nothing_is_left_rented(tmp_path):
     p, market = provider(tmp_path, FakeMarket(capacity=1))
-    with pytest.raises(CapacityExhausted, match="1 spot T4 left, 2 asked"):
+    with pytest.raises(CapacityExhausted, match="has 1 spot node left, 2 asked"):
         p.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "r"}, 2)
     assert market.running == {} and p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER}) == []
     market.refuse = MarketUnavailable("HTTP 503 from the market")
@@ -126,10 +126,31 @@ def test_release_all_leaves_nothing_rented(tmp_path):
     ({"local": {"colour": "blue"}}, "provider.markets.local.colour"),
     ({"local": {"preemption_rate_per_hour": -1}}, "markets.local.preemption_rate_per_hour"),
     ("local", "provider.markets"),
+    ({"ssh": {"hosts": [{"host": "h", "user": "u", "password": "hunter2"}]}}, "markets.ssh.hosts[0].password"),
+    ({"ssh": {"hosts": [{"host": "h", "user": "u", "key_file": "KEY"}]}}, "markets.ssh.hosts[0].known_hosts"),
+    ({"ssh": {"hosts": [{"host": "h", "user": "u", "key_file": "/nonexistent/key", "known_hosts": "KNOWN"}]}},
+     "markets.ssh.hosts[0].key_file"),
+    ({"ssh": {"hosts": [{"host": "h", "user": "u", "key_file": "KEY", "known_hosts": "KNOWN",
+                         "usd_per_hour": "1 dollar"}]}}, "markets.ssh.hosts[0].usd_per_hour"),
+    ({"ssh": {"hosts": []}}, "markets.ssh.hosts"),
+    ({"ssh": {"hosts": [{"host": "h", "user": "u", "key_file": "KEY", "known_hosts": "KNOWN", "usd_per_hour": 1},
+                        {"host": "h", "user": "u", "key_file": "KEY", "known_hosts": "KNOWN", "usd_per_hour": 1}]}},
+     "markets.ssh.hosts[1].name"),
 ])
 def test_bad_market_config_names_the_key(tmp_path, markets, field):
+    files = {"KEY": tmp_path / "key", "KNOWN": tmp_path / "known"}
+    for path in files.values():
+        path.write_text("x")
+
+    def fill(obj):  # real files where the table says KEY / KNOWN
+        if isinstance(obj, dict):
+            return {k: fill(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [fill(v) for v in obj]
+        return str(files[obj]) if obj in files else obj
+
     with pytest.raises(MarketConfigError) as err:
-        make_markets({"markets": markets}, tmp_path)
+        make_markets({"markets": fill(markets)}, tmp_path)
     assert err.value.field == field
 
 

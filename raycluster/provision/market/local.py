@@ -194,7 +194,6 @@ class LocalMarket:
         return {rid: json.loads(handle) for rid, _g, _k, handle, *_rest in self._rows()}
 
     def alive(self, rental_id: str, handle: dict[str, Any]) -> bool:
-        self._enforce()
         with self._lock:
             row = self._conn.execute("SELECT handle FROM local_market WHERE rental_id = ?", (rental_id,)).fetchone()
         return row is not None and self._launcher(rental_id, json.loads(row[0])).is_alive()
