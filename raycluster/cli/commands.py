@@ -53,7 +53,7 @@ def _elastic(path: str | None):
         raise BadArgument(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise BadArgument(f"{path}: expected a mapping with node_types, markets, ...")
-    known = set(ElasticConfig.__dataclass_fields__)
+    known = set(ElasticConfig.__dataclass_fields__) - {"provider_state_dir", "head_node_id"}  # (ray up sets those)
     if set(data) - known:
         raise BadArgument(f"{path}: unknown key(s) {sorted(set(data) - known)} (known: {sorted(known)})")
     return ElasticConfig(**data)
@@ -97,6 +97,19 @@ def cmd_up(args) -> int:
         if info.get("api_url"):
             print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
         print("submit a job:  raycluster submit configs/jobs/cnn.yaml")
+    return EXIT_OK
+
+
+def cmd_ray_head(args) -> int:
+    from raycluster.provision.rayup import head_up
+
+    info = head_up(args.config, args.api_port)
+    if args.json:
+        print_json(info)
+    else:
+        print(("started" if info["started"] else "already running") + f": elastic cluster at {info['address']} · "
+              f"dashboard {info['dashboard_url']} · state in {info['state_dir']}"
+              + (f" · HTTP API {info['api_url']}" if info.get("api_url") else ""))
     return EXIT_OK
 
 

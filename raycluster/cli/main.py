@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("node", help="the rented node's id (see `raycluster nodes`)")
     mp.add_argument("--notice-s", type=float, default=None, help="seconds of notice (default: the market's)")
     mp.set_defaults(fn=market.cmd_market_preempt)
+    sp = sub.add_parser("ray-head", help="(run by `ray up ray-cluster.yaml` on the head) start the elastic cluster, "
+                                         "the runtime actors and the HTTP API; nothing if already up")
+    sp.add_argument("--config", required=True, help="the cluster config (ray up copies it to ~/ray_bootstrap_config.yaml)")
+    sp.add_argument("--api-port", type=int, default=C.API_PORT, help="HTTP API port (0 = no API)")
+    sp.set_defaults(fn=commands.cmd_ray_head)
     sp = sub.add_parser("demo", help="local cluster + three example jobs at once, then stop")
     cluster_shape(sp)
     sp.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")

@@ -44,6 +44,9 @@ class ElasticConfig:
     idle_timeout_s: float = 60.0
     update_interval_s: float = 5.0
     join_timeout_s: float = 300.0
+    # set by `ray up` (provision/rayup.py): the provider's state dir and the head's provider id it chose
+    provider_state_dir: str | None = None
+    head_node_id: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.node_types, dict) or not self.node_types:
@@ -68,8 +71,8 @@ class ElasticConfig:
                 raise MarketConfigError(f"{key} must be a number > 0, not {v!r}", field=key)
 
 
-def head_node_id(cluster_id: str) -> str:
-    return f"head-{cluster_id}"
+def head_node_id(elastic: ElasticConfig, cluster_id: str) -> str:
+    return elastic.head_node_id or f"head-{cluster_id}"
 
 
 def autoscaling_config(elastic: ElasticConfig, *, cluster_id: str, state_dir: Path, head_address: str,
@@ -96,7 +99,7 @@ def autoscaling_config(elastic: ElasticConfig, *, cluster_id: str, state_dir: Pa
             # the provider starts Ray on its nodes itself: no SSH updater, no launch-config check
             "disable_node_updaters": True, "disable_launch_config_check": True,
             "head_address": head_address, "dashboard_url": dashboard_url, "auth_mode": auth_mode,
-            "auth_token_path": auth_token_path, "head_node_id": head_node_id(cluster_id),
+            "auth_token_path": auth_token_path, "head_node_id": head_node_id(elastic, cluster_id),
             "head_node_type": HEAD_TYPE, "join_timeout_s": elastic.join_timeout_s, "node_temp_dir": node_temp_dir,
             "markets": copy.deepcopy(elastic.markets),
         },
@@ -105,17 +108,18 @@ def autoscaling_config(elastic: ElasticConfig, *, cluster_id: str, state_dir: Pa
     }
 
 
-def head_env(cluster_id: str, update_interval_s: float) -> dict[str, str]:
+def head_env(elastic: ElasticConfig, cluster_id: str) -> dict[str, str]:
     """The head's environment: autoscaler v2, and the head known as the provider's head node."""
-    return {"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": head_node_id(cluster_id),
-            "RAY_NODE_TYPE_NAME": HEAD_TYPE, "AUTOSCALER_UPDATE_INTERVAL_S": f"{update_interval_s:g}"}
+    return {"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": head_node_id(elastic, cluster_id),
+            "RAY_NODE_TYPE_NAME": HEAD_TYPE, "AUTOSCALER_UPDATE_INTERVAL_S": f"{elastic.update_interval_s:g}"}
 
 
 def write_config(elastic: ElasticConfig, record: dict[str, Any], cluster_dir: Path, head_cpus: int) -> Path:
     """Write the autoscaling config of a local cluster (its record: id, address, dashboard, auth)
     beside its record; its path (also kept in the record)."""
     config = autoscaling_config(
-        elastic, cluster_id=record["cluster_id"], state_dir=cluster_dir / "provider",
+        elastic, cluster_id=record["cluster_id"],
+        state_dir=Path(elastic.provider_state_dir) if elastic.provider_state_dir else cluster_dir / "provider",
         head_address=record["address"], dashboard_url=record["dashboard_url"], auth_mode=record["auth_mode"],
         auth_token_path=record["auth_token_path"], head_cpus=head_cpus, node_temp_dir=record["temp_dir"])
     path = cluster_dir / "autoscaling.json"  # (JSON is YAML)

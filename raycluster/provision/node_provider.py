@@ -90,6 +90,19 @@ def make_markets(cfg: dict, state_dir: Path) -> dict[str, Market]:
     return out
 
 
+def provider_state_dir(cfg: dict[str, Any]) -> Path:
+    """Where the provider keeps its rentals and markets' books: ``provider.state_dir``, else the
+    elastic local cluster's own place under ``provider.raycluster_state_dir``."""
+    if cfg.get("state_dir"):
+        return Path(cfg["state_dir"]).expanduser()
+    if cfg.get("raycluster_state_dir"):
+        from raycluster.provision.local.record import cluster_dir
+
+        return cluster_dir(Path(cfg["raycluster_state_dir"]).expanduser()) / "provider"
+    raise MarketConfigError("provider.raycluster_state_dir (or provider.state_dir) is required",
+                            field="provider.raycluster_state_dir")
+
+
 def _price_tag(usd_per_hour: float) -> str:
     return f"{usd_per_hour:.4f}"
 
@@ -100,11 +113,9 @@ class MarketNodeProvider(NodeProvider):
         """``markets``: given by tests (a fake at the boundary); Ray builds them from the config."""
         super().__init__(provider_config, cluster_name)
         cfg = provider_config
-        for key in ("state_dir", "head_address"):
-            if not cfg.get(key):
-                raise MarketConfigError(f"provider.{key} is required", field=f"provider.{key}")
-        self.state_dir = Path(cfg["state_dir"]).expanduser()
-        self.head_address = str(cfg["head_address"])
+        self.state_dir = provider_state_dir(cfg)
+        self.raycluster_state_dir = cfg.get("raycluster_state_dir")
+        self.head_address = str(cfg["head_address"]) if cfg.get("head_address") else None
         self.dashboard_url = cfg.get("dashboard_url")
         self.auth_token_path = cfg.get("auth_token_path") if cfg.get("auth_mode") == "token" else None
         self.join_timeout_s = float(cfg.get("join_timeout_s", 300.0))
@@ -185,6 +196,11 @@ class MarketNodeProvider(NodeProvider):
         return self.create_node_with_resources_and_labels(node_config, tags, count, {}, {})
 
     def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels) -> dict[str, Any]:
+        if tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_HEAD:
+            return self._create_head(tags)
+        if not self.head_address:
+            raise MarketConfigError("provider.head_address is required to rent worker nodes",
+                                    field="provider.head_address")
         with self._lock:
             market, slots = self._offers(node_config)
             request = tags.get(TAG_RAY_LAUNCH_REQUEST) or new_rental_id()
@@ -231,6 +247,35 @@ class MarketNodeProvider(NodeProvider):
                 out[rec.id] = rec.to_dict()
             return out
 
+    def _create_head(self, tags: dict[str, str]) -> dict[str, Any]:
+        """``ray up``: the head is this machine — a row listed with its tags (the head start command
+        starts Ray on it), never billed."""
+        head_id = "head-" + new_rental_id()[5:]
+        rec, _new = self.store.insert(RentalRecord(
+            id=head_id, request_id=f"head:{head_id}", market=HEAD_MARKET,
+            node_type=tags.get(TAG_RAY_USER_NODE_TYPE, "head"), kind="on_demand", gpu_type="", usd_per_hour=0.0,
+            state=RentalState.RUNNING, created_at=time.time(), running_at=time.time(), tags=dict(tags)))
+        return {rec.id: rec.to_dict()}
+
+    def get_command_runner(self, log_prefix, node_id, auth_config, cluster_name, process_runner, use_internal_ip,
+                           docker_config=None):
+        """``ray up``/``ray down`` run their commands on the head — this machine — through this."""
+        from raycluster.provision.raycmd import LocalCommandRunner
+
+        if not self.raycluster_state_dir:
+            raise MarketConfigError("provider.raycluster_state_dir is required for ray up / ray down",
+                                    field="provider.raycluster_state_dir")
+        return LocalCommandRunner(log_prefix, node_id, str(Path(self.raycluster_state_dir).expanduser()),
+                                  self.state_dir / "logs")
+
+    @staticmethod
+    def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
+        """``ray up``/``ray down`` read the config: our keys are checked before anything is made."""
+        from raycluster.provision.rayup import validate
+
+        validate(cluster_config)
+        return cluster_config
+
     def terminate_node(self, node_id: str) -> dict[str, Any] | None:
         with self._lock:
             self._release(node_id, "terminated by the autoscaler")
@@ -245,7 +290,10 @@ class MarketNodeProvider(NodeProvider):
         self._changes += 1
         self._seen.pop(node_id, None)
         rec = self.store.get(node_id)
-        if rec is None or rec.market == HEAD_MARKET or rec.state == RentalState.RELEASED:
+        if rec is None or rec.state == RentalState.RELEASED:
+            return
+        if rec.market == HEAD_MARKET:  # (ray down: its processes are stopped by the head's own command)
+            self.store.update(node_id, state=RentalState.RELEASED, released_at=time.time(), reason=reason)
             return
         self.store.update(node_id, state=RentalState.RELEASING, reason=reason)
         market = self.markets.get(rec.market)

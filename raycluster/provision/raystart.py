@@ -29,7 +29,9 @@ _HTTP_TIMEOUT_S = 5.0
 # Environment that must not leak from the caller into our nodes unless the caller asks for it
 # explicitly (they would make nodes share identities or talk to another cluster).
 SCRUBBED_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_OVERRIDE_NODE_ID_FOR_TESTING", "RAY_CLOUD_INSTANCE_ID",
-                "RAY_NODE_TYPE_NAME", "RAYCLUSTER_LOCAL_NODE")
+                "RAY_NODE_TYPE_NAME", "RAYCLUSTER_LOCAL_NODE",
+                # set by `ray up` for the head (and inherited by its autoscaler): never another node's
+                "RAY_OVERRIDE_RESOURCES", "RAY_OVERRIDE_LABELS")
 
 
 class NodeStartFailed(LocalClusterError):

@@ -166,7 +166,8 @@ def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_iden
     assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
     gone = _provider(elastic).store.get(victim)
     assert gone.state.value == "released" and gone.preempt_deadline is not None
-    dead = wait_for(lambda: (n := get_node(victim_node)) and n.state == "DEAD" and n, 60, "Ray to see the node dead")
+    dead = wait_for(lambda: (n := get_node(victim_node, address=elastic.dashboard_url)) and n.state == "DEAD" and n,
+                    60, "Ray to see the node dead")
     assert dead.state_message.startswith("Terminated due to preemption"), dead.state_message
     # the gang needed two nodes again: a replacement was rented after the notice
     assert [r for r in _rentals(elastic, live_only=False) if r.created_at > notice.deadline - 3]

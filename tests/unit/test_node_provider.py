@@ -156,7 +156,11 @@ def test_bad_market_config_names_the_key(tmp_path, markets, field):
 
 def test_missing_provider_keys_are_named(tmp_path):
     with pytest.raises(MarketConfigError) as err:
-        MarketNodeProvider({"state_dir": str(tmp_path)}, "test", markets={})
+        MarketNodeProvider({}, "test", markets={})
+    assert err.value.field == "provider.raycluster_state_dir"
+    p = MarketNodeProvider({"state_dir": str(tmp_path)}, "test", markets={"fake": FakeMarket()})
+    with pytest.raises(MarketConfigError) as err:  # renting a worker needs the head's address
+        p.create_node({"market": "fake"}, dict(WORKER_TAGS), 1)
     assert err.value.field == "provider.head_address"
 
 

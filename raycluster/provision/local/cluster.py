@@ -324,8 +324,7 @@ class LocalCluster:
         return [f"--autoscaling-config={path}"]
 
     def _autoscaling_env(self) -> dict[str, str]:
-        return {} if self.elastic is None else autoscaling.head_env(self._record["cluster_id"],
-                                                                     self.elastic.update_interval_s)
+        return {} if self.elastic is None else autoscaling.head_env(self.elastic, self._record["cluster_id"])
 
     def _start_workers(self, shapes: list[dict]) -> list[str]:
         """Start one worker per shape (keyword arguments of ``_launch_worker``) and wait for all; a

@@ -1,0 +1,145 @@
+"""``ray up ray-cluster.yaml`` / ``ray down ray-cluster.yaml`` with our node provider.
+
+Owns: ``validate`` (our keys of a Ray cluster config, checked by the provider's ``bootstrap_config``
+before ``ray up``/``ray down`` make anything: an unknown market, a missing key file, a price that is
+not a number → the error names the key), ``elastic_config`` (the Ray config → the elastic local
+cluster it describes) and ``head_up`` — what the config's head start command
+(``python -m raycluster.cli ray-head --config ~/ray_bootstrap_config.yaml``) does on the head: start
+(or find) the elastic local cluster with Ray's autoscaler over our provider, the runtime actors and
+the HTTP API. The head is the machine ``ray up`` runs on; ``ray down``'s ``ray stop`` becomes
+``raycluster down`` (``provision/raycmd.py``), which gives back every rental and stops exactly our
+processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from raycluster.provision.autoscaling import ElasticConfig
+from raycluster.provision.market.base import KINDS, MarketConfigError
+
+_LOCAL_KEYS = {"gpu_types", "preemption_rate_per_hour", "preemption_notice_s"}
+
+
+def _markets(provider: dict) -> dict[str, set[str] | None]:
+    """Check the markets' settings without side effects; market -> the GPU types it sells (None: any)."""
+    from raycluster.provision.market.local import parse_gpu_types
+
+    raw = provider.get("markets") or {"local": {}}
+    if not isinstance(raw, dict):
+        raise MarketConfigError("provider.markets must be a mapping of market name -> settings", field="provider.markets")
+    sold: dict[str, set[str] | None] = {}
+    for name, settings in raw.items():
+        where = f"provider.markets.{name}"
+        settings = settings or {}
+        if not isinstance(settings, dict):
+            raise MarketConfigError(f"{where} must be a mapping", field=where)
+        if name == "local":
+            unknown = set(settings) - _LOCAL_KEYS
+            if unknown:
+                raise MarketConfigError(f"{where}: unknown key(s) {sorted(unknown)}", field=f"{where}.{sorted(unknown)[0]}")
+            sold[name] = set(parse_gpu_types(settings.get("gpu_types"), f"{where}.gpu_types"))
+            for key in ("preemption_rate_per_hour", "preemption_notice_s"):
+                v = settings.get(key, 0)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise MarketConfigError(f"{where}.{key} must be a number >= 0, not {v!r}", field=f"{where}.{key}")
+        elif name == "ssh":
+            from raycluster.provision.market.ssh import parse_hosts
+
+            sold[name] = {h["gpu_type"] for h in parse_hosts(settings.get("hosts"), f"{where}.hosts").values()}
+        elif name == "http":
+            from raycluster.provision.market.http import HttpMarket
+
+            HttpMarket(**settings)  # checks url, api key source, price cap (no call is made)
+            sold[name] = None
+        else:
+            raise MarketConfigError(f"unknown market {name!r} (known: local, ssh, http)", field=where)
+    return sold
+
+
+def validate(config: dict[str, Any]) -> None:
+    provider = config.get("provider") or {}
+    if not provider.get("raycluster_state_dir") and not provider.get("state_dir"):
+        raise MarketConfigError("provider.raycluster_state_dir is required (e.g. ~/.raycluster)",
+                                field="provider.raycluster_state_dir")
+    sold = _markets(provider)
+    head = config.get("head_node_type")
+    types = config.get("available_node_types") or {}
+    if head not in types:
+        raise MarketConfigError(f"head_node_type {head!r} is not under available_node_types", field="head_node_type")
+    for name, t in types.items():
+        if name == head:
+            continue
+        where = f"available_node_types.{name}"
+        nc = t.get("node_config") or {}
+        market = nc.get("market", "local")
+        if market not in sold:
+            raise MarketConfigError(f"{where}.node_config.market {market!r} is not under provider.markets "
+                                    f"(have {sorted(sold)})", field=f"{where}.node_config.market")
+        if nc.get("kind", "on_demand") not in KINDS:
+            raise MarketConfigError(f"{where}.node_config.kind must be one of {KINDS}", field=f"{where}.node_config.kind")
+        gpu = nc.get("gpu_type")
+        if gpu is not None and sold[market] is not None and gpu not in sold[market]:
+            raise MarketConfigError(f"{where}.node_config.gpu_type {gpu!r}: market {market} sells "
+                                    f"{sorted(sold[market])}", field=f"{where}.node_config.gpu_type")
+        for key, v in (t.get("resources") or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise MarketConfigError(f"{where}.resources.{key} must be a number >= 0, not {v!r}",
+                                        field=f"{where}.resources.{key}")
+
+
+def elastic_config(config: dict[str, Any], head_node_id: str | None) -> tuple[ElasticConfig, Path, int]:
+    """The elastic local cluster a Ray cluster config describes: (its config, raycluster state dir,
+    head CPUs)."""
+    validate(config)
+    provider = config["provider"]
+    head = config["head_node_type"]
+    node_types = {}
+    for name, t in config["available_node_types"].items():
+        if name == head:
+            continue
+        nc = t.get("node_config") or {}
+        node_types[name] = {"market": nc.get("market", "local"), "kind": nc.get("kind", "on_demand"),
+                            **({"gpu_type": nc["gpu_type"]} if nc.get("gpu_type") else {}),
+                            "min_workers": int(t.get("min_workers", 0)), "max_workers": int(t.get("max_workers", 0)),
+                            "resources": dict(t.get("resources") or {})}
+    from raycluster.provision.node_provider import provider_state_dir
+
+    elastic = ElasticConfig(
+        node_types=node_types, markets=provider.get("markets") or {"local": {}},
+        max_workers=int(config.get("max_workers", 8)), idle_timeout_s=float(config.get("idle_timeout_minutes", 1)) * 60,
+        update_interval_s=float(provider.get("update_interval_s", 5)), join_timeout_s=float(provider.get("join_timeout_s", 300)),
+        provider_state_dir=str(provider_state_dir(provider)), head_node_id=head_node_id)
+    state_dir = Path(provider.get("raycluster_state_dir") or "~/.raycluster").expanduser()
+    head_cpus = int((config["available_node_types"][head].get("resources") or {}).get("CPU", 1))
+    return elastic, state_dir, head_cpus
+
+
+def head_up(config_path: str, api_port: int) -> dict[str, Any]:
+    """The head start command of ``ray up``: the elastic local cluster (found if already up: ``ray
+    up`` twice changes nothing), the runtime actors and the HTTP API. Returns what it started."""
+    import yaml
+
+    from raycluster.client.ray_client import connect
+    from raycluster.control.actors import start_runtime
+    from raycluster.provision.local.cluster import LocalCluster
+
+    config = yaml.safe_load(Path(config_path).expanduser().read_text())
+    elastic, state_dir, head_cpus = elastic_config(config, os.environ.get("RAY_CLOUD_INSTANCE_ID"))
+    lc = LocalCluster.load(state_dir)
+    started = False
+    if lc is None or not lc.is_running():
+        lc = LocalCluster(state_dir, num_workers=0, head_cpus=head_cpus, elastic=elastic)
+        lc.start()
+        started = True
+    connect(lc.address, state_dir)
+    start_runtime(state_dir)
+    info = {"address": lc.address, "dashboard_url": lc.dashboard_url, "state_dir": str(state_dir), "started": started}
+    if api_port:
+        from raycluster.api.deploy import deploy_api
+
+        api = deploy_api(state_dir, port=api_port)
+        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None)
+    return info
