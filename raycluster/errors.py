@@ -92,6 +92,11 @@ class ApiDeployError(RayClusterError):
     code, exit_code = "api_deploy", EXIT_INVALID
 
 
+class NotElastic(RayClusterError):
+    """The cluster rents no nodes (it was not started elastic: ray up, or up --local --elastic)."""
+    code, http_status, exit_code = "not_elastic", 409, EXIT_INVALID
+
+
 class LocalClusterError(RayClusterError):
     """Starting or stopping the embedded local cluster failed."""
     code = "local_cluster"

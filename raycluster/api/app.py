@@ -36,6 +36,9 @@ class _App(FastAPI):
                 "type": "object", "required": ["spec"], "additionalProperties": False,
                 "properties": {"spec": {"$ref": "#/components/schemas/JobSpec"},
                                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255}}}}}}
+        comps["PreemptRequest"] = {
+            "type": "object", "additionalProperties": False,
+            "properties": {"notice_s": {"type": ["number", "null"], "minimum": 0, "maximum": 86400}}}
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
         for path, ops in schema.get("paths", {}).items():

@@ -141,3 +141,29 @@ class RankLog(BaseModel):
 class LogList(BaseModel):
     job_id: str
     logs: list[RankLog]
+
+
+class Rental(BaseModel):
+    """A rented node (or the head) of an elastic cluster: ``store.rentals.RentalRecord`` + cost so far."""
+    id: str
+    market: str
+    node_type: str
+    kind: str = Field(..., description="spot | on_demand")
+    gpu_type: str
+    usd_per_hour: float
+    state: str = Field(..., description="requested | running | releasing | released")
+    created_at: float
+    released_at: float | None = None
+    preempt_deadline: float | None = None
+    reason: str | None = None
+    cost_usd: float = Field(..., description="USD billed so far (from the request to the release)")
+
+
+class RentalList(BaseModel):
+    rentals: list[Rental]
+
+
+class PreemptNotice(BaseModel):
+    node: str
+    deadline: float = Field(..., description="epoch seconds: the market stops the node then")
+    reason: str

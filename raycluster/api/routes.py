@@ -42,6 +42,7 @@ from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Health, Job, JobBatch, JobList, LogList, MetricList,
+                                   PreemptNotice, RentalList,
                                    Node, NodeList)
 from raycluster.api.settings import configure
 from raycluster.control.actors import get_handle
@@ -181,6 +182,31 @@ class ControlAPI:
             if n["id"] == node_id:
                 return n
         raise ApiError(404, "not_found", f"node {node_id!r} not found")
+
+    @app.get("/rentals", response_model=RentalList, tags=["cluster"],
+             responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"}},
+             summary="rented nodes of an elastic cluster: market, kind, price, state, cost so far")
+    async def list_rentals(self, all: bool = Query(False, description="released ones too")) -> dict:
+        return {"rentals": await self._coord("rentals", all)}
+
+    @app.post("/rentals/{node_id}/preempt", response_model=PreemptNotice, tags=["cluster"],
+              responses={**COMMON, 404: {**E, "description": "no such rented node"},
+                         409: {**E, "description": "the cluster rents no nodes (not elastic)"},
+                         422: {**E, "description": "an on-demand node, or a bad notice_s"}},
+              openapi_extra={"requestBody": {"required": False, "content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/PreemptRequest"}}}}},
+              summary="the local market takes a spot node back: a notice now, the node stopped at the deadline")
+    async def preempt(self, request: Request, node_id: str = PathParam(..., pattern=_NODE_ID)) -> dict:
+        raw = await request.body()
+        data = await _json_body(request) if raw.strip() else {}
+        if not isinstance(data, dict) or set(data) - {"notice_s"}:
+            raise ApiError(422, "invalid_request", 'the body must be {"notice_s": <seconds>} or empty', field="body")
+        notice_s = data.get("notice_s")
+        if notice_s is not None and (isinstance(notice_s, bool) or not isinstance(notice_s, (int, float))
+                                     or not 0 <= notice_s <= 86400):
+            raise ApiError(422, "invalid_request", "notice_s must be a number of seconds in [0, 86400]",
+                           field="notice_s")
+        return await self._coord("preempt", node_id, notice_s)
 
     @app.post("/jobs", status_code=201, response_model=Job, tags=["jobs"],
               responses={**COMMON, 409: {**E, "description": "Idempotency-Key reused with a different spec"},

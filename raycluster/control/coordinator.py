@@ -86,3 +86,9 @@ class Coordinator:
 
     def cluster_status(self) -> dict:
         return self.core.cluster_status()
+
+    def rentals(self, include_released: bool = False) -> list[dict]:
+        return self.core.rentals(include_released)
+
+    def preempt(self, node: str, notice_s: float | None = None) -> dict:
+        return self.core.preempt(node, notice_s)

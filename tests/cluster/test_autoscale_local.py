@@ -52,11 +52,20 @@ def elastic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(elastic):
+    from raycluster.api.deploy import deploy_api
     from raycluster.client.ray_client import Client
     from raycluster.control.actors import start_runtime
+    from raycluster.util.ports import free_port
 
     start_runtime(elastic.state_dir)
-    return Client()
+    info = deploy_api(elastic.state_dir, port=free_port("127.0.0.1"))
+    client = Client()
+    client.api_url = info["url"]
+    client.api_headers = {"Authorization": "Bearer " + Path(info["token_path"]).read_text().strip()}
+    yield client
+    from ray import serve
+
+    serve.shutdown()
 
 
 def _provider(lc):
@@ -129,6 +138,15 @@ def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elas
                and r["cost_usd"] >= 0 for r in rows), rows
     bad = _cli(elastic, "market", "preempt", "rent-nosuchnode")
     assert bad.returncode == 4 and "rents out no node 'rent-nosuchnode'" in bad.stderr
+    # the same over the HTTP API
+    import requests
+
+    listed = requests.get(client.api_url + "/rentals", params={"all": "true"}, headers=client.api_headers,
+                          timeout=30).json()["rentals"]
+    assert any(r["market"] == "local" and r["kind"] == "spot" for r in listed), listed
+    gone = requests.post(client.api_url + "/rentals/rent-nosuchnode/preempt", json={"notice_s": 1},
+                         headers=client.api_headers, timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "market_unknown_node"
     # nothing queued or running any more: the demand is cleared and the idle node given back
     wait_for(lambda: not _rentals(elastic), 120, "the idle node to be released after the job")
 

@@ -435,3 +435,25 @@ def test_an_elastic_cluster_accepts_gangs_it_can_rent_for_and_tells_the_autoscal
     core.cancel(big)
     tick(core, clock)
     assert ops.requested[-1] == []  # nothing queued or running: idle rented nodes may go
+
+
+def test_rentals_and_preempt_need_an_elastic_cluster_and_a_known_node(tmp_path):
+    import json
+
+    from raycluster.errors import NotElastic
+    from raycluster.provision.local.record import cluster_dir
+    from raycluster.provision.market.base import UnknownRental
+
+    core = CoordinatorCore(tmp_path, FakeOps(), clock=Clock())
+    with pytest.raises(NotElastic, match="rents no nodes"):
+        core.rentals()
+    with pytest.raises(NotElastic):
+        core.preempt("rent-x")
+    cluster_dir(tmp_path).mkdir(parents=True)
+    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
+        "provider": {"state_dir": str(tmp_path / "provider"), "head_address": "127.0.0.1:1", "markets": {"local": {}}},
+        "available_node_types": {}, "max_workers": 0}))
+    assert core.rentals(include_released=True) == []
+    with pytest.raises(UnknownRental, match="rents out no node 'rent-nope'") as err:
+        core.preempt("rent-nope", 5)
+    assert err.value.http_status == 404 and err.value.field == "node"
