@@ -94,7 +94,7 @@ class ApiDeployError(RayClusterError):
 
 class NotElastic(RayClusterError):
     """The cluster rents no nodes (it was not started elastic: ray up, or up --local --elastic)."""
-    code, http_status, exit_code = "not_elastic", 409, EXIT_INVALID
+    code, http_status, exit_code = "not_elastic", 409, EXIT_UNAVAILABLE
 
 
 class LocalClusterError(RayClusterError):

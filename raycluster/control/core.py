@@ -20,8 +20,9 @@ from raycluster.control.nodes import totals_and_free
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler, gcs_uris
 from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
-                               InvalidJobSpec, NotElastic)
+                               InvalidJobSpec)
 from raycluster.policy.placement import infeasible_reason
+from raycluster.provision.market import registry
 from raycluster.provision.market.local import RENTAL_LABEL
 from raycluster.rank.logs import read_rank_logs
 from raycluster.spec import JobSpec, parse_spec
@@ -179,37 +180,13 @@ class CoordinatorCore(Reconciler):
         return read_rank_logs(self.log_dir, job_id, tail_lines)
 
     # ------------------------------------------------------------------ rentals (elastic clusters)
-    def _provider_config(self) -> dict:
-        from raycluster.provision import autoscaling
-
-        config = autoscaling.recorded_config(self.state_dir)
-        if not config:
-            raise NotElastic("this cluster rents no nodes: start it with `ray up ray-cluster.yaml` or "
-                             "`raycluster up --local --elastic configs/elastic.yaml`")
-        return config["provider"]
-
     def rentals(self, include_released: bool = False) -> list[dict]:
         """The rented nodes (and the head) with market, kind, price, state and cost so far."""
-        from raycluster.provision.node_provider import provider_state_dir
-        from raycluster.store.rentals import RentalStore
-
-        store = RentalStore(provider_state_dir(self._provider_config()) / "rentals.db")
-        try:
-            now = self.clock()
-            return [r.to_dict(now) for r in store.list(None) if include_released or r.state.value != "released"]
-        finally:
-            store.close()
+        return registry.rentals(self.state_dir, include_released, self.clock())
 
     def preempt(self, node: str, notice_s: float | None = None) -> dict:
         """The local market takes a spot node back: a notice now, the node stopped at the deadline."""
-        from raycluster.provision.node_provider import make_markets, provider_state_dir
-
-        cfg = self._provider_config()
-        markets = make_markets(cfg, provider_state_dir(cfg))
-        if "local" not in markets:
-            raise NotElastic("only the local market preempts on command; this cluster has none")
-        notice = markets["local"].preempt(node, notice_s=notice_s)
-        return {"node": notice.rental_id, "deadline": notice.deadline, "reason": notice.reason}
+        return registry.preempt(self.state_dir, node, notice_s)
 
     def cluster_status(self) -> dict:
         total, free = self.nodes.totals_and_free(0.0)

@@ -33,7 +33,7 @@ from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, STATUS_UP_TO_
 
 from raycluster.provision import raystart
 from raycluster.provision.market.base import KINDS, CapacityExhausted, Market, MarketConfigError, NodeLaunch, Offer
-from raycluster.provision.market.local import LocalMarket
+from raycluster.provision.market.registry import make_markets, provider_state_dir
 from raycluster.store.rentals import LIVE_STATES, RentalRecord, RentalState, RentalStore, new_rental_id
 
 log = logging.getLogger("raycluster.provider")
@@ -41,66 +41,6 @@ log = logging.getLogger("raycluster.provider")
 MARKET_LABEL, KIND_LABEL, PRICE_LABEL = "raycluster.io/market", "raycluster.io/kind", "raycluster.io/usd-per-hour"
 TAG_MARKET, TAG_KIND, TAG_PRICE = "raycluster-market", "raycluster-kind", "raycluster-usd-per-hour"
 HEAD_MARKET = "head"
-
-
-def make_markets(cfg: dict, state_dir: Path) -> dict[str, Market]:
-    """The markets named under ``provider.markets`` (an unknown one names its key)."""
-    raw = cfg.get("markets") or {"local": {}}
-    if not isinstance(raw, dict):
-        raise MarketConfigError("provider.markets must be a mapping of market name -> settings",
-                                field="provider.markets")
-    out: dict[str, Market] = {}
-    for name, settings in raw.items():
-        settings = settings or {}
-        if not isinstance(settings, dict):
-            raise MarketConfigError(f"provider.markets.{name} must be a mapping", field=f"provider.markets.{name}")
-        if name == "local":
-            known = {"gpu_types", "preemption_rate_per_hour", "preemption_notice_s"}
-            unknown = set(settings) - known
-            if unknown:
-                raise MarketConfigError(f"provider.markets.local: unknown key(s) {sorted(unknown)}",
-                                        field=f"provider.markets.local.{sorted(unknown)[0]}")
-            out[name] = LocalMarket(state_dir / "market-local.db", state_dir / "market-local",
-                                    auth_mode=cfg.get("auth_mode", "disabled"),
-                                    auth_token_path=cfg.get("auth_token_path"),
-                                    node_temp_dir=cfg.get("node_temp_dir"), **settings)
-        elif name == "ssh":
-            from raycluster.provision.market.ssh import SshMarket
-
-            unknown = set(settings) - {"hosts", "connect_timeout_s", "stop_grace_s"}
-            if unknown:
-                raise MarketConfigError(f"provider.markets.ssh: unknown key(s) {sorted(unknown)}",
-                                        field=f"provider.markets.ssh.{sorted(unknown)[0]}")
-            out[name] = SshMarket(state_dir / "market-ssh.db", auth_mode=cfg.get("auth_mode", "disabled"),
-                                  auth_token_path=cfg.get("auth_token_path"), **settings)
-        elif name == "http":
-            from raycluster.provision.market.http import HttpMarket
-
-            known = {"url", "api_key_env", "api_key_file", "gpu_names", "max_usd_per_hour", "image", "ray_bin",
-                     "retries", "backoff_s", "timeout_s", "node_ip", "work_dir"}
-            unknown = set(settings) - known
-            if unknown:
-                raise MarketConfigError(f"provider.markets.http: unknown key(s) {sorted(unknown)}",
-                                        field=f"provider.markets.http.{sorted(unknown)[0]}")
-            out[name] = HttpMarket(auth_mode=cfg.get("auth_mode", "disabled"),
-                                   auth_token_path=cfg.get("auth_token_path"), **settings)
-        else:
-            raise MarketConfigError(f"unknown market {name!r} (known: local, ssh, http)",
-                                    field=f"provider.markets.{name}")
-    return out
-
-
-def provider_state_dir(cfg: dict[str, Any]) -> Path:
-    """Where the provider keeps its rentals and markets' books: ``provider.state_dir``, else the
-    elastic local cluster's own place under ``provider.raycluster_state_dir``."""
-    if cfg.get("state_dir"):
-        return Path(cfg["state_dir"]).expanduser()
-    if cfg.get("raycluster_state_dir"):
-        from raycluster.provision.local.record import cluster_dir
-
-        return cluster_dir(Path(cfg["raycluster_state_dir"]).expanduser()) / "provider"
-    raise MarketConfigError("provider.raycluster_state_dir (or provider.state_dir) is required",
-                            field="provider.raycluster_state_dir")
 
 
 def _price_tag(usd_per_hour: float) -> str:
@@ -122,19 +62,24 @@ class MarketNodeProvider(NodeProvider):
         self.store = RentalStore(self.state_dir / "rentals.db")
         self.markets = markets if markets is not None else make_markets(cfg, self.state_dir)
         self._lock = threading.RLock()
-        self._last_sync = 0.0
         self._drained: set[str] = set()
         self._seen: dict[str, RentalRecord] = {}
         self._changes = 0  # rentals this instance changed (so a listing knows to read them again)
         head_id = cfg.get("head_node_id")
         if head_id:  # the head: listed with its tags, never billed
-            self.store.insert(RentalRecord(
-                id=head_id, request_id=f"head:{head_id}", market=HEAD_MARKET, node_type=cfg.get("head_node_type", "head"),
-                kind="on_demand", gpu_type="", usd_per_hour=0.0, state=RentalState.RUNNING, created_at=time.time(),
-                running_at=time.time(), tags={TAG_RAY_NODE_KIND: NODE_KIND_HEAD,
-                                              TAG_RAY_USER_NODE_TYPE: cfg.get("head_node_type", "head"),
-                                              TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
-                                              TAG_RAY_NODE_NAME: f"ray-{cluster_name}-head"}))
+            head_type = cfg.get("head_node_type", "head")
+            self._insert_head(head_id, {TAG_RAY_NODE_KIND: NODE_KIND_HEAD, TAG_RAY_USER_NODE_TYPE: head_type,
+                                        TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
+                                        TAG_RAY_NODE_NAME: f"ray-{cluster_name}-head"})
+
+    def _insert_head(self, head_id: str, tags: dict[str, str]) -> RentalRecord:
+        """The head as a row: listed with its tags (Ray, not a market, runs it), never billed."""
+        now = time.time()
+        rec, _new = self.store.insert(RentalRecord(
+            id=head_id, request_id=f"head:{head_id}", market=HEAD_MARKET,
+            node_type=tags.get(TAG_RAY_USER_NODE_TYPE, "head"), kind="on_demand", gpu_type="", usd_per_hour=0.0,
+            state=RentalState.RUNNING, created_at=now, running_at=now, tags=dict(tags)))
+        return rec
 
     # ---- listing --------------------------------------------------------------------------------
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
@@ -248,13 +193,8 @@ class MarketNodeProvider(NodeProvider):
             return out
 
     def _create_head(self, tags: dict[str, str]) -> dict[str, Any]:
-        """``ray up``: the head is this machine — a row listed with its tags (the head start command
-        starts Ray on it), never billed."""
-        head_id = "head-" + new_rental_id()[5:]
-        rec, _new = self.store.insert(RentalRecord(
-            id=head_id, request_id=f"head:{head_id}", market=HEAD_MARKET,
-            node_type=tags.get(TAG_RAY_USER_NODE_TYPE, "head"), kind="on_demand", gpu_type="", usd_per_hour=0.0,
-            state=RentalState.RUNNING, created_at=time.time(), running_at=time.time(), tags=dict(tags)))
+        """``ray up``: the head is this machine (the head start command starts Ray on it)."""
+        rec = self._insert_head("head-" + new_rental_id()[5:], tags)
         return {rec.id: rec.to_dict()}
 
     def get_command_runner(self, log_prefix, node_id, auth_config, cluster_name, process_runner, use_internal_ip,
@@ -322,26 +262,27 @@ class MarketNodeProvider(NodeProvider):
         version = self._changes
         live = [r for r in rows if r.market != HEAD_MARKET]
         for name, market in self.markets.items():
+            mine = [r for r in live if r.market == name]
+            running = [r for r in mine if r.state == RentalState.RUNNING]
             try:
                 held = market.held()
-                known = {r.id for r in live if r.market == name}
+                known = {r.id for r in mine}
                 for rental_id, handle in held.items():
                     if rental_id not in known:
                         log.warning("market %s bills %s, which is no node of ours: releasing it", name, rental_id)
                         market.release(rental_id, handle)
-                for r in live:
-                    if r.market == name and r.state == RentalState.RUNNING and r.id not in held:
+                for r in running:
+                    if r.id not in held:
                         self._changes += 1
                         self.store.update(r.id, from_states=[RentalState.RUNNING], state=RentalState.RELEASED,
                                           released_at=now, reason="lost: the market no longer runs it")
                         log.warning("rental %s is gone from market %s", r.id, name)
-                    elif r.market == name and r.state == RentalState.RUNNING and not market.alive(r.id, r.handle):
+                    elif not market.alive(r.id, r.handle):
                         self._release(r.id, "lost: its node stopped")
                 for notice in market.notices():
                     self._on_notice(notice)
-                for r in live:  # a noticed node past its deadline: stop paying for it
-                    if (r.market == name and r.state == RentalState.RUNNING and r.preempt_deadline is not None
-                            and now > r.preempt_deadline):
+                for r in running:  # a noticed node past its deadline: stop paying for it
+                    if r.preempt_deadline is not None and now > r.preempt_deadline:
                         self._release(r.id, "preempted")
             except Exception:
                 log.exception("provider: reconciling with market %s failed; going on", name)

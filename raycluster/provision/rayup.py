@@ -19,52 +19,14 @@ from typing import Any
 
 from raycluster.provision.autoscaling import ElasticConfig
 from raycluster.provision.market.base import KINDS, MarketConfigError
-
-_LOCAL_KEYS = {"gpu_types", "preemption_rate_per_hour", "preemption_notice_s"}
-
-
-def _markets(provider: dict) -> dict[str, set[str] | None]:
-    """Check the markets' settings without side effects; market -> the GPU types it sells (None: any)."""
-    from raycluster.provision.market.local import parse_gpu_types
-
-    raw = provider.get("markets") or {"local": {}}
-    if not isinstance(raw, dict):
-        raise MarketConfigError("provider.markets must be a mapping of market name -> settings", field="provider.markets")
-    sold: dict[str, set[str] | None] = {}
-    for name, settings in raw.items():
-        where = f"provider.markets.{name}"
-        settings = settings or {}
-        if not isinstance(settings, dict):
-            raise MarketConfigError(f"{where} must be a mapping", field=where)
-        if name == "local":
-            unknown = set(settings) - _LOCAL_KEYS
-            if unknown:
-                raise MarketConfigError(f"{where}: unknown key(s) {sorted(unknown)}", field=f"{where}.{sorted(unknown)[0]}")
-            sold[name] = set(parse_gpu_types(settings.get("gpu_types"), f"{where}.gpu_types"))
-            for key in ("preemption_rate_per_hour", "preemption_notice_s"):
-                v = settings.get(key, 0)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise MarketConfigError(f"{where}.{key} must be a number >= 0, not {v!r}", field=f"{where}.{key}")
-        elif name == "ssh":
-            from raycluster.provision.market.ssh import parse_hosts
-
-            sold[name] = {h["gpu_type"] for h in parse_hosts(settings.get("hosts"), f"{where}.hosts").values()}
-        elif name == "http":
-            from raycluster.provision.market.http import HttpMarket
-
-            HttpMarket(**settings)  # checks url, api key source, price cap (no call is made)
-            sold[name] = None
-        else:
-            raise MarketConfigError(f"unknown market {name!r} (known: local, ssh, http)", field=where)
-    return sold
-
+from raycluster.provision.market.registry import check_markets, provider_state_dir
 
 def validate(config: dict[str, Any]) -> None:
     provider = config.get("provider") or {}
     if not provider.get("raycluster_state_dir") and not provider.get("state_dir"):
         raise MarketConfigError("provider.raycluster_state_dir is required (e.g. ~/.raycluster)",
                                 field="provider.raycluster_state_dir")
-    sold = _markets(provider)
+    sold = check_markets(provider)
     head = config.get("head_node_type")
     types = config.get("available_node_types") or {}
     if head not in types:
@@ -105,8 +67,6 @@ def elastic_config(config: dict[str, Any], head_node_id: str | None) -> tuple[El
                             **({"gpu_type": nc["gpu_type"]} if nc.get("gpu_type") else {}),
                             "min_workers": int(t.get("min_workers", 0)), "max_workers": int(t.get("max_workers", 0)),
                             "resources": dict(t.get("resources") or {})}
-    from raycluster.provision.node_provider import provider_state_dir
-
     elastic = ElasticConfig(
         node_types=node_types, markets=provider.get("markets") or {"local": {}},
         max_workers=int(config.get("max_workers", 8)), idle_timeout_s=float(config.get("idle_timeout_minutes", 1)) * 60,

@@ -54,6 +54,13 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
+async def in_flight(b, data, key):
+    """Submit one request and let its Coordinator call start: the next ones queue behind it."""
+    first = asyncio.ensure_future(b.submit(data, key))
+    await asyncio.sleep(0.002)
+    return first
+
+
 def test_a_lone_request_goes_out_at_once_alone():
     coord = FakeCoordinator()
     b = SubmitBatcher(coord.many, coord.one, 100)
@@ -102,8 +109,7 @@ def test_the_same_key_twice_in_a_burst_makes_one_job():
     b = SubmitBatcher(coord.many, coord.one, 100)
 
     async def burst():
-        first = asyncio.ensure_future(b.submit({"n": 0}, "k0"))
-        await asyncio.sleep(0.002)  # the first call is in flight
+        first = await in_flight(b, {"n": 0}, "k0")
         return [await first, *await asyncio.gather(*[b.submit({"n": 1}, "same") for _ in range(3)])]
 
     out = run(burst())
@@ -115,8 +121,7 @@ def test_an_unreachable_coordinator_is_every_request_s_answer_at_once():
     b = SubmitBatcher(coord.many, coord.one, 100)
 
     async def burst():
-        first = asyncio.ensure_future(b.submit({"n": 0}, "k0"))
-        await asyncio.sleep(0.002)  # the first call is in flight
+        first = await in_flight(b, {"n": 0}, "k0")
         coord.down = True
         return await asyncio.gather(first, *[b.submit({"n": i}, f"k{i}") for i in range(1, 6)],
                                     return_exceptions=True)

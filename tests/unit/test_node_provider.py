@@ -11,7 +11,8 @@ from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_LAUNC
 
 from raycluster.provision.market.base import CapacityExhausted, MarketConfigError, MarketUnavailable
 from raycluster.provision.market.local import parse_gpu_types
-from raycluster.provision.node_provider import MarketNodeProvider, make_markets
+from raycluster.provision.market.registry import make_markets
+from raycluster.provision.node_provider import MarketNodeProvider
 from raycluster.store.rentals import RentalState
 from tests.fakes import FakeMarket
 

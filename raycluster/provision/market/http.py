@@ -29,6 +29,7 @@ from raycluster.provision.market.base import (ON_DEMAND, SPOT, CapacityExhausted
 
 LABEL_PREFIX = "rent-"
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+_PASS_S = 1.0  # how long one instance listing answers alive/notices (one provider reconcile pass)
 
 
 class HttpMarket:
@@ -70,6 +71,7 @@ class HttpMarket:
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {key}"
         self.calls = 0
+        self._listed: tuple[float, dict[str, dict]] = (float("-inf"), {})
 
     # ---- HTTP -------------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kw) -> requests.Response:
@@ -95,8 +97,14 @@ class HttpMarket:
             raise MarketError(f"GET instances: HTTP {resp.status_code}: {resp.text[:200]}")
         return resp.json().get("instances") or []
 
-    def _ours(self) -> dict[str, dict]:
-        return {i["label"]: i for i in self._instances() if str(i.get("label") or "").startswith(LABEL_PREFIX)}
+    def _ours(self, max_age_s: float = 0.0) -> dict[str, dict]:
+        """Our instances by label; one listing serves a reconcile pass (``held`` reads it fresh, then
+        ``alive`` and ``notices`` within ``max_age_s`` reuse it instead of a request per node)."""
+        at, ours = self._listed
+        if max_age_s <= 0 or time.monotonic() - at > max_age_s:
+            ours = {i["label"]: i for i in self._instances() if str(i.get("label") or "").startswith(LABEL_PREFIX)}
+            self._listed = (time.monotonic(), ours)
+        return ours
 
     # ---- Market -------------------------------------------------------------------------------
     def offers(self) -> list[Offer]:
@@ -164,14 +172,10 @@ class HttpMarket:
                 for label, i in self._ours().items()}
 
     def alive(self, rental_id: str, handle: dict[str, Any]) -> bool:
-        iid = handle.get("instance_id")
-        resp = self._call("GET", f"/api/v0/instances/{iid}/")
-        if resp.status_code == 404:
-            return False
-        status = (resp.json().get("instances") or {}).get("actual_status")
+        status = (self._ours(_PASS_S).get(rental_id) or {}).get("actual_status")
         return status in ("loading", "running", "paused")  # (paused: a notice, handled as such)
 
     def notices(self) -> list[Notice]:
         now = time.time()
         return [Notice(label, now, "outbid: the interruptible instance was paused")
-                for label, i in self._ours().items() if i.get("actual_status") == "paused"]
+                for label, i in self._ours(_PASS_S).items() if i.get("actual_status") == "paused"]

@@ -67,6 +67,16 @@ def parse_gpu_types(raw: Any, where: str = "markets.local.gpu_types") -> dict[st
     return out
 
 
+def check_settings(settings: Mapping[str, Any], where: str = "markets.local") -> dict[str, dict]:
+    """The local market's settings checked (errors name the key under ``where``): its price table."""
+    table = parse_gpu_types(settings.get("gpu_types"), f"{where}.gpu_types")
+    for key in ("preemption_rate_per_hour", "preemption_notice_s"):
+        value = settings.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise MarketConfigError(f"{where}.{key} must be a number >= 0, not {value!r}", field=f"{where}.{key}")
+    return table
+
+
 class LocalMarket:
     name = "local"
 
@@ -76,12 +86,8 @@ class LocalMarket:
                  auth_token_path: str | None = None, seed: int | None = None, node_temp_dir: str | None = None):
         """``node_temp_dir``: where nodes keep Ray's session dirs (short: Ray's socket paths must fit
         in 107 bytes; default ``work_dir/nodes``)."""
-        self.gpu_types = parse_gpu_types(gpu_types)
-        for key, value in (("preemption_rate_per_hour", preemption_rate_per_hour),
-                           ("preemption_notice_s", preemption_notice_s)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise MarketConfigError(f"markets.local.{key} must be a number >= 0, not {value!r}",
-                                        field=f"markets.local.{key}")
+        self.gpu_types = check_settings({"gpu_types": gpu_types, "preemption_rate_per_hour": preemption_rate_per_hour,
+                                         "preemption_notice_s": preemption_notice_s})
         self.preemption_rate_per_hour = float(preemption_rate_per_hour)
         self.preemption_notice_s = float(preemption_notice_s)
         self.work_dir = Path(work_dir)
@@ -174,9 +180,7 @@ class LocalMarket:
 
     def _stop(self, rental_id: str, handle: Mapping[str, Any], grace_s: float) -> None:
         launcher = self._launcher(rental_id, handle)
-        procs = launcher.terminate() if grace_s > 0 else []
-        survivors = wait_gone(procs, [launcher], grace_s) if procs else [1]
-        if survivors:
+        if grace_s <= 0 or wait_gone(launcher.terminate(), [launcher], grace_s):  # (survivors: SIGKILL)
             wait_gone(launcher.kill(), [launcher], C.LOCAL_NODE_KILL_WAIT_S)
         launcher.reap()
         with self._lock:
