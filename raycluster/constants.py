@@ -104,8 +104,15 @@ LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD = _env_int("LOCAL_HEALTH_CHECK_FAILURE_THRE
 API_TOKEN_ENV = "RAYCLUSTER_API_TOKEN"
 API_TOKEN_FILE = "api_token"
 
-# --- checkpoints --------------------------------------------------------------------------------
+# --- checkpoints and rank logs -------------------------------------------------------------------
 CHECKPOINT_WRITE_QUEUE = _env_int("CHECKPOINT_WRITE_QUEUE", 2)
+# Where checkpoints (<uri>/checkpoints) and rank logs (<uri>/logs) live, reachable from every node:
+# a path / file:// URI (default: the state dir on the head's disk, fine for nodes on this machine)
+# or an object store such as s3://bucket/prefix (credentials and endpoint from the standard
+# AWS_* environment of the Ray processes). `raycluster up --storage` / ray-cluster.yaml storage_uri.
+STORAGE_URI = _env_str("STORAGE_URI", "")
+# A rank's log on an object store (no append) is uploaded whole this often while it runs, and at its end.
+LOG_UPLOAD_INTERVAL_S = _env_float("LOG_UPLOAD_INTERVAL_S", 5.0)
 
 # --- local cluster auth (raycluster/provision/) -------------------------------------------------
 # Ray 2.60 token authentication for the embedded local cluster: "token" (default: a fresh random

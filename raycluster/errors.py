@@ -106,6 +106,18 @@ class CheckpointError(RayClusterError):
     code = "checkpoint"
 
 
+class StorageError(RayClusterError):
+    """A call to the checkpoint/log store failed (network, throttling, a missing bucket); it may
+    succeed later."""
+    code, http_status, retryable = "storage", 503, True
+
+
+class InvalidStorage(StorageError):
+    """The storage URI itself is unusable (unknown protocol, its package missing, no bucket): fix
+    the setting, retrying will not help."""
+    code, http_status, exit_code, retryable = "invalid_storage", 422, EXIT_INVALID, False
+
+
 def _all_classes() -> list[type[RayClusterError]]:
     out, todo = [], [RayClusterError]
     while todo:

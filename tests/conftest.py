@@ -30,7 +30,8 @@ def wait_for(pred, timeout_s: float, what: str, poll_s: float = 0.2):
 
 
 @contextlib.contextmanager
-def local_runtime(state_dir: Path, num_workers: int):
+def local_runtime(state_dir: Path, num_workers: int, storage_uri: str | None = None,
+                  env: dict[str, str] | None = None):
     """Head (no CPUs) + ``num_workers`` workers (2 CPUs, 1 logical GPU each) with TEST_ENV, this
     process connected, runtime actors started: yields ``(LocalCluster, Coordinator handle)``.
     Afterwards: Serve (if a test started it) shut down, disconnected, exactly our nodes stopped."""
@@ -40,11 +41,12 @@ def local_runtime(state_dir: Path, num_workers: int):
     from raycluster.control.actors import start_runtime
 
     os.environ.update(TEST_ENV)
-    lc = LocalCluster(state_dir, num_workers=num_workers, cpus_per_worker=2, gpus_per_worker=1, env=dict(TEST_ENV))
+    lc = LocalCluster(state_dir, num_workers=num_workers, cpus_per_worker=2, gpus_per_worker=1,
+                      env={**TEST_ENV, **(env or {})})
     lc.start()
     try:
         lc.connect(namespace="raycluster", log_to_driver=False)
-        yield lc, start_runtime(state_dir)
+        yield lc, start_runtime(state_dir, storage_uri=storage_uri)
     finally:
         if ray.is_initialized():
             from ray import serve

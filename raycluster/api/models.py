@@ -136,6 +136,7 @@ class RankLog(BaseModel):
     attempt: int
     rank: int
     lines: list[str]
+    error: str | None = Field(None, description="why a listed log could not be read (storage unreachable)")
 
 
 class LogList(BaseModel):

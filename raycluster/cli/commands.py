@@ -15,6 +15,7 @@ from pathlib import Path
 
 from raycluster.cli.format import finish, job_details, jobs_table, print_json, progress_printer
 from raycluster.errors import EXIT_INVALID, EXIT_OK, ClusterUnavailable
+from raycluster.store import storage
 
 DEMO_SPECS = ("configs/jobs/cnn.yaml", "configs/jobs/transformer.yaml", "configs/jobs/lstm.yaml")
 
@@ -70,6 +71,8 @@ def cmd_up(args) -> int:
         print("only the embedded local cluster is supported by `up` so far: use `raycluster up --local`",
               file=sys.stderr)
         return EXIT_INVALID
+    if args.storage:  # refused before anything starts
+        args.storage = storage.check_uri(args.storage, "--storage")
     existing = LocalCluster.load(state_dir)
     if existing is not None and existing.is_running():
         lc = existing
@@ -81,7 +84,7 @@ def cmd_up(args) -> int:
         lc.start()
         print(f"local cluster up in {time.monotonic() - t0:.1f}s: head + {args.workers} workers at {lc.address}")
     connect(lc.address, state_dir)
-    start_runtime(state_dir)
+    start_runtime(state_dir, storage_uri=args.storage)
     info = {"address": lc.address, "dashboard_url": getattr(lc, "dashboard_url", None),
             "state_dir": str(state_dir)}
     if args.api_port:
@@ -196,6 +199,8 @@ def cmd_logs(args) -> int:
         print(f"no logs for {args.job_id} yet", file=sys.stderr)
     for entry in logs:
         print(f"==> attempt {entry['attempt']} rank {entry['rank']} <==")
+        if entry.get("error"):
+            print(f"(unreadable: {entry['error']})", file=sys.stderr)
         for line in entry["lines"]:
             print(line)
     return EXIT_OK

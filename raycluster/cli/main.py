@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "configured by FILE (e.g. configs/elastic.yaml); --workers are then fixed extra nodes")
     sp.add_argument("--api-port", type=int, default=C.API_PORT,
                     help="port of the HTTP control API on 127.0.0.1 (default %(default)s; 0 = no API)")
+    sp.add_argument("--storage", metavar="URI", default=C.STORAGE_URI or None,
+                    help="where checkpoints and rank logs go, reachable from every node: a path (default: the "
+                         "state dir) or e.g. s3://bucket/prefix (AWS_* environment for credentials/endpoint)")
     cluster_shape(sp)
     sp.set_defaults(fn=commands.cmd_up)
     sp = sub.add_parser("down", help="stop the local cluster started by `up`")

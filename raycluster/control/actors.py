@@ -14,6 +14,7 @@ import ray
 
 from raycluster import constants as C
 from raycluster.errors import ClusterUnavailable
+from raycluster.store import storage
 
 _MISSING = {
     C.COORDINATOR_NAME: "the raycluster runtime is not running on this cluster (no Coordinator actor); "
@@ -33,18 +34,24 @@ def get_or_create_checkpoint_manager(state_dir: Path):
     return CheckpointManager.options(**_options(C.CHECKPOINT_MANAGER_NAME)).remote(str(state_dir))
 
 
-def get_or_create_coordinator(state_dir: Path):
+def get_or_create_coordinator(state_dir: Path, storage_uri: str | None = None):
     from raycluster.control.coordinator import Coordinator
 
-    return Coordinator.options(**_options(C.COORDINATOR_NAME)).remote(str(state_dir))
+    return Coordinator.options(**_options(C.COORDINATOR_NAME)).remote(str(state_dir), storage_uri)
 
 
-def start_runtime(state_dir: Path, timeout_s: float = 120.0):
-    """Create (or find) the runtime actors; return the Coordinator handle once both answer."""
+def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | None = None):
+    """Create (or find) the runtime actors; return the Coordinator handle once both answer.
+
+    ``storage_uri`` (default ``RAYCLUSTER_STORAGE_URI``, else the state dir): where checkpoints and
+    rank logs go; checked here (StorageError naming it) before any actor exists. A Coordinator that
+    is already running keeps the storage it was created with."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    uri = storage_uri or C.STORAGE_URI
+    uri = storage.check_uri(uri, "storage_uri") if uri else None
     cm = get_or_create_checkpoint_manager(state_dir)
-    coord = get_or_create_coordinator(state_dir)
+    coord = get_or_create_coordinator(state_dir, uri)
     ray.get([cm.ping.remote(), coord.ping.remote()], timeout=timeout_s)
     return coord
 

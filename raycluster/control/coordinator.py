@@ -25,18 +25,18 @@ log = logging.getLogger("raycluster.coordinator")
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
 class Coordinator:
-    def __init__(self, state_dir: str, checkpoint_root: str | None = None):
+    def __init__(self, state_dir: str, storage_uri: str | None = None):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from raycluster.control.actors import get_or_create_checkpoint_manager
 
         cm = get_or_create_checkpoint_manager(Path(state_dir))
         me = ray.get_runtime_context().current_actor
-        self.core = CoordinatorCore(Path(state_dir), RayOps(), cm, me, checkpoint_root)
+        self.core = CoordinatorCore(Path(state_dir), RayOps(), cm, me, storage_uri)
         self.core._guard("startup sweep", self.core.sweep_placement_groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
-        log.info("coordinator started (state dir %s)", state_dir)
+        log.info("coordinator started (state dir %s, storage %s)", state_dir, self.core.storage_uri)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

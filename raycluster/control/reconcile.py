@@ -40,6 +40,7 @@ from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
 from raycluster.spec import JobSpec
+from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
 from raycluster.store.lifecycle import ACTIVE_STATES, TERMINAL_STATES, Cause, JobState
 
@@ -101,15 +102,16 @@ class Reconciler:
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
-                 checkpoint_root: str | None = None, clock=time.time):
+                 storage_uri: str | None = None, clock=time.time):
         self.state_dir = Path(state_dir)
         self.store = JobStore(self.state_dir / "jobs.db")
         self.ops = ops
         self.nodes = NodeCache(ops.nodes, clock=clock)
         self.cm = checkpoint_manager
         self.handle = self_handle
-        self.checkpoint_root = checkpoint_root or str(self.state_dir / "checkpoints")
-        self.log_dir = self.state_dir / "logs"
+        self.storage_uri = storage_uri or str(self.state_dir)
+        self.checkpoint_root = storage.join(self.storage_uri, "checkpoints")
+        self.log_dir = storage.join(self.storage_uri, "logs")
         self.clock = clock
         self.started_at = clock()
         self.attempts: dict[str, Attempt] = {}
@@ -366,7 +368,7 @@ class Reconciler:
                     "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
                     "entrypoint": spec.entrypoint, "config": spec.config, "checkpoint_root": self.checkpoint_root,
                     "checkpoint_policy": spec.checkpoint.model_dump(), "checkpoint_manager": self.cm,
-                    "coordinator": self.handle, "log_dir": str(self.log_dir),
+                    "coordinator": self.handle, "log_dir": self.log_dir,
                 }
                 refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
                                                  f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))

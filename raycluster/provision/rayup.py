@@ -19,7 +19,9 @@ from typing import Any
 
 from raycluster.provision.autoscaling import ElasticConfig
 from raycluster.provision.market.base import KINDS, MarketConfigError
+from raycluster.errors import InvalidStorage
 from raycluster.provision.market.registry import check_markets, provider_state_dir
+from raycluster.store import storage
 
 def validate(config: dict[str, Any]) -> None:
     provider = config.get("provider") or {}
@@ -27,6 +29,11 @@ def validate(config: dict[str, Any]) -> None:
         raise MarketConfigError("provider.raycluster_state_dir is required (e.g. ~/.raycluster)",
                                 field="provider.raycluster_state_dir")
     sold = check_markets(provider)
+    if provider.get("storage_uri") is not None:
+        try:
+            storage.check_uri(provider["storage_uri"], "provider.storage_uri")
+        except InvalidStorage as exc:
+            raise MarketConfigError(exc.message, field="provider.storage_uri") from None
     head = config.get("head_node_type")
     types = config.get("available_node_types") or {}
     if head not in types:
@@ -95,7 +102,7 @@ def head_up(config_path: str, api_port: int) -> dict[str, Any]:
         lc.start()
         started = True
     connect(lc.address, state_dir)
-    start_runtime(state_dir)
+    start_runtime(state_dir, storage_uri=config["provider"].get("storage_uri"))
     info = {"address": lc.address, "dashboard_url": lc.dashboard_url, "state_dir": str(state_dir), "started": started}
     if api_port:
         from raycluster.api.deploy import deploy_api

@@ -25,14 +25,15 @@ from typing import Any
 
 from raycluster import constants as C
 from raycluster.errors import CheckpointError
-from raycluster.util.files import atomic_write, sha256_file
+from raycluster.store import storage
 
 log = logging.getLogger(__name__)
 
 
-def shard_path(root: Path | str, job_id: str, step: int, rank: int) -> Path:
-    """Where rank ``rank`` of ``job_id`` keeps its shard of the checkpoint at ``step``."""
-    return Path(root) / job_id / f"step_{step:09d}" / f"rank_{rank}.pt"
+def shard_path(root: Path | str, job_id: str, step: int, rank: int) -> str:
+    """Where rank ``rank`` of ``job_id`` keeps its shard of the checkpoint at ``step`` (a path or a
+    storage URI, as ``root`` is)."""
+    return storage.join(root, job_id, f"step_{step:09d}", f"rank_{rank}.pt")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -64,7 +65,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 class _ShardWriter:
-    """One background thread per rank: write + fsync + rename + register, in order."""
+    """One background thread per rank: write atomically (file: fsync + rename; object store: one
+    PUT) + register, in order."""
 
     def __init__(self, commit):
         self._commit = commit
@@ -80,13 +82,13 @@ class _ShardWriter:
                 return
             path, data, step = item
             try:
-                atomic_write(path, data)
+                storage.write_bytes(path, data)
                 self._commit(step, str(path), hashlib.sha256(data).hexdigest(), len(data))
             except BaseException as exc:  # surfaced on the next save/flush
                 log.exception("checkpoint write of step %d failed", step)
                 self._error = exc
 
-    def submit(self, path: Path, data: bytes, step: int) -> None:
+    def submit(self, path: str, data: bytes, step: int) -> None:
         self.raise_if_failed()
         self._q.put((path, data, step))  # blocks only when CHECKPOINT_WRITE_QUEUE writes are pending
 
@@ -113,7 +115,7 @@ class TrainContext:
         self.config = dict(config)
         self._device = device  # None = decide on first use (torch is imported only then)
         self._gpu_assigned = gpu_assigned
-        self._root = Path(checkpoint_root) if checkpoint_root else None
+        self._root = str(checkpoint_root) if checkpoint_root else None
         self._policy = checkpoint_policy or {}
         self._cm = checkpoint_manager
         self._coord = coordinator
@@ -209,7 +211,7 @@ class TrainContext:
                 log.warning("skipping checkpoint step %d: world size %d != %d", step, cand["world_size"],
                             self.world_size)
                 continue
-            bad = [r for r, s in sorted(cand["shards"].items()) if sha256_file(Path(s["path"])) != s["sha256"]]
+            bad = [r for r, s in sorted(cand["shards"].items()) if storage.sha256(s["path"]) != s["sha256"]]
             if bad:
                 reason = f"shard(s) {bad} missing or sha256 mismatch"
                 log.warning("checkpoint %s step %d unusable: %s; trying the previous one", self.job_id, step, reason)
@@ -219,7 +221,8 @@ class TrainContext:
             shard = cand["shards"][self.rank]
             import torch
 
-            payload = torch.load(shard["path"], map_location="cpu", weights_only=False)
+            payload = torch.load(io.BytesIO(storage.read_bytes(shard["path"])), map_location="cpu",
+                                 weights_only=False)
             restore_rng(payload["rng"])
             self.restored_step = step
             self._last_ckpt_time = time.monotonic()

@@ -25,10 +25,9 @@ import sys
 import time
 import traceback
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Callable
 
-from raycluster.rank.logs import RankLogCapture, rank_log_path
+from raycluster.rank.logs import RankLogCapture, local_spool_path, rank_log_path
 from raycluster.util.ports import free_port
 
 log = logging.getLogger(__name__)
@@ -102,16 +101,17 @@ def _json_safe(value: Any) -> Any:
         return repr(value)
 
 
-def _log_path_of(launch: dict[str, Any]) -> Path | None:
+def _log_capture_of(launch: dict[str, Any]) -> RankLogCapture:
     log_dir = launch.get("log_dir")
     if not log_dir:
-        return None
-    return rank_log_path(log_dir, launch["job_id"], launch["attempt"], launch["rank"])
+        return RankLogCapture(None)
+    job, attempt, rank = launch["job_id"], launch["attempt"], launch["rank"]
+    return RankLogCapture(rank_log_path(log_dir, job, attempt, rank), local_spool_path(job, attempt, rank))
 
 
 def run_rank(launch: dict[str, Any]) -> dict[str, Any]:
     """Body of one gang member's Ray task. ``launch`` is built by the Coordinator."""
-    with RankLogCapture(_log_path_of(launch)):
+    with _log_capture_of(launch):
         return _run_rank(launch)
 
 

@@ -1,6 +1,8 @@
 """Rank logs: each rank's Python output, kept per job, attempt and rank, and read back.
 
-Owns: the layout ``<log_dir>/<job_id>/a<attempt>-r<rank>.log``; ``RankLogCapture`` — while a rank
+Owns: the layout ``<log_dir>/<job_id>/a<attempt>-r<rank>.log`` (``log_dir`` a path or a storage
+URI, ``store/storage.py``: on an object store the rank writes to the node's own disk and the file
+is uploaded whole every LOG_UPLOAD_INTERVAL_S and at the rank's end); ``RankLogCapture`` — while a rank
 runs, Python-level ``sys.stdout``/``sys.stderr`` writes (``print``, ``logging`` to stderr,
 tracebacks) are also appended to its log, and the original streams still get every write, so
 Ray's own log capture and the dashboard keep working (output written straight to file
@@ -11,14 +13,15 @@ tails the Coordinator answers ``logs(job)`` with.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from raycluster.util.files import tail
+from raycluster.errors import StorageError
+from raycluster.store import storage
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,15 @@ _LOG_NAME_RE = re.compile(r"^a(\d+)-r(\d+)\.log$")
 MAX_LOG_TAIL_LINES = 100_000
 
 
-def rank_log_path(log_dir: str | Path, job_id: str, attempt: int, rank: int) -> Path:
-    return Path(log_dir) / job_id / f"a{attempt}-r{rank}.log"
+def rank_log_path(log_dir: str | Path, job_id: str, attempt: int, rank: int) -> str:
+    return storage.join(log_dir, job_id, f"a{attempt}-r{rank}.log")
+
+
+def local_spool_path(job_id: str, attempt: int, rank: int) -> Path:
+    """Where a rank whose log goes to an object store writes it first (this node's disk)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "raycluster-rank-logs" / job_id / f"a{attempt}-r{rank}.log"
 
 
 class _Tee:
@@ -75,8 +85,17 @@ class _Tee:
 class RankLogCapture:
     """Tee sys.stdout/sys.stderr (and logging handlers bound to them) into the rank's log file."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, path: str | Path | None, spool: Path | None = None):
+        """``path``: the log's place (a local path or a storage URI); a remote one is written to
+        ``spool`` on this node and uploaded from there."""
+        self._uploader = None
+        if path is not None and not storage.is_local(path):
+            from raycluster import constants as C
+
+            spool = spool or Path(tempfile.mkdtemp(prefix="raycluster-rank-log-")) / "rank.log"
+            self._uploader = storage.Uploader(spool, str(path), C.LOG_UPLOAD_INTERVAL_S)
+            path = spool
+        self.path = None if path is None else storage.local_path(path)
         self._file: TextIO | None = None
         self._saved: tuple | None = None
         self._handlers: list[tuple[logging.StreamHandler, Any]] = []
@@ -89,7 +108,10 @@ class RankLogCapture:
             self._file = open(self.path, "a", encoding="utf-8", errors="replace")
         except OSError as exc:  # logs are best effort: never fail a rank for them
             log.warning("cannot open rank log %s: %s", self.path, exc)
+            self._uploader = None
             return self
+        if self._uploader is not None:
+            self._uploader.start()
         lock = threading.Lock()
         out, err = sys.stdout, sys.stderr
         self._saved = (out, err)
@@ -130,6 +152,9 @@ class RankLogCapture:
             except OSError:
                 pass
             self._file = None
+        if self._uploader is not None:
+            self._uploader.stop()  # the last upload: the whole log is in the store when the rank ends
+            self._uploader = None
 
 
 
@@ -137,21 +162,18 @@ def read_rank_logs(log_dir: str | Path, job_id: str, tail_lines: int = 200) -> l
     """The last ``tail_lines`` lines of every rank log of a job:
     ``[{"attempt": a, "rank": r, "lines": [...]}, ...]``, attempts then ranks ascending."""
     n = max(0, min(int(tail_lines), MAX_LOG_TAIL_LINES))
-    job_dir = rank_log_path(log_dir, job_id, 0, 0).parent
-    try:
-        names = os.listdir(job_dir)
-    except OSError:  # no rank has started yet
-        return []
+    job_dir = storage.join(log_dir, job_id)
     found = []
-    for name in names:
+    for name in storage.list_names(job_dir):  # [] until a rank has started
         m = _LOG_NAME_RE.match(name)
         if m:
-            found.append((int(m.group(1)), int(m.group(2)), job_dir / name))
+            found.append((int(m.group(1)), int(m.group(2)), storage.join(job_dir, name)))
     out = []
     for attempt, rank, path in sorted(found):
         try:
-            text = tail(path, lines=n)
-        except OSError:
+            text = storage.tail_text(path, lines=n)
+        except (OSError, StorageError) as exc:  # listed but unreadable: say so rather than hide the rank
+            out.append({"attempt": attempt, "rank": rank, "lines": [], "error": f"{type(exc).__name__}: {exc}"})
             continue
         out.append({"attempt": attempt, "rank": rank, "lines": text.splitlines() if n else []})
     return out

@@ -6,19 +6,20 @@ Owns: which checkpoints exist per job, their shards (one file per rank), sha256 
 Data never flows through here: each training rank writes its own shard (``rank/context.py``,
 atomically) and then registers path + sha256. A checkpoint becomes COMPLETE when every rank of the
 gang has registered its shard; only then may it be restored from, and only then are older ones
-pruned to ``keep_last``. Restore (done by the ranks) walks COMPLETE checkpoints newest first,
+pruned to ``keep_last`` (their files deleted wherever they live: a path or a storage URI,
+``store/storage.py``). Restore (done by the ranks) walks COMPLETE checkpoints newest first,
 verifies every shard's sha256 and falls back to the previous one when a file is missing or corrupt.
 The CheckpointManager actor (``control/checkpoint_manager.py``) is a thin shell over this class.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from raycluster.store import storage
 from raycluster.store.db import connect
 
 _SCHEMA = """
@@ -98,11 +99,11 @@ class CheckpointRegistry:
             dirs = []
             for step in drop:
                 for (p,) in self._conn.execute("SELECT path FROM shards WHERE job_id=? AND step=?", (job_id, step)):
-                    dirs.append(Path(p).parent)
+                    dirs.append(storage.parent(p))
                 self._conn.execute("UPDATE checkpoints SET state='PRUNED' WHERE job_id=? AND step=?", (job_id, step))
                 self._conn.execute("DELETE FROM shards WHERE job_id=? AND step=?", (job_id, step))
         for d in set(dirs):
-            shutil.rmtree(d, ignore_errors=True)
+            storage.remove_tree(d)
         return sorted(drop)
 
     def candidates(self, job_id: str) -> list[dict[str, Any]]:

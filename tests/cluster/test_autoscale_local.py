@@ -189,3 +189,39 @@ def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_iden
     assert dead.state_message.startswith("Terminated due to preemption"), dead.state_message
     # the gang needed two nodes again: a replacement was rented after the notice
     assert [r for r in _rentals(elastic, live_only=False) if r.created_at > notice.deadline - 3]
+
+
+@pytest.mark.timeout(300)
+def test_a_rented_node_killed_without_notice_is_replaced_and_the_strict_spread_gang_succeeds(elastic, client):
+    """A 2-worker STRICT_SPREAD job on two rented nodes; one node's processes are SIGKILLed (a host
+    lost, no notice): its rental is ended as lost, the job recovers from its checkpoint, a
+    replacement node is rented (the gang needs two distinct nodes again) and the job SUCCEEDS."""
+    import ray
+
+    from raycluster.provision.local.process import LocalNodeLauncher
+    from raycluster.provision.market.local import LocalMarket
+
+    spec = {"name": "spread-kill", "entrypoint": "jobs.toy:counter", "num_workers": 2,
+            "placement_strategy": "STRICT_SPREAD", "resources": {"gpus": 1, "cpus": 1},
+            "config": {"steps": 200, "sleep_per_step_s": 0.05}, "checkpoint": {"every_steps": 10, "keep_last": 2},
+            "max_restarts": 3}
+    jid = client.submit(spec)["id"]
+    wait_for(lambda: any(c["state"] == "COMPLETE" and c["step"] >= 20 for c in client.checkpoints(jid)), 240,
+             "a checkpoint at step >= 20")
+    pg = next(i for i in ray.util.placement_group_table().values() if i.get("name") == f"rc-{jid}-a1")
+    victim = next(n for n in ray.nodes() if n["NodeID"] == pg["bundles_to_node_id"][1])["Labels"]["raycluster.io/rental"]
+    market = LocalMarket(elastic.cluster_dir / "provider" / "market-local.db",
+                         elastic.cluster_dir / "provider" / "market-local")
+    handle = market.held()[victim]
+    killed_at = time.time()
+    launcher = LocalNodeLauncher.attach(victim, handle["pid"], handle["pgid"], handle.get("create_time"),
+                                        handle["log_path"], tag=handle.get("tag"))
+    launcher.kill()  # SIGKILL to the node's whole process group: no drain, no notice
+    final = client.wait([jid], timeout_s=240)[0]
+    assert final["state"] == "SUCCEEDED", final["error"]
+    assert final["system_restarts"] == 1 and final["result"]["resumed_from"] >= 20
+    lost = _provider(elastic).store.get(victim)
+    assert lost.state.value == "released" and "lost" in (lost.reason or ""), lost
+    assert victim not in market.held()
+    # two distinct nodes were needed again: a node rented after the kill ran attempt 2
+    assert [r for r in _rentals(elastic, live_only=False) if r.created_at > killed_at]

@@ -1,6 +1,7 @@
 """Checkpoint registry (no Ray)."""
 
 import hashlib
+from pathlib import Path
 
 from raycluster.rank.context import shard_path
 from raycluster.store.checkpoints import CheckpointRegistry
@@ -30,8 +31,8 @@ def test_keep_last_prunes_files(tmp_path):
         _commit(reg, tmp_path, step, 0)
         _commit(reg, tmp_path, step, 1)
     assert [c["step"] for c in reg.candidates("j1")] == [30, 20]
-    assert not shard_path(tmp_path, "j1", 10, 0).parent.exists()
-    assert shard_path(tmp_path, "j1", 20, 0).exists()
+    assert not Path(shard_path(tmp_path, "j1", 10, 0)).parent.exists()
+    assert Path(shard_path(tmp_path, "j1", 20, 0)).exists()
     states = {c["step"]: c["state"] for c in reg.list("j1")}
     assert states == {10: "PRUNED", 20: "COMPLETE", 30: "COMPLETE"}
 

@@ -3,6 +3,8 @@ restart, placement timeout, cancel, max runtime. The real RayOps is covered by t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from raycluster import constants as C
@@ -271,7 +273,7 @@ def test_rank_logs_tail_per_attempt_and_rank(env):
     from raycluster.rank.logs import rank_log_path
 
     for attempt, rank, n in ((2, 0, 3), (1, 1, 5), (1, 0, 300), (10, 0, 1)):
-        p = rank_log_path(tmp / "logs", jid, attempt, rank)
+        p = Path(rank_log_path(tmp / "logs", jid, attempt, rank))
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("".join(f"a{attempt} r{rank} line {i}\n" for i in range(n)))
     (p.parent / "junk.txt").write_text("ignored")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_tee_writes_both_streams_and_restores_them(tmp_path, monkeypatch):
     pre.addHandler(handler)
     pre.propagate = False
     monkeypatch.setattr(logging.root, "handlers", [])  # as in a Ray worker: no root handler -> lastResort
-    path = rank_log_path(tmp_path / "logs", "job-1", 2, 1)
+    path = Path(rank_log_path(tmp_path / "logs", "job-1", 2, 1))
     try:
         with RankLogCapture(path):
             print("hello from print")

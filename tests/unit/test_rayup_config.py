@@ -59,6 +59,8 @@ _DELETE = object()
      "available_node_types.gpu_spot.node_config.gpu_type"),
     ("available_node_types.gpu_spot.resources.GPU", "one", "available_node_types.gpu_spot.resources.GPU"),
     ("provider.raycluster_state_dir", _DELETE, "provider.raycluster_state_dir"),
+    ("provider.storage_uri", "nosuch://bucket/x", "provider.storage_uri"),
+    ("provider.storage_uri", "s3://", "provider.storage_uri"),
     ("head_node_type", "boss", "head_node_type"),
 ])
 def test_a_bad_key_is_refused_naming_it(path, value, field):
