@@ -40,6 +40,7 @@ def _env_str(name: str, default: str) -> str:
 NAMESPACE = _env_str("NAMESPACE", "raycluster")
 COORDINATOR_NAME = "coordinator"
 CHECKPOINT_MANAGER_NAME = "checkpoint_manager"
+BUDGET_AUTOSCALER_NAME = "budget_autoscaler"
 PG_NAME_PREFIX = "rc-"  # placement groups we own are named rc-<job_id>-a<attempt>
 # The runtime actors live on the head node (like Ray Serve's controller): worker nodes come and go.
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
@@ -127,6 +128,8 @@ API_PORT = _env_int("API_PORT", 8000)
 SUBMIT_BATCH_MAX = _env_int("SUBMIT_BATCH_MAX", 1000)
 # concurrent POST /jobs requests of one API replica sent to the Coordinator in one call, at most
 API_SUBMIT_BATCH_MAX = _env_int("API_SUBMIT_BATCH_MAX", 100)
+# how often the BudgetAutoscaler decides (elastic clusters)
+BUDGET_INTERVAL_S = _env_float("BUDGET_INTERVAL_S", 2.0)
 # bundles of running + queued gangs told to Ray's autoscaler as demand (elastic clusters), at most
 DEMAND_MAX_BUNDLES = _env_int("DEMAND_MAX_BUNDLES", 1000)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).

@@ -106,6 +106,11 @@ class CheckpointError(RayClusterError):
     code = "checkpoint"
 
 
+class InvalidSetting(RayClusterError):
+    """A setting given at run time is invalid (names it); retrying will not help."""
+    code, http_status, exit_code = "invalid_setting", 422, EXIT_INVALID
+
+
 class StorageError(RayClusterError):
     """A call to the checkpoint/log store failed (network, throttling, a missing bucket); it may
     succeed later."""

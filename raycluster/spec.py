@@ -11,7 +11,7 @@ import json
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -76,6 +76,9 @@ class JobSpec(_Strict):
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     max_runtime_s: float | None = Field(None, gt=0, description="wall-clock limit of one attempt")
     tenant: str | None = Field(None, max_length=64)
+    spot: Literal["auto", "never", "only"] = Field(
+        "auto", description="on an elastic cluster, which nodes to rent for it: spot first then on-demand (auto), "
+                            "on-demand only (never), spot only (only)")
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the training tasks")
 
     @field_validator("name")

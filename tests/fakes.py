@@ -49,6 +49,9 @@ class FakeOps(GangOps):
     def pg_ready(self, pg):
         return pg.ready
 
+    def pg_nodes(self, pg):
+        return list(getattr(pg, "nodes", None) or [])
+
     def remove_pg(self, pg):
         if pg is not None:
             pg.removed = True

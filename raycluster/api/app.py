@@ -39,6 +39,9 @@ class _App(FastAPI):
         comps["PreemptRequest"] = {
             "type": "object", "additionalProperties": False,
             "properties": {"notice_s": {"type": ["number", "null"], "minimum": 0, "maximum": 86400}}}
+        comps["BudgetRequest"] = {
+            "type": "object", "additionalProperties": False, "required": ["max_hourly_budget_usd"],
+            "properties": {"max_hourly_budget_usd": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1e9}}}
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
         for path, ops in schema.get("paths", {}).items():

@@ -6,6 +6,7 @@ job's fields); the request body of ``POST /jobs`` is the ``JobSpec`` itself (``r
 
 from __future__ import annotations
 
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,9 +42,11 @@ class Transition(BaseModel):
 
 class Job(JobRecord):
     """A job as the API answers it: the stored record (``store.jobs.JobRecord``, the one definition)
-    plus, for ``GET /jobs/{id}``, its audit trail."""
+    plus, for ``GET /jobs/{id}``, its audit trail, and on an elastic cluster its cost so far."""
 
     transitions: list[Transition] | None = Field(None, description="audit trail (GET /jobs/{id} only)")
+    cost_usd: float | None = Field(None, description="its share of the rented nodes it ran on, every attempt "
+                                                     "(elastic clusters; 0 on nodes that are not rented)")
 
 
 class JobBatch(BaseModel):
@@ -162,6 +165,36 @@ class Rental(BaseModel):
 
 class RentalList(BaseModel):
     rentals: list[Rental]
+
+
+class Cost(BaseModel):
+    committed_usd_per_hour: float = Field(..., description="spend rate of every rented node now, starting ones included")
+    max_hourly_budget_usd: float | None = Field(None, description="the hard cap (None: none)")
+    spend_usd: float
+    spend_today_usd: float = Field(..., description="since midnight UTC")
+    by_kind_usd: dict[str, float]
+    by_node_type_usd: dict[str, float]
+    saved_vs_on_demand_usd: float = Field(..., description="spot hours priced on-demand minus what they cost")
+    rentals: int
+    at: float
+    jobs_usd: float = Field(..., description="the part of spend_usd held by jobs (their shares of the nodes)")
+    unattributed_usd: float = Field(..., description="the part no job held: idle and starting nodes")
+    by_tenant_usd: dict[str, float]
+    top_jobs_usd: list[dict[str, Any]] = Field(..., description="the ten costliest jobs")
+
+
+class ScalingEvent(BaseModel):
+    id: int
+    ts: float
+    source: str = Field(..., description="budget (the BudgetAutoscaler), provider (a refused rent) or user")
+    action: str = Field(..., description="scale_up, scale_down, shed, blocked, fallback, budget_set")
+    reason: str
+    node_type: str | None = None
+    count: int = 0
+
+
+class EventList(BaseModel):
+    events: list[ScalingEvent]
 
 
 class PreemptNotice(BaseModel):

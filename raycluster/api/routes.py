@@ -41,7 +41,7 @@ from raycluster.api._serve_compat import serve_listener_reuses_address
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
-from raycluster.api.models import (CheckpointList, ClusterStatus, Health, Job, JobBatch, JobList, LogList, MetricList,
+from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList, LogList, MetricList,
                                    PreemptNotice, RentalList,
                                    Node, NodeList)
 from raycluster.api.settings import configure
@@ -188,6 +188,35 @@ class ControlAPI:
              summary="rented nodes of an elastic cluster: market, kind, price, state, cost so far")
     async def list_rentals(self, all: bool = Query(False, description="released ones too")) -> dict:
         return {"rentals": await self._coord("rentals", all)}
+
+    @app.get("/cost", response_model=Cost, tags=["cluster"],
+             responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"}},
+             summary="spend rate now, the budget, spend so far and today, by kind and node type, saved by spot")
+    async def get_cost(self) -> dict:
+        return await self._coord("cost")
+
+    @app.get("/events", response_model=EventList, tags=["cluster"],
+             responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"}},
+             summary="scaling decisions with their reasons, oldest first")
+    async def list_events(self, limit: int = Query(100, ge=0, le=10000, description="the newest N")) -> dict:
+        return {"events": await self._coord("events", limit)}
+
+    @app.put("/budget", response_model=Cost, tags=["cluster"],
+             responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"},
+                        422: {**E, "description": "not a number >= 0 (or null)"}},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {"$ref": "#/components/schemas/BudgetRequest"}}}}},
+             summary="change the hard cap on the spend rate (nodes held over it are shed within a pass)")
+    async def put_budget(self, request: Request) -> dict:
+        data = await _json_body(request)
+        if not isinstance(data, dict) or set(data) != {"max_hourly_budget_usd"}:
+            raise ApiError(422, "invalid_request", 'the body must be {"max_hourly_budget_usd": <USD/h or null>}',
+                           field="body")
+        cap = data["max_hourly_budget_usd"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 <= cap < 1e9):
+            raise ApiError(422, "invalid_request", "max_hourly_budget_usd must be a number >= 0 or null",
+                           field="max_hourly_budget_usd")
+        return await self._coord("set_budget", cap)
 
     @app.post("/rentals/{node_id}/preempt", response_model=PreemptNotice, tags=["cluster"],
               responses={**COMMON, 404: {**E, "description": "no such rented node"},

@@ -30,13 +30,17 @@ def _fmt_num(v: Any) -> str:
 
 
 def jobs_table(jobs: list[dict]) -> str:
-    cols = ("ID", "NAME", "STATE", "PRIO", "ATTEMPT", "STEP", "LOSS", "ACC/MAE", "AGE")
+    costed = any(j.get("cost_usd") is not None for j in jobs)
+    cols = ("ID", "NAME", "STATE", "PRIO", "ATTEMPT", "STEP", "LOSS", "ACC/MAE", "AGE") + (("COST_USD",) if costed else ())
     rows = []
     for j in jobs:
         m = j.get("last_metrics") or {}
         acc = m.get("accuracy", m.get("mae"))
-        rows.append((j["id"], j["name"], j["state"], str(j["priority"]), str(j["attempt"]), _fmt_num(m.get("step")),
-                     _fmt_num(m.get("loss")), _fmt_num(acc), _fmt_age(j["submitted_at"])))
+        row = (j["id"], j["name"], j["state"], str(j["priority"]), str(j["attempt"]), _fmt_num(m.get("step")),
+               _fmt_num(m.get("loss")), _fmt_num(acc), _fmt_age(j["submitted_at"]))
+        if costed:
+            row += ("-" if j.get("cost_usd") is None else f"{j['cost_usd']:.4f}",)
+        rows.append(row)
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cols), *(line(r) for r in rows)])
@@ -77,6 +81,9 @@ def job_details(job: dict) -> str:
         out.append(f"waiting: {job['waiting']}")
     if job.get("cause"):
         out.append(f"cause: {job['cause']}")
+    if job.get("cost_usd") is not None:
+        out.append(f"cost: {job['cost_usd']:.4f} USD over {job.get('attempt', 0)} attempt(s), "
+                   f"{job.get('preemptions', 0)} preemption(s)")
     for k in ("reason", "error", "result"):
         if job.get(k):
             out.append(f"{k}: {job[k] if isinstance(job[k], str) else json.dumps(job[k])}")

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from raycluster import constants as C
-from raycluster.cli import commands, market
+from raycluster.cli import commands, market, simulate
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
 
@@ -77,6 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("nodes", help="rented nodes of an elastic local cluster: market, kind, price, state, cost")
     sp.add_argument("--all", action="store_true", help="released ones too")
     sp.set_defaults(fn=market.cmd_nodes)
+    sp = sub.add_parser("cost", help="an elastic cluster's spend: rate now, the budget, spent so far and today, "
+                                     "by kind and node type, saved by spot")
+    sp.set_defaults(fn=market.cmd_cost)
+    sp = sub.add_parser("events", help="scaling decisions with their reasons (scale_up, blocked: budget, shed, ...)")
+    sp.add_argument("--limit", type=int, default=50, help="the newest N (default %(default)s)")
+    sp.set_defaults(fn=market.cmd_events)
+    sp = sub.add_parser("budget", help="show or change the hard cap on the spend rate of rented nodes")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--set", type=float, metavar="USD_PER_HOUR", help="the new cap (nodes over it are shed)")
+    g.add_argument("--clear", action="store_true", help="back to the config's max_hourly_budget_usd")
+    sp.set_defaults(fn=market.cmd_budget)
+    sp = sub.add_parser("simulate", help="replay a job trace (JSONL/CSV) through the live policies in simulated "
+                                         "time: cost, waits, utilisation, preemptions vs a fixed pool")
+    sp.add_argument("trace", help="e.g. configs/traces/day.jsonl")
+    sp.add_argument("--config", default="configs/sim-day.yaml", help="market, node types and budget: an elastic "
+                    "cluster config or ray-cluster.yaml (default %(default)s)")
+    sp.add_argument("--budget", type=float, default=None, help="max_hourly_budget_usd instead of the config's")
+    sp.add_argument("--tick-s", type=float, default=60.0, help="the budget policy's interval (default %(default)s)")
+    sp.add_argument("--launch-delay-s", type=float, default=60.0, help="rent -> usable (default %(default)s)")
+    sp.add_argument("--preemption-rate", type=float, default=None, help="spot preemptions per node-hour "
+                                                                         "(default: the config's)")
+    sp.add_argument("--checkpoint-every-s", type=float, default=300.0, help="work lost to a preemption is at most this")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=simulate.cmd_simulate)
     sp = sub.add_parser("market", help="act as the market (the local market only)")
     msub = sp.add_subparsers(dest="market_cmd", required=True)
     mp = msub.add_parser("preempt", help="preempt a spot node: a notice now, the node stopped at the deadline")

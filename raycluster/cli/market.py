@@ -7,6 +7,7 @@ and the preemption come from ``provision/market/registry.py``, as for the HTTP A
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -43,4 +44,59 @@ def cmd_market_preempt(args) -> int:
     else:
         print(f"{notice['node']}: preemption notice given; the market stops it in "
               f"{max(0.0, notice['deadline'] - time.time()):.0f}s")
+    return EXIT_OK
+
+
+def cmd_cost(args) -> int:
+    from raycluster.provision.spend import cost
+
+    c = cost(Path(args.state_dir))
+    if args.json:
+        print_json(c)
+        return EXIT_OK
+    cap = c["max_hourly_budget_usd"]
+    print(f"spend rate now   {c['committed_usd_per_hour']:.4f} USD/h"
+          + (f" of a {cap:.2f} USD/h budget" if cap is not None else " (no budget cap)"))
+    print(f"spent            {c['spend_usd']:.4f} USD over {c['rentals']} rental(s); today (UTC) {c['spend_today_usd']:.4f}")
+    for kind, usd in c["by_kind_usd"].items():
+        print(f"  {kind:<14} {usd:.4f} USD")
+    for node_type, usd in c["by_node_type_usd"].items():
+        print(f"  {node_type:<14} {usd:.4f} USD")
+    print(f"held by jobs     {c['jobs_usd']:.4f} USD; idle or starting nodes {c['unattributed_usd']:.4f} USD")
+    for tenant, usd in c["by_tenant_usd"].items():
+        print(f"  tenant {tenant:<7} {usd:.4f} USD")
+    print(f"saved by spot    {c['saved_vs_on_demand_usd']:.4f} USD against the same hours on-demand")
+    return EXIT_OK
+
+
+def cmd_events(args) -> int:
+    from raycluster.provision.spend import events
+
+    rows = events(Path(args.state_dir), args.limit)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no scaling events yet", file=sys.stderr)
+    for e in rows:
+        ts = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
+        print(f"{ts}  {e['source']:<8} {e['action']:<11} {e['reason']}")
+    return EXIT_OK
+
+
+def cmd_budget(args) -> int:
+    from raycluster.provision.spend import cost, set_budget
+
+    if args.clear:
+        c = set_budget(Path(args.state_dir), None)
+    elif args.set is not None:
+        c = set_budget(Path(args.state_dir), args.set)
+    else:
+        c = cost(Path(args.state_dir))
+    if args.json:
+        print_json({k: c[k] for k in ("max_hourly_budget_usd", "committed_usd_per_hour")})
+    else:
+        cap = c["max_hourly_budget_usd"]
+        print(("no budget cap" if cap is None else f"budget {cap:.2f} USD/h")
+              + f"; committed now {c['committed_usd_per_hour']:.4f} USD/h")
     return EXIT_OK

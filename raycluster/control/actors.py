@@ -14,12 +14,15 @@ import ray
 
 from raycluster import constants as C
 from raycluster.errors import ClusterUnavailable
+from raycluster.provision import autoscaling
 from raycluster.store import storage
 
 _MISSING = {
     C.COORDINATOR_NAME: "the raycluster runtime is not running on this cluster (no Coordinator actor); "
                         "start it with `raycluster up`",
     C.CHECKPOINT_MANAGER_NAME: "no CheckpointManager actor on this cluster; start the runtime with `raycluster up`",
+    C.BUDGET_AUTOSCALER_NAME: "no BudgetAutoscaler on this cluster: it rents no nodes (start an elastic cluster "
+                              "with `ray up ray-cluster.yaml` or `raycluster up --local --elastic FILE`)",
 }
 
 
@@ -53,7 +56,15 @@ def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | 
     cm = get_or_create_checkpoint_manager(state_dir)
     coord = get_or_create_coordinator(state_dir, uri)
     ray.get([cm.ping.remote(), coord.ping.remote()], timeout=timeout_s)
+    if autoscaling.recorded_config(state_dir):  # an elastic cluster: it rents within a budget
+        ray.get(get_or_create_budget_autoscaler(state_dir).ping.remote(), timeout=timeout_s)
     return coord
+
+
+def get_or_create_budget_autoscaler(state_dir: Path):
+    from raycluster.control.budget_autoscaler import BudgetAutoscaler
+
+    return BudgetAutoscaler.options(**_options(C.BUDGET_AUTOSCALER_NAME)).remote(str(state_dir))
 
 
 def get_handle(name: str):

@@ -84,6 +84,21 @@ class Coordinator:
         """Called by rank 0 as it starts: move the job to RUNNING now rather than at the next tick."""
         self.core.wake()
 
+    def cost(self) -> dict:
+        return self.core.cost()
+
+    def events(self, limit: int = 100) -> list[dict]:
+        return self.core.events(limit)
+
+    def set_budget(self, usd_per_hour: float | None) -> dict:
+        return self.core.set_budget(usd_per_hour)
+
+    def budget_queue(self) -> list[dict]:
+        return self.core.budget_queue()
+
+    def set_budget_reasons(self, reasons: dict[str, str]) -> None:
+        self.core.set_budget_reasons(reasons)
+
     def cluster_status(self) -> dict:
         return self.core.cluster_status()
 

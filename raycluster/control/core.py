@@ -21,7 +21,9 @@ from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler, gcs_uris
 from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
                                InvalidJobSpec)
+from raycluster.policy.budget import Gang, cheapest_gang_usd_per_hour
 from raycluster.policy.placement import infeasible_reason
+from raycluster.provision import spend
 from raycluster.provision.market import registry
 from raycluster.provision.market.local import RENTAL_LABEL
 from raycluster.rank.logs import read_rank_logs
@@ -145,8 +147,25 @@ class CoordinatorCore(Reconciler):
             why = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
             if why and self.elastic_nodes:
                 why += f" (counting the {len(self.elastic_nodes)} node(s) the autoscaler may rent)"
+            if not why and self.budget_cap_usd_per_hour is not None and self.budget_types:
+                fixed = {n: r for n, r in totals_and_free(nodes)[0].items()
+                         if n not in {x["id"] for x in nodes if RENTAL_LABEL in (x.get("labels") or {})}}
+                if infeasible_reason(spec.bundles(), spec.placement_strategy.value, fixed):  # it needs rented nodes
+                    why = self._over_budget(spec)
             self._feasible[key] = why
         return self._feasible[key]
+
+    def _over_budget(self, spec: JobSpec) -> str | None:
+        """Why the gang can never run within the hourly budget (None: it can, at least alone)."""
+        b = spec.resources.bundle()
+        gang = Gang(spec.name, spec.num_workers, float(b.get("GPU", 0)),
+                    float(b.get("CPU", 0)), strict_spread=spec.placement_strategy.value == "STRICT_SPREAD")
+        rate = cheapest_gang_usd_per_hour(self.budget_types, gang)
+        cap = self.budget_cap_usd_per_hour
+        if rate is not None and rate > cap + 1e-9:
+            return (f"budget: its {spec.num_workers} worker(s) need at least {rate:.2f} USD/h of rented nodes, "
+                    f"more than max_hourly_budget_usd {cap:.2f}")
+        return None
 
     def _check_entrypoint(self, spec: JobSpec) -> None:
         key = spec.entrypoint + "|" + json.dumps(spec.runtime_env, sort_keys=True)
@@ -162,12 +181,26 @@ class CoordinatorCore(Reconciler):
     def get(self, job_id: str) -> dict:
         out = self.store.get(job_id).to_dict()
         out["transitions"] = self.store.transitions(job_id)
+        out["cost_usd"] = self._costs([job_id])[job_id]
         return out
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
              offset: int = 0) -> list[dict]:
         st = [JobState(s) for s in states] if states else None
-        return [r.to_dict() for r in self.store.list(st, tenant, limit, offset)]
+        out = [r.to_dict() for r in self.store.list(st, tenant, limit, offset)]
+        if self.ledger.elastic and out:
+            costs = self._costs([j["id"] for j in out])
+            for j in out:
+                j["cost_usd"] = costs[j["id"]]
+        return out
+
+    def _costs(self, job_ids: list[str]) -> dict[str, float | None]:
+        """What each job has cost so far (None when its cost cannot be read now; 0 on a fixed cluster)."""
+        try:
+            return self.ledger.costs(job_ids)
+        except Exception:
+            log.exception("cannot read the cost ledger")
+            return dict.fromkeys(job_ids)
 
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         self.store.get(job_id)
@@ -179,6 +212,37 @@ class CoordinatorCore(Reconciler):
         self.store.get(job_id)  # JobNotFound
         return read_rank_logs(self.log_dir, job_id, tail_lines)
 
+    # ------------------------------------------------------------------ the BudgetAutoscaler's view
+    def budget_queue(self) -> list[dict]:
+        """The gangs waiting for room (queued and already told why), in queue order: what the
+        BudgetAutoscaler rents for. (Those it rents nothing for are left out of the demand told to
+        Ray's autoscaler, ``_tell_demand``.)"""
+        def gang(rec) -> dict:
+            spec = self._spec(rec)
+            b = spec.resources.bundle()
+            return {"job_id": rec.id, "bundles": spec.num_workers, "gpus": float(b.get("GPU", 0)),
+                    "cpus": float(b.get("CPU", 0)), "spot": spec.spot, "preemptions": rec.preemptions,
+                    "strict_spread": spec.placement_strategy.value == "STRICT_SPREAD"}
+
+        with self._lock:
+            # gangs being placed (a recovered gang whose node was lost, say) wait for nodes first
+            placing = [self._active[j] for j, att in self.attempts.items() if not att.placed and j in self._active]
+            placing.sort(key=lambda r: (-r.priority, r.queued_at, r.id))
+            out = [gang(r) for r in placing]
+            for q in self.queue.ordered():
+                rec = self._pending.get(q.job_id)
+                if rec is not None and rec.waiting is not None and q.bundles:
+                    out.append(gang(rec))
+        return out
+
+    def set_budget_reasons(self, reasons: dict[str, str]) -> None:
+        """Why no node is rented for these waiting jobs (budget, max_workers); shown as their reason."""
+        with self._lock:
+            self.budget_reasons = dict(reasons)
+            self.budget_version += 1
+            self.queue.forget()
+        self.wake()
+
     # ------------------------------------------------------------------ rentals (elastic clusters)
     def rentals(self, include_released: bool = False) -> list[dict]:
         """The rented nodes (and the head) with market, kind, price, state and cost so far."""
@@ -187,6 +251,18 @@ class CoordinatorCore(Reconciler):
     def preempt(self, node: str, notice_s: float | None = None) -> dict:
         """The local market takes a spot node back: a notice now, the node stopped at the deadline."""
         return registry.preempt(self.state_dir, node, notice_s)
+
+    def cost(self) -> dict:
+        """Spend rate now, the cap, spend so far and today, by kind and node type, saved by spot."""
+        return spend.cost(self.state_dir, self.clock())
+
+    def events(self, limit: int = 100) -> list[dict]:
+        """The newest scaling decisions with their reasons (BudgetAutoscaler, provider refusals)."""
+        return spend.events(self.state_dir, limit)
+
+    def set_budget(self, usd_per_hour: float | None) -> dict:
+        """Change the hard cap at run time (None: back to the config's)."""
+        return spend.set_budget(self.state_dir, usd_per_hour)
 
     def cluster_status(self) -> dict:
         total, free = self.nodes.totals_and_free(0.0)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from raycluster import constants as C
+from raycluster.control.ledger import JobLedger
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.errors import IllegalTransition
@@ -128,8 +129,14 @@ class Reconciler:
         self._packages: dict[str, list[str]] = {}  # job id -> the gcs:// packages it needs pinned
         self._rev: int | None = None
         self.queue = AdmissionQueue(C.STARVATION_THRESHOLD_S, C.AGING_S)
+        # why the BudgetAutoscaler rents nothing for a waiting job (shown instead of "no room")
+        self.budget_reasons: dict[str, str] = {}
+        self.budget_version = 0
         # an elastic cluster: the nodes Ray's autoscaler may still rent, and the demand last told it
-        self.elastic_nodes = autoscaling.elastic_nodes(autoscaling.recorded_config(self.state_dir))
+        elastic = autoscaling.recorded_config(self.state_dir)
+        self.elastic_nodes = autoscaling.elastic_nodes(elastic)
+        self.budget_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
+        self.ledger = JobLedger(self.state_dir, bool(elastic), clock)
         self._demand_key: tuple | None = None
         self._last_sweep = 0.0
         self._last_pin = 0.0
@@ -294,7 +301,17 @@ class Reconciler:
         for jid in decision.admit:
             job = self._pending[jid]
             done &= self._guard(f"start {jid}", self.apply, job, start_step(job, now), now)
-        changed = self._waiting.changed(decision.groups)
+        groups = decision.groups
+        if self.budget_reasons:  # the autoscaler rents nothing for these: say why
+            br = self.budget_reasons
+            groups = [(why, [j for j in ids if j not in br]) for why, ids in groups]
+            by_reason: dict[str, list[str]] = {}
+            for why, ids in decision.groups:
+                for j in ids:
+                    if j in br:
+                        by_reason.setdefault(br[j], []).append(j)
+            groups += list(by_reason.items())
+        changed = self._waiting.changed(groups)
         done &= self._guard("record waiting reasons", self.store.set_waiting, changed)
         if not done:  # not all of it was carried out: decide again next pass
             self.queue.forget()
@@ -309,16 +326,23 @@ class Reconciler:
         once a gang fits): tell it the bundles of every running and queued gang (at most
         DEMAND_MAX_BUNDLES, in queue order) whenever they change; nothing left clears the request,
         so idle rented nodes are released."""
-        key = (self.queue.version, frozenset(self._active))
+        key = (self.queue.version, frozenset(self._active), self.budget_version)
         if key == self._demand_key:
             return
         bundles: list[dict[str, float]] = []
+        held_back = self.budget_reasons
         for rec in self._active.values():
+            att = self.attempts.get(rec.id)
+            if rec.id in held_back and (att is None or not att.placed):
+                continue  # being placed again, but the BudgetAutoscaler rents nothing for it now
             bundles.extend(self._spec(rec).bundles())
         for job in self.queue.ordered():
             if len(bundles) >= C.DEMAND_MAX_BUNDLES:
                 break
-            bundles.extend(job.bundles)
+            # a gang the BudgetAutoscaler rents nothing for is not asked for: Ray's autoscaler meets
+            # a resource request whole or not at all, so one such gang would hold back every other
+            if job.job_id not in held_back:
+                bundles.extend(job.bundles)
         self.ops.request_resources(bundles[:C.DEMAND_MAX_BUNDLES])
         self._demand_key = key
 
@@ -339,19 +363,30 @@ class Reconciler:
             att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now)
             self._launch(rec, att)
             return rec
+        extra: dict[str, Any] = {}
         if step.action == Action.MARK_RUNNING:
-            self.attempts[job.id].placed = True
+            att = self.attempts[job.id]
+            att.placed = True
+            if self.ledger.elastic:
+                self._guard(f"usage of {job.id}", self._record_usage, job, att, now)
         else:  # REQUEUE, SUCCEED, RECOVER, FAIL: the attempt is over
             att = self.attempts.pop(job.id, None)
             if att is not None:
                 self._teardown(att)
+            if step.action == Action.RECOVER and self.ledger.preempted(job.id, job.attempt):
+                extra["preemptions"] = job.preemptions + 1  # a spot node of its was taken back
             if step.action == Action.SUCCEED:
                 self._flush_metrics()
-        return self._transition(job, step, now)
+        return self._transition(job, step, now, **extra)
 
-    def _transition(self, job: JobRecord, step: Step, now: float) -> JobRecord:
+    def _record_usage(self, job: JobRecord, att: Attempt, now: float) -> None:
+        spec = self._spec(job)
+        self.ledger.placed(job.id, att.attempt, self.ops.pg_nodes(att.pg), spec.resources.bundle(),
+                           self.nodes.nodes(C.NODE_TOTALS_TTL_S), now)
+
+    def _transition(self, job: JobRecord, step: Step, now: float, **extra: Any) -> JobRecord:
         rec = self.store.transition(job.id, step.src, step.dst, cause=step.cause, reason=step.reason, now=now,
-                                    **step.fields)
+                                    **{**step.fields, **extra})
         if rec.state != JobState.PENDING:  # a job queued again waits for the next pass's admission
             self._note(rec)
         return rec
@@ -379,6 +414,8 @@ class Reconciler:
         self.ops.watch(refs, self.wake)
 
     def _teardown(self, att: Attempt) -> None:
+        if att.placed:
+            self._guard(f"usage of {att.job_id}", self.ledger.ended, att.job_id, att.attempt, self.clock())
         if att.refs:
             pending = [ref for ref, r in zip(att.refs, self.ops.poll(att.refs)) if r.status == RankStatus.RUNNING]
             self.ops.cancel(pending)

@@ -175,8 +175,34 @@ def kinds_for(g: Gang, fallback_after: int) -> tuple[str, ...]:
     return (SPOT, ON_DEMAND)
 
 
+class _Rooms(list):
+    """The free room of held (and just launched) nodes as [gpus, cpus] lists, with the largest free
+    GPUs/CPUs of any one node kept, so that a gang whose bundle fits no node is answered without a
+    scan (most waiting gangs, when thousands wait)."""
+
+    def __init__(self, rooms):
+        super().__init__(rooms)
+        self._max: tuple[float, float] | None = None
+
+    def append(self, room) -> None:
+        super().append(room)
+        self._max = None
+
+    def largest(self) -> tuple[float, float]:
+        if self._max is None:
+            self._max = (max((r[0] for r in self), default=0.0), max((r[1] for r in self), default=0.0))
+        return self._max
+
+    def taken(self) -> None:
+        self._max = None
+
+
 def _fit_on_free(rooms: list[list[float]], g: Gang) -> int:
     """Place bundles of ``g`` on the free room of held nodes (first fit, room taken); how many."""
+    if isinstance(rooms, _Rooms):
+        gmax, cmax = rooms.largest()
+        if g.gpus > gmax or g.cpus > cmax:
+            return 0
     placed = 0
     for room in rooms:
         while placed < g.bundles and room[0] >= g.gpus and room[1] >= g.cpus:
@@ -187,7 +213,29 @@ def _fit_on_free(rooms: list[list[float]], g: Gang) -> int:
                 break
         if placed == g.bundles:
             break
+    if placed and isinstance(rooms, _Rooms):
+        rooms.taken()
     return placed
+
+
+def _make_room(held: list[HeldNode], rooms: list[list[float]], d: "BudgetDecision", over_usd: float,
+               idle_timeout_s: float) -> list[HeldNode]:
+    """Idle nodes (past the idle timeout, untouched by the gangs placed so far in this pass, not
+    already released) whose release brings the spend rate down by ``over_usd``, most expensive
+    first; [] when even all of them would not. Without this, a gang blocked by the budget behind
+    idle nodes it cannot use would wait forever: idle nodes are otherwise released only when
+    nothing waits."""
+    gone = {i for i, _ in d.release}
+    idle = [n for i, n in enumerate(held)
+            if n.idle_s >= idle_timeout_s and not n.starting and n.id not in gone
+            and rooms[i][0] == n.free_gpus and rooms[i][1] == n.free_cpus]
+    picked, freed = [], 0.0
+    for n in sorted(idle, key=lambda n: (-n.usd_per_hour, n.id)):
+        if freed >= over_usd - 1e-9:
+            break
+        picked.append(n)
+        freed += n.usd_per_hour
+    return picked if freed >= over_usd - 1e-9 else []
 
 
 def cheapest_gang_usd_per_hour(types: tuple[NodeType, ...] | list[NodeType], g: Gang,
@@ -217,7 +265,6 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
     per_type: dict[str, int] = {}
     for n in held:
         per_type[n.node_type] = per_type.get(n.node_type, 0) + 1
-    types = {t.name: t for t in ctx.types}
     slots = {t.name: t.available for t in ctx.types}
 
     def launch(t: NodeType, count: int) -> None:
@@ -245,7 +292,7 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
                                       f"released {len(gone)} node(s), now {fmt_usd(committed)}", count=len(gone)))
 
     # 2. the waiting gangs, in queue order
-    rooms = [[n.free_gpus, n.free_cpus] for n in held]
+    rooms = _Rooms([[n.free_gpus, n.free_cpus] for n in held])
     blocked = False
     launched_for = 0
     for g in ctx.waiting:
@@ -267,6 +314,9 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
                 if slots[t.name] < n or per_type.get(t.name, 0) + n > t.max_workers:
                     why_not.append(f"no {t.name} left")
                     continue
+                if cap is not None and n * t.usd_per_hour > cap + 1e-9:
+                    why_not.append(f"{n} {t.name} cost more than the budget")
+                    continue  # never affordable: the next kind may be
                 options.append((n * t.usd_per_hour, t.name, t, n))
             if options:
                 choice = min(options)
@@ -286,6 +336,19 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
             blocked = True
             continue
         if cap is not None and committed + cost > cap + 1e-9:
+            room = _make_room(held, rooms, d, committed + cost - cap, cfg.idle_timeout_s)
+            if room:  # idle nodes it cannot use give their budget to it: released, then it is rented for
+                freed = sum(h.usd_per_hour for h in room)
+                reason = f"make room: {g.job_id} needs {fmt_usd(cost)} USD/h within budget {fmt_usd(cap)}"
+                index = {h.id: i for i, h in enumerate(held)}
+                for h in room:
+                    d.release.append((h.id, reason))
+                    per_type[h.node_type] -= 1
+                    rooms[index[h.id]][:] = [0.0, 0.0]  # gone: no later gang is placed there
+                rooms.taken()
+                committed -= freed
+                d.events.append(Event("scale_down", f"{reason}: released {len(room)} idle node(s)", count=len(room)))
+        if cap is not None and committed + cost > cap + 1e-9:
             d.waiting[g.job_id] = f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h, needs {fmt_usd(cost)} more"
             d.events.append(Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id} needs "
                                              f"{n} {t.name} at {fmt_usd(cost)}", t.name, n))
@@ -297,6 +360,7 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
         for _ in range(n):
             rooms.append([t.gpus, t.cpus])
         _fit_on_free(rooms[-n:], replace(g, bundles=g.bundles - placed))
+        rooms.taken()
     if launched_for:
         d.events.append(Event("scale_up", f"{launched_for} gang(s) waiting"
                                           + (f", util {ctx.gpu_util:.2f}" if ctx.gpu_util is not None else ""),

@@ -44,9 +44,18 @@ class ElasticConfig:
     idle_timeout_s: float = 60.0
     update_interval_s: float = 5.0
     join_timeout_s: float = 300.0
+    # the hard cap on the committed spend rate, enforced by the provider on every rent (None: none)
+    max_hourly_budget_usd: float | None = None
+    # the BudgetAutoscaler's knobs (policy.budget.BudgetConfig: min_workers, max_workers,
+    # scale_up_util, scale_down_util, cooldown_s, spot_fallback_preemptions); idle timeout and cap above
+    budget: dict[str, Any] = field(default_factory=dict)
     # set by `ray up` (provision/rayup.py): the provider's state dir and the head's provider id it chose
     provider_state_dir: str | None = None
     head_node_id: str | None = None
+
+    def budget_config(self):
+        return budget_config(self.budget, idle_timeout_s=self.idle_timeout_s, max_workers=self.max_workers,
+                             max_hourly_budget_usd=self.max_hourly_budget_usd)
 
     def __post_init__(self):
         if not isinstance(self.node_types, dict) or not self.node_types:
@@ -65,10 +74,37 @@ class ElasticConfig:
                 v = t.get(key, 0)
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise MarketConfigError(f"{where}.{key} must be an integer >= 0", field=f"{where}.{key}")
+        cap = self.max_hourly_budget_usd
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap < 0):
+            raise MarketConfigError(f"max_hourly_budget_usd must be a number >= 0 (USD per hour), not {cap!r}",
+                                    field="max_hourly_budget_usd")
+        self.budget_config()  # errors name the key
         for key in ("idle_timeout_s", "update_interval_s", "join_timeout_s"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise MarketConfigError(f"{key} must be a number > 0, not {v!r}", field=key)
+
+
+BUDGET_KEYS = ("min_workers", "max_workers", "scale_up_util", "scale_down_util", "cooldown_s", "spot_fallback_preemptions")
+
+
+def budget_config(settings: dict[str, Any] | None, *, idle_timeout_s: float, max_workers: int,
+                  max_hourly_budget_usd: float | None, where: str = "budget"):
+    """``policy.budget.BudgetConfig`` from a config's ``budget`` mapping; MarketConfigError naming the key."""
+    from raycluster.policy.budget import BudgetConfig, BudgetConfigError
+
+    settings = dict(settings or {})
+    if not isinstance(settings, dict):
+        raise MarketConfigError(f"{where} must be a mapping", field=where)
+    unknown = sorted(set(settings) - set(BUDGET_KEYS))
+    if unknown:
+        raise MarketConfigError(f"{where}: unknown key(s) {unknown} (known: {', '.join(BUDGET_KEYS)})",
+                                field=f"{where}.{unknown[0]}")
+    settings.setdefault("max_workers", max_workers)
+    try:
+        return BudgetConfig(**settings, idle_timeout_s=idle_timeout_s, max_hourly_budget_usd=max_hourly_budget_usd)
+    except BudgetConfigError as exc:
+        raise MarketConfigError(f"{where}.{exc.field}: {exc}", field=f"{where}.{exc.field}") from None
 
 
 def head_node_id(elastic: ElasticConfig, cluster_id: str) -> str:
@@ -102,6 +138,9 @@ def autoscaling_config(elastic: ElasticConfig, *, cluster_id: str, state_dir: Pa
             "auth_token_path": auth_token_path, "head_node_id": head_node_id(elastic, cluster_id),
             "head_node_type": HEAD_TYPE, "join_timeout_s": elastic.join_timeout_s, "node_temp_dir": node_temp_dir,
             "markets": copy.deepcopy(elastic.markets),
+            **({"max_hourly_budget_usd": float(elastic.max_hourly_budget_usd)}
+               if elastic.max_hourly_budget_usd is not None else {}),
+            "budget": dict(elastic.budget), "idle_timeout_s": elastic.idle_timeout_s,
         },
         "available_node_types": types,
         "head_node_type": HEAD_TYPE,
@@ -169,3 +208,38 @@ def elastic_nodes(config: dict[str, Any] | None) -> dict[str, dict[str, float]]:
             out[f"{name}#{i}"] = {k: float(v) for k, v in (t.get("resources") or {}).items()}
         room -= min(int(t.get("max_workers", 0)), room)
     return out
+
+
+def budget_view(config: dict[str, Any] | None) -> tuple[float | None, list]:
+    """(the hard cap in USD/hour or None, the worker node types as ``policy.budget.NodeType`` with
+    their configured prices) of an elastic cluster's autoscaling config. The types are [] when a
+    type's price is not known before renting (SSH/HTTP markets price per offer): a budget check
+    against them could only guess."""
+    from raycluster.policy.budget import NodeType
+    from raycluster.provision.market.local import DEFAULT_GPU_TYPES, parse_gpu_types
+
+    if not config:
+        return None, []
+    provider = config.get("provider") or {}
+    cap = provider.get("max_hourly_budget_usd")
+    cap = None if cap is None else float(cap)
+    markets = provider.get("markets") or {}
+    out = []
+    for name, t in (config.get("available_node_types") or {}).items():
+        if name == config.get("head_node_type"):
+            continue
+        nc = t.get("node_config") or {}
+        if nc.get("market", "local") != "local":
+            return cap, []
+        local = markets.get("local") or {}
+        gpu_types = parse_gpu_types(local["gpu_types"]) if local.get("gpu_types") else DEFAULT_GPU_TYPES
+        g = gpu_types.get(nc.get("gpu_type") or next(iter(gpu_types)))
+        kind = nc.get("kind", "on_demand")
+        price = None if g is None else g.get("spot_usd_per_hour" if kind == "spot" else "on_demand_usd_per_hour")
+        if price is None:
+            return cap, []
+        res = t.get("resources") or {}
+        out.append(NodeType(name, kind, float(price), gpus=int(res.get("GPU", g.get("gpus", 1))),
+                            cpus=float(res.get("CPU", g.get("cpus", 2))), available=int(t.get("max_workers", 0)),
+                            max_workers=int(t.get("max_workers", 0))))
+    return cap, out

@@ -32,9 +32,10 @@ from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, STATUS_UP_TO_
                                  TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE)
 
 from raycluster.provision import raystart
-from raycluster.provision.market.base import KINDS, CapacityExhausted, Market, MarketConfigError, NodeLaunch, Offer
+from raycluster.provision.market.base import (KINDS, BudgetExceeded, CapacityExhausted, Market, MarketConfigError,
+                                              NodeLaunch, Offer)
 from raycluster.provision.market.registry import make_markets, provider_state_dir
-from raycluster.store.rentals import LIVE_STATES, RentalRecord, RentalState, RentalStore, new_rental_id
+from raycluster.store.rentals import BUDGET_SETTING, LIVE_STATES, RentalRecord, RentalState, RentalStore, new_rental_id
 
 log = logging.getLogger("raycluster.provider")
 
@@ -59,6 +60,8 @@ class MarketNodeProvider(NodeProvider):
         self.dashboard_url = cfg.get("dashboard_url")
         self.auth_token_path = cfg.get("auth_token_path") if cfg.get("auth_mode") == "token" else None
         self.join_timeout_s = float(cfg.get("join_timeout_s", 300.0))
+        cap = cfg.get("max_hourly_budget_usd")
+        self.max_hourly_budget_usd = None if cap is None else float(cap)
         self.store = RentalStore(self.state_dir / "rentals.db")
         self.markets = markets if markets is not None else make_markets(cfg, self.state_dir)
         self._lock = threading.RLock()
@@ -118,6 +121,20 @@ class MarketNodeProvider(NodeProvider):
     def external_ip(self, node_id: str) -> str:
         return "127.0.0.1"
 
+    # ---- the budget: the last guard -------------------------------------------------------------
+    def budget_usd_per_hour(self) -> float | None:
+        """The hard cap on the committed spend rate: the BudgetAutoscaler's setting when it set
+        one (SQLite, shared by every provider instance), else the config's; None: no cap."""
+        v = self.store.setting(BUDGET_SETTING)
+        return float(v) if v is not None else self.max_hourly_budget_usd
+
+    def _refuse_over_budget(self, what: str, rate: float, committed: float, cap: float, node_type: str) -> None:
+        reason = (f"budget {committed:.2f}/{cap:.2f} USD/h: renting {what} at {rate:.2f} USD/h would commit "
+                  f"{committed + rate:.2f}")
+        self.store.add_event("provider", "blocked", reason, node_type, 1)
+        log.warning("refused: %s", reason)
+        raise BudgetExceeded(f"refused: {reason}", field="max_hourly_budget_usd")
+
     # ---- renting --------------------------------------------------------------------------------
     def _offers(self, node_config: dict[str, Any]) -> tuple[Market, list[Offer]]:
         """The market of a node type and one offer per node it can rent now, cheapest first."""
@@ -151,23 +168,32 @@ class MarketNodeProvider(NodeProvider):
             request = tags.get(TAG_RAY_LAUNCH_REQUEST) or new_rental_id()
             made = [self.store.by_request(f"{request}:{i}") for i in range(count)]
             todo = [i for i, r in enumerate(made) if r is None]
+            what = f"{node_config.get('kind', 'on_demand')} {node_config.get('gpu_type') or 'node'}"
             if len(todo) > len(slots):
-                what = f"{node_config.get('kind', 'on_demand')} {node_config.get('gpu_type') or 'node'}"
                 raise CapacityExhausted(f"market {market.name} has {len(slots)} {what} left, {len(todo)} asked")
-            slots = iter(slots)
             node_type = tags.get(TAG_RAY_USER_NODE_TYPE, "worker")
+            cap = self.budget_usd_per_hour()
+            if cap is not None and todo:  # the whole request first: never rent part of it
+                rate = sum(o.usd_per_hour for o in slots[:len(todo)])
+                committed = self.store.committed_usd_per_hour()
+                if committed + rate > cap + 1e-9:
+                    self._refuse_over_budget(f"{len(todo)} {what}", rate, committed, cap, node_type)
+            slots = iter(slots)
             out = {}
             for i in range(count):
                 if made[i] is not None:
                     out[made[i].id] = made[i].to_dict()
                     continue
                 offer = next(slots)
-                rec, new = self.store.insert(RentalRecord(
+                rec, new, committed = self.store.insert_within(RentalRecord(
                     id=new_rental_id(), request_id=f"{request}:{i}", market=market.name, node_type=node_type,
                     kind=offer.kind, gpu_type=offer.gpu_type, usd_per_hour=offer.usd_per_hour,
                     created_at=time.time(), resources={"CPU": float(offer.cpus), "GPU": float(offer.gpus)},
                     tags={**tags, TAG_RAY_NODE_KIND: tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER),
-                          TAG_MARKET: market.name, TAG_KIND: offer.kind, TAG_PRICE: _price_tag(offer.usd_per_hour)}))
+                          TAG_MARKET: market.name, TAG_KIND: offer.kind, TAG_PRICE: _price_tag(offer.usd_per_hour)}),
+                    cap)
+                if rec is None:  # another process committed meanwhile: checked again in the same transaction
+                    self._refuse_over_budget(f"a {what}", offer.usd_per_hour, committed, cap, node_type)
                 if not new:  # another provider instance made this request's node: not rented twice
                     out[rec.id] = rec.to_dict()
                     continue
@@ -220,6 +246,11 @@ class MarketNodeProvider(NodeProvider):
         with self._lock:
             self._release(node_id, "terminated by the autoscaler")
         return None
+
+    def release(self, node_id: str, reason: str) -> None:
+        """Give a node back for our own reason (the BudgetAutoscaler: shed, idle), recorded with it."""
+        with self._lock:
+            self._release(node_id, reason)
 
     def terminate_nodes(self, node_ids: list[str]) -> dict[str, Any] | None:
         for node_id in node_ids:

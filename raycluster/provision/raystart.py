@@ -84,6 +84,12 @@ def ray_start_argv() -> list[str]:
     return [sys.executable, "-m", "ray.scripts.scripts", "start"]
 
 
+def worker_start_argv() -> list[str]:
+    """The command that starts a worker node on this host: ``raycluster.provision.nodeproc`` (what
+    ``ray start --address … --block`` does, without importing Ray's whole CLI first)."""
+    return [sys.executable, "-m", "raycluster.provision.nodeproc"]
+
+
 def common_args(name: str, temp_dir: Path, labels: Mapping[str, str], object_store_bytes: int, *,
                 node_ip: str = C.LOCAL_NODE_IP, make_dir: bool = True) -> list[str]:
     """Arguments of every node we start (head or worker); ``make_dir``: create ``temp_dir`` here

@@ -29,6 +29,14 @@ def validate(config: dict[str, Any]) -> None:
         raise MarketConfigError("provider.raycluster_state_dir is required (e.g. ~/.raycluster)",
                                 field="provider.raycluster_state_dir")
     sold = check_markets(provider)
+    cap = provider.get("max_hourly_budget_usd")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap < 0):
+        raise MarketConfigError(f"provider.max_hourly_budget_usd must be a number >= 0 (USD per hour), not {cap!r}",
+                                field="provider.max_hourly_budget_usd")
+    from raycluster.provision.autoscaling import budget_config
+
+    budget_config(provider.get("budget"), idle_timeout_s=float(config.get("idle_timeout_minutes", 1)) * 60,
+                  max_workers=int(config.get("max_workers", 8)), max_hourly_budget_usd=cap, where="provider.budget")
     if provider.get("storage_uri") is not None:
         try:
             storage.check_uri(provider["storage_uri"], "provider.storage_uri")
@@ -78,7 +86,8 @@ def elastic_config(config: dict[str, Any], head_node_id: str | None) -> tuple[El
         node_types=node_types, markets=provider.get("markets") or {"local": {}},
         max_workers=int(config.get("max_workers", 8)), idle_timeout_s=float(config.get("idle_timeout_minutes", 1)) * 60,
         update_interval_s=float(provider.get("update_interval_s", 5)), join_timeout_s=float(provider.get("join_timeout_s", 300)),
-        provider_state_dir=str(provider_state_dir(provider)), head_node_id=head_node_id)
+        provider_state_dir=str(provider_state_dir(provider)), head_node_id=head_node_id,
+        max_hourly_budget_usd=provider.get("max_hourly_budget_usd"), budget=dict(provider.get("budget") or {}))
     state_dir = Path(provider.get("raycluster_state_dir") or "~/.raycluster").expanduser()
     head_cpus = int((config["available_node_types"][head].get("resources") or {}).get("CPU", 1))
     return elastic, state_dir, head_cpus

@@ -53,6 +53,7 @@ class JobRecord(BaseModel):
     cause: Cause | None = Field(None, description="why the last transition happened, as a stable code")
     waiting: str | None = Field(None, description="why a PENDING job is not placed yet (admission's last word)")
     placement_timeouts: int = Field(0, description="placements of this job that timed out so far")
+    preemptions: int = Field(0, description="attempts that ended because a spot node of theirs was preempted")
     rev: int = Field(0, description="row version: grows with every insert and state change of any job "
                                     "(not with metric reports or waiting reasons)")
 

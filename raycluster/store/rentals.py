@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,18 @@ def new_rental_id() -> str:
     return "rent-" + secrets.token_hex(6)
 
 
+_EXTRA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL,
+    reason TEXT NOT NULL, node_type TEXT, count INTEGER NOT NULL DEFAULT 0);
+"""
+# the settings key of the hard cap set at run time (raycluster budget --set / PUT /budget)
+BUDGET_SETTING = "max_hourly_budget_usd"
+# rentals that are billed: asked for, running, or being given back
+BILLED_STATES = ("requested", "running", "releasing")
+
+
 class RentalStore:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -75,6 +88,76 @@ class RentalStore:
         self._lock = threading.Lock()
         with self._lock:
             RENTALS.create(self._conn)
+            self._conn.executescript(_EXTRA_SCHEMA)
+
+    # ---- spend rate, settings, scaling events ------------------------------------------------------
+    def committed_usd_per_hour(self) -> float:
+        """The spend rate of everything billed now (the head is never billed)."""
+        with self._lock:
+            return self._committed(self._conn)
+
+    @staticmethod
+    def _committed(conn) -> float:
+        marks = ", ".join("?" for _ in BILLED_STATES)
+        row = conn.execute(f"SELECT COALESCE(SUM(usd_per_hour), 0) FROM rentals WHERE state IN ({marks})",
+                           BILLED_STATES).fetchone()
+        return float(row[0])
+
+    def insert_within(self, rec: RentalRecord, cap_usd_per_hour: float | None
+                      ) -> tuple[RentalRecord | None, bool, float]:
+        """``insert``, but only while the committed rate plus this rental's stays within the cap —
+        checked and inserted in one transaction, so provider instances in other processes cannot
+        pass it together: (the rental, new?, the committed rate before). (None, False, committed):
+        refused, nothing inserted."""
+        if cap_usd_per_hour is None:
+            return (*self.insert(rec), 0.0)
+        fields = RENTALS.encode(rec.model_dump())
+        cols, marks = ", ".join(fields), ", ".join("?" for _ in fields)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                old = self._conn.execute("SELECT 1 FROM rentals WHERE request_id = ?", (rec.request_id,)).fetchone()
+                committed = self._committed(self._conn)
+                over = old is None and committed + rec.usd_per_hour > cap_usd_per_hour + 1e-9
+                if old is None and not over:
+                    self._conn.execute(f"INSERT INTO rentals ({cols}) VALUES ({marks})", tuple(fields.values()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        if over:
+            return None, False, committed
+        if old is not None:
+            return self.by_request(rec.request_id), False, committed
+        return rec, True, committed
+
+    def setting(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self._lock:
+            if value is None:
+                self._conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                self._conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                                   "SET value = excluded.value", (key, value))
+
+    def add_event(self, source: str, action: str, reason: str, node_type: str | None = None, count: int = 0,
+                  ts: float | None = None) -> None:
+        with self._lock:
+            self._conn.execute("INSERT INTO events (ts, source, action, reason, node_type, count) VALUES (?,?,?,?,?,?)",
+                               (time.time() if ts is None else ts, source, action, reason, node_type, count))
+
+    def events(self, limit: int = 100, since_id: int = 0) -> list[dict[str, Any]]:
+        """The newest ``limit`` scaling events after ``since_id``, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, ts, source, action, reason, node_type, count FROM events WHERE id > ? "
+                "ORDER BY id DESC LIMIT ?", (since_id, max(0, int(limit)))).fetchall()
+        keys = ("id", "ts", "source", "action", "reason", "node_type", "count")
+        return [dict(zip(keys, r)) for r in reversed(rows)]
 
     def close(self) -> None:
         self._conn.close()

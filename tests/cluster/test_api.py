@@ -216,6 +216,14 @@ def test_errors_have_one_shape(api):
                       "notice_s")
     _assert_error(api.s.post(api.url + "/rentals/rent-1/preempt", json={"when": 1}, timeout=30), 422,
                   "invalid_request", "body")
+    # cost, events and the budget: not elastic either; a bad cap is refused before anything is asked
+    _assert_error(_get(api, "/cost"), 409, "not_elastic")
+    _assert_error(_get(api, "/events"), 409, "not_elastic")
+    _assert_error(api.s.put(api.url + "/budget", json={"max_hourly_budget_usd": 1.5}, timeout=30), 409, "not_elastic")
+    for body, field in (({"max_hourly_budget_usd": -1}, "max_hourly_budget_usd"),
+                        ({"max_hourly_budget_usd": "ten"}, "max_hourly_budget_usd"),
+                        ({"max_hourly_budget_usd": True}, "max_hourly_budget_usd"), ({"cap": 1}, "body"), ([1], "body")):
+        _assert_error(api.s.put(api.url + "/budget", json=body, timeout=30), 422, "invalid_request", field)
     _assert_error(api.s.post(api.url + "/jobs", json=counter_spec("x"), headers={"Idempotency-Key": "k" * 300},
                              timeout=30), 422, "invalid_request", "Idempotency-Key")
 

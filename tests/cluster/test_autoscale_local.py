@@ -34,7 +34,7 @@ def elastic(tmp_path_factory):
                                                 "spot_usd_per_hour": SPOT_USD_PER_HOUR,
                                                 "on_demand_usd_per_hour": ON_DEMAND_USD_PER_HOUR}},
                            "preemption_notice_s": 3}},
-        idle_timeout_s=8, update_interval_s=1, join_timeout_s=120)
+        idle_timeout_s=8, update_interval_s=1, join_timeout_s=120, budget={"cooldown_s": 2})
     lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg)
     lc.start()
     try:
@@ -138,6 +138,20 @@ def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elas
                and r["cost_usd"] >= 0 for r in rows), rows
     bad = _cli(elastic, "market", "preempt", "rent-nosuchnode")
     assert bad.returncode == 4 and "rents out no node 'rent-nosuchnode'" in bad.stderr
+    # what it cost and why it scaled: CLI and HTTP read the same books
+    cost = json.loads(_cli(elastic, "--json", "cost").stdout)
+    assert cost["spend_usd"] > 0 and cost["by_kind_usd"]["spot"] == cost["spend_usd"]
+    assert cost["saved_vs_on_demand_usd"] > 0 and cost["max_hourly_budget_usd"] is None
+    events = json.loads(_cli(elastic, "--json", "events").stdout)
+    assert any(e["source"] == "budget" and e["action"] == "scale_up" for e in events), events
+    import requests as _rq
+
+    http_cost = _rq.get(client.api_url + "/cost", headers=client.api_headers, timeout=30).json()
+    assert http_cost["rentals"] == cost["rentals"] and http_cost["spend_usd"] >= cost["spend_usd"]
+    http_events = _rq.get(client.api_url + "/events", headers=client.api_headers, timeout=30).json()["events"]
+    assert [e["id"] for e in http_events][:len(events)] == [e["id"] for e in events]
+    bad_cap = _cli(elastic, "budget", "--set", "-1")
+    assert bad_cap.returncode == 2 and "max_hourly_budget_usd must be a number >= 0" in bad_cap.stderr
     # the same over the HTTP API
     import requests
 
@@ -182,6 +196,13 @@ def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_iden
     assert final["state"] == "SUCCEEDED", final["error"]
     assert "RECOVERING" in [t["to"] for t in final["transitions"]] and final["system_restarts"] == 1
     assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
+    # the preemption is counted, and the job paid for both attempts: the time lost with the first too
+    from raycluster.store.usage import UsageStore
+
+    assert final["preemptions"] == 1 and final["cost_usd"] > 0 and baseline["preemptions"] == 0
+    usage = UsageStore(elastic.state_dir / "jobs.db").rows([jid])
+    assert sorted({u["attempt"] for u in usage}) == [1, 2] and all(u["end"] is not None for u in usage)
+    assert len([u for u in usage if u["attempt"] == 1]) == 2  # its two spot nodes, the preempted one too
     gone = _provider(elastic).store.get(victim)
     assert gone.state.value == "released" and gone.preempt_deadline is not None
     dead = wait_for(lambda: (n := get_node(victim_node, address=elastic.dashboard_url)) and n.state == "DEAD" and n,
@@ -220,6 +241,7 @@ def test_a_rented_node_killed_without_notice_is_replaced_and_the_strict_spread_g
     final = client.wait([jid], timeout_s=240)[0]
     assert final["state"] == "SUCCEEDED", final["error"]
     assert final["system_restarts"] == 1 and final["result"]["resumed_from"] >= 20
+    assert final["preemptions"] == 0  # a node lost without notice is not a preemption
     lost = _provider(elastic).store.get(victim)
     assert lost.state.value == "released" and "lost" in (lost.reason or ""), lost
     assert victim not in market.held()

@@ -459,3 +459,35 @@ def test_rentals_and_preempt_need_an_elastic_cluster_and_a_known_node(tmp_path):
     with pytest.raises(UnknownRental, match="rents out no node 'rent-nope'") as err:
         core.preempt("rent-nope", 5)
     assert err.value.http_status == 404 and err.value.field == "node"
+
+
+def test_a_gang_that_can_never_run_within_the_budget_is_rejected_at_submit(tmp_path):
+    """An elastic cluster with max_hourly_budget_usd: a gang whose cheapest set of rented nodes costs
+    more per hour than the cap is refused at submit, naming the budget; one that fits is accepted;
+    one that fits on the fixed nodes (no rent needed) is accepted whatever the cap."""
+    import json
+
+    from raycluster.errors import InfeasibleJob
+    from raycluster.provision.local.record import cluster_dir
+
+    cluster_dir(tmp_path).mkdir(parents=True)
+    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
+        "max_workers": 8, "head_node_type": "head",
+        "provider": {"max_hourly_budget_usd": 0.5, "markets": {"local": {"gpu_types": {
+            "T4": {"gpus": 1, "cpus": 2, "capacity": 8, "spot_usd_per_hour": 0.16, "on_demand_usd_per_hour": 0.53}}}}},
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "max_workers": 0},
+            "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 8,
+                         "node_config": {"market": "local", "kind": "spot", "gpu_type": "T4"}},
+            "gpu_ondemand": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 8,
+                             "node_config": {"market": "local", "kind": "on_demand", "gpu_type": "T4"}}}}))
+    ops, clock = FakeOps(nodes=1), Clock()  # one fixed node with a GPU
+    core = CoordinatorCore(tmp_path, ops, clock=clock)
+    assert core.budget_cap_usd_per_hour == 0.5 and len(core.budget_types) == 2
+    core.submit(spec("fits-fixed", workers=1))
+    core.submit(spec("three-spot", workers=3, placement_strategy="STRICT_SPREAD"))  # 3 x 0.16 = 0.48
+    with pytest.raises(InfeasibleJob) as e:
+        core.submit(spec("four-spot", workers=4, placement_strategy="STRICT_SPREAD"))  # 0.64 > 0.50
+    assert "budget: its 4 worker(s) need at least 0.64 USD/h of rented nodes, more than max_hourly_budget_usd 0.50" \
+        in str(e.value)
+    assert [j["name"] for j in core.list()] == ["fits-fixed", "three-spot"]  # nothing made for the refused one

@@ -168,3 +168,59 @@ def test_missing_provider_keys_are_named(tmp_path):
 def test_the_default_price_table_is_valid_and_spot_is_optional():
     table = parse_gpu_types({"A100": {"gpus": 1, "cpus": 4, "on_demand_usd_per_hour": 3.0, "capacity": 2}})
     assert table["A100"]["spot_usd_per_hour"] is None and parse_gpu_types(None)["T4"]["capacity"] == 4
+
+
+def test_the_budget_cap_refuses_a_rent_explains_it_and_rents_nothing(tmp_path):
+    """The hard cap: committed USD/h (starting nodes included) + the request <= max_hourly_budget_usd."""
+    from raycluster.provision.market.base import BudgetExceeded
+
+    p, market = provider(tmp_path, FakeMarket(capacity=10), max_hourly_budget_usd=0.5)
+    spot = {"market": "fake", "kind": "spot"}
+    p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "a"}, 2)  # 0.40 USD/h
+    assert p.store.committed_usd_per_hour() == pytest.approx(0.4)
+    with pytest.raises(BudgetExceeded) as e:  # a request that only partly fits: none of it is rented
+        p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "b"}, 2)
+    assert e.value.retryable and e.value.field == "max_hourly_budget_usd"
+    assert str(e.value) == ("refused: budget 0.40/0.50 USD/h: renting 2 spot node at 0.40 USD/h would commit 0.80")
+    with pytest.raises(BudgetExceeded):
+        p.create_node({"market": "fake", "kind": "on_demand"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "c"}, 1)
+    assert len(market.running) == 2 and len(p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER})) == 2
+    assert [(ev["source"], ev["action"]) for ev in p.store.events()] == [("provider", "blocked")] * 2
+    # within the cap it rents; the same request again is not a second rental (and not refused)
+    p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "d"}, 0)
+    # a node given back makes room
+    p.terminate_node(next(iter(market.running)))
+    p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "e"}, 1)
+    again = p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "e"}, 1)
+    assert len(again) == 1 and p.store.committed_usd_per_hour() == pytest.approx(0.4)
+
+
+def test_the_cap_holds_across_provider_instances_and_can_be_set_at_run_time(tmp_path):
+    """Two provider instances (the `ray up` process and the autoscaler's monitor) share the books:
+    together they never commit past the cap; a cap set at run time (SQLite) wins over the config's."""
+    import threading
+
+    from raycluster.provision.market.base import BudgetExceeded
+
+    market = FakeMarket(capacity=100)
+    a, _ = provider(tmp_path, market, max_hourly_budget_usd=2.0)
+    b, _ = provider(tmp_path, market, max_hourly_budget_usd=2.0)
+    refused = []
+
+    def rent(p, prefix):
+        for i in range(10):
+            try:
+                p.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: f"{prefix}{i}"}, 1)
+            except BudgetExceeded:
+                refused.append(prefix)
+
+    threads = [threading.Thread(target=rent, args=(p, x)) for p, x in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert a.store.committed_usd_per_hour() == pytest.approx(2.0) and len(market.running) == 10 and len(refused) == 10
+    a.store.set_setting("max_hourly_budget_usd", "2.5")
+    assert b.budget_usd_per_hour() == 2.5
+    b.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "late"}, 2)
+    assert b.store.committed_usd_per_hour() == pytest.approx(2.4)

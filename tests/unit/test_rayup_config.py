@@ -60,6 +60,8 @@ _DELETE = object()
     ("available_node_types.gpu_spot.resources.GPU", "one", "available_node_types.gpu_spot.resources.GPU"),
     ("provider.raycluster_state_dir", _DELETE, "provider.raycluster_state_dir"),
     ("provider.storage_uri", "nosuch://bucket/x", "provider.storage_uri"),
+    ("provider.max_hourly_budget_usd", "eight", "provider.max_hourly_budget_usd"),
+    ("provider.max_hourly_budget_usd", -1, "provider.max_hourly_budget_usd"),
     ("provider.storage_uri", "s3://", "provider.storage_uri"),
     ("head_node_type", "boss", "head_node_type"),
 ])

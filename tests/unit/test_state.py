@@ -180,8 +180,9 @@ def test_row_versions_give_the_rows_changed_since_a_read(store):
     assert store.changed_since(rev) == ([], rev)
 
 
-def test_api_job_model_is_the_record_plus_transitions():
+def test_api_job_model_is_the_record_plus_transitions_and_cost():
     from raycluster.api.models import Job
     from raycluster.store.jobs import JobRecord
 
-    assert set(Job.model_fields) - set(JobRecord.model_fields) == {"transitions"}
+    # (the two fields computed when answering: the audit trail and the cost from the ledger)
+    assert set(Job.model_fields) - set(JobRecord.model_fields) == {"transitions", "cost_usd"}

@@ -380,7 +380,7 @@ class LocalCluster:
         extra_env.update(env or {})
         node_labels = {NODE_LABEL: name, ROLE_LABEL: WORKER_ROLE, **(labels or {})}
         custom = {WORKER_RESOURCE: 1.0, **{k: float(v) for k, v in (resources or {}).items()}}
-        argv = (raystart.ray_start_argv() + raystart.worker_args(record["address"], cpus, gpus, custom)
+        argv = (raystart.worker_start_argv() + raystart.worker_args(record["address"], cpus, gpus, custom)
                 + raystart.common_args(name, Path(record["temp_dir"]) / f"w{index}", node_labels,
                                        self.object_store_bytes))
         return self._new_node(name, WORKER_ROLE, argv, self._node_env(extra_env),

@@ -28,6 +28,12 @@ class CapacityExhausted(MarketError):
     code, retryable = "market_capacity", True
 
 
+class BudgetExceeded(MarketError):
+    """Renting would take the committed spend rate (every rental's USD/hour, starting ones
+    included) past ``max_hourly_budget_usd``; it may fit once nodes are given back."""
+    code, http_status, retryable = "budget_exceeded", 409, True
+
+
 class MarketUnavailable(MarketError):
     """The market did not answer or answered with a server error; retry later."""
     code, retryable = "market_unavailable", True

@@ -162,7 +162,7 @@ class LocalMarket:
         name = f"rc-{launch.rental_id}"
         temp_dir = self.node_temp_dir / ("m" + launch.rental_id[-8:])
         labels = {**launch.labels, RENTAL_LABEL: launch.rental_id}
-        argv = (raystart.ray_start_argv()
+        argv = (raystart.worker_start_argv()
                 + raystart.worker_args(launch.head_address, t["cpus"], t["gpus"], launch.resources)
                 + raystart.common_args(name, temp_dir, labels, self.object_store_bytes))
         env = raystart.node_env(self.auth_mode, self.auth_token_path, extra=launch.env)

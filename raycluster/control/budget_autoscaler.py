@@ -1,0 +1,189 @@
+"""The BudgetAutoscaler: how many GPU nodes of which type an elastic cluster holds, within its
+min/max workers and its hourly budget. A thin actor over ``BudgetLoop``; the decisions are the pure
+``policy.budget.decide``; every outside call goes through ``control.scaling.ScalingOps``.
+
+Owns: the loop's memory between passes (since when each node is idle, since when utilisation is
+low, the last scale-up, the events and waiting reasons last written) and one pass, in three steps:
+
+* observe — the live autoscaling config, the provider's rentals and the hard cap, each node type's
+  offers (price, slots), Ray's node table (free GPUs/CPUs of each rented node), the Coordinator's
+  waiting gangs;
+* decide — ``policy.budget.decide`` (the same function the what-if simulator replays);
+* apply — give back the nodes it releases (drained first), write each node type's min/max workers
+  into the live autoscaling config (Ray's autoscaler v2 re-reads it every tick and launches only
+  within them: Ray does the mechanics, this policy decides), Ray's own idle timeout as a backstop
+  (idle timeout + cooldown), new scaling events, and the waiting reasons (``budget 0.48/0.60
+  USD/h, needs 0.32 more``) to the Coordinator.
+
+The provider refuses any rent past the cap whatever asks for it (``node_provider``): the last guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import ray
+
+from raycluster import constants as C
+from raycluster.policy.budget import BudgetContext, BudgetDecision, Gang, HeldNode, NodeType, decide
+from raycluster.provision.autoscaling import budget_config, budget_view
+from raycluster.provision.market.local import RENTAL_LABEL
+
+log = logging.getLogger("raycluster.budget")
+
+
+class BudgetLoop:
+    def __init__(self, ops, clock=time.time):
+        self.ops = ops
+        self.clock = clock
+        self.idle_since: dict[str, float] = {}
+        self.low_util_since: float | None = None
+        self.last_scale_up_at: float | None = None
+        self._last_events: set[tuple[str, str]] = set()
+        self._last_reasons: dict[str, str] | None = None
+        self.last: dict[str, Any] = {}
+
+    # ---- observe -------------------------------------------------------------------------------------
+    def context(self, now: float) -> tuple[BudgetContext, dict[str, str], dict[str, Any]]:
+        """(the policy's context, rental id -> Ray node id, the config read)."""
+        config = self.ops.config()
+        provider = config.get("provider") or {}
+        head = config.get("head_node_type")
+        limits = self.ops.original_limits(config)
+        cfg = budget_config(provider.get("budget"),
+                            idle_timeout_s=float(provider.get("idle_timeout_s",
+                                                              float(config.get("idle_timeout_minutes", 1)) * 60)),
+                            max_workers=int(config.get("max_workers", 8)), max_hourly_budget_usd=self.ops.cap())
+        _cap, priced = budget_view(config)
+        configured = {t.name: t.usd_per_hour for t in priced}
+        types = []
+        for name, t in (config.get("available_node_types") or {}).items():
+            if name == head:
+                continue
+            nc = t.get("node_config") or {}
+            price, slots = self.ops.offers(nc)
+            if price is None:
+                price = configured.get(name, float("inf"))
+            res = t.get("resources") or {}
+            types.append(NodeType(name, nc.get("kind", "on_demand"), float(price), gpus=int(res.get("GPU", 0)),
+                                  cpus=float(res.get("CPU", 0)), available=int(slots),
+                                  max_workers=int(limits.get(name, {}).get("max_workers", t.get("max_workers", 0)))))
+        by_type = {t.name: t for t in types}
+        ray_nodes = {n["labels"].get(RENTAL_LABEL): n for n in self.ops.nodes()
+                     if n.get("alive") and RENTAL_LABEL in (n.get("labels") or {})}
+        held, ray_ids, gpus_total, gpus_used = [], {}, 0.0, 0.0
+        live = set()
+        for r in self.ops.rentals():
+            live.add(r.id)
+            node = ray_nodes.get(r.id)
+            t = by_type.get(r.node_type)
+            if node is None:  # starting (or not joined yet): its whole room is coming
+                self.idle_since.pop(r.id, None)
+                held.append(HeldNode(r.id, r.node_type, r.kind, r.usd_per_hour, free_gpus=t.gpus if t else 0,
+                                     free_cpus=t.cpus if t else 0, starting=True))
+                continue
+            ray_ids[r.id] = node["id"]
+            total, free = node["resources_total"], node["resources_free"]
+            g_total, g_free = float(total.get("GPU", 0)), float(free.get("GPU", 0))
+            gpus_total += g_total
+            gpus_used += g_total - g_free
+            idle = all(abs(float(free.get(k, 0)) - float(v)) < 1e-9 for k, v in total.items() if k in ("GPU", "CPU"))
+            if idle:
+                self.idle_since.setdefault(r.id, now)
+            else:
+                self.idle_since.pop(r.id, None)
+            held.append(HeldNode(r.id, r.node_type, r.kind, r.usd_per_hour, free_gpus=g_free,
+                                 free_cpus=float(free.get("CPU", 0)),
+                                 idle_s=now - self.idle_since[r.id] if idle else 0.0))
+        for gone in set(self.idle_since) - live:
+            del self.idle_since[gone]
+        waiting = tuple(Gang(w["job_id"], int(w["bundles"]), float(w["gpus"]), float(w["cpus"]),
+                             strict_spread=bool(w.get("strict_spread")), spot=w.get("spot", "auto"),
+                             preemptions=int(w.get("preemptions", 0))) for w in self.ops.waiting())
+        ctx = BudgetContext(cfg, tuple(types), tuple(held), waiting,
+                            gpus_used / gpus_total if gpus_total else None, self.low_util_since, self.last_scale_up_at)
+        return ctx, ray_ids, config
+
+    # ---- one pass -----------------------------------------------------------------------------------
+    def step(self) -> BudgetDecision:
+        now = self.clock()
+        ctx, ray_ids, _config = self.context(now)
+        d = decide(ctx, now)
+        self.low_util_since, self.last_scale_up_at = d.low_util_since, d.last_scale_up_at
+        self._apply(ctx, d, ray_ids)
+        self.last = {"at": now, "launch": dict(d.launch), "release": [i for i, _ in d.release],
+                     "waiting": len(d.waiting), "committed_usd_per_hour": d.committed_usd_per_hour,
+                     "cap_usd_per_hour": ctx.config.max_hourly_budget_usd, "gpu_util": ctx.gpu_util}
+        return d
+
+    def _apply(self, ctx: BudgetContext, d: BudgetDecision, ray_ids: dict[str, str]) -> None:
+        released = set()
+        for rental_id, reason in d.release:
+            try:
+                self.ops.release(rental_id, reason, ray_ids.get(rental_id))
+                released.add(rental_id)
+            except Exception:
+                log.exception("releasing %s failed", rental_id)
+        counts: dict[str, int] = {}
+        for n in ctx.held:
+            if n.id not in released:
+                counts[n.node_type] = counts.get(n.node_type, 0) + 1
+        limits, left_min = {}, ctx.config.min_workers
+        for t in sorted(ctx.types, key=lambda t: (t.usd_per_hour, t.name)):
+            hi = min(t.max_workers, counts.get(t.name, 0) + d.launch.get(t.name, 0))
+            lo = min(hi, left_min)
+            left_min -= lo
+            limits[t.name] = (lo, hi)
+        backstop_min = (ctx.config.idle_timeout_s + ctx.config.cooldown_s) / 60.0
+        if self.ops.write_limits(limits, idle_timeout_minutes=backstop_min):
+            log.info("node type limits now %s (launch %s, release %s, committed %.2f USD/h)", limits, d.launch,
+                     [i for i, _ in d.release], d.committed_usd_per_hour)
+        events = {(e.action, e.reason): e for e in d.events}
+        for key in events.keys() - self._last_events:  # a situation that lasts is recorded once
+            e = events[key]
+            self.ops.event(e.action, e.reason, e.node_type, e.count)
+        self._last_events = set(events)
+        if d.waiting != self._last_reasons:
+            self.ops.set_waiting(dict(d.waiting))
+            self._last_reasons = dict(d.waiting)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)
+class BudgetAutoscaler:
+    """Named, detached, restartable, on the head; runs ``BudgetLoop.step`` every BUDGET_INTERVAL_S."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from raycluster.control.actors import get_handle
+        from raycluster.control.scaling import ScalingOps
+
+        self.ops = ScalingOps(state_dir, coordinator=get_handle(C.COORDINATOR_NAME))
+        self.loop = BudgetLoop(self.ops)
+        self.passes = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="budget", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(C.BUDGET_INTERVAL_S):
+            try:
+                self.loop.step()
+                self.passes += 1
+            except Exception:  # one pass failing never stops the loop
+                log.exception("budget pass failed")
+
+    def ping(self) -> dict:
+        return {"ok": True, "passes": self.passes}
+
+    def status(self) -> dict:
+        return {"passes": self.passes, **self.loop.last}
+
+    def set_budget(self, usd_per_hour: float | None) -> dict:
+        """Change the hard cap at run time (None: back to the config's); used by the next pass and
+        by the provider on the next rent."""
+        from raycluster.provision.spend import set_budget
+
+        return set_budget(self.state_dir, usd_per_hour)

@@ -1,0 +1,91 @@
+"""The Coordinator's side of the cost ledger: which rented nodes each attempt held, whether an
+attempt ended because one of them was preempted, and what each job has cost.
+
+Owns: recording an attempt's share of each rented node when its gang is placed (from the placement
+group's bundle → node map and the nodes' ``raycluster.io/rental`` labels) and closing it when the
+attempt ends (``store.usage``); reading the provider's rentals (``rentals.db``) to price it
+(``policy.cost.attribute``). On a cluster that rents nothing it records nothing and every job costs 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from raycluster.policy.cost import Attribution, Rental, attribute
+from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.store.usage import UsageStore
+
+log = logging.getLogger(__name__)
+
+
+class JobLedger:
+    def __init__(self, state_dir: Path, elastic: bool, clock: Callable[[], float]):
+        self.state_dir = Path(state_dir)
+        self.elastic = elastic
+        self.clock = clock
+        self.usage = UsageStore(self.state_dir / "jobs.db")
+        self._rentals_store = None
+
+    def _rentals(self):
+        if self._rentals_store is None:
+            from raycluster.provision.market.registry import provider_state_dir, recorded_provider
+            from raycluster.store.rentals import RentalStore
+
+            self._rentals_store = RentalStore(provider_state_dir(recorded_provider(self.state_dir)) / "rentals.db")
+        return self._rentals_store
+
+    def placed(self, job_id: str, attempt: int, bundle_nodes: list[str], bundle: dict[str, float],
+               nodes: list[dict[str, Any]], now: float) -> None:
+        """The attempt's gang is placed: its bundles sit on ``bundle_nodes`` (Ray node ids)."""
+        if not self.elastic:
+            return
+        by_id = {n["id"]: n for n in nodes}
+        shares: dict[str, tuple[str, float]] = {}
+        for nid in bundle_nodes:
+            node = by_id.get(nid)
+            rental = (node or {}).get("labels", {}).get(RENTAL_LABEL)
+            if not rental:
+                continue  # the head or a fixed node: costs nothing
+            total = node.get("resources_total") or {}
+            if bundle.get("GPU", 0) > 0 and total.get("GPU", 0) > 0:
+                share = bundle["GPU"] / total["GPU"]
+            else:
+                share = bundle.get("CPU", 0) / total["CPU"] if total.get("CPU", 0) > 0 else 0.0
+            prev = shares.get(rental, (nid, 0.0))[1]
+            shares[rental] = (nid, prev + share)
+        if shares:
+            self.usage.placed(job_id, attempt, shares, now)
+
+    def ended(self, job_id: str, attempt: int, now: float) -> None:
+        if self.elastic:
+            self.usage.ended(job_id, attempt, now)
+
+    def preempted(self, job_id: str, attempt: int) -> bool:
+        """Whether a rented node of the attempt had a preemption notice (the market took it back)."""
+        if not self.elastic:
+            return False
+        try:
+            for rid in self.usage.rentals_of(job_id, attempt):
+                rec = self._rentals().get(rid)
+                if rec is not None and (rec.preempt_deadline is not None or "preempt" in (rec.reason or "")):
+                    return True
+        except Exception:  # the books unreadable: not counted, never a failed step
+            log.exception("cannot tell whether %s attempt %d was preempted", job_id, attempt)
+        return False
+
+    def attribution(self, job_ids: list[str] | None = None, now: float | None = None) -> Attribution:
+        now = self.clock() if now is None else now
+        if not self.elastic:
+            return Attribution()
+        rentals = [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at)
+                   for r in self._rentals().list(None) if r.market != "head"]
+        return attribute(self.usage.rows(job_ids), rentals, now)
+
+    def costs(self, job_ids: list[str]) -> dict[str, float]:
+        """USD each of ``job_ids`` has cost so far (0 for a job that held no rented node)."""
+        if not self.elastic or not job_ids:
+            return dict.fromkeys(job_ids, 0.0)
+        by_job = self.attribution(job_ids).by_job_usd
+        return {j: round(by_job.get(j, 0.0), 6) for j in job_ids}

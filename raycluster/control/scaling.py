@@ -1,0 +1,119 @@
+"""Every outside call of the budget loop, behind one small wrapper (the loop is driven with a fake
+in unit tests and with this in integration tests).
+
+Owns: ``ScalingOps`` — reading the elastic cluster's live autoscaling config and writing the
+node-type limits the BudgetAutoscaler allows into it (Ray's autoscaler v2 re-reads that file every
+tick, so Ray does the mechanics within our limits), the provider's books (rentals, the hard cap,
+scaling events) and the markets' offers through a ``MarketNodeProvider`` sharing the provider's
+SQLite, Ray's node table, the Coordinator's queue and waiting reasons, and giving a node back
+(drained in Ray first).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from raycluster.provision.local.record import cluster_dir, read_json
+from raycluster.util.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# the configured limits of each node type, kept beside the live ones the BudgetAutoscaler writes
+ORIGINAL_LIMITS_KEY = "raycluster_type_limits"
+
+
+class ScalingOps:
+    def __init__(self, state_dir: Path | str, coordinator=None):
+        from raycluster.provision.node_provider import MarketNodeProvider
+
+        self.config_path = cluster_dir(Path(state_dir)) / "autoscaling.json"
+        config = self.config()
+        if not config:
+            raise FileNotFoundError(f"{self.config_path}: not an elastic cluster")
+        self.provider = MarketNodeProvider(config["provider"], config["cluster_name"])
+        self.coordinator = coordinator
+
+    # ---- the live autoscaling config ----------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return read_json(self.config_path) or {}
+
+    def original_limits(self, config: dict[str, Any]) -> dict[str, dict[str, int]]:
+        """Each worker type's configured min/max workers (before the BudgetAutoscaler wrote any)."""
+        kept = (config.get("provider") or {}).get(ORIGINAL_LIMITS_KEY)
+        if kept:
+            return kept
+        return {name: {"min_workers": int(t.get("min_workers", 0)), "max_workers": int(t.get("max_workers", 0))}
+                for name, t in (config.get("available_node_types") or {}).items()
+                if name != config.get("head_node_type")}
+
+    def write_limits(self, limits: dict[str, tuple[int, int]], idle_timeout_minutes: float | None = None) -> bool:
+        """Set each type's (min_workers, max_workers) (and Ray's idle timeout) in the live config;
+        True when the file changed. Written atomically: Ray's reader never sees half a file."""
+        config = self.config()
+        new = copy.deepcopy(config)
+        new["provider"].setdefault(ORIGINAL_LIMITS_KEY, self.original_limits(config))
+        for name, (lo, hi) in limits.items():
+            t = new["available_node_types"].get(name)
+            if t is not None:
+                t["min_workers"], t["max_workers"] = int(lo), int(hi)
+        if idle_timeout_minutes is not None:
+            new["idle_timeout_minutes"] = idle_timeout_minutes
+        if new == config:
+            return False
+        atomic_write_json(self.config_path, new, mode=0o644)
+        return True
+
+    # ---- the provider's books and the markets -------------------------------------------------------
+    def rentals(self) -> list:
+        from raycluster.store.rentals import RentalState
+
+        return [r for r in self.provider.store.list((RentalState.REQUESTED, RentalState.RUNNING,
+                                                     RentalState.RELEASING)) if r.market != "head"]
+
+    def offers(self, node_config: dict[str, Any]) -> tuple[float | None, int]:
+        """(the cheapest price, slots available now) of a node type's offers; (None, 0): none."""
+        try:
+            _market, slots = self.provider._offers(node_config)
+        except Exception as exc:  # a market refusing or unreachable offers nothing now
+            log.info("no offers for %s: %s", node_config, exc)
+            return None, 0
+        if not slots:
+            return None, 0
+        return min(o.usd_per_hour for o in slots), len(slots)
+
+    def cap(self) -> float | None:
+        return self.provider.budget_usd_per_hour()
+
+    def event(self, action: str, reason: str, node_type: str | None = None, count: int = 0) -> None:
+        self.provider.store.add_event("budget", action, reason, node_type, count)
+
+    def release(self, rental_id: str, reason: str, ray_node_id: str | None) -> None:
+        """Give a node back: drained in Ray first (its gangs recover from their checkpoints on
+        other nodes), then released through its market."""
+        if ray_node_id and self.provider.head_address:
+            from raycluster.control.drain import drain_node
+
+            try:
+                drain_node(self.provider.head_address, ray_node_id, "IDLE_TERMINATION", reason, time.time() + 5)
+            except Exception as exc:
+                log.warning("drain of %s before release failed: %s", rental_id, exc)
+        self.provider.release(rental_id, reason)
+
+    # ---- Ray and the Coordinator ---------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        from raycluster.control.nodes import read_nodes
+
+        return read_nodes()
+
+    def waiting(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get(self.coordinator.budget_queue.remote(), timeout=30) if self.coordinator else []
+
+    def set_waiting(self, reasons: dict[str, str]) -> None:
+        if self.coordinator is not None:
+            self.coordinator.set_budget_reasons.remote(reasons)

@@ -1,0 +1,52 @@
+"""The cost ledger's arithmetic: what each job owes for the rented nodes it ran on. Pure.
+
+A rental costs ``usd_per_hour`` from its request to its release (``created_at`` → ``released_at``,
+or now). A job owes, for every attempt and every rented node the attempt's gang was placed on, its
+share of that node (its bundles' GPUs over the node's GPUs) × the node's price × the time it held it
+— within the rental's own interval — including attempts cut short by a preemption (that time was
+paid for and lost). What no job held (idle nodes, nodes starting, bundles unused) is
+``unattributed``; jobs + unattributed = the rentals' total, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+
+@dataclass(frozen=True)
+class Rental:
+    id: str
+    usd_per_hour: float
+    start: float
+    end: float | None  # None: still held
+
+
+@dataclass
+class Attribution:
+    by_job_usd: dict[str, float] = field(default_factory=dict)
+    total_usd: float = 0.0
+    unattributed_usd: float = 0.0
+
+
+def _held_h(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0)) / 3600.0
+
+
+def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -> Attribution:
+    """``usage``: rows of ``store.usage`` (job_id, rental_id, share, start, end)."""
+    by_id = {r.id: r for r in rentals}
+    out = Attribution()
+    for r in by_id.values():
+        out.total_usd += _held_h(r.start, r.end if r.end is not None else now, r.start, now) * r.usd_per_hour
+    for u in usage:
+        r = by_id.get(u["rental_id"])
+        if r is None:
+            continue
+        r_end = r.end if r.end is not None else now
+        u_end = u["end"] if u["end"] is not None else now
+        share = max(0.0, min(1.0, float(u["share"])))
+        usd = share * r.usd_per_hour * _held_h(u["start"], u_end, r.start, r_end)
+        out.by_job_usd[u["job_id"]] = out.by_job_usd.get(u["job_id"], 0.0) + usd
+    out.unattributed_usd = out.total_usd - sum(out.by_job_usd.values())
+    return out

@@ -1,0 +1,319 @@
+"""The what-if simulator: a job trace replayed in simulated time against a market model, through
+the live system's own policies — ``policy.admission.AdmissionQueue`` (which queued gangs start),
+``policy.placement.place`` (where) and ``policy.budget.decide`` (which nodes to hold) — never a copy.
+Pure (no Ray, no I/O), deterministic for a seed.
+
+Model: a node is rented ``launch_delay_s`` before it can be used and billed from its request to its
+release; spot nodes are preempted at ``preemption_rate_per_hour`` (exponential), and a job on a
+preempted node loses the work since its last checkpoint (every ``checkpoint_every_s``) and is queued
+again (counted); a job runs ``duration_s`` of work once placed. The budget policy decides every
+``tick_s``; admission runs whenever something changed. The same trace on a fixed pool of on-demand
+nodes sized for the peak (held all day, admission only) is the comparison.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from raycluster.policy.admission import AdmissionQueue, QueuedJob
+from raycluster.policy.budget import BudgetConfig, BudgetContext, Gang, HeldNode, NodeType, decide
+from raycluster.policy.placement import place
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    job_id: str
+    arrival_s: float
+    duration_s: float
+    workers: int = 1
+    gpus: float = 1.0
+    cpus: float = 1.0
+    priority: int = 50
+    spot: str = "auto"
+    strategy: str = "PACK"
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class MarketModel:
+    types: tuple[NodeType, ...]  # available = the market's capacity of that type
+    launch_delay_s: float = 60.0
+    preemption_rate_per_hour: float = 0.0
+    checkpoint_every_s: float = 300.0
+
+
+@dataclass
+class SimReport:
+    jobs: int = 0
+    rejected: int = 0  # gangs that could never run (too big for the node types / the pool, or the budget)
+    finished: int = 0
+    cost_usd: float = 0.0
+    wait_p50_s: float = 0.0
+    wait_p99_s: float = 0.0
+    utilisation: float = 0.0  # GPU-seconds used / GPU-seconds held
+    preemptions: int = 0
+    peak_nodes: int = 0
+    peak_usd_per_hour: float = 0.0  # the highest committed spend rate (starting nodes included)
+    makespan_s: float = 0.0
+    node_hours: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class _Node:
+    id: str
+    type: NodeType
+    start: float
+    ready_at: float
+    free_gpus: float
+    free_cpus: float
+    idle_since: float
+    end: float | None = None
+    jobs: set = field(default_factory=set)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig, *, tick_s: float = 60.0,
+             seed: int = 0, fixed_pool: dict[str, int] | None = None, horizon_s: float | None = None) -> SimReport:
+    """Replay ``trace``. With ``fixed_pool`` (type name -> nodes), hold exactly that pool from t=0 to
+    the end and never call the budget policy."""
+    rng = random.Random(seed)
+    jobs = sorted(trace, key=lambda j: (j.arrival_s, j.job_id))
+    total = len(jobs)
+    jobs = [j for j in jobs if _feasible(j, market, config, fixed_pool)]  # refused at submit, as live
+    by_id = {j.job_id: j for j in jobs}
+    types = {t.name: t for t in market.types}
+    queue = AdmissionQueue(starvation_threshold_s=1800.0, aging_s=3600.0)
+    nodes: dict[str, _Node] = {}
+    running: dict[str, tuple[float, float, dict[str, int]]] = {}  # job -> (started, ends, node -> bundles)
+    left = {j.job_id: j.duration_s for j in jobs}
+    queued_at: dict[str, float] = {}
+    first_start: dict[str, float] = {}
+    preempted: dict[str, int] = {}
+    events: list[tuple[float, int, str, str]] = []  # (t, order, kind, id)
+    seq = 0
+    report = SimReport(jobs=total, rejected=total - len(jobs))
+    used_gpu_s = 0.0
+    low_since: float | None = None
+    last_up: float | None = None
+
+    gangs: dict[str, Gang] = {}
+
+    def gang_of(jid: str) -> Gang:
+        g = gangs.get(jid)
+        if g is None or g.preemptions != preempted.get(jid, 0):
+            j = by_id[jid]
+            g = gangs[jid] = Gang(jid, j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD",
+                                  spot=j.spot, preemptions=preempted.get(jid, 0))
+        return g
+
+    def push(t: float, kind: str, ident: str) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (t, seq, kind, ident))
+
+    alive: dict[str, _Node] = {}  # the nodes held now (``nodes`` keeps every one, for the bill)
+
+    def rent(t: NodeType, now: float, ready: float) -> None:
+        nid = f"n{len(nodes)}"
+        nodes[nid] = alive[nid] = _Node(nid, t, now, ready, t.gpus, t.cpus, ready)
+        push(ready, "ready", nid)
+        if t.kind == "spot" and market.preemption_rate_per_hour > 0:
+            push(ready + rng.expovariate(market.preemption_rate_per_hour / 3600.0), "preempt", nid)
+
+    def release(nid: str, now: float) -> None:
+        n = nodes[nid]
+        if n.end is None:
+            n.end = now
+            alive.pop(nid, None)
+
+    queued_shapes: dict[float, int] = {}  # GPUs per bundle of the queued jobs -> how many
+
+    def queue_job(jid: str, now: float) -> None:
+        j = by_id[jid]
+        queued_shapes[j.gpus] = queued_shapes.get(j.gpus, 0) + 1
+        queued_at.setdefault(jid, now)
+        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple({"GPU": j.gpus, "CPU": j.cpus}
+                                                                   for _ in range(j.workers)), j.strategy))
+
+    def stop_job(jid: str, now: float) -> None:
+        nonlocal used_gpu_s
+        started, _ends, where = running.pop(jid)
+        j = by_id[jid]
+        used_gpu_s += (now - started) * j.gpus * j.workers
+        for nid, k in where.items():
+            n = nodes[nid]
+            n.free_gpus += k * j.gpus
+            n.free_cpus += k * j.cpus
+            n.jobs.discard(jid)
+            if not n.jobs:
+                n.idle_since = now
+
+    def live():
+        return alive.values()
+
+    if horizon_s is None:  # a gang no policy can ever place must not keep the replay going forever
+        horizon_s = (jobs[-1].arrival_s if jobs else 0.0) + 14 * 86400.0
+    if fixed_pool:
+        for name, count in fixed_pool.items():
+            for _ in range(count):
+                rent(types[name], 0.0, 0.0)
+    for j in jobs:
+        push(j.arrival_s, "arrive", j.job_id)
+    next_tick = 0.0
+    now = 0.0
+    while events or (not fixed_pool and len(queue) and now < horizon_s):
+        t_event = events[0][0] if events else math.inf
+        if not fixed_pool and next_tick <= t_event:
+            now = next_tick
+            next_tick += tick_s
+            # the budget policy, fed the simulated cluster
+            held = []
+            total_g = used_g = 0.0
+            for n in live():
+                starting = n.ready_at > now
+                held.append(HeldNode(n.id, n.type.name, n.type.kind, n.type.usd_per_hour,
+                                     free_gpus=n.type.gpus if starting else n.free_gpus,
+                                     free_cpus=n.type.cpus if starting else n.free_cpus,
+                                     idle_s=0.0 if (n.jobs or starting) else now - n.idle_since, starting=starting))
+                if not starting:
+                    total_g += n.type.gpus
+                    used_g += n.type.gpus - n.free_gpus
+            counts: dict[str, int] = {}
+            for n in live():
+                counts[n.type.name] = counts.get(n.type.name, 0) + 1
+            offered = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus,
+                                     max(0, t.available - counts.get(t.name, 0)), t.max_workers) for t in market.types)
+            waiting = tuple(gang_of(q.job_id) for q in queue.ordered())
+            d = decide(BudgetContext(config, offered, tuple(held), waiting, used_g / total_g if total_g else None,
+                                     low_since, last_up), now)
+            low_since, last_up = d.low_util_since, d.last_scale_up_at
+            for nid, _why in d.release:
+                for jid in list(nodes[nid].jobs):  # (shed while busy: the job goes back to the queue)
+                    stop_job(jid, now)
+                    left[jid] = by_id[jid].duration_s  # conservatively from scratch
+                    queue_job(jid, now)
+                release(nid, now)
+            for name, count in d.launch.items():
+                for _ in range(count):
+                    rent(types[name], now, now + market.launch_delay_s)
+            report.peak_nodes = max(report.peak_nodes, len(live()))
+            report.peak_usd_per_hour = max(report.peak_usd_per_hour, sum(n.type.usd_per_hour for n in live()))
+        else:
+            now = events[0][0]
+            while events and events[0][0] == now:  # everything at this instant, then one admission
+                _t, _s, kind, ident = heapq.heappop(events)
+                if kind == "arrive":
+                    queue_job(ident, now)
+                elif kind == "finish":
+                    if ident in running and abs(running[ident][1] - now) < 1e-6:
+                        stop_job(ident, now)
+                        report.finished += 1
+                        report.makespan_s = max(report.makespan_s, now)
+                elif kind == "preempt":
+                    n = nodes[ident]
+                    if n.end is None:
+                        for jid in list(n.jobs):
+                            started, _e, _w = running[jid]
+                            done = now - started
+                            kept = math.floor(done / market.checkpoint_every_s) * market.checkpoint_every_s
+                            stop_job(jid, now)
+                            left[jid] = max(0.0, left[jid] - kept)
+                            preempted[jid] = preempted.get(jid, 0) + 1
+                            report.preemptions += 1
+                            queue_job(jid, now)
+                        release(ident, now)
+            # "ready": nothing to do but admit below
+        # admission, as the Coordinator does it, over the nodes ready now
+        if len(queue):
+            # (nodes that can take no queued bundle are left out: the view stays small when busy)
+            need_g = min(g for g, c in queued_shapes.items() if c > 0)
+            free = {n.id: {"GPU": n.free_gpus, "CPU": n.free_cpus} for n in live()
+                    if n.ready_at <= now and n.free_gpus >= need_g - 1e-9 and n.free_cpus > 1e-9}
+            decision = queue.decide(free, now)
+            if decision is not None:
+                for jid in decision.admit:
+                    q = queue.get(jid)
+                    placed = place(q.bundles, free, q.strategy)
+                    if placed is None:  # (cannot happen: admission placed it on the same view)
+                        continue
+                    assignment, free = placed
+                    queue.discard(jid)
+                    queued_shapes[by_id[jid].gpus] -= 1
+                    where: dict[str, int] = {}
+                    for nid in assignment:
+                        where[nid] = where.get(nid, 0) + 1
+                    j = by_id[jid]
+                    for nid, k in where.items():
+                        nodes[nid].free_gpus -= k * j.gpus
+                        nodes[nid].free_cpus -= k * j.cpus
+                        nodes[nid].jobs.add(jid)
+                    first_start.setdefault(jid, now)
+                    running[jid] = (now, now + left[jid], where)
+                    push(now + left[jid], "finish", jid)
+        if report.finished == len(jobs) or (not events and not running and not len(queue)):
+            break  # (preemption events of nodes long gone may remain: they change nothing)
+        if now > horizon_s:
+            break
+    end = now  # every node still held is billed until the last job ends
+    for n in nodes.values():
+        stop = n.end if n.end is not None else end
+        hours = max(0.0, stop - n.start) / 3600.0
+        report.cost_usd += hours * n.type.usd_per_hour
+        report.node_hours += hours
+    held_gpu_s = sum(max(0.0, (n.end if n.end is not None else end) - n.ready_at) * n.type.gpus
+                     for n in nodes.values())
+    report.utilisation = used_gpu_s / held_gpu_s if held_gpu_s else 0.0
+    waits = [first_start[j] - by_id[j].arrival_s for j in first_start]
+    report.wait_p50_s, report.wait_p99_s = _pct(waits, 0.5), _pct(waits, 0.99)
+    if fixed_pool:
+        report.peak_nodes = sum(fixed_pool.values())
+    return report
+
+
+def accepted(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig,
+             fixed_pool: dict[str, int] | None = None) -> list[TraceJob]:
+    """The jobs a submit would accept (the rest could never run: too big, or past the budget)."""
+    return [j for j in trace if _feasible(j, market, config, fixed_pool)]
+
+
+def _feasible(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool: dict[str, int] | None) -> bool:
+    from raycluster.policy.budget import cheapest_gang_usd_per_hour
+    from raycluster.policy.placement import infeasible_reason
+
+    if fixed_pool:
+        types = {t.name: t for t in market.types}
+        totals = {f"{name}#{i}": {"GPU": float(types[name].gpus), "CPU": float(types[name].cpus)}
+                  for name, count in fixed_pool.items() for i in range(count)}
+        return infeasible_reason([{"GPU": j.gpus, "CPU": j.cpus}] * j.workers, j.strategy, totals) is None
+    gang = Gang(j.job_id, j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD", spot=j.spot)
+    limited = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus, t.available,
+                             min(t.max_workers, t.available, config.max_workers)) for t in market.types)
+    rate = cheapest_gang_usd_per_hour(limited, gang, config.spot_fallback_preemptions)
+    cap = config.max_hourly_budget_usd
+    return rate is not None and (cap is None or rate <= cap + 1e-9)
+
+
+def lower_bound_usd(trace: Iterable[TraceJob], types: Iterable[NodeType]) -> float:
+    """The least any policy could pay: every job's GPU-hours at the cheapest price per GPU-hour it
+    may use (spot for auto/only, on-demand for never), no idle time, no launch delay."""
+    types = list(types)
+    out = 0.0
+    for j in trace:
+        kinds = {"only": {"spot"}, "never": {"on_demand"}}.get(j.spot, {"spot", "on_demand"})
+        per_gpu = [t.usd_per_hour / t.gpus for t in types if t.kind in kinds and t.gpus]
+        if per_gpu:
+            out += j.duration_s / 3600.0 * j.gpus * j.workers * min(per_gpu)
+    return out

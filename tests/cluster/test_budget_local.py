@@ -1,0 +1,177 @@
+"""The BudgetAutoscaler on a real elastic local cluster (Ray's autoscaler v2 + our provider + the
+local market, real `ray start`-like node processes): a burst of jobs under an hourly budget that
+allows only part of the demand, spot first and on-demand when no spot is offered, a cap lowered at
+run time shedding nodes within a pass, and every decision recorded as an event.
+
+One cluster for the module: a head with 1 CPU and no GPU; ``gpu_spot`` (T4 spot, 0.16 USD/h, at
+most 2 — the market has 2 T4), ``gpu_ondemand`` (A10 on-demand, 0.53 USD/h, at most 2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(300)
+SPOT, OD = 0.16, 0.53
+
+
+@pytest.fixture(scope="module")
+def elastic(tmp_path_factory):
+    import os
+
+    import ray
+
+    from raycluster.control.actors import start_runtime
+    from raycluster.provision.autoscaling import ElasticConfig
+    from raycluster.provision.local.cluster import LocalCluster
+
+    os.environ["RAYCLUSTER_BUDGET_INTERVAL_S"] = "0.5"  # (reaches the actors through the head's env)
+    state_dir = Path(tmp_path_factory.mktemp("rc-budget"))
+    cfg = ElasticConfig(
+        node_types={"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": 2,
+                                 "resources": {"CPU": 2, "GPU": 1}},
+                    "gpu_ondemand": {"market": "local", "kind": "on_demand", "gpu_type": "A10", "max_workers": 2,
+                                     "resources": {"CPU": 2, "GPU": 1}}},
+        markets={"local": {"gpu_types": {
+            "T4": {"gpus": 1, "cpus": 2, "capacity": 2, "spot_usd_per_hour": SPOT, "on_demand_usd_per_hour": 0.9},
+            "A10": {"gpus": 1, "cpus": 2, "capacity": 2, "on_demand_usd_per_hour": OD}}}},
+        max_workers=4, idle_timeout_s=6, update_interval_s=1, join_timeout_s=120,
+        max_hourly_budget_usd=0.35, budget={"cooldown_s": 2})
+    lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg,
+                      env={"RAYCLUSTER_BUDGET_INTERVAL_S": "0.5", "RAYCLUSTER_RECONCILE_INTERVAL_S": "0.2"})
+    lc.start()
+    try:
+        lc.connect(log_to_driver=False)
+        start_runtime(state_dir)
+        yield lc
+    finally:
+        ray.shutdown()
+        lc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(elastic):
+    from raycluster.client.ray_client import Client
+
+    return Client()
+
+
+def _store(lc):
+    from raycluster.store.rentals import RentalStore
+
+    return RentalStore(lc.cluster_dir / "provider" / "rentals.db")
+
+
+def _budget():
+    import ray
+
+    from raycluster import constants as C
+
+    return ray.get_actor(C.BUDGET_AUTOSCALER_NAME, namespace=C.NAMESPACE)
+
+
+def _spec(name, **kw):
+    return {"name": name, "entrypoint": "jobs.toy:counter", "resources": {"gpus": 0.5, "cpus": 0.5},
+            "config": {"steps": 4, "sleep_per_step_s": 0.25}, **kw}
+
+
+def test_a_burst_under_a_budget_never_commits_past_the_cap_and_every_job_finishes(elastic, client):
+    """50 half-GPU jobs at once; the budget (0.35 USD/h) allows two spot nodes of the demand: the
+    committed spend rate, sampled all along, never passes it; all 50 finish; those that waited
+    for the budget said so."""
+    store = _store(elastic)
+    samples, reasons, stop = [], set(), threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append(store.committed_usd_per_hour())
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        ids = [j["id"] for j in client.submit_many([_spec(f"burst-{i}") for i in range(50)])]
+
+        def all_done():
+            jobs = client.list(limit=1000)
+            reasons.update(j["waiting"] for j in jobs if j.get("waiting"))
+            return all(j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in jobs if j["id"] in ids)
+
+        wait_for(all_done, 240, "the burst to finish", poll_s=0.5)
+    finally:
+        stop.set()
+        sampler.join()
+    final = client.wait(ids, timeout_s=30)
+    assert [j["state"] for j in final] == ["SUCCEEDED"] * 50, [j["error"] for j in final if j["state"] != "SUCCEEDED"]
+    assert samples and max(samples) <= 0.35 + 1e-9, max(samples)
+    assert max(samples) == pytest.approx(2 * SPOT)  # it did rent up to the budget (two spot nodes)
+    assert any(r.startswith("budget 0.32/0.35 USD/h") for r in reasons), reasons
+    rented = store.list(None)
+    assert {(r.kind, r.gpu_type) for r in rented if r.market == "local"} == {("spot", "T4")}  # spot first
+    events = [(e["source"], e["action"], e["reason"]) for e in store.events(1000)]
+    assert any(a == "scale_up" for _s, a, _r in events), events
+    assert any(s == "budget" and a == "blocked" and "budget 0.32/0.35 USD/h" in r for s, a, r in events), events
+    # nothing waits: the idle nodes go once utilisation stayed low for the cooldown
+    wait_for(lambda: store.committed_usd_per_hour() == 0, 120, "the idle nodes to be given back")
+    # the bill, job by job: every job paid its share of the spot nodes it ran on; the jobs' costs and
+    # the idle time add up to the rentals' total, to the cent
+    from raycluster.provision.spend import cost
+
+    jobs = {j["id"]: j for j in client.list(limit=1000)}
+    assert all(jobs[i]["cost_usd"] > 0 for i in ids)
+    bill = cost(elastic.state_dir)
+    assert round(sum(jobs[i]["cost_usd"] for i in ids), 2) == round(bill["jobs_usd"], 2)
+    assert bill["spend_usd"] > 0
+    assert round(bill["jobs_usd"] + bill["unattributed_usd"], 2) == round(bill["spend_usd"], 2)
+
+
+def test_spot_first_on_demand_when_no_spot_is_left_and_a_lowered_cap_sheds_within_a_pass(elastic, client):
+    """Within a raised cap (1.20 USD/h): a 2-node STRICT_SPREAD gang gets the market's two spot T4s;
+    a second gang finds no spot left and gets an on-demand A10. Lowering the cap to 0.60 (0.85 held)
+    sheds the most expensive node within a pass; its gang recovers from its checkpoint, waits for
+    the budget (saying so) and finishes once the cap is raised again."""
+    import ray
+
+    store = _store(elastic)
+    ray.get(_budget().set_budget.remote(1.2))
+    pair = client.submit(_spec("pair", num_workers=2, placement_strategy="STRICT_SPREAD",
+                               resources={"gpus": 1, "cpus": 1}, config={"steps": 40, "sleep_per_step_s": 0.25}))["id"]
+    wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
+    solo = client.submit(_spec("solo", resources={"gpus": 1, "cpus": 1}, checkpoint={"every_steps": 5},
+                               config={"steps": 80, "sleep_per_step_s": 0.25}, max_restarts=3))["id"]
+    wait_for(lambda: client.get(solo)["state"] == "RUNNING", 180, "the solo job to run on an on-demand node")
+    live = sorted((r.kind, r.gpu_type) for r in store.list() if r.market == "local")
+    assert live == [("on_demand", "A10"), ("spot", "T4"), ("spot", "T4")], live
+    assert any(e["action"] == "fallback" and "no spot node offered" in e["reason"] for e in store.events(1000))
+    wait_for(lambda: any(c["state"] == "COMPLETE" for c in client.checkpoints(solo)), 60, "a checkpoint of solo")
+    ray.get(_budget().set_budget.remote(0.6))  # 0.85 held > 0.60: the A10 goes within a pass
+    wait_for(lambda: store.committed_usd_per_hour() <= 0.6 + 1e-9, 10, "the held set to be shed under the cap")
+    assert any(e["action"] == "shed" for e in store.events(1000))
+    # its gang is placed again and waits for a node the budget cannot pay for: the reason is recorded
+    wait_for(lambda: any(e["action"] == "blocked" and solo in e["reason"] and "budget 0.32/0.60 USD/h" in e["reason"]
+                         for e in store.events(1000)), 30, "the solo job to be blocked by the budget, saying so")
+    ray.get(_budget().set_budget.remote(1.2))
+    final = client.wait([pair, solo], timeout_s=240)
+    assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
+    assert final[1]["system_restarts"] == 1 and final[1]["result"]["resumed_from"] >= 5, final[1]["transitions"]
+    assert max_committed(store) <= 1.2
+    ray.get(_budget().set_budget.remote(None))
+
+
+def max_committed(store) -> float:
+    """The highest spend rate the books ever held: every rental's interval, swept over time."""
+    points = []
+    for r in store.list(None):
+        if r.market == "head":
+            continue
+        points += [(r.created_at, r.usd_per_hour), (r.released_at or time.time(), -r.usd_per_hour)]
+    level = peak = 0.0
+    for _t, delta in sorted(points):
+        level += delta
+        peak = max(peak, level)
+    return round(peak, 6)

@@ -1,0 +1,181 @@
+"""The BudgetAutoscaler's loop (control/budget_autoscaler.py: BudgetLoop) driven through a fake of
+its one seam (ScalingOps): what it observes, the limits it writes for Ray's autoscaler, the nodes
+it gives back, the events and waiting reasons it records. No cluster."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from raycluster.control.budget_autoscaler import BudgetLoop
+from raycluster.provision.market.local import RENTAL_LABEL
+
+SPOT, OD = 0.16, 0.53
+
+
+class FakeOps:
+    def __init__(self, cap=None, budget=None, spot_slots=4, od_slots=4):
+        self.cfg = {
+            "max_workers": 6, "head_node_type": "head", "idle_timeout_minutes": 0.5,
+            "provider": {"budget": budget or {"cooldown_s": 30}, "idle_timeout_s": 30, "markets": {"local": {
+                "gpu_types": {"T4": {"gpus": 1, "cpus": 2, "capacity": 8, "spot_usd_per_hour": SPOT,
+                                     "on_demand_usd_per_hour": OD}}}}},
+            "available_node_types": {
+                "head": {"resources": {"CPU": 1}, "max_workers": 0},
+                "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "min_workers": 0, "max_workers": 4,
+                             "node_config": {"market": "local", "kind": "spot", "gpu_type": "T4"}},
+                "gpu_ondemand": {"resources": {"CPU": 2, "GPU": 1}, "min_workers": 0, "max_workers": 2,
+                                 "node_config": {"market": "local", "kind": "on_demand", "gpu_type": "T4"}}}}
+        self.cap_usd = cap
+        self.slots = {"spot": spot_slots, "on_demand": od_slots}
+        self.held: list = []
+        self.ray_nodes: list[dict] = []
+        self.queue: list[dict] = []
+        self.limits: list[dict] = []
+        self.events: list[tuple] = []
+        self.reasons: list[dict] = []
+        self.released: list[tuple] = []
+
+    def config(self):
+        return self.cfg
+
+    def original_limits(self, config):
+        return {n: {"min_workers": 0, "max_workers": t["max_workers"]}
+                for n, t in config["available_node_types"].items() if n != "head"}
+
+    def write_limits(self, limits, idle_timeout_minutes=None):
+        self.limits.append(dict(limits))
+        self.idle_minutes = idle_timeout_minutes
+        return True
+
+    def rentals(self):
+        return list(self.held)
+
+    def offers(self, nc):
+        kind = nc["kind"]
+        return (SPOT if kind == "spot" else OD), self.slots[kind]
+
+    def cap(self):
+        return self.cap_usd
+
+    def event(self, action, reason, node_type=None, count=0):
+        self.events.append((action, reason))
+
+    def release(self, rental_id, reason, ray_node_id):
+        self.released.append((rental_id, reason, ray_node_id))
+        self.held = [r for r in self.held if r.id != rental_id]
+
+    def nodes(self):
+        return self.ray_nodes
+
+    def waiting(self):
+        return list(self.queue)
+
+    def set_waiting(self, reasons):
+        self.reasons.append(dict(reasons))
+
+    # helpers for the tests
+    def rent(self, rid, kind="spot", joined=True, busy=False):
+        node_type = "gpu_spot" if kind == "spot" else "gpu_ondemand"
+        self.held.append(SimpleNamespace(id=rid, node_type=node_type, kind=kind, usd_per_hour=SPOT if kind == "spot" else OD))
+        if joined:
+            self.ray_nodes.append({"id": "ray-" + rid, "alive": True, "labels": {RENTAL_LABEL: rid},
+                                   "resources_total": {"CPU": 2.0, "GPU": 1.0},
+                                   "resources_free": {"CPU": 1.0 if busy else 2.0, "GPU": 0.0 if busy else 1.0}})
+
+
+def gang(j, bundles=1, **kw):
+    return {"job_id": j, "bundles": bundles, "gpus": 1, "cpus": 1, **kw}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_waiting_gangs_open_spot_limits_and_starting_nodes_are_not_rented_twice():
+    ops, clock = FakeOps(), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.queue = [gang("a", bundles=2)]
+    loop.step()
+    assert ops.limits[-1] == {"gpu_spot": (0, 2), "gpu_ondemand": (0, 0)}
+    assert ("scale_up", "1 gang(s) waiting") in ops.events
+    # Ray's autoscaler rented them; not joined yet: their room counts, nothing more is asked
+    ops.rent("r1", joined=False)
+    ops.rent("r2", joined=False)
+    clock.t += 2
+    loop.step()
+    assert ops.limits[-1] == {"gpu_spot": (0, 2), "gpu_ondemand": (0, 0)}
+    assert ops.idle_minutes == pytest.approx((30 + 30) / 60)  # Ray's idle release only as a backstop
+
+
+def test_at_the_cap_the_gang_waits_with_the_reason_and_the_event_is_written_once():
+    ops, clock = FakeOps(cap=0.4), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("r1", busy=True)
+    ops.rent("r2", busy=True)
+    ops.queue = [gang("big", bundles=2), gang("small")]
+    for _ in range(3):
+        loop.step()
+        clock.t += 2
+    assert ops.limits[-1] == {"gpu_spot": (0, 2), "gpu_ondemand": (0, 0)}  # held, nothing more
+    assert ops.reasons == [{"big": "budget 0.32/0.40 USD/h, needs 0.32 more",
+                            "small": "behind a gang waiting for budget or max_workers"}]
+    assert ops.events == [("blocked", "budget 0.32/0.40 USD/h: big needs 2 gpu_spot at 0.32")]
+
+
+def test_no_spot_offered_falls_back_to_on_demand():
+    ops, clock = FakeOps(spot_slots=0), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.queue = [gang("a")]
+    loop.step()
+    assert ops.limits[-1] == {"gpu_spot": (0, 0), "gpu_ondemand": (0, 1)}
+    assert ("fallback", "a: on-demand (no spot node offered)") in ops.events
+
+
+def test_a_lowered_cap_sheds_nodes_within_one_pass_idle_first():
+    ops, clock = FakeOps(cap=1.0), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("busy1", busy=True)
+    ops.rent("od", kind="on_demand", busy=True)
+    ops.rent("idle1")
+    loop.step()
+    assert ops.released == []
+    ops.cap_usd = 0.5  # (raycluster budget set 0.5): 0.85 held
+    clock.t += 2
+    loop.step()
+    assert [r[0] for r in ops.released] == ["idle1", "od"] and ops.released[0][2] == "ray-idle1"
+    assert ops.limits[-1] == {"gpu_spot": (0, 1), "gpu_ondemand": (0, 0)}
+    assert ops.events[-1][0] == "shed"
+
+
+def test_idle_nodes_go_after_the_cooldown_never_below_min_workers():
+    ops, clock = FakeOps(budget={"cooldown_s": 30, "min_workers": 1}), Clock()
+    loop = BudgetLoop(ops, clock)
+    for r in ("a", "b", "c"):
+        ops.rent(r)
+    loop.step()  # idle clocks start; utilisation 0 starts the low-util clock
+    clock.t += 20
+    loop.step()
+    assert ops.released == []  # idle 20 s < 30 s
+    clock.t += 15
+    loop.step()
+    assert len(ops.released) == 2 and len(ops.held) == 1
+    assert ops.limits[-1] == {"gpu_spot": (1, 1), "gpu_ondemand": (0, 0)}  # min kept, as Ray's min too
+
+
+def test_a_failing_release_does_not_stop_the_pass():
+    ops, clock = FakeOps(cap=0.1), Clock()
+    ops.rent("x")
+
+    def boom(*a):
+        raise RuntimeError("market down")
+
+    ops.release = boom
+    loop = BudgetLoop(ops, clock)
+    loop.step()
+    assert ops.limits[-1] == {"gpu_spot": (0, 1), "gpu_ondemand": (0, 0)}  # still held: its limit stays

@@ -1,0 +1,97 @@
+"""The what-if simulator (policy/simulate.py) and traces (policy/trace.py): deterministic, built on
+the live policies (not copies), within the budget, and bad traces named by line and field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import raycluster.control.budget_autoscaler as live_loop
+import raycluster.policy.admission as admission
+import raycluster.policy.budget as budget
+import raycluster.policy.placement as placement
+import raycluster.policy.simulate as sim
+from raycluster.policy.budget import BudgetConfig, NodeType
+from raycluster.policy.simulate import MarketModel, TraceJob, accepted, lower_bound_usd, simulate
+from raycluster.policy.trace import TraceError, day_trace, dump_jsonl, load
+
+ROOT = Path(__file__).resolve().parents[2]
+TYPES = (NodeType("gpu_spot", "spot", 0.16, 1, 8, 64, 32), NodeType("gpu_ondemand", "on_demand", 0.53, 1, 8, 64, 32))
+MARKET = MarketModel(TYPES, launch_delay_s=60, preemption_rate_per_hour=0.1)
+CFG = BudgetConfig(min_workers=2, max_workers=32, cooldown_s=600, idle_timeout_s=300, max_hourly_budget_usd=6.0)
+
+
+def test_the_simulator_replays_the_live_policies_not_copies():
+    assert sim.decide is budget.decide and live_loop.decide is budget.decide
+    assert sim.AdmissionQueue is admission.AdmissionQueue and sim.place is placement.place
+
+
+def test_the_same_trace_twice_gives_the_same_report_and_another_seed_another():
+    trace = day_trace(jobs=120, peak_workers=24, seed=3)
+    a, b = simulate(trace, MARKET, CFG, seed=5), simulate(trace, MARKET, CFG, seed=5)
+    assert a.to_dict() == b.to_dict() and a.finished == len(trace) and a.preemptions > 0
+    assert simulate(trace, MARKET, CFG, seed=6).to_dict() != a.to_dict()
+
+
+@pytest.mark.parametrize("cap", [1.0, 3.0, 6.0])
+def test_the_committed_rate_never_passes_the_cap_and_every_accepted_job_finishes(cap):
+    cfg = BudgetConfig(min_workers=0, max_workers=32, cooldown_s=60, idle_timeout_s=60, max_hourly_budget_usd=cap)
+    trace = day_trace(jobs=120, peak_workers=24, seed=3)
+    r = simulate(trace, MARKET, cfg, seed=1)
+    assert 0 < r.peak_usd_per_hour <= cap + 1e-9
+    assert r.finished == len(accepted(trace, MARKET, cfg)) == r.jobs - r.rejected
+
+
+def test_elastic_beats_a_fixed_pool_and_stays_near_the_lower_bound():
+    trace = day_trace(jobs=1000, peak_workers=32, seed=7)
+    quiet = MarketModel(TYPES, launch_delay_s=60, preemption_rate_per_hour=0.0)
+    cfg = BudgetConfig(min_workers=0, max_workers=32, cooldown_s=600, idle_timeout_s=300)
+    e = simulate(trace, quiet, cfg)
+    f = simulate(trace, quiet, cfg, fixed_pool={"gpu_ondemand": e.peak_nodes})
+    bound = lower_bound_usd(trace, TYPES)
+    assert e.cost_usd < f.cost_usd and bound <= e.cost_usd
+    assert e.utilisation > f.utilisation
+
+
+def test_a_gang_that_can_never_run_is_refused_not_waited_for_forever():
+    trace = [TraceJob("ok", 0, 600), TraceJob("huge", 0, 600, workers=40, strategy="STRICT_SPREAD"),
+             TraceJob("pricey", 0, 600, workers=20, spot="never")]
+    r = simulate(trace, MARKET, CFG)
+    assert (r.rejected, r.finished) == (2, 1)  # 40 nodes > 32; 20 on-demand = 10.6 USD/h > 6
+
+
+def test_traces_round_trip_and_bad_lines_name_the_line_and_field(tmp_path):
+    trace = day_trace(jobs=30, seed=1)
+    p = tmp_path / "t.jsonl"
+    p.write_text(dump_jsonl(trace))
+    assert load(p) == trace
+    csv = tmp_path / "t.csv"
+    csv.write_text("job_id,arrival_s,duration_s,workers,gpus\na,0,60,2,1\nb,5,30,,\n")
+    assert [(j.job_id, j.workers, j.gpus) for j in load(csv)] == [("a", 2, 1.0), ("b", 1, 1.0)]
+    for text, where in (('{"arrival_s": 1}\n', "t.jsonl:1.duration_s"),
+                        ('{"arrival_s": 1, "duration_s": 5}\n{"arrival_s": "x", "duration_s": 1}\n', "t.jsonl:2.arrival_s"),
+                        ('{"arrival_s": 1, "duration_s": 5, "spot": "maybe"}\n', "t.jsonl:1.spot"),
+                        ('{"arrival_s": 1, "duration_s": 5, "colour": 3}\n', "t.jsonl:1"),
+                        ("not json\n", "t.jsonl:1"), ("", "t.jsonl")):
+        p.write_text(text)
+        with pytest.raises(TraceError) as e:
+            load(p)
+        assert e.value.where == where, (text, e.value)
+
+
+@pytest.mark.timeout(120)
+def test_raycluster_simulate_on_the_shipped_trace(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "raycluster.cli", "--json", "simulate", "configs/traces/day.jsonl"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["jobs"] == 183 and rep["elastic"]["finished"] == 183 and rep["saved_vs_fixed_pool"] > 0.4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"arrival_s": -1, "duration_s": 5}\n')
+    err = subprocess.run([sys.executable, "-m", "raycluster.cli", "simulate", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=100)
+    assert err.returncode == 2 and "bad.jsonl:1.arrival_s: must be >= 0.0" in err.stderr

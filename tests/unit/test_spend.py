@@ -1,0 +1,59 @@
+"""What an elastic cluster spends (provision/spend.py), from the provider's real SQLite books."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from raycluster.errors import InvalidSetting, NotElastic
+from raycluster.provision import spend
+from raycluster.provision.local.record import cluster_dir
+from raycluster.store.rentals import RentalRecord, RentalState, RentalStore
+
+
+def _elastic(tmp_path, cap=None):
+    cluster_dir(tmp_path).mkdir(parents=True)
+    provider = {"state_dir": str(tmp_path / "prov"), "markets": {"local": {"gpu_types": {
+        "T4": {"gpus": 1, "cpus": 2, "capacity": 4, "spot_usd_per_hour": 0.2, "on_demand_usd_per_hour": 0.5}}}}}
+    if cap is not None:
+        provider["max_hourly_budget_usd"] = cap
+    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({"provider": provider}))
+    (tmp_path / "prov").mkdir()
+    return RentalStore(tmp_path / "prov" / "rentals.db")
+
+
+def _rent(store, rid, kind, price, start, end=None):
+    store.insert(RentalRecord(id=rid, request_id=rid, market="local", node_type="gpu_" + kind, kind=kind,
+                              gpu_type="T4", usd_per_hour=price, created_at=start,
+                              state=RentalState.RELEASED if end else RentalState.RUNNING, released_at=end))
+
+
+def test_cost_adds_every_interval_by_kind_and_what_spot_saved(tmp_path):
+    now = time.time()
+    store = _elastic(tmp_path, cap=1.0)
+    _rent(store, "a", "spot", 0.2, now - 7200, now - 3600)  # 1 h: 0.20, saved 0.30
+    _rent(store, "b", "on_demand", 0.5, now - 1800)  # 0.5 h so far: 0.25, running
+    c = spend.cost(tmp_path, now)
+    assert c["spend_usd"] == pytest.approx(0.45) and c["committed_usd_per_hour"] == pytest.approx(0.5)
+    assert c["by_kind_usd"] == {"on_demand": pytest.approx(0.25), "spot": pytest.approx(0.2)}
+    assert c["saved_vs_on_demand_usd"] == pytest.approx(0.3) and c["max_hourly_budget_usd"] == 1.0
+    assert c["spend_today_usd"] <= c["spend_usd"] + 1e-9
+
+
+def test_the_cap_set_at_run_time_wins_is_recorded_and_bad_values_are_refused(tmp_path):
+    store = _elastic(tmp_path, cap=1.0)
+    assert spend.set_budget(tmp_path, 2.5)["max_hourly_budget_usd"] == 2.5
+    assert spend.set_budget(tmp_path, None)["max_hourly_budget_usd"] == 1.0
+    for bad in (-1, "2", True, float("inf")):
+        with pytest.raises(InvalidSetting) as e:
+            spend.set_budget(tmp_path, bad)
+        assert e.value.field == "max_hourly_budget_usd"
+    assert [(e["source"], e["action"]) for e in spend.events(tmp_path)] == [("user", "budget_set")] * 2
+    assert store.setting("max_hourly_budget_usd") is None
+
+
+def test_a_fixed_cluster_has_no_cost(tmp_path):
+    with pytest.raises(NotElastic):
+        spend.cost(tmp_path)
