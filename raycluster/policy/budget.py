@@ -326,8 +326,13 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
                     d.events.append(Event("fallback", f"{g.job_id}: on-demand ({reason})", choice[1], choice[3]))
                 break
         if choice is None:
-            d.waiting[g.job_id] = "no node type offered fits it" + (f" ({', '.join(sorted(set(why_not)))})"
-                                                                    if why_not else "")
+            why = ", ".join(sorted(set(why_not)))
+            if cap is not None and "cost more than the budget" in why:  # what is left costs more than allowed
+                d.waiting[g.job_id] = f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {why}"
+                d.events.append(Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id}: {why}"))
+                blocked = True
+                continue
+            d.waiting[g.job_id] = "no node type offered fits it" + (f" ({why})" if why else "")
             continue
         cost, _name, t, n = choice
         if total() + n > cfg.max_workers:

@@ -139,11 +139,8 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             n.end = now
             alive.pop(nid, None)
 
-    queued_shapes: dict[float, int] = {}  # GPUs per bundle of the queued jobs -> how many
-
     def queue_job(jid: str, now: float) -> None:
         j = by_id[jid]
-        queued_shapes[j.gpus] = queued_shapes.get(j.gpus, 0) + 1
         queued_at.setdefault(jid, now)
         queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple({"GPU": j.gpus, "CPU": j.cpus}
                                                                    for _ in range(j.workers)), j.strategy))
@@ -238,10 +235,9 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             # "ready": nothing to do but admit below
         # admission, as the Coordinator does it, over the nodes ready now
         if len(queue):
-            # (nodes that can take no queued bundle are left out: the view stays small when busy)
-            need_g = min(g for g, c in queued_shapes.items() if c > 0)
-            free = {n.id: {"GPU": n.free_gpus, "CPU": n.free_cpus} for n in live()
-                    if n.ready_at <= now and n.free_gpus >= need_g - 1e-9 and n.free_cpus > 1e-9}
+            # every ready node, as the Coordinator sees them (the admission policy's starvation
+            # reservation looks at nodes that cannot take a bundle now too)
+            free = {n.id: {"GPU": n.free_gpus, "CPU": n.free_cpus} for n in live() if n.ready_at <= now}
             decision = queue.decide(free, now)
             if decision is not None:
                 for jid in decision.admit:
@@ -251,7 +247,6 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                         continue
                     assignment, free = placed
                     queue.discard(jid)
-                    queued_shapes[by_id[jid].gpus] -= 1
                     where: dict[str, int] = {}
                     for nid in assignment:
                         where[nid] = where.get(nid, 0) + 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import TEST_ENV, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 SPOT, OD = 0.16, 0.53
@@ -43,7 +43,7 @@ def elastic(tmp_path_factory):
         max_workers=4, idle_timeout_s=6, update_interval_s=1, join_timeout_s=120,
         max_hourly_budget_usd=0.35, budget={"cooldown_s": 2})
     lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg,
-                      env={"RAYCLUSTER_BUDGET_INTERVAL_S": "0.5", "RAYCLUSTER_RECONCILE_INTERVAL_S": "0.2"})
+                      env={**TEST_ENV, "RAYCLUSTER_BUDGET_INTERVAL_S": "0.5"})
     lc.start()
     try:
         lc.connect(log_to_driver=False)
@@ -154,7 +154,7 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_lowered_cap_sheds_withi
     assert any(e["action"] == "shed" for e in store.events(1000))
     # its gang is placed again and waits for a node the budget cannot pay for: the reason is recorded
     wait_for(lambda: any(e["action"] == "blocked" and solo in e["reason"] and "budget 0.32/0.60 USD/h" in e["reason"]
-                         for e in store.events(1000)), 30, "the solo job to be blocked by the budget, saying so")
+                         for e in store.events(1000)), 120, "the solo job to be blocked by the budget, saying so")
     ray.get(_budget().set_budget.remote(1.2))
     final = client.wait([pair, solo], timeout_s=240)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
