@@ -33,11 +33,18 @@ def _spec(name, **cfg):
             "checkpoint": {"every_steps": 10, "keep_last": 2}, "max_user_retries": 1}
 
 
+@pytest.fixture(scope="module")
+def plain(s3_cluster):
+    """An undisturbed run: the result every interrupted one must end with."""
+    client = s3_cluster["client"]
+    job = client.wait([client.submit(_spec("plain"))["id"]], timeout_s=120)[0]
+    assert job["state"] == "SUCCEEDED", job["error"]
+    return job
+
+
 @pytest.mark.timeout(240)
-def test_a_job_resumes_from_checkpoints_in_s3_and_its_logs_are_there(s3_cluster):
+def test_a_job_resumes_from_checkpoints_in_s3_and_its_logs_are_there(s3_cluster, plain):
     client, env = s3_cluster["client"], s3_cluster["env"]
-    plain = client.wait([client.submit(_spec("plain"))["id"]], timeout_s=120)[0]
-    assert plain["state"] == "SUCCEEDED", plain["error"]
     jid = client.submit(_spec("flaky", fail_at_step=23, fail_sleep_s=2))["id"]
     final = client.wait([jid], timeout_s=150)[0]
     assert final["state"] == "SUCCEEDED", final["error"]
@@ -54,7 +61,7 @@ def test_a_job_resumes_from_checkpoints_in_s3_and_its_logs_are_there(s3_cluster)
 
 
 @pytest.mark.timeout(240)
-def test_a_corrupt_shard_in_s3_falls_back_to_the_previous_checkpoint(s3_cluster):
+def test_a_corrupt_shard_in_s3_falls_back_to_the_previous_checkpoint(s3_cluster, plain):
     import boto3
 
     client, env = s3_cluster["client"], s3_cluster["env"]
@@ -68,5 +75,4 @@ def test_a_corrupt_shard_in_s3_falls_back_to_the_previous_checkpoint(s3_cluster)
     final = client.wait([jid], timeout_s=150)[0]
     assert final["state"] == "SUCCEEDED", final["error"]
     assert final["result"]["resumed_from"] == 10
-    plain = client.wait([client.submit(_spec("plain2"))["id"]], timeout_s=120)[0]
     assert final["result"]["total"] == plain["result"]["total"]
