@@ -140,10 +140,10 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_lowered_cap_sheds_withi
     store = _store(elastic)
     ray.get(_budget().set_budget.remote(1.2))
     pair = client.submit(_spec("pair", num_workers=2, placement_strategy="STRICT_SPREAD",
-                               resources={"gpus": 1, "cpus": 1}, config={"steps": 30, "sleep_per_step_s": 0.2}))["id"]
+                               resources={"gpus": 1, "cpus": 1}, config={"steps": 40, "sleep_per_step_s": 0.25}))["id"]
     wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
     solo = client.submit(_spec("solo", resources={"gpus": 1, "cpus": 1}, checkpoint={"every_steps": 5},
-                               config={"steps": 60, "sleep_per_step_s": 0.2}, max_restarts=3))["id"]
+                               config={"steps": 80, "sleep_per_step_s": 0.25}, max_restarts=3))["id"]
     wait_for(lambda: client.get(solo)["state"] == "RUNNING", 180, "the solo job to run on an on-demand node")
     live = sorted((r.kind, r.gpu_type) for r in store.list() if r.market == "local")
     assert live == [("on_demand", "A10"), ("spot", "T4"), ("spot", "T4")], live
