@@ -29,7 +29,8 @@ class Attribution:
     unattributed_usd: float = 0.0
 
 
-def _held_h(a0: float, a1: float, b0: float, b1: float) -> float:
+def overlap_h(a0: float, a1: float, b0: float, b1: float) -> float:
+    """Hours the intervals [a0, a1] and [b0, b1] share."""
     return max(0.0, min(a1, b1) - max(a0, b0)) / 3600.0
 
 
@@ -38,7 +39,7 @@ def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -
     by_id = {r.id: r for r in rentals}
     out = Attribution()
     for r in by_id.values():
-        out.total_usd += _held_h(r.start, r.end if r.end is not None else now, r.start, now) * r.usd_per_hour
+        out.total_usd += overlap_h(r.start, r.end if r.end is not None else now, r.start, now) * r.usd_per_hour
     for u in usage:
         r = by_id.get(u["rental_id"])
         if r is None:
@@ -46,7 +47,7 @@ def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -
         r_end = r.end if r.end is not None else now
         u_end = u["end"] if u["end"] is not None else now
         share = max(0.0, min(1.0, float(u["share"])))
-        usd = share * r.usd_per_hour * _held_h(u["start"], u_end, r.start, r_end)
+        usd = share * r.usd_per_hour * overlap_h(u["start"], u_end, r.start, r_end)
         out.by_job_usd[u["job_id"]] = out.by_job_usd.get(u["job_id"], 0.0) + usd
     out.unattributed_usd = out.total_usd - sum(out.by_job_usd.values())
     return out

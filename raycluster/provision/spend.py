@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from raycluster.errors import InvalidSetting
+from raycluster.policy.cost import overlap_h
 from raycluster.provision.market.registry import provider_state_dir, recorded_provider
 from raycluster.store.rentals import BUDGET_SETTING
 
@@ -39,10 +40,6 @@ def _on_demand_prices(cfg: dict[str, Any]) -> dict[str, float]:
             if t.get("on_demand_usd_per_hour") is not None}
 
 
-def _overlap_h(start: float, end: float, lo: float, hi: float) -> float:
-    return max(0.0, min(end, hi) - max(start, lo)) / 3600.0
-
-
 def cost(state_dir: Path | str, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     cfg, store = _store(state_dir)
@@ -62,7 +59,7 @@ def cost(state_dir: Path | str, now: float | None = None) -> dict[str, Any]:
         end = r.released_at if r.released_at is not None else now
         usd = r.cost_usd(now)
         total += usd
-        today += _overlap_h(r.created_at, end, midnight, now) * r.usd_per_hour
+        today += overlap_h(r.created_at, end, midnight, now) * r.usd_per_hour
         by_kind[r.kind] = by_kind.get(r.kind, 0.0) + usd
         by_type[r.node_type] = by_type.get(r.node_type, 0.0) + usd
         if r.kind == "spot" and r.gpu_type in od:
