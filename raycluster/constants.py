@@ -130,6 +130,13 @@ SUBMIT_BATCH_MAX = _env_int("SUBMIT_BATCH_MAX", 1000)
 API_SUBMIT_BATCH_MAX = _env_int("API_SUBMIT_BATCH_MAX", 100)
 # how often the BudgetAutoscaler decides (elastic clusters)
 BUDGET_INTERVAL_S = _env_float("BUDGET_INTERVAL_S", 2.0)
+# a node given back while jobs run on it (shed when prices rose): its gangs are asked to checkpoint
+# now, and it is released once each has (or after this many seconds)
+SHED_CHECKPOINT_WAIT_S = _env_float("SHED_CHECKPOINT_WAIT_S", 30.0)
+# how often rank 0 of a running gang asks the Coordinator whether to checkpoint now (shed, preemption
+# notice); a gang of several ranks agrees on it every CHECKPOINT_ASK_EVERY_STEPS steps
+CHECKPOINT_ASK_INTERVAL_S = _env_float("CHECKPOINT_ASK_INTERVAL_S", 2.0)
+CHECKPOINT_ASK_EVERY_STEPS = _env_int("CHECKPOINT_ASK_EVERY_STEPS", 10)
 # bundles of running + queued gangs told to Ray's autoscaler as demand (elastic clusters), at most
 DEMAND_MAX_BUNDLES = _env_int("DEMAND_MAX_BUNDLES", 1000)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).

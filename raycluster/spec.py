@@ -77,8 +77,8 @@ class JobSpec(_Strict):
     max_runtime_s: float | None = Field(None, gt=0, description="wall-clock limit of one attempt")
     tenant: str | None = Field(None, max_length=64)
     spot: Literal["auto", "never", "only"] = Field(
-        "auto", description="on an elastic cluster, which nodes to rent for it: spot first then on-demand (auto), "
-                            "on-demand only (never), spot only (only)")
+        "auto", description="on an elastic cluster, which nodes it runs on and is rented for: spot first then "
+                            "on-demand (auto), on-demand only (never), spot only (only)")
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the training tasks")
 
     @field_validator("name")

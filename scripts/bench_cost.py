@@ -9,8 +9,16 @@
     goal >= 40%), job wait p50/p99 of both, and the cost against an offline lower bound (every job's
     GPU-hours at the cheapest price it may use; goal: within 10%). Also with min_workers 0.
     Five seeds (spot preemption draws); the median run in full, ranges over the five.
-(2) Simulator speed: --speed-jobs jobs on up to --speed-nodes nodes (a synthetic day scaled up), jobs/s
-    (default 3,000 on 300; the goal is 10,000 on 1,000 in seconds).
+(3) Live vs predicted: a short trace (--live-jobs one-GPU toy jobs arriving over a minute, each a
+    known number of seconds of steps) run for real on an elastic local cluster (the local market, real
+    node processes, Ray's autoscaler, our provider and BudgetAutoscaler) until every node is given
+    back; its real spend (the rentals' books) against what the simulator predicts for the same trace
+    and knobs with an a-priori market model (launch delay --live-launch-delay-s, per-job start
+    overhead --live-job-overhead-s, the BudgetAutoscaler's interval as the tick). Goal: within 15%.
+    The measured launch delays and job run times are reported beside it. --no-live skips it.
+(2) Simulator speed: --speed-jobs jobs on up to --speed-nodes nodes (synthetic days of the seed's
+    shape peaking at that many GPUs, as many days as it takes), jobs/s (default 10,000 on 1,000: the
+    goal is "in seconds").
 
 Usage: python scripts/bench_cost.py [--out bench-results/bench_cost.json]
 """
@@ -67,10 +75,11 @@ def speed(jobs: int, nodes: int) -> dict:
     from raycluster.policy.simulate import MarketModel, simulate
     from raycluster.policy.trace import day_trace
 
+    days = 1
     trace = day_trace(jobs=jobs, peak_workers=nodes, seed=11)
-    while len(trace) < jobs:  # the generator stops at the end of the day: scale the peak until it has enough
-        nodes_guess = int(nodes * jobs / max(1, len(trace)))
-        trace = day_trace(jobs=jobs, peak_workers=nodes_guess, seed=11)
+    while len(trace) < jobs:  # a day at this peak has fewer jobs: as many days in a row as it takes
+        days += 1
+        trace = day_trace(jobs=jobs, peak_workers=nodes, seed=11, days=days)
     types = (NodeType("gpu_spot", "spot", 0.16, 1, 8, nodes, nodes), NodeType("gpu_ondemand", "on_demand", 0.53, 1, 8,
                                                                               nodes, nodes))
     market = MarketModel(types, launch_delay_s=60, preemption_rate_per_hour=0.05)
@@ -78,9 +87,102 @@ def speed(jobs: int, nodes: int) -> dict:
     t0 = time.perf_counter()
     r = simulate(trace, market, cfg, seed=1)
     s = time.perf_counter() - t0
-    out = {"jobs": len(trace), "max_nodes": nodes, "peak_nodes": r.peak_nodes, "finished": r.finished,
+    out = {"jobs": len(trace), "days": days, "max_nodes": nodes, "peak_nodes": r.peak_nodes, "finished": r.finished,
            "replay_s": round(s, 2), "jobs_per_s": round(len(trace) / s, 1)}
     log(f"(2) speed: {out}")
+    return out
+
+
+LIVE_TRACE = [  # (arrival s, steps of 0.5 s): 8 one-GPU jobs over a minute on at most 3 spot T4 nodes
+    (0, 60), (0, 80), (5, 40), (10, 60), (20, 100), (30, 40), (45, 60), (60, 80)]
+LIVE_STEP_S = 0.5
+
+
+def live(launch_delay_s: float, job_overhead_s: float) -> dict:
+    """Run LIVE_TRACE on a real elastic local cluster; its spend against the simulator's prediction."""
+    import tempfile
+    import threading
+
+    import ray
+
+    from raycluster.client.ray_client import Client
+    from raycluster.control.actors import start_runtime
+    from raycluster.policy.budget import NodeType
+    from raycluster.policy.simulate import MarketModel, TraceJob, simulate
+    from raycluster.provision.autoscaling import ElasticConfig
+    from raycluster.provision.local.cluster import LocalCluster
+    from raycluster.provision.spend import cost
+    from raycluster.store.rentals import RentalStore
+    from raycluster.store.usage import UsageStore
+
+    spot, nodes, idle_s, cooldown_s, tick_s = 0.16, 3, 10.0, 5.0, 1.0
+    cfg = ElasticConfig(
+        node_types={"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": nodes,
+                                 "resources": {"CPU": 2, "GPU": 1}}},
+        markets={"local": {"gpu_types": {"T4": {"gpus": 1, "cpus": 2, "capacity": nodes, "spot_usd_per_hour": spot,
+                                                "on_demand_usd_per_hour": 0.53}}}},
+        max_workers=nodes, idle_timeout_s=idle_s, update_interval_s=1, join_timeout_s=120,
+        budget={"cooldown_s": cooldown_s})
+    env = {"RAYCLUSTER_BUDGET_INTERVAL_S": str(tick_s), "RAYCLUSTER_RECONCILE_INTERVAL_S": "0.2"}
+    os.environ.update(env)
+    state_dir = Path(tempfile.mkdtemp(prefix="rc-bench-cost-"))
+    lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg, env=env)
+    lc.start()
+    try:
+        lc.connect(log_to_driver=False)
+        start_runtime(state_dir)
+        client = Client()
+        ids: list[str] = []
+        t0 = time.time()
+
+        def submit_all():
+            for i, (at, steps) in enumerate(LIVE_TRACE):
+                time.sleep(max(0.0, t0 + at - time.time()))
+                ids.append(client.submit({"name": f"live-{i}", "entrypoint": "jobs.toy:counter",
+                                          "resources": {"gpus": 1, "cpus": 1},
+                                          "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}})["id"])
+
+        th = threading.Thread(target=submit_all)
+        th.start()
+        th.join()
+        final = client.wait(ids, timeout_s=900)
+        assert all(j["state"] == "SUCCEEDED" for j in final), [(j["state"], j["error"]) for j in final]
+        store = RentalStore(lc.cluster_dir / "provider" / "rentals.db")
+        deadline = time.time() + 300
+        while store.committed_usd_per_hour() > 0 and time.time() < deadline:
+            time.sleep(1)
+        bill = cost(state_dir)
+        rentals = [r for r in store.list(None) if r.market == "local"]
+        usage = UsageStore(state_dir / "jobs.db").rows()
+        first_use = {}
+        for u in usage:
+            first_use[u["rental_id"]] = min(first_use.get(u["rental_id"], u["start"]), u["start"])
+        delays = sorted(first_use[r.id] - r.created_at for r in rentals if r.id in first_use)
+        runs = sorted(u["end"] - u["start"] for u in usage if u["end"] is not None)
+        jobs = {j["id"]: j for j in final}
+        waits = sorted(jobs[i]["started_at"] - jobs[i]["submitted_at"] for i in ids
+                       if jobs[i].get("started_at"))
+    finally:
+        ray.shutdown()
+        lc.stop()
+    trace = [TraceJob(f"live-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1, 1.0, 1.0)
+             for i, (at, steps) in enumerate(LIVE_TRACE)]
+    market = MarketModel((NodeType("gpu_spot", "spot", spot, 1, 2, nodes, nodes),), launch_delay_s=launch_delay_s)
+    from raycluster.policy.budget import BudgetConfig
+
+    sim = simulate(trace, market, BudgetConfig(min_workers=0, max_workers=nodes, cooldown_s=cooldown_s,
+                                               idle_timeout_s=idle_s), tick_s=tick_s)
+    real = bill["spend_usd"]
+    out = {"jobs": len(LIVE_TRACE), "real_spend_usd": round(real, 6), "predicted_usd": round(sim.cost_usd, 6),
+           "error": round(real / sim.cost_usd - 1, 4) if sim.cost_usd else None,
+           "real_node_hours": round(sum(r.cost_usd(time.time()) / r.usd_per_hour for r in rentals), 4),
+           "predicted_node_hours": round(sim.node_hours, 4), "rentals": len(rentals), "predicted_peak_nodes":
+           sim.peak_nodes, "assumed": {"launch_delay_s": launch_delay_s, "job_overhead_s": job_overhead_s,
+                                       "tick_s": tick_s, "idle_timeout_s": idle_s, "cooldown_s": cooldown_s},
+           "measured": {"launch_to_first_job_s": [round(x, 1) for x in delays],
+                        "job_run_s_median": round(runs[len(runs) // 2], 1) if runs else None,
+                        "wait_p50_s": round(waits[len(waits) // 2], 1) if waits else None}}
+    log(f"(3) live vs predicted: {out}")
     return out
 
 
@@ -88,14 +190,21 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(ROOT / "configs" / "sim-day.yaml"))
     ap.add_argument("--trace", default=str(ROOT / "configs" / "traces" / "day.jsonl"))
-    ap.add_argument("--speed-jobs", type=int, default=3_000)
-    ap.add_argument("--speed-nodes", type=int, default=300)
+    ap.add_argument("--speed-jobs", type=int, default=10_000)
+    ap.add_argument("--speed-nodes", type=int, default=1_000)
+    ap.add_argument("--no-live", action="store_true", help="skip (3), the run on a real local cluster")
+    ap.add_argument("--live-launch-delay-s", type=float, default=5.0,
+                    help="the simulator's launch delay for (3) (bench_scale measures the local market's)")
+    ap.add_argument("--live-job-overhead-s", type=float, default=3.0,
+                    help="seconds a job takes beyond its steps in (3) (start of the rank, imports)")
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "bench_cost.json"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
               "shipped_trace": shipped(Path(args.config), Path(args.trace)),
               "simulator_speed": speed(args.speed_jobs, args.speed_nodes)}
+    if not args.no_live:
+        result["live_vs_predicted"] = live(args.live_launch_delay_s, args.live_job_overhead_s)
     write_result(result, args.out)
     return 0
 

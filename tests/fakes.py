@@ -121,10 +121,11 @@ class FakeMarket:
         self.refuse: Exception | None = None
         self.released: list[str] = []
         self.pending_notices: list = []
+        self.spot_usd_per_hour = 0.2  # moves like a spot market's price (tests set it)
 
     def offers(self):
         left = max(0, self.capacity - len(self.running))
-        return [self._offer(self.name, "T4", "spot", 0.2, 1, 2, left, "T4/spot"),
+        return [self._offer(self.name, "T4", "spot", self.spot_usd_per_hour, 1, 2, left, "T4/spot"),
                 self._offer(self.name, "T4", "on_demand", 0.5, 1, 2, left, "T4/on_demand")]
 
     def rent(self, offer, launch):
@@ -147,3 +148,6 @@ class FakeMarket:
 
     def notices(self):
         return list(self.pending_notices)
+
+    def prices(self):
+        return {("T4", "spot"): self.spot_usd_per_hour, ("T4", "on_demand"): 0.5}

@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("node", help="the rented node's id (see `raycluster nodes`)")
     mp.add_argument("--notice-s", type=float, default=None, help="seconds of notice (default: the market's)")
     mp.set_defaults(fn=market.cmd_market_preempt)
+    mp = msub.add_parser("price", help="move a price (a spot price rising): new and held nodes of that GPU type "
+                                       "and kind are charged it from now on; the budget sheds nodes within one "
+                                       "pass if the held set then costs more than the cap")
+    mp.add_argument("gpu_type", help="a GPU type of the local market (e.g. T4)")
+    mp.add_argument("usd_per_hour", nargs="?", type=float, default=None, help="the new price (USD/hour)")
+    mp.add_argument("--kind", choices=("spot", "on_demand"), default="spot")
+    mp.add_argument("--reset", action="store_true", help="back to the configured price")
+    mp.set_defaults(fn=market.cmd_market_price)
     sp = sub.add_parser("ray-head", help="(run by `ray up ray-cluster.yaml` on the head) start the elastic cluster, "
                                          "the runtime actors and the HTTP API; nothing if already up")
     sp.add_argument("--config", required=True, help="the cluster config (ray up copies it to ~/ray_bootstrap_config.yaml)")

@@ -47,6 +47,20 @@ def cmd_market_preempt(args) -> int:
     return EXIT_OK
 
 
+def cmd_market_price(args) -> int:
+    from raycluster.errors import InvalidSetting
+    from raycluster.provision.market.registry import set_price
+
+    if (args.usd_per_hour is None) == (not args.reset):
+        raise InvalidSetting("give a price in USD/hour or --reset (not both)", field="usd_per_hour")
+    out = set_price(Path(args.state_dir), args.gpu_type, args.kind, None if args.reset else args.usd_per_hour)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"{out['kind']} {out['gpu_type']}: {out['usd_per_hour']:.4f} USD/hour from now on")
+    return EXIT_OK
+
+
 def cmd_cost(args) -> int:
     from raycluster.provision.spend import cost
 

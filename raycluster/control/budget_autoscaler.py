@@ -5,11 +5,15 @@ min/max workers and its hourly budget. A thin actor over ``BudgetLoop``; the dec
 Owns: the loop's memory between passes (since when each node is idle, since when utilisation is
 low, the last scale-up, the events and waiting reasons last written) and one pass, in three steps:
 
-* observe — the live autoscaling config, the provider's rentals and the hard cap, each node type's
+* observe — held nodes repriced at their markets' prices now (spot prices move: a rise past the
+  cap is shed by the policy in this same pass), gangs on a node with a preemption notice asked to
+  checkpoint now; the live autoscaling config, the provider's rentals and the hard cap, each node type's
   offers (price, slots), Ray's node table (free GPUs/CPUs of each rented node), the Coordinator's
   waiting gangs;
 * decide — ``policy.budget.decide`` (the same function the what-if simulator replays);
-* apply — give back the nodes it releases (drained first), write each node type's min/max workers
+* apply — give back the nodes it releases (drained first; a node jobs run on in a thread of its
+  own, after its gangs were asked to checkpoint — ``ctx.should_checkpoint`` answers yes once —
+  and have, or SHED_CHECKPOINT_WAIT_S passed), write each node type's min/max workers
   into the live autoscaling config (Ray's autoscaler v2 re-reads it every tick and launches only
   within them: Ray does the mechanics, this policy decides), Ray's own idle timeout as a backstop
   (idle timeout + cooldown), new scaling events, and the waiting reasons (``budget 0.48/0.60
@@ -45,10 +49,19 @@ class BudgetLoop:
         self._last_events: set[tuple[str, str]] = set()
         self._last_reasons: dict[str, str] | None = None
         self.last: dict[str, Any] = {}
+        self.busy: set[str] = set()  # the held nodes something ran on at the last look
+        # busy nodes being given back (their gangs checkpointing first): rental id -> node type
+        self.going: dict[str, str] = {}
+        self._noticed: set[str] = set()  # nodes with a preemption notice whose gangs were asked to checkpoint
+        self._threads: list[threading.Thread] = []
 
     # ---- observe -------------------------------------------------------------------------------------
     def context(self, now: float) -> tuple[BudgetContext, dict[str, str], dict[str, Any]]:
         """(the policy's context, rental id -> Ray node id, the config read)."""
+        try:
+            self.ops.reprice()  # spot prices moved: the held set is priced as billed now
+        except Exception:
+            log.exception("repricing held nodes failed; deciding on the prices as recorded")
         config = self.ops.config()
         provider = config.get("provider") or {}
         head = config.get("head_node_type")
@@ -75,8 +88,19 @@ class BudgetLoop:
         ray_nodes = {n["labels"].get(RENTAL_LABEL): n for n in self.ops.nodes()
                      if n.get("alive") and RENTAL_LABEL in (n.get("labels") or {})}
         held, ray_ids, gpus_total, gpus_used = [], {}, 0.0, 0.0
-        live = set()
-        for r in self.ops.rentals():
+        live, busy = set(), set()
+        rentals = self.ops.rentals()
+        for r in rentals:
+            if r.preempt_deadline is not None and r.id not in self._noticed:
+                self._noticed.add(r.id)  # taken back soon: its gangs save what they can now
+                try:
+                    self.ops.checkpoint_now(r.id, "preemption notice")
+                except Exception:
+                    log.exception("asking the gangs on %s to checkpoint failed", r.id)
+        self._noticed &= {r.id for r in rentals}
+        for r in rentals:
+            if r.id in self.going or getattr(r.state, "value", r.state) == "releasing":
+                continue  # on its way out: neither held nor counted by the policy
             live.add(r.id)
             node = ray_nodes.get(r.id)
             t = by_type.get(r.node_type)
@@ -95,11 +119,13 @@ class BudgetLoop:
                 self.idle_since.setdefault(r.id, now)
             else:
                 self.idle_since.pop(r.id, None)
+                busy.add(r.id)
             held.append(HeldNode(r.id, r.node_type, r.kind, r.usd_per_hour, free_gpus=g_free,
                                  free_cpus=float(free.get("CPU", 0)),
                                  idle_s=now - self.idle_since[r.id] if idle else 0.0))
         for gone in set(self.idle_since) - live:
             del self.idle_since[gone]
+        self.busy = busy
         waiting = tuple(Gang(w["job_id"], int(w["bundles"]), float(w["gpus"]), float(w["cpus"]),
                              strict_spread=bool(w.get("strict_spread")), spot=w.get("spot", "auto"),
                              preemptions=int(w.get("preemptions", 0))) for w in self.ops.waiting())
@@ -122,6 +148,14 @@ class BudgetLoop:
     def _apply(self, ctx: BudgetContext, d: BudgetDecision, ray_ids: dict[str, str]) -> None:
         released = set()
         for rental_id, reason in d.release:
+            if rental_id in self.busy:  # jobs run there: checkpoint, then drain and release (not blocking the loop)
+                self.going[rental_id] = next(n.node_type for n in ctx.held if n.id == rental_id)
+                released.add(rental_id)  # (counted below as going until it is released)
+                t = threading.Thread(target=self._release_busy, args=(rental_id, reason, ray_ids.get(rental_id)),
+                                     name=f"release-{rental_id}", daemon=True)
+                self._threads = [x for x in self._threads if x.is_alive()] + [t]
+                t.start()
+                continue
             try:
                 self.ops.release(rental_id, reason, ray_ids.get(rental_id))
                 released.add(rental_id)
@@ -131,6 +165,8 @@ class BudgetLoop:
         for n in ctx.held:
             if n.id not in released:
                 counts[n.node_type] = counts.get(n.node_type, 0) + 1
+        for node_type in list(self.going.values()):  # still there until released: Ray must not stop it first
+            counts[node_type] = counts.get(node_type, 0) + 1
         limits, left_min = {}, ctx.config.min_workers
         for t in sorted(ctx.types, key=lambda t: (t.usd_per_hour, t.name)):
             hi = min(t.max_workers, counts.get(t.name, 0) + d.launch.get(t.name, 0))
@@ -149,6 +185,20 @@ class BudgetLoop:
         if d.waiting != self._last_reasons:
             self.ops.set_waiting(dict(d.waiting))
             self._last_reasons = dict(d.waiting)
+
+
+    def _release_busy(self, rental_id: str, reason: str, ray_node_id: str | None) -> None:
+        try:
+            self.ops.release_after_checkpoint(rental_id, reason, ray_node_id)
+        except Exception:
+            log.exception("releasing %s failed", rental_id)
+        finally:
+            self.going.pop(rental_id, None)
+
+    def join(self, timeout_s: float = 60.0) -> None:
+        """Wait for the busy nodes being given back (tests)."""
+        for t in list(self._threads):
+            t.join(timeout_s)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)

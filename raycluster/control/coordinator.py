@@ -107,3 +107,12 @@ class Coordinator:
 
     def preempt(self, node: str, notice_s: float | None = None) -> dict:
         return self.core.preempt(node, notice_s)
+
+    def checkpoint_now(self, rental_id: str, reason: str) -> dict:
+        return self.core.checkpoint_now(rental_id, reason)
+
+    def checkpoint_wanted(self, job_id: str, attempt: int) -> bool:
+        return self.core.checkpoint_wanted(job_id, attempt)
+
+    def checkpoint_pending(self, asked: dict) -> list[str]:
+        return self.core.checkpoint_pending(asked)

@@ -56,6 +56,7 @@ class CoordinatorCore(Reconciler):
         self._ep_checked = TTLCache(self.clock)
         self._feasible_for: object = None
         self._feasible: dict[tuple, str | None] = {}
+        self._ckpt_wanted: dict[tuple[str, int], str] = {}  # (job, attempt) -> why it should checkpoint now
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
@@ -138,19 +139,19 @@ class CoordinatorCore(Reconciler):
         nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
         if self._feasible_for is not nodes:
             self._feasible_for, self._feasible = nodes, {}
-        key = (json.dumps(spec.bundles(), sort_keys=True), spec.placement_strategy.value)
+        key = (json.dumps(self._bundles(spec), sort_keys=True), spec.placement_strategy.value)
         if key not in self._feasible:
             total, _free = totals_and_free(nodes)
             if self.elastic_nodes:  # the largest cluster the autoscaler may make: fixed nodes + all it may rent
                 rented = {n["id"] for n in nodes if RENTAL_LABEL in (n.get("labels") or {})}
                 total = {**{n: r for n, r in total.items() if n not in rented}, **self.elastic_nodes}
-            why = infeasible_reason(spec.bundles(), spec.placement_strategy.value, total)
+            why = infeasible_reason(self._bundles(spec), spec.placement_strategy.value, total)
             if why and self.elastic_nodes:
                 why += f" (counting the {len(self.elastic_nodes)} node(s) the autoscaler may rent)"
             if not why and self.budget_cap_usd_per_hour is not None and self.budget_types:
                 fixed = {n: r for n, r in totals_and_free(nodes)[0].items()
                          if n not in {x["id"] for x in nodes if RENTAL_LABEL in (x.get("labels") or {})}}
-                if infeasible_reason(spec.bundles(), spec.placement_strategy.value, fixed):  # it needs rented nodes
+                if infeasible_reason(self._bundles(spec), spec.placement_strategy.value, fixed):  # it needs rented nodes
                     why = self._over_budget(spec)
             self._feasible[key] = why
         return self._feasible[key]
@@ -242,6 +243,48 @@ class CoordinatorCore(Reconciler):
             self.budget_version += 1
             self.queue.forget()
         self.wake()
+
+    # ------------------------------------------------------------------ checkpoint now
+    def checkpoint_now(self, rental_id: str, reason: str) -> dict[str, list]:
+        """Ask every gang running on the rented node ``rental_id`` to checkpoint at its next chance
+        (its ``ctx.should_checkpoint`` answers yes once): {job id: [attempt, its newest complete
+        checkpoint step before, or None]}, for ``checkpoint_pending``."""
+        out: dict[str, list] = {}
+        found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
+        for job_id, attempt in found:
+            att = self.attempts.get(job_id)
+            if att is None or att.attempt != attempt:
+                continue
+            self._ckpt_wanted[(job_id, attempt)] = reason
+            out[job_id] = [attempt, self._newest_step(job_id)]
+        if out:
+            log.info("checkpoint now (%s): %s", reason, ", ".join(sorted(out)))
+        return out
+
+    def checkpoint_wanted(self, job_id: str, attempt: int) -> bool:
+        """(Asked by rank 0 of a running gang.) Whether to checkpoint now; answers yes once per ask."""
+        return self._ckpt_wanted.pop((job_id, int(attempt)), None) is not None
+
+    def checkpoint_pending(self, asked: dict[str, list]) -> list[str]:
+        """The jobs of ``asked`` (as ``checkpoint_now`` answered) still running that attempt without
+        a newer complete checkpoint."""
+        out = []
+        for job_id, (attempt, before) in asked.items():
+            att = self.attempts.get(job_id)
+            if att is None or att.attempt != attempt:
+                continue  # ended or moved on: nothing to wait for
+            step = self._newest_step(job_id)
+            if step is None or (before is not None and step <= before):
+                out.append(job_id)
+        return out
+
+    def _newest_step(self, job_id: str) -> int | None:
+        if self.cm is None:
+            return None
+        import ray
+
+        found = ray.get(self.cm.candidates.remote(job_id), timeout=30)
+        return int(found[0]["step"]) if found else None
 
     # ------------------------------------------------------------------ rentals (elastic clusters)
     def rentals(self, include_released: bool = False) -> list[dict]:

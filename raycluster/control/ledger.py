@@ -79,7 +79,7 @@ class JobLedger:
         now = self.clock() if now is None else now
         if not self.elastic:
             return Attribution()
-        rentals = [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at)
+        rentals = [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at, tuple(map(tuple, r.prices)))
                    for r in self._rentals().list(None) if r.market != "head"]
         return attribute(self.usage.rows(job_ids), rentals, now)
 

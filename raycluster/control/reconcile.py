@@ -36,6 +36,7 @@ from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import AdmissionQueue, QueuedJob
+from raycluster.policy.budget import with_kind
 from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
@@ -204,7 +205,7 @@ class Reconciler:
             old = self._pending.get(jid)
             self._waiting.move(jid, old.waiting if old else None, rec.waiting)
             self._pending[jid] = rec
-            self.queue.put(QueuedJob(jid, rec.priority, rec.queued_at, tuple(spec.bundles()),
+            self.queue.put(QueuedJob(jid, rec.priority, rec.queued_at, tuple(self._bundles(spec)),
                                      spec.placement_strategy.value))
         elif rec.state in TERMINAL_STATES:
             self._drop_pending(jid)
@@ -278,11 +279,15 @@ class Reconciler:
         if att is None:
             spec = self._spec(job)
             name = pg_name(job.id, job.attempt)
-            pg = self.ops.get_pg(name) or self.ops.create_pg(name, spec.bundles(), spec.placement_strategy.value)
+            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec), spec.placement_strategy.value)
             att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now)
         if att.refs is None:
             self._launch(job, att)
         return att
+
+    def _bundles(self, spec) -> list[dict[str, float]]:
+        """The gang's bundles; on an elastic cluster a ``spot: only/never`` gang's ask for its kind's marker."""
+        return with_kind(spec.bundles(), spec.spot) if self.ledger.elastic else spec.bundles()
 
     def _admit(self, now: float) -> None:
         _total, free = self.nodes.totals_and_free(0.0)
@@ -290,7 +295,7 @@ class Reconciler:
         for att in self.attempts.values():
             if not att.placed:
                 spec = self._specs.get(att.job_id)
-                placed = spec and place(spec.bundles(), free, spec.placement_strategy.value)
+                placed = spec and place(self._bundles(spec), free, spec.placement_strategy.value)
                 if placed:
                     free = placed[1]
         self.queue.configure(C.STARVATION_THRESHOLD_S, C.AGING_S)
@@ -335,7 +340,7 @@ class Reconciler:
             att = self.attempts.get(rec.id)
             if rec.id in held_back and (att is None or not att.placed):
                 continue  # being placed again, but the BudgetAutoscaler rents nothing for it now
-            bundles.extend(self._spec(rec).bundles())
+            bundles.extend(self._bundles(self._spec(rec)))
         for job in self.queue.ordered():
             if len(bundles) >= C.DEMAND_MAX_BUNDLES:
                 break
@@ -359,7 +364,7 @@ class Reconciler:
                 self.ops.remove_pg_by_name(pg_name(job.id, job.attempt))
             rec = self._transition(job, step, now)
             spec = self._spec(job)
-            pg = self.ops.create_pg(pg_name(job.id, rec.attempt), spec.bundles(), spec.placement_strategy.value)
+            pg = self.ops.create_pg(pg_name(job.id, rec.attempt), self._bundles(spec), spec.placement_strategy.value)
             att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now)
             self._launch(rec, att)
             return rec

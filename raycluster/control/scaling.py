@@ -5,8 +5,9 @@ Owns: ``ScalingOps`` — reading the elastic cluster's live autoscaling config a
 node-type limits the BudgetAutoscaler allows into it (Ray's autoscaler v2 re-reads that file every
 tick, so Ray does the mechanics within our limits), the provider's books (rentals, the hard cap,
 scaling events) and the markets' offers through a ``MarketNodeProvider`` sharing the provider's
-SQLite, Ray's node table, the Coordinator's queue and waiting reasons, and giving a node back
-(drained in Ray first).
+SQLite, Ray's node table, the Coordinator's queue and waiting reasons, held nodes repriced at the
+markets' current prices, and giving a node back (drained in Ray first; a busy one after its gangs
+were asked to checkpoint).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raycluster import constants as C
 from raycluster.provision.local.record import cluster_dir, read_json
 from raycluster.util.files import atomic_write_json
 
@@ -91,17 +93,56 @@ class ScalingOps:
     def event(self, action: str, reason: str, node_type: str | None = None, count: int = 0) -> None:
         self.provider.store.add_event("budget", action, reason, node_type, count)
 
-    def release(self, rental_id: str, reason: str, ray_node_id: str | None) -> None:
+    def release(self, rental_id: str, reason: str, ray_node_id: str | None, busy: bool = False) -> None:
         """Give a node back: drained in Ray first (its gangs recover from their checkpoints on
-        other nodes), then released through its market."""
+        other nodes), then released through its market. (Ray refuses an idle-termination drain of a
+        busy node: a busy one is drained as a preemption.)"""
         if ray_node_id and self.provider.head_address:
             from raycluster.control.drain import drain_node
 
             try:
-                drain_node(self.provider.head_address, ray_node_id, "IDLE_TERMINATION", reason, time.time() + 5)
+                drain_node(self.provider.head_address, ray_node_id, "PREEMPTION" if busy else "IDLE_TERMINATION",
+                           reason, time.time() + 5)
             except Exception as exc:
                 log.warning("drain of %s before release failed: %s", rental_id, exc)
         self.provider.release(rental_id, reason)
+
+    def release_after_checkpoint(self, rental_id: str, reason: str, ray_node_id: str | None,
+                                 wait_s: float | None = None) -> list[str]:
+        """Give back a node jobs run on: its gangs are asked to checkpoint now, and it is released
+        once each has (or ``wait_s`` passed); the jobs that had not, []: all had."""
+        wait_s = C.SHED_CHECKPOINT_WAIT_S if wait_s is None else wait_s
+        pending: list[str] = []
+        try:
+            asked = self.checkpoint_now(rental_id, reason)
+            pending = list(asked)
+            deadline = time.monotonic() + wait_s
+            while pending and time.monotonic() < deadline:
+                time.sleep(0.5)
+                pending = self.checkpoint_pending({j: asked[j] for j in pending})
+        except Exception:  # the Coordinator unreachable: the node is given back all the same
+            log.exception("checkpoint before releasing %s failed", rental_id)
+        if pending:
+            log.warning("releasing %s: %s did not checkpoint within %.0fs", rental_id, ", ".join(pending), wait_s)
+        self.release(rental_id, reason, ray_node_id, busy=True)
+        return pending
+
+    def checkpoint_now(self, rental_id: str, reason: str) -> dict[str, list]:
+        """Ask the gangs on a rented node to checkpoint now ({job: [attempt, step before]})."""
+        import ray
+
+        if self.coordinator is None:
+            return {}
+        return ray.get(self.coordinator.checkpoint_now.remote(rental_id, reason), timeout=30)
+
+    def checkpoint_pending(self, asked: dict[str, list]) -> list[str]:
+        import ray
+
+        return ray.get(self.coordinator.checkpoint_pending.remote(asked), timeout=60)
+
+    def reprice(self) -> list[tuple[str, float, float]]:
+        """Bill held nodes at their markets' prices now (spot prices move)."""
+        return self.provider.reprice()
 
     # ---- Ray and the Coordinator ---------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:

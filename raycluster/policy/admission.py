@@ -81,6 +81,7 @@ class AdmissionDecision:
     """What a pass decided. Every queued job not admitted waits, for the reason given by
     ``waiting_groups`` (reason, job ids), built once per pass; ``waiting`` is the same as a dict."""
     admit: list[str] = field(default_factory=list)
+    placements: dict[str, list[str]] = field(default_factory=dict, repr=False)  # job -> node of each bundle
     reserved_for: str | None = None
     blocked: str | None = None  # the first job in order that did not fit
     groups: list[tuple[str, list[str]]] = field(default_factory=list, repr=False)
@@ -123,9 +124,11 @@ def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: 
     while heap:
         key, i, pos = heap[0]
         job = jobs[key[-1]]
-        placed = view.place(job.bundles, job.strategy, job.shape) is not None
+        assignment = view.place(job.bundles, job.strategy, job.shape)
+        placed = assignment is not None
         if placed:
             admit.append(job.job_id)
+            decision.placements[job.job_id] = assignment
             admitted_keys.append(key)
         elif blocked_key is None:
             blocked_key, decision.blocked = key, job.job_id

@@ -20,159 +20,24 @@ Rules, in the order they are applied (each gives an ``Event`` with its reason):
    (at most once per ``cooldown_s``).
 5. **Scale down** — nodes idle for ``idle_timeout_s`` are released, most expensive first, never
    below ``min_workers``, once utilisation has stayed below ``scale_down_util`` for ``cooldown_s``
-   (``low_util_since`` is carried from decision to decision by the caller).
+   (``low_util_since`` is carried from decision to decision by the caller). An on-demand node
+   (the expensive fallback) idle for ``idle_timeout_s`` goes whatever the utilisation when no
+   waiting gang needs on-demand. Idle nodes a waiting gang cannot use (a ``spot: never`` gang
+   behind idle spot nodes) are released for it when the budget or ``max_workers`` holds it back.
+
+Gangs with ``spot: only``/``never`` are placed only on nodes of that kind: held nodes' free room
+is counted for them only when of their kind (live, a marker resource per kind, ``with_kind``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-SPOT, ON_DEMAND = "spot", "on_demand"
-SPOT_CHOICES = ("auto", "never", "only")
-
-
-class BudgetConfigError(ValueError):
-    """A budget setting is invalid; ``field`` names it. Retrying will not help."""
-
-    def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.field = field
-
-
-@dataclass(frozen=True)
-class BudgetConfig:
-    min_workers: int = 0
-    max_workers: int = 32
-    max_hourly_budget_usd: float | None = None  # None: no cap
-    scale_up_util: float = 0.8
-    scale_down_util: float = 0.3
-    cooldown_s: float = 600.0
-    idle_timeout_s: float = 300.0
-    spot_fallback_preemptions: int = 2
-
-    def __post_init__(self):
-        for name in ("min_workers", "max_workers", "spot_fallback_preemptions"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise BudgetConfigError(f"{name} must be an integer >= 0, not {v!r}", name)
-        if self.min_workers > self.max_workers:
-            raise BudgetConfigError(f"min_workers {self.min_workers} > max_workers {self.max_workers}", "min_workers")
-        for name in ("cooldown_s", "idle_timeout_s"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise BudgetConfigError(f"{name} must be a number >= 0, not {v!r}", name)
-        for name in ("scale_up_util", "scale_down_util"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise BudgetConfigError(f"{name} must be a number in [0, 1], not {v!r}", name)
-        if self.scale_down_util > self.scale_up_util:
-            raise BudgetConfigError("scale_down_util must be <= scale_up_util", "scale_down_util")
-        cap = self.max_hourly_budget_usd
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap < 0
-                                or not math.isfinite(cap)):
-            raise BudgetConfigError(f"max_hourly_budget_usd must be a number >= 0, not {cap!r}", "max_hourly_budget_usd")
-
-
-@dataclass(frozen=True)
-class NodeType:
-    """A worker node type and what its market offers now."""
-    name: str
-    kind: str  # spot | on_demand
-    usd_per_hour: float
-    gpus: int
-    cpus: float
-    available: int  # slots the market has now (0: none offered)
-    max_workers: int = 1 << 30
-
-
-@dataclass(frozen=True)
-class HeldNode:
-    id: str
-    node_type: str
-    kind: str
-    usd_per_hour: float  # its current price (spot prices move)
-    free_gpus: float = 0.0
-    free_cpus: float = 0.0
-    idle_s: float = 0.0  # how long nothing has run on it (0: busy)
-    starting: bool = False
-
-
-@dataclass(frozen=True)
-class Gang:
-    """A waiting gang: ``bundles`` bundles of ``gpus``/``cpus`` each."""
-    job_id: str
-    bundles: int
-    gpus: float
-    cpus: float
-    strict_spread: bool = False
-    spot: str = "auto"
-    preemptions: int = 0
-
-
-@dataclass(frozen=True)
-class BudgetContext:
-    config: BudgetConfig
-    types: tuple[NodeType, ...]
-    held: tuple[HeldNode, ...] = ()
-    waiting: tuple[Gang, ...] = ()  # queue order
-    gpu_util: float | None = None  # mean over held GPU nodes, 0..1 (None: unknown)
-    low_util_since: float | None = None
-    last_scale_up_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Event:
-    action: str  # scale_up | scale_down | shed | blocked | fallback
-    reason: str
-    node_type: str | None = None
-    count: int = 0
-
-
-@dataclass
-class BudgetDecision:
-    launch: dict[str, int] = field(default_factory=dict)  # node type -> nodes to add now
-    release: list[tuple[str, str]] = field(default_factory=list)  # (node id, reason)
-    waiting: dict[str, str] = field(default_factory=dict)  # job id -> why no node is launched for it
-    events: list[Event] = field(default_factory=list)
-    committed_usd_per_hour: float = 0.0  # after this decision is applied
-    low_util_since: float | None = None
-    last_scale_up_at: float | None = None
-
-
-def fmt_usd(x: float) -> str:
-    return f"{x:.2f}"
-
-
-# ------------------------------------------------------------------------------- helpers
-def _per_node(t: NodeType, g: Gang) -> int:
-    """Bundles of ``g`` one fresh node of type ``t`` holds."""
-    fits = []
-    if g.gpus > 0:
-        fits.append(int(t.gpus // g.gpus) if t.gpus >= g.gpus else 0)
-    if g.cpus > 0:
-        fits.append(int(t.cpus // g.cpus) if t.cpus >= g.cpus else 0)
-    n = min(fits) if fits else g.bundles
-    return min(n, 1) if g.strict_spread else n
-
-
-def nodes_needed(t: NodeType, g: Gang, placed: int = 0) -> int | None:
-    """Fresh nodes of type ``t`` for the ``g.bundles - placed`` bundles left (None: never fits)."""
-    per = _per_node(t, g)
-    if per <= 0:
-        return None
-    return math.ceil(max(0, g.bundles - placed) / per)
-
-
-def kinds_for(g: Gang, fallback_after: int) -> tuple[str, ...]:
-    """Node kinds a gang may use, preferred first."""
-    if g.spot == "only":
-        return (SPOT,)
-    if g.spot == "never":
-        return (ON_DEMAND,)
-    if g.preemptions >= fallback_after:
-        return (ON_DEMAND, SPOT)
-    return (SPOT, ON_DEMAND)
+from raycluster.policy.budget_types import (KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND,
+                                            SPOT, SPOT_CHOICES, BudgetConfig, BudgetConfigError, BudgetContext,
+                                            BudgetDecision, Event, Gang, HeldNode, NodeType,
+                                            cheapest_gang_usd_per_hour, fmt_usd, kinds_for, nodes_needed,
+                                            with_kind)
 
 
 class _Rooms(list):
@@ -197,20 +62,27 @@ class _Rooms(list):
         self._max = None
 
 
-def _fit_on_free(rooms: list[list[float]], g: Gang) -> int:
-    """Place bundles of ``g`` on the free room of held nodes (first fit, room taken); how many."""
+def _fit_on_free(rooms: list[list], g: Gang, taken: list | None = None) -> int:
+    """Place bundles of ``g`` on the free room ([gpus, cpus, kind]) of held nodes of a kind it may
+    use (first fit, room taken); how many. ``taken`` gets (room, bundles) of each room used."""
     if isinstance(rooms, _Rooms):
         gmax, cmax = rooms.largest()
         if g.gpus > gmax or g.cpus > cmax:
             return 0
     placed = 0
+    only = {"only": SPOT, "never": ON_DEMAND}.get(g.spot)
     for room in rooms:
+        if only is not None and room[2] != only:
+            continue
+        before = placed
         while placed < g.bundles and room[0] >= g.gpus and room[1] >= g.cpus:
             room[0] -= g.gpus
             room[1] -= g.cpus
             placed += 1
             if g.strict_spread:
                 break
+        if taken is not None and placed > before:
+            taken.append((room, placed - before))
         if placed == g.bundles:
             break
     if placed and isinstance(rooms, _Rooms):
@@ -218,12 +90,22 @@ def _fit_on_free(rooms: list[list[float]], g: Gang) -> int:
     return placed
 
 
+def _undo(rooms: "_Rooms", g: Gang, taken: list) -> None:
+    """Give back the room ``_fit_on_free`` took for ``g``."""
+    for room, count in taken:
+        room[0] += count * g.gpus
+        room[1] += count * g.cpus
+    taken.clear()
+    rooms.taken()
+
+
 def _make_room(held: list[HeldNode], rooms: list[list[float]], d: "BudgetDecision", over_usd: float,
-               idle_timeout_s: float) -> list[HeldNode]:
+               idle_timeout_s: float, over_nodes: int = 0) -> list[HeldNode]:
     """Idle nodes (past the idle timeout, untouched by the gangs placed so far in this pass, not
-    already released) whose release brings the spend rate down by ``over_usd``, most expensive
-    first; [] when even all of them would not. Without this, a gang blocked by the budget behind
-    idle nodes it cannot use would wait forever: idle nodes are otherwise released only when
+    already released) whose release brings the spend rate down by ``over_usd`` and the node count
+    by ``over_nodes``, most expensive first; [] when even all of them would not. Without this, a
+    gang blocked by the budget or max_workers behind idle nodes it cannot use (a ``spot: never``
+    gang behind idle spot nodes) would wait forever: idle nodes are otherwise released only when
     nothing waits."""
     gone = {i for i, _ in d.release}
     idle = [n for i, n in enumerate(held)
@@ -231,28 +113,11 @@ def _make_room(held: list[HeldNode], rooms: list[list[float]], d: "BudgetDecisio
             and rooms[i][0] == n.free_gpus and rooms[i][1] == n.free_cpus]
     picked, freed = [], 0.0
     for n in sorted(idle, key=lambda n: (-n.usd_per_hour, n.id)):
-        if freed >= over_usd - 1e-9:
+        if freed >= over_usd - 1e-9 and len(picked) >= over_nodes:
             break
         picked.append(n)
         freed += n.usd_per_hour
-    return picked if freed >= over_usd - 1e-9 else []
-
-
-def cheapest_gang_usd_per_hour(types: tuple[NodeType, ...] | list[NodeType], g: Gang,
-                               fallback_after: int = 2) -> float | None:
-    """The lowest spend rate at which ``g`` could ever run on fresh nodes (ignoring what is
-    offered now): what submit-time checks compare with the budget. None: no type fits it."""
-    best = None
-    kinds = set(kinds_for(g, fallback_after))
-    for t in types:
-        if t.kind not in kinds:
-            continue
-        n = nodes_needed(t, g)
-        if n is None or n > t.max_workers:
-            continue
-        cost = n * t.usd_per_hour
-        best = cost if best is None else min(best, cost)
-    return best
+    return picked if freed >= over_usd - 1e-9 and len(picked) >= over_nodes else []
 
 
 # ------------------------------------------------------------------------------- the policy
@@ -274,8 +139,23 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
         slots[t.name] -= count
         committed += count * t.usd_per_hour
 
+    made_room = 0
+
     def total() -> int:
-        return len(held) + sum(d.launch.values())
+        return len(held) - made_room + sum(d.launch.values())
+
+    def give_back(room: list[HeldNode], reason: str) -> None:
+        """Release idle nodes a waiting gang cannot use, for it (budget or max_workers)."""
+        nonlocal committed, made_room
+        index = {h.id: i for i, h in enumerate(held)}
+        for h in room:
+            d.release.append((h.id, reason))
+            per_type[h.node_type] -= 1
+            rooms[index[h.id]][:2] = [0.0, 0.0]  # gone: no later gang is placed there
+            committed -= h.usd_per_hour
+        made_room += len(room)
+        rooms.taken()
+        d.events.append(Event("scale_down", f"{reason}: released {len(room)} idle node(s)", count=len(room)))
 
     # 1. shed: the held set costs more than the cap (prices rose)
     if cap is not None and committed > cap + 1e-9:
@@ -292,17 +172,13 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
                                       f"released {len(gone)} node(s), now {fmt_usd(committed)}", count=len(gone)))
 
     # 2. the waiting gangs, in queue order
-    rooms = _Rooms([[n.free_gpus, n.free_cpus] for n in held])
+    rooms = _Rooms([[n.free_gpus, n.free_cpus, n.kind] for n in held])
     blocked = False
     launched_for = 0
-    for g in ctx.waiting:
-        placed = _fit_on_free(rooms, g)
-        if placed >= g.bundles:
-            continue
-        if blocked:
-            d.waiting[g.job_id] = "behind a gang waiting for budget or max_workers"
-            continue
-        choice, why_not = None, []
+    def choose(g: Gang, placed: int):
+        """(cost, type name, type, nodes) of the cheapest type of the first kind ``g`` may use that
+        has nodes for its ``placed``..bundles, or None; why other types were not, the fallback event."""
+        why_not: list[str] = []
         for kind in kinds_for(g, cfg.spot_fallback_preemptions):
             options = []
             for t in ctx.types:
@@ -319,51 +195,77 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
                     continue  # never affordable: the next kind may be
                 options.append((n * t.usd_per_hour, t.name, t, n))
             if options:
-                choice = min(options)
+                choice, fallback = min(options), None
                 if kind == ON_DEMAND and g.spot == "auto":
                     reason = (f"preempted {g.preemptions}x" if g.preemptions >= cfg.spot_fallback_preemptions
                               else "no spot node offered")
-                    d.events.append(Event("fallback", f"{g.job_id}: on-demand ({reason})", choice[1], choice[3]))
-                break
-        if choice is None:
-            why = ", ".join(sorted(set(why_not)))
-            if cap is not None and "cost more than the budget" in why:  # what is left costs more than allowed
-                d.waiting[g.job_id] = f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {why}"
-                d.events.append(Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id}: {why}"))
-                blocked = True
+                    fallback = Event("fallback", f"{g.job_id}: on-demand ({reason})", choice[1], choice[3])
+                return choice, why_not, fallback
+        return None, why_not, None
+
+    for g in ctx.waiting:
+        taken: list = []
+        placed = _fit_on_free(rooms, g, taken)
+        if placed >= g.bundles:
+            continue
+        if blocked:
+            d.waiting[g.job_id] = "behind a gang waiting for budget or max_workers"
+            continue
+        first_refusal = None
+        outcome = None
+        for fresh in (False, True):
+            if fresh:  # it fit partly on idle nodes whose release would make the room it lacks: start over
+                if not placed:
+                    break
+                _undo(rooms, g, taken)
+                placed = 0
+            choice, why_not, fallback = choose(g, placed)
+            if choice is None:
+                why = ", ".join(sorted(set(why_not)))
+                if cap is not None and "cost more than the budget" in why:  # what is left costs more than allowed
+                    outcome = ("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {why}",
+                               Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id}: {why}"))
+                else:
+                    outcome = ("none", "no node type offered fits it" + (f" ({why})" if why else ""), None)
+                first_refusal = first_refusal or outcome
                 continue
-            d.waiting[g.job_id] = "no node type offered fits it" + (f" ({why})" if why else "")
+            cost, _name, t, n = choice
+            if total() + n > cfg.max_workers:
+                room = _make_room(held, rooms, d, 0.0, cfg.idle_timeout_s, total() + n - cfg.max_workers)
+                if room:
+                    give_back(room, f"make room: {g.job_id} needs {n} {t.name} within max_workers {cfg.max_workers}")
+            if total() + n > cfg.max_workers:
+                first_refusal = first_refusal or ("blocked", f"max_workers {cfg.max_workers} reached",
+                                                  Event("blocked", f"{g.job_id}: max_workers {cfg.max_workers}",
+                                                        t.name, n))
+                continue
+            if cap is not None and committed + cost > cap + 1e-9:
+                room = _make_room(held, rooms, d, committed + cost - cap, cfg.idle_timeout_s)
+                if room:  # idle nodes it cannot use give their budget to it: released, then it is rented for
+                    give_back(room, f"make room: {g.job_id} needs {fmt_usd(cost)} USD/h within budget {fmt_usd(cap)}")
+            if cap is not None and committed + cost > cap + 1e-9:
+                first_refusal = first_refusal or (
+                    "blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h, needs {fmt_usd(cost)} more",
+                    Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id} needs "
+                                     f"{n} {t.name} at {fmt_usd(cost)}", t.name, n))
+                continue
+            outcome = ("ok", choice, fallback)
+            break
+        if outcome is None or outcome[0] != "ok":
+            verdict, why, event = first_refusal
+            d.waiting[g.job_id] = why
+            if event is not None:
+                d.events.append(event)
+            blocked = blocked or verdict == "blocked"
             continue
-        cost, _name, t, n = choice
-        if total() + n > cfg.max_workers:
-            d.waiting[g.job_id] = f"max_workers {cfg.max_workers} reached"
-            d.events.append(Event("blocked", f"{g.job_id}: max_workers {cfg.max_workers}", t.name, n))
-            blocked = True
-            continue
-        if cap is not None and committed + cost > cap + 1e-9:
-            room = _make_room(held, rooms, d, committed + cost - cap, cfg.idle_timeout_s)
-            if room:  # idle nodes it cannot use give their budget to it: released, then it is rented for
-                freed = sum(h.usd_per_hour for h in room)
-                reason = f"make room: {g.job_id} needs {fmt_usd(cost)} USD/h within budget {fmt_usd(cap)}"
-                index = {h.id: i for i, h in enumerate(held)}
-                for h in room:
-                    d.release.append((h.id, reason))
-                    per_type[h.node_type] -= 1
-                    rooms[index[h.id]][:] = [0.0, 0.0]  # gone: no later gang is placed there
-                rooms.taken()
-                committed -= freed
-                d.events.append(Event("scale_down", f"{reason}: released {len(room)} idle node(s)", count=len(room)))
-        if cap is not None and committed + cost > cap + 1e-9:
-            d.waiting[g.job_id] = f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h, needs {fmt_usd(cost)} more"
-            d.events.append(Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id} needs "
-                                             f"{n} {t.name} at {fmt_usd(cost)}", t.name, n))
-            blocked = True
-            continue
+        _ok, (cost, _name, t, n), fallback = outcome
+        if fallback is not None:
+            d.events.append(fallback)
         launch(t, n)
         launched_for += 1
         # the new nodes' leftover room serves later gangs
         for _ in range(n):
-            rooms.append([t.gpus, t.cpus])
+            rooms.append([t.gpus, t.cpus, t.kind])
         _fit_on_free(rooms[-n:], replace(g, bundles=g.bundles - placed))
         rooms.taken()
     if launched_for:
@@ -405,18 +307,38 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
         d.low_util_since = ctx.low_util_since if ctx.low_util_since is not None else now
     else:
         d.low_util_since = None
+    # an on-demand node (the expensive fallback) idle past the idle timeout goes whatever the
+    # utilisation, when no waiting gang needs on-demand: spot covers the rest
+    needs_od = any(kinds_for(g, cfg.spot_fallback_preemptions)[0] == ON_DEMAND for g in ctx.waiting)
+    if not needs_od and not d.launch:
+        gone = {i for i, _ in d.release}
+        count = sum(1 for n in held if n.id not in gone)
+        od_down = 0
+        for n in sorted(held, key=lambda n: (-n.usd_per_hour, n.id)):
+            if count <= cfg.min_workers:
+                break
+            if n.kind != ON_DEMAND or n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
+                continue
+            d.release.append((n.id, f"on-demand idle {n.idle_s:.0f}s, no waiting gang needs on-demand"))
+            committed -= n.usd_per_hour
+            count -= 1
+            od_down += 1
+        if od_down:
+            d.events.append(Event("scale_down", f"{od_down} idle on-demand node(s): spot serves the rest",
+                                  count=od_down))
     if not ctx.waiting and not d.launch and d.low_util_since is not None and now - d.low_util_since >= cfg.cooldown_s:
         keep = cfg.min_workers
-        count = len(held)
+        gone = {i for i, _ in d.release}
+        count = sum(1 for n in held if n.id not in gone)
         for n in sorted(held, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
             if count <= keep:
                 break
-            if n.starting or n.idle_s < cfg.idle_timeout_s:
+            if n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
                 continue
             d.release.append((n.id, f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}"))
             committed -= n.usd_per_hour
             count -= 1
-        n_down = sum(1 for _, r in d.release if r.startswith("idle"))
+        n_down = sum(1 for _, r in d.release if r.startswith("idle "))
         if n_down:
             d.events.append(Event("scale_down", f"{n_down} idle node(s), util {util:.2f} < {cfg.scale_down_util:.2f} "
                                                 f"for {now - d.low_util_since:.0f}s", count=n_down))
@@ -424,5 +346,6 @@ def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
     return d
 
 
-__all__ = ["BudgetConfig", "BudgetConfigError", "NodeType", "HeldNode", "Gang", "BudgetContext", "Event",
-           "BudgetDecision", "decide", "nodes_needed", "kinds_for", "cheapest_gang_usd_per_hour", "SPOT", "ON_DEMAND"]
+__all__ = ["KIND_RESOURCE", "KIND_RESOURCE_UNITS", "KIND_BUNDLE_UNITS", "with_kind", "BudgetConfig",
+           "BudgetConfigError", "NodeType", "HeldNode", "Gang", "BudgetContext", "Event", "BudgetDecision", "decide",
+           "nodes_needed", "kinds_for", "cheapest_gang_usd_per_hour", "fmt_usd", "SPOT", "ON_DEMAND", "SPOT_CHOICES"]

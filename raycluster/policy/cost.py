@@ -1,7 +1,8 @@
 """The cost ledger's arithmetic: what each job owes for the rented nodes it ran on. Pure.
 
-A rental costs ``usd_per_hour`` from its request to its release (``created_at`` → ``released_at``,
-or now). A job owes, for every attempt and every rented node the attempt's gang was placed on, its
+A rental costs its price from its request to its release (``created_at`` → ``released_at``, or
+now); a spot node's price moves with the market: ``prices`` holds every (since, USD/hour) it has had,
+and each stretch is billed at its own price. A job owes, for every attempt and every rented node the attempt's gang was placed on, its
 share of that node (its bundles' GPUs over the node's GPUs) × the node's price × the time it held it
 — within the rental's own interval — including attempts cut short by a preemption (that time was
 paid for and lost). What no job held (idle nodes, nodes starting, bundles unused) is
@@ -17,9 +18,23 @@ from typing import Iterable, Mapping
 @dataclass(frozen=True)
 class Rental:
     id: str
-    usd_per_hour: float
+    usd_per_hour: float  # its price now
     start: float
     end: float | None  # None: still held
+    prices: tuple[tuple[float, float], ...] = ()  # (since, USD/hour), oldest first; () = always usd_per_hour
+
+
+def usd_between(usd_per_hour: float, prices, a0: float, a1: float) -> float:
+    """USD for [a0, a1] of a node priced ``usd_per_hour`` now, whose price history is ``prices``
+    ((since, USD/hour) oldest first; empty: one price all along)."""
+    if not prices:
+        return max(0.0, a1 - a0) / 3600.0 * usd_per_hour
+    out = 0.0
+    for i, (since, usd) in enumerate(prices):
+        until = prices[i + 1][0] if i + 1 < len(prices) else float("inf")
+        lo = since if i else -float("inf")  # (the first price holds from the start)
+        out += overlap_h(a0, a1, lo, until) * usd
+    return out
 
 
 @dataclass
@@ -39,7 +54,7 @@ def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -
     by_id = {r.id: r for r in rentals}
     out = Attribution()
     for r in by_id.values():
-        out.total_usd += overlap_h(r.start, r.end if r.end is not None else now, r.start, now) * r.usd_per_hour
+        out.total_usd += usd_between(r.usd_per_hour, r.prices, r.start, min(r.end if r.end is not None else now, now))
     for u in usage:
         r = by_id.get(u["rental_id"])
         if r is None:
@@ -47,7 +62,7 @@ def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -
         r_end = r.end if r.end is not None else now
         u_end = u["end"] if u["end"] is not None else now
         share = max(0.0, min(1.0, float(u["share"])))
-        usd = share * r.usd_per_hour * overlap_h(u["start"], u_end, r.start, r_end)
+        usd = share * usd_between(r.usd_per_hour, r.prices, max(u["start"], r.start), min(u_end, r_end))
         out.by_job_usd[u["job_id"]] = out.by_job_usd.get(u["job_id"], 0.0) + usd
     out.unattributed_usd = out.total_usd - sum(out.by_job_usd.values())
     return out

@@ -1,6 +1,8 @@
 """The what-if simulator: a job trace replayed in simulated time against a market model, through
 the live system's own policies — ``policy.admission.AdmissionQueue`` (which queued gangs start),
-``policy.placement.place`` (where) and ``policy.budget.decide`` (which nodes to hold) — never a copy.
+with its ``policy.placement`` first fit (where) and ``policy.budget.decide`` (which nodes to hold) —
+never a copy. Gangs that must run on spot (or never) ask for the kind's marker resource that every
+held node carries, as live (``policy.budget.with_kind``).
 Pure (no Ray, no I/O), deterministic for a seed.
 
 Model: a node is rented ``launch_delay_s`` before it can be used and billed from its request to its
@@ -20,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from raycluster.policy.admission import AdmissionQueue, QueuedJob
-from raycluster.policy.budget import BudgetConfig, BudgetContext, Gang, HeldNode, NodeType, decide
-from raycluster.policy.placement import place
+from raycluster.policy.budget import (KIND_RESOURCE, KIND_RESOURCE_UNITS, BudgetConfig, BudgetContext, Gang, HeldNode,
+                                      NodeType, decide, with_kind)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,16 @@ class SimReport:
     peak_usd_per_hour: float = 0.0  # the highest committed spend rate (starting nodes included)
     makespan_s: float = 0.0
     node_hours: float = 0.0
+    # where the money went: by node kind; node-hours starting (rented, not usable yet) and idle (usable, no job)
+    cost_by_kind_usd: dict = field(default_factory=dict)
+    starting_node_hours: float = 0.0
+    idle_node_hours: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        def r(v):
+            return round(v, 4) if isinstance(v, float) else ({k: r(x) for k, x in v.items()} if isinstance(v, dict) else v)
+
+        return {k: r(v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -76,6 +85,12 @@ class _Node:
     idle_since: float
     end: float | None = None
     jobs: set = field(default_factory=set)
+    idle_total_s: float = 0.0  # usable with no job on it, summed (the bill's idle share)
+
+    def idle_until(self, t: float) -> None:
+        """Count the idle stretch that ends at ``t`` (a job placed, the node released)."""
+        if not self.jobs:
+            self.idle_total_s += max(0.0, t - max(self.idle_since, self.ready_at))
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -125,6 +140,20 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
         heapq.heappush(events, (t, seq, kind, ident))
 
     alive: dict[str, _Node] = {}  # the nodes held now (``nodes`` keeps every one, for the bill)
+    # the free room of the ready nodes that could take some bundle of the trace, kept as nodes
+    # change (what admission sees; a node that can take no bundle at all is never chosen, so
+    # leaving it out changes no decision, and spares building every node's room at every event)
+    min_gpus = min((j.gpus for j in jobs), default=0.0)
+    min_cpus = min((j.cpus for j in jobs), default=0.0)
+    open_free: dict[str, dict[str, float]] = {}
+    held_cache: dict[str, tuple[tuple, HeldNode]] = {}  # node -> (its state, the HeldNode built for it)
+
+    def sync(n: _Node) -> None:
+        if (n.end is None and n.ready_at <= now and n.free_gpus + 1e-9 >= min_gpus
+                and n.free_cpus + 1e-9 >= min_cpus):
+            open_free[n.id] = {"GPU": n.free_gpus, "CPU": n.free_cpus, KIND_RESOURCE[n.type.kind]: KIND_RESOURCE_UNITS}
+        else:
+            open_free.pop(n.id, None)
 
     def rent(t: NodeType, now: float, ready: float) -> None:
         nid = f"n{len(nodes)}"
@@ -136,14 +165,16 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     def release(nid: str, now: float) -> None:
         n = nodes[nid]
         if n.end is None:
+            n.idle_until(now)
             n.end = now
             alive.pop(nid, None)
+            open_free.pop(nid, None)
 
     def queue_job(jid: str, now: float) -> None:
         j = by_id[jid]
         queued_at.setdefault(jid, now)
-        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple({"GPU": j.gpus, "CPU": j.cpus}
-                                                                   for _ in range(j.workers)), j.strategy))
+        bundles = with_kind([{"GPU": j.gpus, "CPU": j.cpus} for _ in range(j.workers)], j.spot)
+        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple(bundles), j.strategy))
 
     def stop_job(jid: str, now: float) -> None:
         nonlocal used_gpu_s
@@ -157,9 +188,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             n.jobs.discard(jid)
             if not n.jobs:
                 n.idle_since = now
-
-    def live():
-        return alive.values()
+            sync(n)
 
     if horizon_s is None:  # a gang no policy can ever place must not keep the replay going forever
         horizon_s = (jobs[-1].arrival_s if jobs else 0.0) + 14 * 86400.0
@@ -179,18 +208,26 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             # the budget policy, fed the simulated cluster
             held = []
             total_g = used_g = 0.0
-            for n in live():
-                starting = n.ready_at > now
-                held.append(HeldNode(n.id, n.type.name, n.type.kind, n.type.usd_per_hour,
-                                     free_gpus=n.type.gpus if starting else n.free_gpus,
-                                     free_cpus=n.type.cpus if starting else n.free_cpus,
-                                     idle_s=0.0 if (n.jobs or starting) else now - n.idle_since, starting=starting))
-                if not starting:
-                    total_g += n.type.gpus
-                    used_g += n.type.gpus - n.free_gpus
             counts: dict[str, int] = {}
-            for n in live():
-                counts[n.type.name] = counts.get(n.type.name, 0) + 1
+            for n in alive.values():
+                t = n.type
+                counts[t.name] = counts.get(t.name, 0) + 1
+                starting = n.ready_at > now
+                idle = not (n.jobs or starting)
+                key = (n.free_gpus, n.free_cpus, starting)
+                cached = held_cache.get(n.id)
+                if idle or cached is None or cached[0] != key:  # (a busy node's entry changes only with it)
+                    h = HeldNode(n.id, t.name, t.kind, t.usd_per_hour,
+                                 free_gpus=t.gpus if starting else n.free_gpus,
+                                 free_cpus=t.cpus if starting else n.free_cpus,
+                                 idle_s=now - n.idle_since if idle else 0.0, starting=starting)
+                    held_cache[n.id] = (key, h)
+                else:
+                    h = cached[1]
+                held.append(h)
+                if not starting:
+                    total_g += t.gpus
+                    used_g += t.gpus - n.free_gpus
             offered = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus,
                                      max(0, t.available - counts.get(t.name, 0)), t.max_workers) for t in market.types)
             waiting = tuple(gang_of(q.job_id) for q in queue.ordered())
@@ -206,8 +243,10 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             for name, count in d.launch.items():
                 for _ in range(count):
                     rent(types[name], now, now + market.launch_delay_s)
-            report.peak_nodes = max(report.peak_nodes, len(live()))
-            report.peak_usd_per_hour = max(report.peak_usd_per_hour, sum(n.type.usd_per_hour for n in live()))
+            if d.launch or len(alive) > report.peak_nodes:
+                report.peak_nodes = max(report.peak_nodes, len(alive))
+                report.peak_usd_per_hour = max(report.peak_usd_per_hour,
+                                               sum(n.type.usd_per_hour for n in alive.values()))
         else:
             now = events[0][0]
             while events and events[0][0] == now:  # everything at this instant, then one admission
@@ -232,29 +271,25 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                             report.preemptions += 1
                             queue_job(jid, now)
                         release(ident, now)
-            # "ready": nothing to do but admit below
+                elif kind == "ready":
+                    sync(nodes[ident])
         # admission, as the Coordinator does it, over the nodes ready now
         if len(queue):
-            # every ready node, as the Coordinator sees them (the admission policy's starvation
-            # reservation looks at nodes that cannot take a bundle now too)
-            free = {n.id: {"GPU": n.free_gpus, "CPU": n.free_cpus} for n in live() if n.ready_at <= now}
-            decision = queue.decide(free, now)
+            decision = queue.decide(open_free, now)
             if decision is not None:
                 for jid in decision.admit:
-                    q = queue.get(jid)
-                    placed = place(q.bundles, free, q.strategy)
-                    if placed is None:  # (cannot happen: admission placed it on the same view)
-                        continue
-                    assignment, free = placed
                     queue.discard(jid)
                     where: dict[str, int] = {}
-                    for nid in assignment:
+                    for nid in decision.placements[jid]:  # where admission placed it
                         where[nid] = where.get(nid, 0) + 1
                     j = by_id[jid]
                     for nid, k in where.items():
-                        nodes[nid].free_gpus -= k * j.gpus
-                        nodes[nid].free_cpus -= k * j.cpus
-                        nodes[nid].jobs.add(jid)
+                        n = nodes[nid]
+                        n.idle_until(now)
+                        n.free_gpus -= k * j.gpus
+                        n.free_cpus -= k * j.cpus
+                        n.jobs.add(jid)
+                        sync(n)
                     first_start.setdefault(jid, now)
                     running[jid] = (now, now + left[jid], where)
                     push(now + left[jid], "finish", jid)
@@ -265,9 +300,15 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     end = now  # every node still held is billed until the last job ends
     for n in nodes.values():
         stop = n.end if n.end is not None else end
+        if n.end is None:
+            n.idle_until(end)
         hours = max(0.0, stop - n.start) / 3600.0
         report.cost_usd += hours * n.type.usd_per_hour
         report.node_hours += hours
+        kind = n.type.kind
+        report.cost_by_kind_usd[kind] = report.cost_by_kind_usd.get(kind, 0.0) + hours * n.type.usd_per_hour
+        report.starting_node_hours += max(0.0, min(stop, n.ready_at) - n.start) / 3600.0
+        report.idle_node_hours += n.idle_total_s / 3600.0
     held_gpu_s = sum(max(0.0, (n.end if n.end is not None else end) - n.ready_at) * n.type.gpus
                      for n in nodes.values())
     report.utilisation = used_gpu_s / held_gpu_s if held_gpu_s else 0.0
@@ -290,9 +331,11 @@ def _feasible(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool
 
     if fixed_pool:
         types = {t.name: t for t in market.types}
-        totals = {f"{name}#{i}": {"GPU": float(types[name].gpus), "CPU": float(types[name].cpus)}
+        totals = {f"{name}#{i}": {"GPU": float(types[name].gpus), "CPU": float(types[name].cpus),
+                                  KIND_RESOURCE[types[name].kind]: KIND_RESOURCE_UNITS}
                   for name, count in fixed_pool.items() for i in range(count)}
-        return infeasible_reason([{"GPU": j.gpus, "CPU": j.cpus}] * j.workers, j.strategy, totals) is None
+        return infeasible_reason(with_kind([{"GPU": j.gpus, "CPU": j.cpus}] * j.workers, j.spot), j.strategy,
+                                 totals) is None
     gang = Gang(j.job_id, j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD", spot=j.spot)
     limited = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus, t.available,
                              min(t.max_workers, t.available, config.max_workers)) for t in market.types)

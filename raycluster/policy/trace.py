@@ -87,9 +87,10 @@ FAMILIES = {"cnn": (0.5, (1, 2), 1.0, (600, 3600)), "transformer": (0.3, (2, 4, 
             "lstm": (0.2, (1,), 0.5, (300, 1800))}
 
 
-def day_trace(jobs: int = 400, peak_workers: int = 32, seed: int = 7) -> list[TraceJob]:
+def day_trace(jobs: int = 400, peak_workers: int = 32, seed: int = 7, days: int = 1) -> list[TraceJob]:
     """A day of jobs shaped like the seed's: arrivals follow a diurnal curve (quiet at night, a peak
-    in the afternoon), three model families, demand peaking near ``peak_workers`` GPUs."""
+    in the afternoon), three model families, demand peaking near ``peak_workers`` GPUs; ``days``
+    such days in a row (at most ``jobs`` jobs)."""
     rng = random.Random(seed)
     out = []
     names = list(FAMILIES)
@@ -100,10 +101,12 @@ def day_trace(jobs: int = 400, peak_workers: int = 32, seed: int = 7) -> list[Tr
                      * (sum(FAMILIES[n][3]) / 2 / 3600) for n in names)
     # the arrival rate at the afternoon peak that keeps about peak_workers GPUs busy
     peak_rate_per_s = peak_workers / mean_gpu_h / 3600.0
-    while i < jobs and t < 86400:
-        rate = peak_rate_per_s * (0.15 + 0.85 * max(0.0, math.sin(math.pi * (t / 86400.0 - 0.2) / 0.8)) ** 2)
+    end_s = 86400.0 * days
+    while i < jobs and t < end_s:
+        day = (t % 86400.0) / 86400.0
+        rate = peak_rate_per_s * (0.15 + 0.85 * max(0.0, math.sin(math.pi * (day - 0.2) / 0.8)) ** 2)
         t += rng.expovariate(max(rate, 1e-6))
-        if t >= 86400:
+        if t >= end_s:
             break
         fam = rng.choices(names, weights)[0]
         _share, workers, gpus, (lo, hi) = FAMILIES[fam]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raycluster.provision.local.record import read_json
+from raycluster.policy.budget import KIND_RESOURCE, KIND_RESOURCE_UNITS
 from raycluster.provision.market.base import KINDS, MarketConfigError
 from raycluster.util.files import atomic_write_json
 
@@ -119,9 +120,10 @@ def autoscaling_config(elastic: ElasticConfig, *, cluster_id: str, state_dir: Pa
         HEAD_TYPE: {"resources": {"CPU": head_cpus, "GPU": 0}, "node_config": {}, "min_workers": 0, "max_workers": 0},
     }
     for name, t in elastic.node_types.items():
-        types[name] = {
-            "resources": dict(t.get("resources") or {"CPU": 2, "GPU": 1}),
-            "node_config": {"market": t.get("market", "local"), "kind": t.get("kind", "on_demand"),
+        kind = t.get("kind", "on_demand")
+        types[name] = {  # (each with its kind's marker: where spot: only/never gangs may go)
+            "resources": {**(t.get("resources") or {"CPU": 2, "GPU": 1}), KIND_RESOURCE[kind]: KIND_RESOURCE_UNITS},
+            "node_config": {"market": t.get("market", "local"), "kind": kind,
                             **({"gpu_type": t["gpu_type"]} if t.get("gpu_type") else {})},
             "min_workers": int(t.get("min_workers", 0)), "max_workers": int(t.get("max_workers", 0)),
         }

@@ -128,6 +128,36 @@ class MarketNodeProvider(NodeProvider):
         v = self.store.setting(BUDGET_SETTING)
         return float(v) if v is not None else self.max_hourly_budget_usd
 
+    def reprice(self, now: float | None = None) -> list[tuple[str, float, float]]:
+        """Bill every held node at what its market charges now (spot prices move): (rental, old,
+        new USD/h) of each that changed, each recorded as a ``price`` event. A market that cannot
+        be asked is skipped (its nodes keep their prices) and logged."""
+        from raycluster.provision.market.base import current_prices
+
+        now = time.time() if now is None else now
+        changed = []
+        live = [r for r in self.store.list(LIVE_STATES) if r.market != HEAD_MARKET]
+        for name in sorted({r.market for r in live}):
+            market = self.markets.get(name)
+            if market is None:
+                continue
+            try:
+                prices = current_prices(market)
+            except Exception as exc:
+                log.warning("market %s: current prices unknown (%s); its nodes keep theirs", name, exc)
+                continue
+            for r in live:
+                price = prices.get((r.gpu_type, r.kind)) if r.market == name else None
+                if price is None or abs(price - r.usd_per_hour) <= 1e-9:
+                    continue
+                if self.store.reprice(r.id, price, now) is not None:
+                    changed.append((r.id, r.usd_per_hour, price))
+                    self.store.add_event("provider", "price", f"{r.id}: {r.kind} {r.gpu_type} "
+                                         f"{r.usd_per_hour:.2f} -> {price:.2f} USD/h", r.node_type, 1)
+        if changed:
+            log.warning("prices moved: %s", ", ".join(f"{i} {a:.2f}->{b:.2f}" for i, a, b in changed))
+        return changed
+
     def _refuse_over_budget(self, what: str, rate: float, committed: float, cap: float, node_type: str) -> None:
         reason = (f"budget {committed:.2f}/{cap:.2f} USD/h: renting {what} at {rate:.2f} USD/h would commit "
                   f"{committed + rate:.2f}")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from raycluster.errors import InvalidSetting
-from raycluster.policy.cost import overlap_h
 from raycluster.provision.market.registry import provider_state_dir, recorded_provider
 from raycluster.store.rentals import BUDGET_SETTING
 
@@ -59,11 +58,11 @@ def cost(state_dir: Path | str, now: float | None = None) -> dict[str, Any]:
         end = r.released_at if r.released_at is not None else now
         usd = r.cost_usd(now)
         total += usd
-        today += overlap_h(r.created_at, end, midnight, now) * r.usd_per_hour
+        today += r.cost_usd(now, since=midnight)
         by_kind[r.kind] = by_kind.get(r.kind, 0.0) + usd
         by_type[r.node_type] = by_type.get(r.node_type, 0.0) + usd
         if r.kind == "spot" and r.gpu_type in od:
-            saved += max(0.0, end - r.created_at) / 3600.0 * (od[r.gpu_type] - r.usd_per_hour)
+            saved += max(0.0, end - r.created_at) / 3600.0 * od[r.gpu_type] - usd
     jobs = _by_job(state_dir, rows, now)
     return {"committed_usd_per_hour": round(committed, 6), "max_hourly_budget_usd": cap,
             "spend_usd": round(total, 6), "spend_today_usd": round(today, 6),
@@ -89,7 +88,8 @@ def _by_job(state_dir: Path | str, rentals: list, now: float) -> dict[str, Any]:
             usage = store.rows()
         finally:
             store.close()
-    att = attribute(usage, [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at) for r in rentals], now)
+    att = attribute(usage, [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at, tuple(map(tuple, r.prices)))
+                                for r in rentals], now)
     tenants: dict[str, str | None] = {}
     if att.by_job_usd:
         with sqlite3.connect(db) as conn:

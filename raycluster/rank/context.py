@@ -121,6 +121,8 @@ class TrainContext:
         self._coord = coordinator
         self._writer: _ShardWriter | None = None
         self._last_ckpt_time = time.monotonic()
+        self._ask_ref = None  # rank 0: the Coordinator's answer to "checkpoint now?", in flight
+        self._asked_at = time.monotonic()
         self.restored_step: int | None = None
 
     @property
@@ -149,17 +151,24 @@ class TrainContext:
 
     # ------------------------------------------------------------------ checkpoint policy
     def should_checkpoint(self, step: int) -> bool:
-        """True when the job's checkpoint policy says to save at ``step`` (same answer on all ranks)."""
+        """True when the job's checkpoint policy says to save at ``step``, or when the control plane
+        asked for a checkpoint now (its node is about to be given back: shed, preempted). Every rank
+        gets the same answer (rank 0 decides what is not a function of ``step`` and tells the others),
+        so every rank must call it at every step it trains."""
         if self._cm is None:
             return False
         every_steps = self._policy.get("every_steps")
         if every_steps and step > 0 and step % every_steps == 0:
             return True
         every_s = self._policy.get("every_s")
-        if not every_s:
-            return False
-        due = time.monotonic() - self._last_ckpt_time >= every_s
-        if self.world_size > 1:  # rank 0 decides, so every rank saves at the same step
+        multi = self.world_size > 1
+        if multi and not every_s and step % C.CHECKPOINT_ASK_EVERY_STEPS != 0:
+            return False  # (the ranks agree only every few steps when no time policy needs it each step)
+        due = False
+        if self.rank == 0:
+            due = bool(every_s) and time.monotonic() - self._last_ckpt_time >= every_s
+            due = self._asked() or due
+        if multi:
             import torch
             import torch.distributed as dist
 
@@ -168,6 +177,28 @@ class TrainContext:
             dist.broadcast(flag, src=0)
             due = bool(flag.item())
         return due
+
+    def _asked(self) -> bool:
+        """(rank 0) Whether the Coordinator asked for a checkpoint now; never blocks: the question
+        is sent every CHECKPOINT_ASK_INTERVAL_S and its answer read when it has come."""
+        if self._coord is None:
+            return False
+        import ray
+
+        if self._ask_ref is not None:
+            ready, _ = ray.wait([self._ask_ref], timeout=0)
+            if not ready:
+                return False
+            ref, self._ask_ref = self._ask_ref, None
+            try:
+                if ray.get(ref):
+                    return True
+            except Exception:  # the Coordinator restarting: ask again later
+                pass
+        if time.monotonic() - self._asked_at >= C.CHECKPOINT_ASK_INTERVAL_S:
+            self._asked_at = time.monotonic()
+            self._ask_ref = self._coord.checkpoint_wanted.remote(self.job_id, self.attempt)
+        return False
 
     # ------------------------------------------------------------------ save / restore
     def save_checkpoint(self, state: dict[str, Any], step: int) -> None:

@@ -50,10 +50,16 @@ class RentalRecord(BaseModel):
     released_at: float | None = None
     preempt_deadline: float | None = None  # a preemption notice: the market stops it then
     reason: str | None = None  # why it was released (idle, preempted, never joined, lost, leaked...)
+    # every price it has had, [since, USD/hour] oldest first, once its price moved ([]: usd_per_hour all along)
+    prices: list[tuple[float, float]] = Field(default_factory=list)
 
-    def cost_usd(self, now: float) -> float:
+    def cost_usd(self, now: float, since: float | None = None) -> float:
+        """USD from its request (or ``since``) to its release (or ``now``), each price for its stretch."""
+        from raycluster.policy.cost import usd_between
+
         end = self.released_at if self.released_at is not None else now
-        return max(0.0, end - self.created_at) / 3600.0 * self.usd_per_hour
+        start = self.created_at if since is None else max(self.created_at, since)
+        return usd_between(self.usd_per_hour, self.prices, start, end)
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         out = self.model_dump(mode="json")
@@ -130,6 +136,29 @@ class RentalStore:
         if old is not None:
             return self.by_request(rec.request_id), False, committed
         return rec, True, committed
+
+    def reprice(self, rental_id: str, usd_per_hour: float, at: float) -> RentalRecord | None:
+        """The market's price of a held node moved (spot): bill it at ``usd_per_hour`` from ``at`` on,
+        in one transaction (the history keeps every earlier price). The rental as it is after, or
+        None when it is not billed or its price is already that."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                marks = ", ".join("?" for _ in BILLED_STATES)
+                row = self._conn.execute(
+                    f"SELECT usd_per_hour, prices, created_at FROM rentals WHERE id = ? AND state IN ({marks})",
+                    (rental_id, *BILLED_STATES)).fetchone()
+                changed = row is not None and abs(float(row[0]) - usd_per_hour) > 1e-9
+                if changed:
+                    history = RENTALS.by_name["prices"].decode(row[1]) or [[row[2], float(row[0])]]
+                    history.append([max(at, history[-1][0]), float(usd_per_hour)])
+                    self._conn.execute("UPDATE rentals SET usd_per_hour = ?, prices = ? WHERE id = ?",
+                                       (float(usd_per_hour), RENTALS.by_name["prices"].encode(history), rental_id))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return self.get(rental_id) if changed else None
 
     def setting(self, key: str) -> str | None:
         with self._lock:

@@ -49,6 +49,12 @@ class UsageStore:
             return [r[0] for r in self._conn.execute(
                 "SELECT rental_id FROM usage WHERE job_id=? AND attempt=?", (job_id, attempt))]
 
+    def open_on(self, rental_id: str) -> list[tuple[str, int]]:
+        """(job, attempt) of every attempt holding a share of ``rental_id`` now."""
+        with self._lock:
+            return [(r[0], int(r[1])) for r in self._conn.execute(
+                "SELECT DISTINCT job_id, attempt FROM usage WHERE rental_id=? AND end IS NULL", (rental_id,))]
+
     def rows(self, job_ids: list[str] | None = None) -> list[dict[str, Any]]:
         sql = "SELECT job_id, attempt, rental_id, share, start, end FROM usage"
         args: tuple = ()

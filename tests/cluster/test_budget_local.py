@@ -1,7 +1,7 @@
 """The BudgetAutoscaler on a real elastic local cluster (Ray's autoscaler v2 + our provider + the
 local market, real `ray start`-like node processes): a burst of jobs under an hourly budget that
-allows only part of the demand, spot first and on-demand when no spot is offered, a cap lowered at
-run time shedding nodes within a pass, and every decision recorded as an event.
+allows only part of the demand, spot first and on-demand when no spot is offered, a spot price
+rise shedding nodes within a pass (checkpoint first), and every decision recorded as an event.
 
 One cluster for the module: a head with 1 CPU and no GPU; ``gpu_spot`` (T4 spot, 0.16 USD/h, at
 most 2 — the market has 2 T4), ``gpu_ondemand`` (A10 on-demand, 0.53 USD/h, at most 2)."""
@@ -130,48 +130,53 @@ def test_a_burst_under_a_budget_never_commits_past_the_cap_and_every_job_finishe
     assert round(bill["jobs_usd"] + bill["unattributed_usd"], 2) == round(bill["spend_usd"], 2)
 
 
-def test_spot_first_on_demand_when_no_spot_is_left_and_a_lowered_cap_sheds_within_a_pass(elastic, client):
+def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_within_a_pass(elastic, client):
     """Within a raised cap (1.20 USD/h): a 2-node STRICT_SPREAD gang gets the market's two spot T4s;
-    a second gang finds no spot left and gets an on-demand A10. Lowering the cap to 0.60 (0.85 held)
-    sheds the most expensive node within a pass; its gang recovers from its checkpoint, waits for
-    the budget (saying so) and finishes once the cap is raised again."""
+    a second gang finds no spot left and gets an on-demand A10 (0.85 held). The spot price rises to
+    0.40 (1.33 held > 1.20): within a pass the most expensive node (the A10) is shed — its gang asked
+    to checkpoint first (it has no checkpoint policy: that checkpoint is the one it resumes from) —
+    the gang waits for the budget, saying so, and finishes once the price falls again. The spot
+    nodes are billed at each price for its stretch."""
     import ray
+
+    from raycluster.provision.market.registry import set_price
 
     store = _store(elastic)
     ray.get(_budget().set_budget.remote(1.2))
-    pair = client.submit(_spec("pair", num_workers=2, placement_strategy="STRICT_SPREAD",
-                               resources={"gpus": 1, "cpus": 1}, config={"steps": 40, "sleep_per_step_s": 0.25}))["id"]
-    wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
-    solo = client.submit(_spec("solo", resources={"gpus": 1, "cpus": 1}, checkpoint={"every_steps": 5},
-                               config={"steps": 80, "sleep_per_step_s": 0.25}, max_restarts=3))["id"]
-    wait_for(lambda: client.get(solo)["state"] == "RUNNING", 180, "the solo job to run on an on-demand node")
-    live = sorted((r.kind, r.gpu_type) for r in store.list() if r.market == "local")
-    assert live == [("on_demand", "A10"), ("spot", "T4"), ("spot", "T4")], live
-    assert any(e["action"] == "fallback" and "no spot node offered" in e["reason"] for e in store.events(1000))
-    wait_for(lambda: any(c["state"] == "COMPLETE" for c in client.checkpoints(solo)), 60, "a checkpoint of solo")
-    ray.get(_budget().set_budget.remote(0.6))  # 0.85 held > 0.60: the A10 goes within a pass
-    wait_for(lambda: store.committed_usd_per_hour() <= 0.6 + 1e-9, 10, "the held set to be shed under the cap")
-    assert any(e["action"] == "shed" for e in store.events(1000))
-    # its gang is placed again and waits for a node the budget cannot pay for: the reason is recorded
-    wait_for(lambda: any(e["action"] == "blocked" and solo in e["reason"] and "budget 0.32/0.60 USD/h" in e["reason"]
-                         for e in store.events(1000)), 120, "the solo job to be blocked by the budget, saying so")
-    ray.get(_budget().set_budget.remote(1.2))
-    final = client.wait([pair, solo], timeout_s=240)
-    assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
-    assert final[1]["system_restarts"] == 1 and final[1]["result"]["resumed_from"] >= 5, final[1]["transitions"]
-    assert max_committed(store) <= 1.2
-    ray.get(_budget().set_budget.remote(None))
+    try:
+        pair = client.submit(_spec("pair", num_workers=2, placement_strategy="STRICT_SPREAD",
+                                   resources={"gpus": 1, "cpus": 1},
+                                   config={"steps": 200, "sleep_per_step_s": 0.25}))["id"]
+        wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
+        solo = client.submit(_spec("solo", resources={"gpus": 1, "cpus": 1},
+                                   config={"steps": 80, "sleep_per_step_s": 0.25}, max_restarts=3))["id"]
+        wait_for(lambda: client.get(solo)["state"] == "RUNNING", 180, "the solo job to run on an on-demand node")
+        live = sorted((r.kind, r.gpu_type) for r in store.list() if r.market == "local")
+        assert live == [("on_demand", "A10"), ("spot", "T4"), ("spot", "T4")], live
+        assert any(e["action"] == "fallback" and "no spot node offered" in e["reason"] for e in store.events(1000))
+        assert client.checkpoints(solo) == []
+        set_price(elastic.state_dir, "T4", "spot", 0.40)  # 2 x 0.40 + 0.53 = 1.33 > 1.20
+        wait_for(lambda: any(e["action"] == "shed" for e in store.events(1000)), 10, "a shed within a pass")
+        wait_for(lambda: store.committed_usd_per_hour() <= 1.2 + 1e-9, 60, "the held set to be shed under the cap")
+        assert sorted((r.kind, r.usd_per_hour) for r in store.list() if r.market == "local") == [("spot", 0.4)] * 2
+        assert sum(e["action"] == "price" for e in store.events(1000)) == 2  # each spot node repriced, once
+        done = [c for c in client.checkpoints(solo) if c["state"] == "COMPLETE"]
+        assert len(done) == 1, done  # asked for before its node went
+        # its gang is placed again and waits for a node the budget cannot pay for: the reason is recorded
+        wait_for(lambda: any(e["action"] == "blocked" and solo in e["reason"]
+                             and "budget 0.80/1.20 USD/h" in e["reason"] for e in store.events(1000)), 120,
+                 "the solo job to be blocked by the budget, saying so")
+        set_price(elastic.state_dir, "T4", "spot", None)  # the price falls back: room for the A10 again
+        final = client.wait([pair, solo], timeout_s=240)
+        assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
+        assert final[1]["system_restarts"] == 1 and final[1]["result"]["resumed_from"] == done[0]["step"], \
+            final[1]["transitions"]
+        spot = [r for r in store.list(None) if r.market == "local" and r.kind == "spot" and r.prices]
+        assert spot and all([p[1] for p in r.prices][:3] == [SPOT, 0.4, SPOT] for r in spot), [r.prices for r in spot]
+        from raycluster.provision.spend import cost
 
-
-def max_committed(store) -> float:
-    """The highest spend rate the books ever held: every rental's interval, swept over time."""
-    points = []
-    for r in store.list(None):
-        if r.market == "head":
-            continue
-        points += [(r.created_at, r.usd_per_hour), (r.released_at or time.time(), -r.usd_per_hour)]
-    level = peak = 0.0
-    for _t, delta in sorted(points):
-        level += delta
-        peak = max(peak, level)
-    return round(peak, 6)
+        bill = cost(elastic.state_dir)
+        assert round(bill["jobs_usd"] + bill["unattributed_usd"], 2) == round(bill["spend_usd"], 2)
+    finally:
+        set_price(elastic.state_dir, "T4", "spot", None)
+        ray.get(_budget().set_budget.remote(None))

@@ -36,6 +36,8 @@ class FakeOps:
         self.events: list[tuple] = []
         self.reasons: list[dict] = []
         self.released: list[tuple] = []
+        self.checkpointed: list[str] = []
+        self.prices: dict[tuple[str, str], float] = {}
 
     def config(self):
         return self.cfg
@@ -62,9 +64,27 @@ class FakeOps:
     def event(self, action, reason, node_type=None, count=0):
         self.events.append((action, reason))
 
-    def release(self, rental_id, reason, ray_node_id):
+    def release(self, rental_id, reason, ray_node_id, busy=False):
         self.released.append((rental_id, reason, ray_node_id))
         self.held = [r for r in self.held if r.id != rental_id]
+
+    def release_after_checkpoint(self, rental_id, reason, ray_node_id, wait_s=None):
+        self.checkpointed.append(rental_id)
+        self.release(rental_id, reason, ray_node_id, busy=True)
+        return []
+
+    def checkpoint_now(self, rental_id, reason):
+        self.checkpointed.append(rental_id)
+        return {}
+
+    def reprice(self):
+        changed = []
+        for i, r in enumerate(self.held):
+            new = self.prices.get((r.gpu_type, r.kind))
+            if new is not None and abs(new - r.usd_per_hour) > 1e-9:
+                changed.append((r.id, r.usd_per_hour, new))
+                self.held[i] = SimpleNamespace(**{**vars(r), "usd_per_hour": new})
+        return changed
 
     def nodes(self):
         return self.ray_nodes
@@ -78,7 +98,8 @@ class FakeOps:
     # helpers for the tests
     def rent(self, rid, kind="spot", joined=True, busy=False):
         node_type = "gpu_spot" if kind == "spot" else "gpu_ondemand"
-        self.held.append(SimpleNamespace(id=rid, node_type=node_type, kind=kind, usd_per_hour=SPOT if kind == "spot" else OD))
+        self.held.append(SimpleNamespace(id=rid, node_type=node_type, kind=kind, gpu_type="T4", state="running",
+                                         preempt_deadline=None, usd_per_hour=SPOT if kind == "spot" else OD))
         if joined:
             self.ray_nodes.append({"id": "ray-" + rid, "alive": True, "labels": {RENTAL_LABEL: rid},
                                    "resources_total": {"CPU": 2.0, "GPU": 1.0},
@@ -148,9 +169,13 @@ def test_a_lowered_cap_sheds_nodes_within_one_pass_idle_first():
     ops.cap_usd = 0.5  # (raycluster budget set 0.5): 0.85 held
     clock.t += 2
     loop.step()
+    loop.join()
     assert [r[0] for r in ops.released] == ["idle1", "od"] and ops.released[0][2] == "ray-idle1"
-    assert ops.limits[-1] == {"gpu_spot": (0, 1), "gpu_ondemand": (0, 0)}
-    assert ops.events[-1][0] == "shed"
+    assert ops.checkpointed == ["od"]  # the busy one: its gangs checkpoint before it goes, the idle one not
+    clock.t += 2
+    loop.step()
+    assert ops.limits[-1]["gpu_ondemand"] == (0, 0)  # given back: Ray rents no other
+    assert [a for a, _r in ops.events].count("shed") == 1
 
 
 def test_idle_nodes_go_after_the_cooldown_never_below_min_workers():
@@ -179,3 +204,66 @@ def test_a_failing_release_does_not_stop_the_pass():
     loop = BudgetLoop(ops, clock)
     loop.step()
     assert ops.limits[-1] == {"gpu_spot": (0, 1), "gpu_ondemand": (0, 0)}  # still held: its limit stays
+
+
+def test_a_spot_price_rise_past_the_cap_sheds_within_the_same_pass_checkpointing_busy_nodes_first():
+    ops, clock = FakeOps(cap=0.6), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("s1", busy=True)
+    ops.rent("s2", busy=True)
+    ops.rent("s3", busy=True)
+    loop.step()
+    assert ops.released == [] and loop.last["committed_usd_per_hour"] == pytest.approx(0.48)
+    ops.prices[("T4", "spot")] = 0.25  # the spot price rises: 0.75 held > 0.6
+    clock.t += 2
+    d = loop.step()
+    loop.join()
+    assert len(d.release) == 1 and d.release[0][1].startswith("shed: held set 0.75 > budget 0.60")
+    gone = d.release[0][0]
+    assert ops.checkpointed == [gone] and [r[0] for r in ops.released] == [gone]
+    assert loop.last["committed_usd_per_hour"] == pytest.approx(0.5)
+    assert any(a == "shed" for a, _r in ops.events)
+    clock.t += 2
+    loop.step()
+    loop.join()
+    assert len(ops.released) == 1  # within the cap now: nothing more shed
+    assert ops.limits[-1] == {"gpu_spot": (0, 2), "gpu_ondemand": (0, 0)}  # Ray rents no replacement
+
+
+def test_a_node_being_given_back_is_not_counted_again_while_its_gangs_checkpoint():
+    ops, clock = FakeOps(cap=0.6), Clock()
+    loop = BudgetLoop(ops, clock)
+    for r in ("s1", "s2", "s3"):
+        ops.rent(r, busy=True)
+    gate = __import__("threading").Event()
+    real = ops.release_after_checkpoint
+
+    def slow(*a, **kw):
+        gate.wait(10)
+        return real(*a, **kw)
+
+    ops.release_after_checkpoint = slow
+    ops.prices[("T4", "spot")] = 0.25
+    first = loop.step()
+    clock.t += 2
+    second = loop.step()  # the first shed node still checkpointing: the pass sees 0.5 held, sheds nothing more
+    # and the limit Ray's autoscaler reads still counts it, so Ray does not stop it before its gangs saved
+    assert ops.limits[-1] == {"gpu_spot": (0, 3), "gpu_ondemand": (0, 0)}
+    gate.set()
+    loop.join()
+    assert len(first.release) == 1 and second.release == []
+    assert [r[0] for r in ops.released] == [first.release[0][0]]
+
+
+def test_gangs_on_a_node_with_a_preemption_notice_are_asked_to_checkpoint_once():
+    ops, clock = FakeOps(), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("s1", busy=True)
+    ops.rent("s2", busy=True)
+    loop.step()
+    assert ops.checkpointed == []
+    ops.held[0].preempt_deadline = clock.t + 30
+    for _ in range(3):
+        clock.t += 2
+        loop.step()
+    assert ops.checkpointed == ["s1"]

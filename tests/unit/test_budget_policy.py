@@ -51,6 +51,19 @@ def gang(j, bundles=1, gpus=1, cpus=1, **kw):
      {}, [], {"job-1": "budget 0.48/0.70 USD/h, needs 0.32 more", "job-2": "behind a gang waiting for budget or max_workers"}),
     ("max_workers", ctx(held=[node(1)], waiting=[gang(1, bundles=2)], max_workers=2), {}, [],
      {"job-1": "max_workers 2 reached"}),
+    ("spot: never is not placed on a held spot node's free room: an on-demand node is rented",
+     ctx(held=[node(1, free=1)], waiting=[gang(1, spot="never")]), {"gpu_ondemand": 1}, [], {}),
+    ("spot: never at max_workers behind idle spot nodes: they make room for it",
+     ctx(held=[node(1, idle_s=100, free=1), node(2)], waiting=[gang(1, spot="never")], max_workers=2),
+     {"gpu_ondemand": 1}, ["n1"], {}),
+    ("an idle on-demand node goes at the idle timeout even while utilisation is high",
+     ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.5), {}, ["n2"], {}),
+    ("... but not while a waiting gang needs on-demand",
+     ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.5, waiting=[gang(1, spot="never", gpus=2)]),
+     {}, [], {"job-1": "no node type offered fits it"}),
+    ("a gang partly fitting on an idle node it cannot afford to keep starts over on fresh ones",
+     ctx(held=[node(1, t=OD_T4, idle_s=100, free=1)], waiting=[gang(1, bundles=4)], max_hourly_budget_usd=1.0),
+     {"gpu_spot": 4}, ["n1"], {}),
     ("shed on price rise: idle first, then the most expensive",
      ctx(held=[node(1, price=0.5), node(2, price=0.4, idle_s=5), node(3, price=0.3)], max_hourly_budget_usd=0.7),
      {}, ["n2", "n1"], {}),
@@ -144,3 +157,29 @@ def test_bad_settings_name_the_field(kw, field):
     with pytest.raises(BudgetConfigError) as e:
         BudgetConfig(**kw)
     assert e.value.field == field
+
+
+def test_kind_markers_keep_only_and_never_gangs_on_their_kind_of_node(tmp_path):
+    """Every rented node type carries its kind's marker resource; a spot: only/never gang's bundles
+    ask for it, so the Coordinator's placement (and Ray's) never puts it on the other kind."""
+    from raycluster.policy.budget import with_kind
+    from raycluster.policy.placement import infeasible_reason, place
+    from raycluster.provision.autoscaling import ElasticConfig, autoscaling_config, elastic_nodes
+
+    cfg = ElasticConfig(node_types={
+        "gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": 1},
+        "gpu_ondemand": {"market": "local", "kind": "on_demand", "gpu_type": "T4", "max_workers": 1}})
+    config = autoscaling_config(cfg, cluster_id="x", state_dir=tmp_path, head_address="127.0.0.1:1",
+                                dashboard_url="http://127.0.0.1:2", auth_mode="disabled", auth_token_path=None,
+                                head_cpus=1)
+    types = config["available_node_types"]
+    assert types["gpu_spot"]["resources"] == {"CPU": 2, "GPU": 1, "raycluster_spot": 1000.0}
+    assert types["gpu_ondemand"]["resources"] == {"CPU": 2, "GPU": 1, "raycluster_on_demand": 1000.0}
+    nodes = elastic_nodes(config)  # what submit-time feasibility counts on
+    bundle = [{"CPU": 1.0, "GPU": 1.0}]
+    assert with_kind(bundle, "auto") == bundle
+    assert with_kind(bundle, "only") == [{"CPU": 1.0, "GPU": 1.0, "raycluster_spot": 0.001}]
+    for spot, node in (("only", "gpu_spot#0"), ("never", "gpu_ondemand#0")):
+        assert place(with_kind(bundle, spot), nodes, "PACK")[0] == [node]
+        assert infeasible_reason(with_kind(bundle * 2, spot), "STRICT_SPREAD", nodes) is not None  # one node of it
+    assert infeasible_reason(with_kind(bundle * 2, "auto"), "STRICT_SPREAD", nodes) is None

@@ -73,3 +73,22 @@ def test_a_fixed_cluster_records_nothing_and_costs_nothing(tmp_path):
     ledger = JobLedger(tmp_path, elastic=False, clock=lambda: 0.0)
     ledger.placed("job", 1, ["n1"], {"GPU": 1.0}, [_node("n1", "r1")], now=0.0)
     assert ledger.usage.rows() == [] and ledger.costs(["job"]) == {"job": 0.0} and not ledger.preempted("job", 1)
+
+
+def test_a_price_move_bills_each_stretch_at_its_price_and_jobs_still_add_up_to_the_total():
+    from raycluster.policy.cost import usd_between
+
+    history = ((0.0, 0.2), (H, 0.5), (2 * H, 0.1))
+    assert usd_between(0.1, history, 0, 3 * H) == pytest.approx(0.2 + 0.5 + 0.1)
+    assert usd_between(0.1, history, 0.5 * H, 1.5 * H) == pytest.approx(0.1 + 0.25)
+    assert usd_between(0.1, (), 0, 2 * H) == pytest.approx(0.2)  # no history: one price all along
+    assert usd_between(0.1, history, 2 * H, H) == 0.0
+    rentals = [Rental("a", 0.1, 0, None, history), Rental("b", 0.53, 0, 3 * H)]
+    usage = [{"job_id": "j1", "rental_id": "a", "share": 1.0, "start": 0.5 * H, "end": 1.5 * H},
+             {"job_id": "j2", "rental_id": "a", "share": 0.5, "start": H, "end": None},
+             {"job_id": "j2", "rental_id": "b", "share": 1.0, "start": 0, "end": H}]
+    att = attribute(usage, rentals, now=3 * H)
+    assert att.total_usd == pytest.approx(0.8 + 3 * 0.53)
+    assert att.by_job_usd["j1"] == pytest.approx(0.35)
+    assert att.by_job_usd["j2"] == pytest.approx(0.5 * (0.5 + 0.1) + 0.53)
+    assert round(sum(att.by_job_usd.values()) + att.unattributed_usd, 2) == round(att.total_usd, 2)

@@ -224,3 +224,67 @@ def test_the_cap_holds_across_provider_instances_and_can_be_set_at_run_time(tmp_
     assert b.budget_usd_per_hour() == 2.5
     b.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "late"}, 2)
     assert b.store.committed_usd_per_hour() == pytest.approx(2.4)
+
+
+def test_a_spot_price_move_reprices_held_nodes_from_then_on_and_the_cap_counts_it(tmp_path):
+    """Spot prices move: the held nodes are billed at the new price from the move on (every earlier
+    stretch at its own price), the committed rate follows, and the hard cap counts the new prices."""
+    from raycluster.provision.market.base import BudgetExceeded
+
+    p, market = provider(tmp_path, FakeMarket(capacity=10), max_hourly_budget_usd=1.0)
+    spot = {"market": "fake", "kind": "spot"}
+    made = list(p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "a"}, 2))
+    od = p.create_node({"market": "fake", "kind": "on_demand"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "b"}, 1)
+    assert p.reprice() == [] and p.store.committed_usd_per_hour() == pytest.approx(0.9)
+    rec = p.store.get(made[0])
+    t0 = rec.created_at
+    market.spot_usd_per_hour = 0.35
+    changed = p.reprice(now=t0 + 3600)
+    assert sorted(changed) == sorted((m, 0.2, 0.35) for m in made)  # the on-demand node's price stays
+    assert p.store.committed_usd_per_hour() == pytest.approx(1.2) and p.store.get(list(od)[0]).usd_per_hour == 0.5
+    rec = p.store.get(made[0])
+    assert rec.prices == [[t0, 0.2], [t0 + 3600, 0.35]]
+    assert rec.cost_usd(t0 + 2 * 3600) == pytest.approx(0.2 + 0.35)  # an hour at each price
+    assert rec.cost_usd(t0 + 2 * 3600, since=t0 + 1800) == pytest.approx(0.1 + 0.35)
+    events = [e for e in p.store.events() if e["action"] == "price"]
+    assert len(events) == 2 and "0.20 -> 0.35 USD/h" in events[0]["reason"]
+    with pytest.raises(BudgetExceeded):  # 1.2 held > the 1.0 cap: nothing more is rented
+        p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "c"}, 1)
+    assert p.reprice(now=t0 + 7200) == []  # nothing moved: nothing recorded
+    market.spot_usd_per_hour = 0.1
+    p.reprice(now=t0 + 7200)
+    assert p.store.get(made[0]).cost_usd(t0 + 3 * 3600) == pytest.approx(0.2 + 0.35 + 0.1)
+
+
+def test_a_market_without_current_prices_keeps_the_rented_price(tmp_path):
+    market = FakeMarket()
+    market.prices = None  # (an SSH host or a marketplace contract: the price is fixed when rented)
+    p, _ = provider(tmp_path, market)
+    made = list(p.create_node({"market": "fake", "kind": "spot"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "a"}, 1))
+    market.spot_usd_per_hour = 0.9
+    assert p.reprice() == [] and p.store.get(made[0]).usd_per_hour == 0.2
+
+
+def test_the_local_market_moves_a_price_for_offers_and_refuses_bad_ones(tmp_path):
+    from raycluster.provision.market.local import LocalMarket
+
+    m = LocalMarket(tmp_path / "m.db", tmp_path, gpu_types={"T4": {"spot_usd_per_hour": 0.16,
+                                                                    "on_demand_usd_per_hour": 0.53},
+                                                             "A10": {"on_demand_usd_per_hour": 1.0}})
+    assert m.prices() == {("T4", "spot"): 0.16, ("T4", "on_demand"): 0.53, ("A10", "on_demand"): 1.0}
+    assert m.set_price("T4", "spot", 0.4) == {"gpu_type": "T4", "kind": "spot", "usd_per_hour": 0.4}
+    assert {(o.gpu_type, o.kind): o.usd_per_hour for o in m.offers()}[("T4", "spot")] == 0.4
+    other = LocalMarket(tmp_path / "m.db", tmp_path, gpu_types={"T4": {"spot_usd_per_hour": 0.16,
+                                                                        "on_demand_usd_per_hour": 0.53}})
+    assert other.prices()[("T4", "spot")] == 0.4  # every process sees the market's price (its SQLite)
+    for args, field in ((("V100", "spot", 1.0), "gpu_type"), (("A10", "spot", 1.0), "kind"),
+                        (("T4", "cheap", 1.0), "kind"), (("T4", "spot", -1), "usd_per_hour"),
+                        (("T4", "spot", float("nan")), "usd_per_hour"), (("T4", "spot", True), "usd_per_hour")):
+        with pytest.raises(MarketConfigError) as e:
+            m.set_price(*args)
+        assert e.value.field == field
+    assert m.prices()[("T4", "spot")] == 0.4  # a refused move changed nothing
+    m.set_price("T4", "spot", None)
+    assert m.prices()[("T4", "spot")] == 0.16
+    m.close()
+    other.close()

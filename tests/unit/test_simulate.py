@@ -27,7 +27,8 @@ CFG = BudgetConfig(min_workers=2, max_workers=32, cooldown_s=600, idle_timeout_s
 
 def test_the_simulator_replays_the_live_policies_not_copies():
     assert sim.decide is budget.decide and live_loop.decide is budget.decide
-    assert sim.AdmissionQueue is admission.AdmissionQueue and sim.place is placement.place
+    assert sim.AdmissionQueue is admission.AdmissionQueue and admission.FreeView is placement.FreeView
+    assert sim.with_kind is budget.with_kind
 
 
 def test_the_same_trace_twice_gives_the_same_report_and_another_seed_another():

@@ -57,3 +57,16 @@ def test_the_cap_set_at_run_time_wins_is_recorded_and_bad_values_are_refused(tmp
 def test_a_fixed_cluster_has_no_cost(tmp_path):
     with pytest.raises(NotElastic):
         spend.cost(tmp_path)
+
+
+def test_a_spot_price_move_is_billed_from_the_move_on_and_shown_in_the_savings(tmp_path):
+    now = time.time()
+    store = _elastic(tmp_path)
+    _rent(store, "s", "spot", 0.2, now - 7200)
+    assert store.reprice("s", 0.4, now - 3600) is not None  # an hour at 0.2, then an hour at 0.4
+    assert store.reprice("s", 0.4, now - 1800) is None  # the same price again: nothing recorded
+    c = spend.cost(tmp_path, now)
+    assert c["spend_usd"] == pytest.approx(0.6) and c["committed_usd_per_hour"] == pytest.approx(0.4)
+    assert c["saved_vs_on_demand_usd"] == pytest.approx(2 * 0.5 - 0.6)
+    _rent(store, "gone", "spot", 0.2, now - 7200, now - 3600)
+    assert store.reprice("gone", 0.9, now) is None  # a released node is not billed any more

@@ -101,3 +101,13 @@ class Market(Protocol):
 
     def notices(self) -> list[Notice]:
         """Preemption notices for nodes we hold."""
+
+    # optional: ``prices() -> {(gpu_type, kind): usd_per_hour}`` — what held nodes are charged now,
+    # when that can differ from the price they were rented at (spot); see ``current_prices``
+
+
+def current_prices(market: Market) -> dict[tuple[str, str], float]:
+    """What the market charges held nodes now, by (GPU type, kind), from its ``prices()``; {} for a
+    market without one (an SSH host's or a marketplace contract's price is fixed when rented)."""
+    prices = getattr(market, "prices", None)
+    return dict(prices()) if callable(prices) else {}

@@ -102,6 +102,9 @@ class LocalMarket:
                 "CREATE TABLE IF NOT EXISTS local_market (rental_id TEXT PRIMARY KEY, gpu_type TEXT NOT NULL, "
                 "kind TEXT NOT NULL, handle TEXT NOT NULL, started_at REAL NOT NULL, checked_at REAL NOT NULL, "
                 "deadline REAL, reason TEXT)")
+            # prices set at run time (``raycluster market price``): spot prices move
+            self._conn.execute("CREATE TABLE IF NOT EXISTS local_market_prices (gpu_type TEXT NOT NULL, "
+                               "kind TEXT NOT NULL, usd_per_hour REAL NOT NULL, PRIMARY KEY (gpu_type, kind))")
 
     # ---- the market's books ---------------------------------------------------------------------
     def _rows(self) -> list[tuple]:
@@ -136,12 +139,28 @@ class LocalMarket:
         for _rid, gpu_type, *_rest in self._rows():
             used[gpu_type] = used.get(gpu_type, 0) + 1
         out = []
+        prices = self.prices()
         for name, t in self.gpu_types.items():
             left = max(0, t["capacity"] - used.get(name, 0))
             for kind in KINDS:
-                price = t["spot_usd_per_hour"] if kind == SPOT else t["on_demand_usd_per_hour"]
+                price = prices.get((name, kind))
                 if price is not None:
                     out.append(Offer(self.name, name, kind, price, t["gpus"], t["cpus"], left, f"{name}/{kind}"))
+        return out
+
+    def prices(self) -> dict[tuple[str, str], float]:
+        """(GPU type, kind) -> what the market charges per hour now, for new and held nodes alike."""
+        out = {}
+        for name, t in self.gpu_types.items():
+            for kind in KINDS:
+                price = t["spot_usd_per_hour"] if kind == SPOT else t["on_demand_usd_per_hour"]
+                if price is not None:
+                    out[(name, kind)] = float(price)
+        with self._lock:
+            rows = self._conn.execute("SELECT gpu_type, kind, usd_per_hour FROM local_market_prices").fetchall()
+        for name, kind, usd in rows:
+            if (name, kind) in out:
+                out[(name, kind)] = float(usd)
         return out
 
     def rent(self, offer: Offer, launch: NodeLaunch) -> dict[str, Any]:
@@ -224,6 +243,29 @@ class LocalMarket:
             self._conn.execute("UPDATE local_market SET deadline = ?, reason = ? WHERE rental_id = ? "
                                "AND deadline IS NULL", (deadline, reason, rental_id))
         return Notice(rental_id, deadline, reason)
+
+    def set_price(self, gpu_type: str, kind: str, usd_per_hour: float | None) -> dict[str, Any]:
+        """Move a price (a spot market's price rising or falling): new rentals and the nodes held of
+        that type and kind are charged ``usd_per_hour`` from now on (None: back to the configured
+        price)."""
+        t = self.gpu_types.get(gpu_type)
+        if t is None:
+            raise MarketConfigError(f"the local market sells no GPU type {gpu_type!r} (it has {sorted(self.gpu_types)})",
+                                    field="gpu_type")
+        if kind not in KINDS:
+            raise MarketConfigError(f"kind must be one of {KINDS}, not {kind!r}", field="kind")
+        if (t["spot_usd_per_hour"] if kind == SPOT else t["on_demand_usd_per_hour"]) is None:
+            raise MarketConfigError(f"the local market sells no {kind} {gpu_type}", field="kind")
+        if usd_per_hour is not None and (isinstance(usd_per_hour, bool) or not isinstance(usd_per_hour, (int, float))
+                                         or not usd_per_hour >= 0 or usd_per_hour == float("inf")):
+            raise MarketConfigError(f"usd_per_hour must be a number >= 0, not {usd_per_hour!r}", field="usd_per_hour")
+        with self._lock:
+            if usd_per_hour is None:
+                self._conn.execute("DELETE FROM local_market_prices WHERE gpu_type = ? AND kind = ?", (gpu_type, kind))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO local_market_prices (gpu_type, kind, usd_per_hour) "
+                                   "VALUES (?, ?, ?)", (gpu_type, kind, float(usd_per_hour)))
+        return {"gpu_type": gpu_type, "kind": kind, "usd_per_hour": self.prices()[(gpu_type, kind)]}
 
     def close(self) -> None:
         with self._lock:

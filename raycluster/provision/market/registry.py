@@ -120,6 +120,15 @@ def rentals(state_dir: Path | str, include_released: bool = False, now: float | 
         store.close()
 
 
+def set_price(state_dir: Path | str, gpu_type: str, kind: str, usd_per_hour: float | None) -> dict:
+    """The local market moves a price (None: back to the configured one)."""
+    cfg = recorded_provider(state_dir)
+    markets = make_markets(cfg, provider_state_dir(cfg))
+    if "local" not in markets:
+        raise NotElastic("only the local market moves prices on command; this cluster has none")
+    return markets["local"].set_price(gpu_type, kind, usd_per_hour)
+
+
 def preempt(state_dir: Path | str, node: str, notice_s: float | None = None) -> dict:
     """The local market takes a spot node back: a notice now, the node stopped at the deadline."""
     cfg = recorded_provider(state_dir)

@@ -1,0 +1,186 @@
+"""The budget policy's vocabulary: its configuration, what it is told (node types on offer, held
+nodes, waiting gangs) and what it answers (a decision, events), the kind marker resources, and the
+arithmetic of fitting a gang onto node types. Pure; ``policy.budget`` decides with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SPOT, ON_DEMAND = "spot", "on_demand"
+SPOT_CHOICES = ("auto", "never", "only")
+# every rented node carries a marker resource of its kind (KIND_RESOURCE_UNITS of it); a gang that must
+# run on one kind (spot: only / never) asks each bundle for KIND_BUNDLE_UNITS of it, so admission, Ray's
+# placement and Ray's autoscaler all keep it off the other kind's nodes
+KIND_RESOURCE = {SPOT: "raycluster_spot", ON_DEMAND: "raycluster_on_demand"}
+KIND_RESOURCE_UNITS = 1000.0
+KIND_BUNDLE_UNITS = 0.001
+
+
+def with_kind(bundles: list[dict[str, float]], spot: str) -> list[dict[str, float]]:
+    """``bundles`` as a gang with ``spot`` (auto | never | only) asks for them on an elastic cluster."""
+    kind = {"only": SPOT, "never": ON_DEMAND}.get(spot)
+    if kind is None:
+        return bundles
+    return [{**b, KIND_RESOURCE[kind]: KIND_BUNDLE_UNITS} for b in bundles]
+
+
+class BudgetConfigError(ValueError):
+    """A budget setting is invalid; ``field`` names it. Retrying will not help."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    min_workers: int = 0
+    max_workers: int = 32
+    max_hourly_budget_usd: float | None = None  # None: no cap
+    scale_up_util: float = 0.8
+    scale_down_util: float = 0.3
+    cooldown_s: float = 600.0
+    idle_timeout_s: float = 300.0
+    spot_fallback_preemptions: int = 2
+
+    def __post_init__(self):
+        for name in ("min_workers", "max_workers", "spot_fallback_preemptions"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise BudgetConfigError(f"{name} must be an integer >= 0, not {v!r}", name)
+        if self.min_workers > self.max_workers:
+            raise BudgetConfigError(f"min_workers {self.min_workers} > max_workers {self.max_workers}", "min_workers")
+        for name in ("cooldown_s", "idle_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise BudgetConfigError(f"{name} must be a number >= 0, not {v!r}", name)
+        for name in ("scale_up_util", "scale_down_util"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise BudgetConfigError(f"{name} must be a number in [0, 1], not {v!r}", name)
+        if self.scale_down_util > self.scale_up_util:
+            raise BudgetConfigError("scale_down_util must be <= scale_up_util", "scale_down_util")
+        cap = self.max_hourly_budget_usd
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap < 0
+                                or not math.isfinite(cap)):
+            raise BudgetConfigError(f"max_hourly_budget_usd must be a number >= 0, not {cap!r}", "max_hourly_budget_usd")
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A worker node type and what its market offers now."""
+    name: str
+    kind: str  # spot | on_demand
+    usd_per_hour: float
+    gpus: int
+    cpus: float
+    available: int  # slots the market has now (0: none offered)
+    max_workers: int = 1 << 30
+
+
+@dataclass(frozen=True)
+class HeldNode:
+    id: str
+    node_type: str
+    kind: str
+    usd_per_hour: float  # its current price (spot prices move)
+    free_gpus: float = 0.0
+    free_cpus: float = 0.0
+    idle_s: float = 0.0  # how long nothing has run on it (0: busy)
+    starting: bool = False
+
+
+@dataclass(frozen=True)
+class Gang:
+    """A waiting gang: ``bundles`` bundles of ``gpus``/``cpus`` each."""
+    job_id: str
+    bundles: int
+    gpus: float
+    cpus: float
+    strict_spread: bool = False
+    spot: str = "auto"
+    preemptions: int = 0
+
+
+@dataclass(frozen=True)
+class BudgetContext:
+    config: BudgetConfig
+    types: tuple[NodeType, ...]
+    held: tuple[HeldNode, ...] = ()
+    waiting: tuple[Gang, ...] = ()  # queue order
+    gpu_util: float | None = None  # mean over held GPU nodes, 0..1 (None: unknown)
+    low_util_since: float | None = None
+    last_scale_up_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    action: str  # scale_up | scale_down | shed | blocked | fallback
+    reason: str
+    node_type: str | None = None
+    count: int = 0
+
+
+@dataclass
+class BudgetDecision:
+    launch: dict[str, int] = field(default_factory=dict)  # node type -> nodes to add now
+    release: list[tuple[str, str]] = field(default_factory=list)  # (node id, reason)
+    waiting: dict[str, str] = field(default_factory=dict)  # job id -> why no node is launched for it
+    events: list[Event] = field(default_factory=list)
+    committed_usd_per_hour: float = 0.0  # after this decision is applied
+    low_util_since: float | None = None
+    last_scale_up_at: float | None = None
+
+
+def fmt_usd(x: float) -> str:
+    return f"{x:.2f}"
+
+
+# ------------------------------------------------------------------------------- helpers
+def _per_node(t: NodeType, g: Gang) -> int:
+    """Bundles of ``g`` one fresh node of type ``t`` holds."""
+    fits = []
+    if g.gpus > 0:
+        fits.append(int(t.gpus // g.gpus) if t.gpus >= g.gpus else 0)
+    if g.cpus > 0:
+        fits.append(int(t.cpus // g.cpus) if t.cpus >= g.cpus else 0)
+    n = min(fits) if fits else g.bundles
+    return min(n, 1) if g.strict_spread else n
+
+
+def nodes_needed(t: NodeType, g: Gang, placed: int = 0) -> int | None:
+    """Fresh nodes of type ``t`` for the ``g.bundles - placed`` bundles left (None: never fits)."""
+    per = _per_node(t, g)
+    if per <= 0:
+        return None
+    return math.ceil(max(0, g.bundles - placed) / per)
+
+
+def kinds_for(g: Gang, fallback_after: int) -> tuple[str, ...]:
+    """Node kinds a gang may use, preferred first."""
+    if g.spot == "only":
+        return (SPOT,)
+    if g.spot == "never":
+        return (ON_DEMAND,)
+    if g.preemptions >= fallback_after:
+        return (ON_DEMAND, SPOT)
+    return (SPOT, ON_DEMAND)
+
+
+def cheapest_gang_usd_per_hour(types: tuple[NodeType, ...] | list[NodeType], g: Gang,
+                               fallback_after: int = 2) -> float | None:
+    """The lowest spend rate at which ``g`` could ever run on fresh nodes (ignoring what is
+    offered now): what submit-time checks compare with the budget. None: no type fits it."""
+    best = None
+    kinds = set(kinds_for(g, fallback_after))
+    for t in types:
+        if t.kind not in kinds:
+            continue
+        n = nodes_needed(t, g)
+        if n is None or n > t.max_workers:
+            continue
+        cost = n * t.usd_per_hour
+        best = cost if best is None else min(best, cost)
+    return best
