@@ -52,7 +52,7 @@ def cmd_market_price(args) -> int:
     from raycluster.provision.market.registry import set_price
 
     if (args.usd_per_hour is None) == (not args.reset):
-        raise InvalidSetting("give a price in USD/hour or --reset (not both)", field="usd_per_hour")
+        raise InvalidSetting("usd_per_hour: give a price in USD/hour or --reset (not both)", field="usd_per_hour")
     out = set_price(Path(args.state_dir), args.gpu_type, args.kind, None if args.reset else args.usd_per_hour)
     if args.json:
         print_json(out)
