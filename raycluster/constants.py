@@ -139,6 +139,8 @@ CHECKPOINT_ASK_INTERVAL_S = _env_float("CHECKPOINT_ASK_INTERVAL_S", 2.0)
 CHECKPOINT_ASK_EVERY_STEPS = _env_int("CHECKPOINT_ASK_EVERY_STEPS", 10)
 # bundles of running + queued gangs told to Ray's autoscaler as demand (elastic clusters), at most
 DEMAND_MAX_BUNDLES = _env_int("DEMAND_MAX_BUNDLES", 1000)
+# JSON request bodies nesting deeper than this are refused with 422 (naming where)
+API_MAX_JSON_DEPTH = _env_int("API_MAX_JSON_DEPTH", 64)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).
 API_MAX_BODY_BYTES = _env_int("API_MAX_BODY_BYTES", 1024 * 1024)
 # How long one API request waits for a runtime actor before answering 503 (submit waits at least

@@ -124,7 +124,9 @@ def parse_spec(data: Any) -> JobSpec:
     if not isinstance(data, dict):
         raise InvalidJobSpec(f"spec must be a mapping, got {type(data).__name__}")
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
+    except RecursionError:
+        raise InvalidJobSpec("spec is nested too deeply") from None
     except ValidationError as exc:
         errors = exc.errors()
         parts = []
@@ -136,6 +138,40 @@ def parse_spec(data: Any) -> JobSpec:
                 msg = "required field is missing"
             parts.append(f"{_field_of(err)}: {msg}")
         raise InvalidJobSpec("invalid job spec: " + "; ".join(parts), field=_field_of(errors[0])) from None
+    if spec.runtime_env:
+        check_runtime_env(spec.runtime_env)
+    return spec
+
+
+# runtime_env keys whose values name code to ship: only package URIs reach a job's tasks
+_URI_KEYS = ("working_dir", "py_modules")
+
+
+def check_runtime_env(runtime_env: dict[str, Any]) -> None:
+    """Refuse, naming ``runtime_env.<key>``, what Ray would refuse only when the job's tasks start
+    (a traceback then): unknown keys, values of the wrong type (Ray's own check, key by key), and
+    local directories for ``working_dir``/``py_modules`` — Ray takes those only at the job level."""
+    from ray.runtime_env import RuntimeEnv
+
+    known = set(getattr(RuntimeEnv, "known_fields", ())) or {"working_dir", "py_modules", "pip", "uv", "conda",
+                                                            "env_vars", "excludes", "container", "image_uri",
+                                                            "config", "py_executable", "java_jars"}
+    for key, value in runtime_env.items():
+        field = f"runtime_env.{key}"
+        if key not in known or key.startswith("_"):
+            raise InvalidJobSpec(f"{field}: unknown runtime_env key (Ray knows {sorted(k for k in known if not k.startswith('_'))})",
+                                 field=field)
+        if key in _URI_KEYS:
+            for item in (value if key == "py_modules" and isinstance(value, list) else [value]):
+                if isinstance(item, str) and "://" not in item:
+                    raise InvalidJobSpec(
+                        f"{field}: {item!r} is a local path; a job's tasks can use only a package URI (gcs://, "
+                        "s3://, https://...): upload it first (`ray job submit --working-dir` does) or ship the "
+                        "code in the image", field=field)
+        try:
+            RuntimeEnv(**{key: value})
+        except (TypeError, ValueError) as exc:
+            raise InvalidJobSpec(f"{field}: {exc}", field=field) from None
 
 
 def load_spec(path: str | Path) -> JobSpec:

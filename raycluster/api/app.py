@@ -70,7 +70,8 @@ AUTH = {401: {**E, "description": "missing or wrong bearer token",
 UNAVAILABLE = {503: {**E, "description": "the runtime is restarting or unreachable; retry after Retry-After",
                       "headers": {"Retry-After": {"schema": {"type": "string"}}}},
                 500: {**E, "description": "unexpected server error (no details are sent)"}}
-COMMON = {**AUTH, **UNAVAILABLE, 422: {**E, "description": "invalid parameter (field names it)"}}
+COMMON = {**AUTH, **UNAVAILABLE, 422: {**E, "description": "invalid parameter (field names it)"},
+          415: {**E, "description": "a request body declared as something other than JSON"}}
 NOT_FOUND = {404: {**E, "description": "unknown job"}}
 
 

@@ -8,6 +8,7 @@ API staying up while the Coordinator actor is killed and restarted.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -193,17 +194,47 @@ BAD_SPECS = [
     ("gang larger than the cluster", {**counter_spec("x"), "num_workers": 5, "resources": {"cpus": 1, "gpus": 1}},
      "infeasible", "num_workers"),
     ("not an object", [1, 2, 3], "invalid_spec", None),
+    ("a local working_dir", {**counter_spec("x"), "runtime_env": {"working_dir": "/tmp"}}, "invalid_spec",
+     "runtime_env.working_dir"),
+    ("a local py_module", {**counter_spec("x"), "runtime_env": {"py_modules": ["s3://b/m.zip", "./mine"]}},
+     "invalid_spec", "runtime_env.py_modules"),
+    ("env_vars not strings", {**counter_spec("x"), "runtime_env": {"env_vars": {"A": 1}}}, "invalid_spec",
+     "runtime_env.env_vars"),
+    ("pip of the wrong type", {**counter_spec("x"), "runtime_env": {"pip": 5}}, "invalid_spec", "runtime_env.pip"),
+    ("an unknown runtime_env key", {**counter_spec("x"), "runtime_env": {"colour": "blue"}}, "invalid_spec",
+     "runtime_env.colour"),
+    ("config nested 100 deep", {**counter_spec("x"), "config": json.loads('{"a":' * 100 + "1" + "}" * 100)},
+     "invalid_json", "config.a.a"),
 ]
 
 
 @pytest.mark.timeout(120)
 def test_errors_have_one_shape(api):
+    before = {j["id"] for j in _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]}
+    created: list[str] = []
     for what, spec, code, field in BAD_SPECS:
         err = _assert_error(_post_job(api, spec), 422, code, field)
         assert err["message"], what
     for body in (b"{not json", b"", b"\xff\xfe"):
         r = api.s.post(api.url + "/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=30)
         _assert_error(r, 422, "invalid_json")
+    # a config nested 50,000 levels (300 KB): refused, not a RecursionError
+    deep = ('{"name": "deep", "entrypoint": "jobs.toy:counter", "config": ' + '{"a":' * 50_000 + "1"
+            + "}" * 50_000 + "}").encode()
+    r = api.s.post(api.url + "/jobs", data=deep, headers={"Content-Type": "application/json"}, timeout=30)
+    _assert_error(r, 422, "invalid_json", "body")
+    # a JSON body declared as something else: 415 on every route with a body
+    spec_text = json.dumps(counter_spec("plain"))
+    for method, path, body in (("POST", "/jobs", spec_text), ("POST", "/jobs/batch", json.dumps({"jobs": []})),
+                               ("PUT", "/budget", '{"max_hourly_budget_usd": 1}'),
+                               ("POST", "/rentals/rent-1/preempt", '{"notice_s": 1}')):
+        for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            r = api.s.request(method, api.url + path, data=body.encode(), headers={"Content-Type": media}, timeout=30)
+            _assert_error(r, 415, "unsupported_media_type", "Content-Type")
+    r = api.s.post(api.url + "/jobs", data=spec_text.encode(),
+                   headers={"Content-Type": "application/json; charset=utf-8"}, timeout=30)
+    assert r.status_code == 201, r.text  # JSON with a charset is JSON
+    created.append(r.json()["id"])
     _assert_error(_get(api, "/jobs", params={"limit": 0}), 422, "invalid_request", "limit")
     _assert_error(_get(api, "/jobs", params={"limit": 1001}), 422, "invalid_request", "limit")
     _assert_error(_get(api, "/jobs", params={"state": "SLEEPING"}), 422, "invalid_request", "state.0")
@@ -247,6 +278,8 @@ def test_errors_have_one_shape(api):
     r = api.s.post(api.url + "/jobs", data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
     _assert_error(r, 413, "payload_too_large")
     assert _get(api, "/healthz").status_code == 200  # still serving
+    after = {j["id"] for j in _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]}
+    assert after - before == set(created), "a refused request created a job"
 
 
 @pytest.mark.timeout(90)

@@ -293,7 +293,7 @@ def test_launch_carries_log_dir_and_uploaded_packages_are_pinned(env, monkeypatc
     real = ops.launch_rank
     monkeypatch.setattr(ops, "launch_rank", lambda *a: launches.append(a[3]) or real(*a))
     uri = "gcs://_ray_pkg_0123456789abcdef.zip"
-    jid = core.submit(spec(runtime_env={"working_dir": uri, "py_modules": [uri.replace("0123", "3210"), "s3://x"]}))["id"]
+    jid = core.submit(spec(runtime_env={"working_dir": uri, "py_modules": [uri.replace("0123", "3210"), "s3://x/m.zip"]}))["id"]
     assert ops.pinned and ops.pinned[0][0] == (uri, uri.replace("0123", "3210"))  # pinned at submit
     tick(core, clock)
     tick(core, clock)
