@@ -139,6 +139,8 @@ CHECKPOINT_ASK_INTERVAL_S = _env_float("CHECKPOINT_ASK_INTERVAL_S", 2.0)
 CHECKPOINT_ASK_EVERY_STEPS = _env_int("CHECKPOINT_ASK_EVERY_STEPS", 10)
 # bundles of running + queued gangs told to Ray's autoscaler as demand (elastic clusters), at most
 DEMAND_MAX_BUNDLES = _env_int("DEMAND_MAX_BUNDLES", 1000)
+# packages uploaded through the API (PUT /api/packages/gcs/{name}: a spec's local working_dir) up to this size
+API_MAX_PACKAGE_BYTES = _env_int("API_MAX_PACKAGE_BYTES", 100 * 1024 * 1024)
 # JSON request bodies nesting deeper than this are refused with 422 (naming where)
 API_MAX_JSON_DEPTH = _env_int("API_MAX_JSON_DEPTH", 64)
 # Request bodies larger than this are refused with 413 (checked on Content-Length and while streaming).

@@ -165,24 +165,30 @@ def check_runtime_env(runtime_env: dict[str, Any]) -> None:
             for item in (value if key == "py_modules" and isinstance(value, list) else [value]):
                 if isinstance(item, str) and "://" not in item:
                     raise InvalidJobSpec(
-                        f"{field}: {item!r} is a local path; a job's tasks can use only a package URI (gcs://, "
-                        "s3://, https://...): upload it first (`ray job submit --working-dir` does) or ship the "
-                        "code in the image", field=field)
+                        f"{field}: {item!r} is a local path; the server takes only a package URI (gcs://, "
+                        "s3://, https://...): `raycluster submit` and the HTTP client upload a local directory "
+                        "as one (PUT /api/packages/gcs/{name})", field=field)
         try:
             RuntimeEnv(**{key: value})
         except (TypeError, ValueError) as exc:
             raise InvalidJobSpec(f"{field}: {exc}", field=field) from None
 
 
-def load_spec(path: str | Path) -> JobSpec:
-    """Load a spec from a .yaml/.yml/.json file."""
+def read_spec_file(path: str | Path) -> Any:
+    """A spec file (.yaml/.yml/.json) as read, before validation."""
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as exc:
         raise InvalidJobSpec(f"cannot read spec file {p}: {exc.strerror}") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise InvalidJobSpec(f"cannot parse {p}: {exc}") from None
-    return parse_spec(data)
+    except RecursionError:
+        raise InvalidJobSpec(f"cannot parse {p}: nested too deeply") from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Load a spec from a .yaml/.yml/.json file."""
+    return parse_spec(read_spec_file(path))

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 
+from raycluster import constants as C
 from raycluster.api.errors import error_response, retry_after
 from raycluster.api.settings import current
 from raycluster.errors import BodyTooLarge
@@ -20,6 +21,7 @@ from raycluster.errors import BodyTooLarge
 log = logging.getLogger("raycluster.api")
 
 PUBLIC_PATHS = frozenset({"/healthz"})
+PACKAGE_PATH = "/api/packages/"  # (code packages: a larger body limit, API_MAX_PACKAGE_BYTES)
 
 
 class _BodyTooLarge(Exception):
@@ -62,7 +64,7 @@ class Guard:
         if path not in PUBLIC_PATHS and not _token_ok(auth, settings.token_sha256):
             return await reply(error_response(401, "unauthorized", "missing or invalid bearer token",
                                                headers={"WWW-Authenticate": "Bearer"}))
-        limit = settings.max_body_bytes
+        limit = C.API_MAX_PACKAGE_BYTES if path.startswith(PACKAGE_PATH) else settings.max_body_bytes
         if content_length is not None:
             try:
                 too_big = int(content_length) > limit

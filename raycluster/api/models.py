@@ -201,3 +201,7 @@ class PreemptNotice(BaseModel):
     node: str
     deadline: float = Field(..., description="epoch seconds: the market stops the node then")
     reason: str
+
+
+class Package(BaseModel):
+    uri: str = Field(..., description="the package's URI, for runtime_env.working_dir / py_modules (gcs://...)")

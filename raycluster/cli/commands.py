@@ -129,17 +129,21 @@ def cmd_down(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from raycluster.spec import load_spec
+    from raycluster.spec import parse_spec, read_spec_file
 
-    spec = load_spec(args.file)
+    raw = read_spec_file(args.file)
     overrides = {}
     if args.priority is not None:
         overrides["priority"] = args.priority
     if args.name:
         overrides["name"] = args.name
-    spec_dict = {**spec.model_dump(mode="json", exclude_unset=True), **overrides}
+    spec_dict = {**raw, **overrides} if isinstance(raw, dict) else raw
+    if not isinstance(spec_dict, dict):
+        parse_spec(spec_dict)  # (the error naming what it is)
     client = _client(args)
-    job = client.submit(spec_dict)
+    job = client.submit(spec_dict)  # local runtime_env directories (relative to here) uploaded first
+    for uri in client.last_uploaded:
+        print(f"uploaded {uri}", file=sys.stderr)
     if not args.wait:
         print_json(job) if args.json else print(job["id"])
         return EXIT_OK

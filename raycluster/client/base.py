@@ -17,7 +17,8 @@ from typing import Callable
 
 from raycluster.constants import SUBMIT_BATCH_MAX
 from raycluster.errors import ClusterUnavailable, InvalidJobSpec
-from raycluster.spec import JobSpec, load_spec, parse_spec
+from raycluster.client.packages import needs_packaging, package_runtime_env
+from raycluster.spec import JobSpec, parse_spec, read_spec_file
 from raycluster.store.lifecycle import JobState
 
 
@@ -58,17 +59,31 @@ class ClientBase:
 
     key_prefix = "client"
 
-    def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None) -> dict:
+    # the uploaded packages of the last submit (content-addressed: an unchanged directory is not sent again)
+    last_uploaded: list[str] = []
+
+    def submit(self, spec: JobSpec | dict | str | Path, idempotency_key: str | None = None,
+               base_dir: str | Path | None = None) -> dict:
         """Submit a spec (a file path, a JobSpec, a dict or JSON text). A key per submit (the same
-        on every retry of it) makes retries safe from duplicates."""
-        spec = self._normalise(spec)
+        on every retry of it) makes retries safe from duplicates. Local ``runtime_env`` directories
+        (``working_dir``, ``py_modules``; relative to ``base_dir``, default the current directory)
+        are uploaded as packages first."""
+        spec = self._normalise(spec, base_dir)
         return self._submit(spec, idempotency_key or f"{self.key_prefix}-{uuid.uuid4().hex}")
 
-    @staticmethod
-    def _normalise(spec) -> dict:
-        """A spec argument as the dict the server takes, validated here first."""
+    def package_store(self):
+        """Where this client uploads a spec's local code (``client.packages.PackageStore``)."""
+        raise NotImplementedError
+
+    def _normalise(self, spec, base_dir: str | Path | None = None) -> dict:
+        """A spec argument as the dict the server takes (local code packaged), validated here first."""
         if isinstance(spec, Path):
-            spec = load_spec(spec)
+            spec = read_spec_file(spec)
+        if isinstance(spec, dict) and needs_packaging(spec.get("runtime_env")):
+            env, self.last_uploaded = package_runtime_env(spec["runtime_env"], self.package_store(), base_dir)
+            spec = {**spec, "runtime_env": env}
+        else:
+            self.last_uploaded = []
         if isinstance(spec, JobSpec):
             spec = spec.model_dump(mode="json")
         elif isinstance(spec, (str, bytes)):

@@ -83,14 +83,18 @@ class HttpClient(ClientBase):
         return min(delay, self.max_backoff_s)
 
     def _send(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
-              headers: dict[str, str] | None = None) -> tuple[Any, bool]:
-        """(decoded JSON answer, whether an earlier try failed) — or the typed exception."""
+              headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[Any, bool]:
+        """(decoded JSON answer, whether an earlier try failed) — or the typed exception. ``raw``:
+        bytes sent as they are (a package), instead of ``body`` as JSON."""
         url = self.base_url + path
         hdrs = {"Accept": "application/json", **(headers or {})}
         if self._token:
             hdrs["Authorization"] = f"Bearer {self._token}"
         data = None
-        if body is not None:
+        if raw is not None:
+            data = raw
+            hdrs.setdefault("Content-Type", "application/zip")
+        elif body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
         retried = False
@@ -134,6 +138,9 @@ class HttpClient(ClientBase):
 
     def _submit_many(self, items: list[dict]) -> list[dict]:
         return self._send("POST", "/jobs/batch", body={"jobs": items})[0]["jobs"]
+
+    def package_store(self):
+        return _HttpPackages(self)
 
     def get(self, job_id: str) -> dict:
         return self._get(self._job_path(job_id))
@@ -190,3 +197,28 @@ class HttpClient(ClientBase):
 
 
 __all__ = ["HttpClient", "error_from_response", "is_http_address"]
+
+
+class _HttpPackages:
+    """A spec's local code uploaded through the API (``GET``/``PUT /api/packages/gcs/{name}``, the
+    shape of Ray's job server), when the API is the only way in."""
+
+    def __init__(self, client: "HttpClient"):
+        self.client = client
+
+    @staticmethod
+    def _path(uri: str) -> str:
+        protocol, _, name = uri.partition("://")
+        return f"/api/packages/{quote(protocol, safe='')}/{quote(name, safe='')}"
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.client._send("GET", self._path(uri))
+        except RayClusterError as exc:
+            if getattr(exc, "http_status", None) == 404:
+                return False
+            raise
+        return True
+
+    def put(self, uri: str, data: bytes) -> None:
+        self.client._send("PUT", self._path(uri), raw=data)

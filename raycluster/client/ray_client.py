@@ -81,6 +81,11 @@ class Client(ClientBase):
     def _submit(self, spec: dict, idempotency_key: str) -> dict:
         return self._call("submit", spec, idempotency_key)
 
+    def package_store(self):
+        from raycluster.client.packages import GcsPackages
+
+        return GcsPackages()
+
     def _submit_many(self, items: list[dict]) -> list[dict]:
         return self._call("submit_many", items)
 

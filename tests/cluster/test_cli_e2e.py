@@ -94,6 +94,21 @@ def test_cli_lifecycle(tmp_path):
         assert lid in page2.stdout and jid not in page2.stdout and "--offset" not in page2.stderr
         assert len(json.loads(rc(state, "--json", "jobs", "--all", check_code=0).stdout)) == 2
         assert "--limit must be" in rc(state, "jobs", "--limit", "0", check_code=2).stderr
+
+        # your code from here: a local working_dir goes up as a package, once
+        proj = tmp_path / "proj"
+        proj.mkdir()
+        (proj / "only_here_cli.py").write_text("def train(ctx):\n    return {'from': 'here'}\n")
+        local = tmp_path / "local.yaml"
+        local.write_text(f"name: local-code\nentrypoint: only_here_cli:train\nruntime_env: {{working_dir: {proj}}}\n")
+        first = rc(state, "submit", str(local), "--wait", check_code=0)
+        assert "SUCCEEDED" in first.stdout and "uploaded gcs://_ray_pkg_" in first.stderr, first.stderr[-2000:]
+        second = rc(state, "submit", str(local), "--wait", check_code=0)
+        assert "SUCCEEDED" in second.stdout and "uploaded" not in second.stderr  # unchanged: not sent again
+        badenv = tmp_path / "badenv.yaml"
+        badenv.write_text("name: b\nentrypoint: jobs.toy:counter\nruntime_env: {env_vars: {A: 1}}\n")
+        err = rc(state, "submit", str(badenv), check_code=2)
+        assert "runtime_env.env_vars" in err.stderr and "Traceback" not in err.stderr
     finally:
         rc(state, "down", timeout=120)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
