@@ -186,8 +186,9 @@ class Cost(BaseModel):
 class ScalingEvent(BaseModel):
     id: int
     ts: float
-    source: str = Field(..., description="budget (the BudgetAutoscaler), provider (a refused rent) or user")
-    action: str = Field(..., description="scale_up, scale_down, shed, blocked, fallback, budget_set")
+    source: str = Field(..., description="budget (the BudgetAutoscaler), provider (a refused rent, a price move) "
+                                         "or user")
+    action: str = Field(..., description="scale_up, scale_down, shed, blocked, fallback, price, budget_set")
     reason: str
     node_type: str | None = None
     count: int = 0
