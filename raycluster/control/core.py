@@ -249,6 +249,10 @@ class CoordinatorCore(Reconciler):
         """Ask every gang running on the rented node ``rental_id`` to checkpoint at its next chance
         (its ``ctx.should_checkpoint`` answers yes once): {job id: [attempt, its newest complete
         checkpoint step before, or None]}, for ``checkpoint_pending``."""
+        for job_id, attempt in list(self._ckpt_wanted):  # asks of attempts that ended unasked: forget
+            att = self.attempts.get(job_id)
+            if att is None or att.attempt != attempt:
+                self._ckpt_wanted.pop((job_id, attempt), None)
         out: dict[str, list] = {}
         found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
         for job_id, attempt in found:
@@ -272,6 +276,7 @@ class CoordinatorCore(Reconciler):
         for job_id, (attempt, before) in asked.items():
             att = self.attempts.get(job_id)
             if att is None or att.attempt != attempt:
+                self._ckpt_wanted.pop((job_id, int(attempt)), None)  # never asked for it: forget
                 continue  # ended or moved on: nothing to wait for
             step = self._newest_step(job_id)
             if step is None or (before is not None and step <= before):
