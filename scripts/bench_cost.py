@@ -101,7 +101,6 @@ LIVE_STEP_S = 0.5
 def live(launch_delay_s: float, job_overhead_s: float) -> dict:
     """Run LIVE_TRACE on a real elastic local cluster; its spend against the simulator's prediction."""
     import tempfile
-    import threading
 
     import ray
 
@@ -142,9 +141,7 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
                                           "resources": {"gpus": 1, "cpus": 1},
                                           "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}})["id"])
 
-        th = threading.Thread(target=submit_all)
-        th.start()
-        th.join()
+        submit_all()
         final = client.wait(ids, timeout_s=900)
         assert all(j["state"] == "SUCCEEDED" for j in final), [(j["state"], j["error"]) for j in final]
         store = RentalStore(lc.cluster_dir / "provider" / "rentals.db")

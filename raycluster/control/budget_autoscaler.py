@@ -186,7 +186,6 @@ class BudgetLoop:
             self.ops.set_waiting(dict(d.waiting))
             self._last_reasons = dict(d.waiting)
 
-
     def _release_busy(self, rental_id: str, reason: str, ray_node_id: str | None) -> None:
         try:
             self.ops.release_after_checkpoint(rental_id, reason, ray_node_id)

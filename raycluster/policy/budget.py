@@ -41,7 +41,7 @@ from raycluster.policy.budget_types import (KIND_BUNDLE_UNITS, KIND_RESOURCE, KI
 
 
 class _Rooms(list):
-    """The free room of held (and just launched) nodes as [gpus, cpus] lists, with the largest free
+    """The free room of held (and just launched) nodes as [gpus, cpus, kind] lists, with the largest free
     GPUs/CPUs of any one node kept, so that a gang whose bundle fits no node is answered without a
     scan (most waiting gangs, when thousands wait)."""
 
