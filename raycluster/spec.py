@@ -147,23 +147,25 @@ def parse_spec(data: Any) -> JobSpec:
 _URI_KEYS = ("working_dir", "py_modules")
 
 
+def is_local_path(value: Any) -> bool:
+    """A runtime_env code location that is a path on the submitting machine, not a package URI."""
+    return isinstance(value, str) and "://" not in value
+
+
 def check_runtime_env(runtime_env: dict[str, Any]) -> None:
     """Refuse, naming ``runtime_env.<key>``, what Ray would refuse only when the job's tasks start
     (a traceback then): unknown keys, values of the wrong type (Ray's own check, key by key), and
     local directories for ``working_dir``/``py_modules`` — Ray takes those only at the job level."""
     from ray.runtime_env import RuntimeEnv
 
-    known = set(getattr(RuntimeEnv, "known_fields", ())) or {"working_dir", "py_modules", "pip", "uv", "conda",
-                                                            "env_vars", "excludes", "container", "image_uri",
-                                                            "config", "py_executable", "java_jars"}
+    known = {k for k in RuntimeEnv.known_fields if not k.startswith("_")}
     for key, value in runtime_env.items():
         field = f"runtime_env.{key}"
-        if key not in known or key.startswith("_"):
-            raise InvalidJobSpec(f"{field}: unknown runtime_env key (Ray knows {sorted(k for k in known if not k.startswith('_'))})",
-                                 field=field)
+        if key not in known:
+            raise InvalidJobSpec(f"{field}: unknown runtime_env key (Ray knows {sorted(known)})", field=field)
         if key in _URI_KEYS:
             for item in (value if key == "py_modules" and isinstance(value, list) else [value]):
-                if isinstance(item, str) and "://" not in item:
+                if is_local_path(item):
                     raise InvalidJobSpec(
                         f"{field}: {item!r} is a local path; the server takes only a package URI (gcs://, "
                         "s3://, https://...): `raycluster submit` and the HTTP client upload a local directory "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raycluster.errors import InvalidJobSpec
+from raycluster.spec import is_local_path
 
 PACKAGE_KEYS = ("working_dir", "py_modules")
 
@@ -45,16 +46,12 @@ class GcsPackages:
         upload_package_to_gcs(uri, data)
 
 
-def is_local(value: Any) -> bool:
-    return isinstance(value, str) and "://" not in value
-
-
 def needs_packaging(runtime_env: Any) -> bool:
     if not isinstance(runtime_env, dict):
         return False
     mods = runtime_env.get("py_modules")
-    return is_local(runtime_env.get("working_dir")) or (
-        isinstance(mods, list) and any(is_local(m) for m in mods))
+    return is_local_path(runtime_env.get("working_dir")) or (
+        isinstance(mods, list) and any(is_local_path(m) for m in mods))
 
 
 def package_runtime_env(runtime_env: dict[str, Any], store: PackageStore,
@@ -85,9 +82,9 @@ def package_runtime_env(runtime_env: dict[str, Any], store: PackageStore,
         uploaded.append(uri)
         return uri
 
-    if is_local(out.get("working_dir")):
+    if is_local_path(out.get("working_dir")):
         out["working_dir"] = pack(out["working_dir"], "runtime_env.working_dir", False)
     mods = out.get("py_modules")
     if isinstance(mods, list):
-        out["py_modules"] = [pack(m, "runtime_env.py_modules", True) if is_local(m) else m for m in mods]
+        out["py_modules"] = [pack(m, "runtime_env.py_modules", True) if is_local_path(m) else m for m in mods]
     return out, uploaded
