@@ -82,6 +82,29 @@ STARVATION_THRESHOLD_S = _env_float("STARVATION_THRESHOLD_S", 300.0)
 # Effective priority grows by one level per AGING_S of waiting (0 disables aging).
 AGING_S = _env_float("AGING_S", 600.0)
 
+# --- tenants: quotas and fair share (policy/tenants.py) -----------------------------------------
+# Usage decays with this half-life; it is updated (and the queue's fair-share order with it) this often.
+FAIRSHARE_HALF_LIFE_S = _env_float("FAIRSHARE_HALF_LIFE_S", 3600.0)
+FAIRSHARE_INTERVAL_S = _env_float("FAIRSHARE_INTERVAL_S", 10.0)
+# A job of a tenant with fair-share factor F (1: used nothing, 0.5: used exactly its share) is
+# ordered as if queued F * FAIRSHARE_WINDOW_S earlier (0 disables fair share).
+FAIRSHARE_WINDOW_S = _env_float("FAIRSHARE_WINDOW_S", 600.0)
+# A CPU held counts this much of a GPU in fair-share usage.
+FAIRSHARE_CPU_WEIGHT = _env_float("FAIRSHARE_CPU_WEIGHT", 0.1)
+
+# --- preemption (policy/preemption.py) ------------------------------------------------------------
+# The blocked job may preempt lower-priority running jobs once it has waited this long (0 disables).
+PREEMPT_AFTER_S = _env_float("PREEMPT_AFTER_S", 600.0)
+# A job is preempted at most this many times per hour (then it is no longer a candidate).
+PREEMPT_MAX_PER_HOUR = _env_int("PREEMPT_MAX_PER_HOUR", 2)
+# A victim is stopped once it has a newer complete checkpoint, or after this long.
+PREEMPT_CHECKPOINT_WAIT_S = _env_float("PREEMPT_CHECKPOINT_WAIT_S", 60.0)
+# After its victims are stopped, a blocked job gets this long to be placed on their room before
+# more victims are chosen for it (freed resources take a moment to show).
+PREEMPT_GRACE_S = _env_float("PREEMPT_GRACE_S", 30.0)
+# How often the Coordinator looks for victims for a blocked job (and checks victims' checkpoints).
+PREEMPT_CHECK_INTERVAL_S = _env_float("PREEMPT_CHECK_INTERVAL_S", 2.0)
+
 # --- job spec limits ----------------------------------------------------------------------------
 MAX_PRIORITY = 1000
 MIN_PRIORITY = 0

@@ -80,6 +80,8 @@ class JobSpec(_Strict):
         "auto", description="on an elastic cluster, which nodes it runs on and is rented for: spot first then "
                             "on-demand (auto), on-demand only (never), spot only (only)")
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the training tasks")
+    preemptible: bool = Field(True, description="may be stopped (checkpointed first, queued again) for a "
+                                                "higher-priority job that waited too long")
 
     @field_validator("name")
     @classmethod

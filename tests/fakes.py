@@ -29,11 +29,20 @@ class FakeOps(GangOps):
         self.pinned = []
         self.requested = []
 
+    def _assignment(self) -> dict[str, list[str]]:
+        """Each placed group's nodes: the bundles of the ready groups, in creation order, one per node."""
+        names, out, i = list(self.total), {}, 0
+        for name, p in self.pgs.items():
+            if not p.removed and p.ready:
+                out[name] = names[i:i + len(p.bundles)]
+                i += len(p.bundles)
+        return out
+
     def nodes(self):
         free = {n: dict(r) for n, r in self.total.items()}
-        used = sum(len(p.bundles) for p in self.pgs.values() if not p.removed and p.ready)
-        for n in list(free)[:used]:
-            free[n] = {"CPU": 1.0, "GPU": 0.0}
+        for used in self._assignment().values():
+            for n in used:
+                free[n] = {"CPU": 1.0, "GPU": 0.0}
         return [{"id": n, "alive": True, "is_head": False, "address": "127.0.0.1", "hostname": "h", "labels": {},
                  "resources_total": dict(r), "resources_free": free[n]} for n, r in self.total.items()]
 
@@ -50,7 +59,7 @@ class FakeOps(GangOps):
         return pg.ready
 
     def pg_nodes(self, pg):
-        return list(getattr(pg, "nodes", None) or [])
+        return list(getattr(pg, "nodes", None) or self._assignment().get(pg.name, []))
 
     def remove_pg(self, pg):
         if pg is not None:

@@ -183,6 +183,29 @@ class Cost(BaseModel):
     top_jobs_usd: list[dict[str, Any]] = Field(..., description="the ten costliest jobs")
 
 
+class TenantHolding(BaseModel):
+    gpus: float
+    cpus: float
+    memory_mb: float
+    jobs: int
+
+
+class Tenant(BaseModel):
+    tenant: str
+    listed: bool = Field(..., description="named in the tenants file (else it has the default's quota)")
+    quota: dict[str, Any] = Field(..., description="max_gpus, max_cpus, max_memory_mb, max_jobs, shares, per_job")
+    holding: TenantHolding = Field(..., description="what its PLACING/RUNNING/RECOVERING jobs hold now")
+    queued: int
+    usage: float = Field(..., description="decayed usage (GPU-seconds + weighted CPU-seconds)")
+    fair_share: float = Field(..., description="2^(-usage part / shares part): 1 used nothing, 0.5 its share")
+
+
+class TenantList(BaseModel):
+    file: str = Field(..., description="the tenants file the Coordinator reads")
+    error: str | None = Field(None, description="why the file's last edit was not applied (the previous config holds)")
+    tenants: list[Tenant]
+
+
 class ScalingEvent(BaseModel):
     id: int
     ts: float

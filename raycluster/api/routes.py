@@ -42,7 +42,7 @@ from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList, LogList, MetricList,
-                                   Package, PreemptNotice, RentalList,
+                                   Package, PreemptNotice, RentalList, TenantList,
                                    Node, NodeList)
 from raycluster.api.settings import configure
 from raycluster.control.actors import get_handle
@@ -229,6 +229,11 @@ class ControlAPI:
              summary="spend rate now, the budget, spend so far and today, by kind and node type, saved by spot")
     async def get_cost(self) -> dict:
         return await self._coord("cost")
+
+    @app.get("/tenants", response_model=TenantList, tags=["cluster"], responses=COMMON,
+             summary="each tenant's quota, what it holds, queued jobs, decayed usage and fair-share factor")
+    async def list_tenants(self) -> dict:
+        return await self._coord("tenants")
 
     @app.get("/events", response_model=EventList, tags=["cluster"],
              responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"}},

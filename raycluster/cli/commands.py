@@ -173,6 +173,42 @@ def cmd_jobs(args) -> int:
     return EXIT_OK
 
 
+def cmd_tenants(args) -> int:
+    if args.set:
+        from raycluster.store.tenants import describe, install_tenants_file, tenants_path
+
+        try:
+            config = install_tenants_file(args.state_dir, args.set)
+        except ValueError as exc:
+            raise BadArgument(str(exc)) from None
+        if args.json:
+            print_json(describe(config))
+        else:
+            print(f"tenants config installed at {tenants_path(args.state_dir)} ({len(config.tenants)} tenant(s)); "
+                  "the Coordinator applies it at its next pass")
+        return EXIT_OK
+    view = _client(args).tenants()
+    if args.json:
+        print_json(view)
+        return EXIT_OK
+    if view.get("error"):
+        print(f"warning: {view['error']} (the previous config holds)", file=sys.stderr)
+    cols = ("TENANT", "GPUS", "CPUS", "JOBS", "QUEUED", "SHARES", "USAGE", "FAIR_SHARE")
+
+    def lim(held, q, key):
+        return f"{held:g}/{q[key]:g}" if key in q else f"{held:g}"
+
+    rows = [(t["tenant"] + ("" if t["listed"] else "*"), lim(t["holding"]["gpus"], t["quota"], "max_gpus"),
+             lim(t["holding"]["cpus"], t["quota"], "max_cpus"), lim(t["holding"]["jobs"], t["quota"], "max_jobs"),
+             str(t["queued"]), f"{t['quota'].get('shares', 1):g}", f"{t['usage']:.1f}", f"{t['fair_share']:.3f}")
+            for t in view["tenants"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    for line in (cols, *rows):
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(f"(* not listed in {view['file']}: the default quota)")
+    return EXIT_OK
+
+
 def cmd_status(args) -> int:
     client = _client(args)
     if args.job_id:

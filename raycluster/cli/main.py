@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="cluster status, or one job's details")
     sp.add_argument("job_id", nargs="?")
     sp.set_defaults(fn=commands.cmd_status)
+    sp = sub.add_parser("tenants", help="tenants' quotas, what they hold, queued jobs and fair share; --set installs "
+                                        "a tenants file (e.g. configs/tenants.yaml), applied without a restart")
+    sp.add_argument("--set", metavar="FILE", default=None, help="check FILE and make it the cluster's tenants config")
+    sp.set_defaults(fn=commands.cmd_tenants)
     sp = sub.add_parser("cancel", help="cancel a job")
     sp.add_argument("job_id")
     sp.set_defaults(fn=commands.cmd_cancel)

@@ -195,6 +195,9 @@ class HttpClient(ClientBase):
     def nodes(self) -> list[dict]:
         return self._get("/nodes")["nodes"]
 
+    def tenants(self) -> dict:
+        return self._get("/tenants")
+
 
 __all__ = ["HttpClient", "error_from_response", "is_http_address"]
 

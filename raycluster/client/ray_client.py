@@ -109,5 +109,9 @@ class Client(ClientBase):
     def cluster_status(self) -> dict:
         return self._call("cluster_status")
 
+    def tenants(self) -> dict:
+        """Each tenant's quota, what it holds, queued jobs, decayed usage and fair-share factor."""
+        return self._call("tenants")
+
     def checkpoints(self, job_id: str) -> list[dict]:
         return self._call("list", job_id, actor=get_handle(C.CHECKPOINT_MANAGER_NAME))

@@ -87,6 +87,9 @@ class Coordinator:
     def cost(self) -> dict:
         return self.core.cost()
 
+    def tenants(self) -> dict:
+        return self.core.tenants_view()
+
     def events(self, limit: int = 100) -> list[dict]:
         return self.core.events(limit)
 

@@ -56,7 +56,6 @@ class CoordinatorCore(Reconciler):
         self._ep_checked = TTLCache(self.clock)
         self._feasible_for: object = None
         self._feasible: dict[tuple, str | None] = {}
-        self._ckpt_wanted: dict[tuple[str, int], str] = {}  # (job, attempt) -> why it should checkpoint now
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
@@ -100,6 +99,7 @@ class CoordinatorCore(Reconciler):
         new = [(i, spec, key) for i, (spec, (_d, key)) in enumerate(zip(specs, pairs)) if key not in existing]
         for i, spec, _key in new:
             with _located(where(i)):
+                self.check_tenant_limits(spec)
                 self._check_entrypoint(spec)
                 why = self._infeasible(spec)
                 if why:
@@ -282,14 +282,6 @@ class CoordinatorCore(Reconciler):
             if step is None or (before is not None and step <= before):
                 out.append(job_id)
         return out
-
-    def _newest_step(self, job_id: str) -> int | None:
-        if self.cm is None:
-            return None
-        import ray
-
-        found = ray.get(self.cm.candidates.remote(job_id), timeout=30)
-        return int(found[0]["step"]) if found else None
 
     # ------------------------------------------------------------------ rentals (elastic clusters)
     def rentals(self, include_released: bool = False) -> list[dict]:

@@ -34,8 +34,9 @@ from raycluster import constants as C
 from raycluster.control.ledger import JobLedger
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
+from raycluster.control.sharing import SharingMixin
 from raycluster.errors import IllegalTransition
-from raycluster.policy.admission import AdmissionQueue, QueuedJob
+from raycluster.policy.admission import AdmissionQueue
 from raycluster.policy.budget import with_kind
 from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
@@ -100,8 +101,9 @@ class Attempt:
     first_failure_at: float | None = None
 
 
-class Reconciler:
-    """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top."""
+class Reconciler(SharingMixin):
+    """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
+    and preemption are ``SharingMixin``'s (``control/sharing.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -141,6 +143,8 @@ class Reconciler:
         self._demand_key: tuple | None = None
         self._last_sweep = 0.0
         self._last_pin = 0.0
+        self._last_fair = 0.0
+        self._init_sharing()
 
     # ------------------------------------------------------------------ loop
     def wake(self) -> None:
@@ -164,8 +168,13 @@ class Reconciler:
                 self._guard(f"teardown {jid}", self._teardown, self.attempts.pop(jid))
             for job in list(self._active.values()):
                 self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
+            if now - self._last_fair >= C.FAIRSHARE_INTERVAL_S:
+                self._last_fair = now
+                self._guard("fair share", self._fair_share_pass, now)
             if self._pending:
                 self._guard("admission", self._admit, now)
+            if self._blocked or self.preempting:
+                self._guard("preemption", self._preempt_pass, now)
             if self.elastic_nodes:
                 self._guard("demand", self._tell_demand)
             if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:
@@ -205,8 +214,7 @@ class Reconciler:
             old = self._pending.get(jid)
             self._waiting.move(jid, old.waiting if old else None, rec.waiting)
             self._pending[jid] = rec
-            self.queue.put(QueuedJob(jid, rec.priority, rec.queued_at, tuple(self._bundles(spec)),
-                                     spec.placement_strategy.value))
+            self.queue.put(self._queued(rec, spec))
         elif rec.state in TERMINAL_STATES:
             self._drop_pending(jid)
             self._active.pop(jid, None)
@@ -299,9 +307,10 @@ class Reconciler:
                 if placed:
                     free = placed[1]
         self.queue.configure(C.STARVATION_THRESHOLD_S, C.AGING_S)
-        decision = self.queue.decide(free, now)
+        decision = self.queue.decide(free, now, self._quota_view())
         if decision is None:  # nothing it depends on changed since the last pass
             return
+        self._blocked = decision.blocked
         done = True
         for jid in decision.admit:
             job = self._pending[jid]
@@ -374,7 +383,7 @@ class Reconciler:
             att.placed = True
             if self.ledger.elastic:
                 self._guard(f"usage of {job.id}", self._record_usage, job, att, now)
-        else:  # REQUEUE, SUCCEED, RECOVER, FAIL: the attempt is over
+        else:  # REQUEUE, PREEMPT, SUCCEED, RECOVER, FAIL: the attempt is over
             att = self.attempts.pop(job.id, None)
             if att is not None:
                 self._teardown(att)

@@ -37,6 +37,7 @@ import operator
 from dataclasses import dataclass, field
 
 from raycluster.policy.placement import FreeView, Resources, shape_of
+from raycluster.policy.tenants import Demand, QuotaView
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class QueuedJob:
     queued_at: float
     bundles: tuple[Resources, ...]
     strategy: str = "PACK"
+    tenant: str | None = None
+    # fair share: ordered as if queued this many seconds earlier (``policy.tenants.boost_s``)
+    boost_s: float = 0.0
     # the one bundle of a gang of identical bundles, as a hashable key (None: bundles differ)
     shape: tuple | None = field(init=False, compare=False, repr=False, default=None)
     # Its lane: gangs of the same number of identical bundles under the same strategy (None: a gang
@@ -58,7 +62,7 @@ class QueuedJob:
         shape = shape_of(self.bundles)
         object.__setattr__(self, "shape", shape)
         if shape is not None:
-            object.__setattr__(self, "lane", f"{self.strategy}/{len(self.bundles)}/{shape}")
+            object.__setattr__(self, "lane", f"{self.tenant}/{self.strategy}/{len(self.bundles)}/{shape}")
 
 @dataclass(frozen=True)
 class AdmissionContext:
@@ -100,9 +104,10 @@ def order_key(job: QueuedJob, aging_s: float) -> tuple:
     Effective priority ``priority + (now - queued_at) / aging_s`` orders jobs like
     ``priority * aging_s - queued_at`` at every ``now``, so the key holds no time and the order is
     kept across passes."""
+    at = job.queued_at - job.boost_s
     if aging_s > 0:
-        return (job.queued_at - job.priority * aging_s, job.queued_at, job.job_id)
-    return (-job.priority, job.queued_at, job.job_id)
+        return (at - job.priority * aging_s, at, job.job_id)
+    return (-job.priority, at, job.job_id)
 
 
 def queue_order(queue, aging_s: float) -> list[QueuedJob]:
@@ -110,10 +115,13 @@ def queue_order(queue, aging_s: float) -> list[QueuedJob]:
 
 
 def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: dict[str, Resources],
-            now: float, starvation_threshold_s: float) -> AdmissionDecision:
+            now: float, starvation_threshold_s: float, quota: QuotaView | None = None) -> AdmissionDecision:
     """One pass: the lanes' jobs merged in queue order (``keys``: every job's ``order_key``,
     sorted; ``lanes``: (lane, its jobs' keys sorted)). A lane is dropped at its first refusal, so a
-    pass costs about the jobs admitted plus the number of lanes, not the queue's length."""
+    pass costs about the jobs admitted plus the number of lanes, not the queue's length.
+
+    ``quota``: a job its tenant's quota refuses waits for that reason and is not "blocked" (it
+    reserves nothing); a lane (one tenant's identical gangs) is dropped at its first such refusal."""
     view = FreeView(free_by_node)
     decision = AdmissionDecision()
     admit = decision.admit
@@ -121,15 +129,33 @@ def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: 
     heapq.heapify(heap)
     regular = [lane is not None for lane, _ks in lanes]
     blocked_key, admitted_keys = None, []
+    over_quota: list[tuple[str, list[str]]] = []
     while heap:
         key, i, pos = heap[0]
         job = jobs[key[-1]]
+        if quota is not None:
+            demand = Demand.of_bundles(job.bundles)
+            why = quota.refuse(job.tenant, demand)
+            if why is not None:
+                ks = lanes[i][1]
+                if regular[i]:  # every later gang of the lane is this tenant's and the same: refused too
+                    over_quota.append((why, [k[-1] for k in ks[pos:]]))
+                    heapq.heappop(heap)
+                else:
+                    over_quota.append((why, [job.job_id]))
+                    if pos + 1 < len(ks):
+                        heapq.heapreplace(heap, (ks[pos + 1], i, pos + 1))
+                    else:
+                        heapq.heappop(heap)
+                continue
         assignment = view.place(job.bundles, job.strategy, job.shape)
         placed = assignment is not None
         if placed:
             admit.append(job.job_id)
             decision.placements[job.job_id] = assignment
             admitted_keys.append(key)
+            if quota is not None:
+                quota.take(job.tenant, demand)
         elif blocked_key is None:
             blocked_key, decision.blocked = key, job.job_id
             if now - job.queued_at >= starvation_threshold_s:
@@ -148,6 +174,13 @@ def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: 
         else:  # every job before the first refused one was admitted
             later = [bisect.bisect_left(keys, k) for k in admitted_keys if k > blocked_key]
             decision.groups = [(WAITING, _ids(keys, at, len(keys), later))]
+    if over_quota:
+        by_reason: dict[str, list[str]] = {}
+        for why, ids in over_quota:
+            by_reason.setdefault(why, []).extend(ids)
+        refused = {j for ids in by_reason.values() for j in ids}
+        decision.groups = [(why, [j for j in ids if j not in refused]) for why, ids in decision.groups]
+        decision.groups += list(by_reason.items())
     return decision
 
 
@@ -164,14 +197,14 @@ def _ids(keys: list[tuple], start: int, stop: int, skip) -> list[str]:
     return out
 
 
-def decide_admission(ctx: AdmissionContext, now: float) -> AdmissionDecision:
+def decide_admission(ctx: AdmissionContext, now: float, quota: QuotaView | None = None) -> AdmissionDecision:
     """Which queued jobs start now (from scratch; ``AdmissionQueue`` keeps the order between passes)."""
     jobs = {j.job_id: j for j in ctx.queue}
     keys = sorted(order_key(j, ctx.aging_s) for j in ctx.queue)
     lanes: dict[str | None, list[tuple]] = {}
     for k in keys:
         lanes.setdefault(jobs[k[-1]].lane, []).append(k)
-    return _decide(keys, list(lanes.items()), jobs, ctx.free_by_node, now, ctx.starvation_threshold_s)
+    return _decide(keys, list(lanes.items()), jobs, ctx.free_by_node, now, ctx.starvation_threshold_s, quota)
 
 
 class AdmissionQueue:
@@ -253,14 +286,16 @@ class AdmissionQueue:
         jobs = self._jobs
         return [jobs[k[-1]] for k in self._keys]
 
-    def decide(self, free_by_node: dict[str, Resources], now: float) -> AdmissionDecision | None:
-        """The admission decision, or None when it would be the last one again."""
+    def decide(self, free_by_node: dict[str, Resources], now: float,
+               quota: QuotaView | None = None) -> AdmissionDecision | None:
+        """The admission decision, or None when it would be the last one again (a change of the
+        quotas or of what tenants hold must ``forget`` the last pass)."""
         last = self._last
         if last is not None and last[0] == self.version and now < last[2] and last[1] == free_by_node:
             self.skipped += 1
             return None
         decision = _decide(self._keys, list(self._lanes.items()), self._jobs, free_by_node, now,
-                           self.starvation_threshold_s)
+                           self.starvation_threshold_s, quota)
         self.passes += 1
         if decision.admit:  # the queue changes once they start; until then decide again each pass
             self._last = None

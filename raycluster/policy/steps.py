@@ -35,6 +35,7 @@ class Action(str, Enum):
     SUCCEED = "succeed"  # RUNNING -> SUCCEEDED
     RECOVER = "recover"  # RUNNING -> RECOVERING: tear down; placed again from the latest checkpoint
     FAIL = "fail"  # -> FAILED: tear down
+    PREEMPT = "preempt"  # RUNNING -> PENDING: checkpointed, torn down, queued again for a higher-priority job
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ def start_step(job: JobView, now: float) -> Step:
     else:
         cause, reason = Cause.RESUMED, "placing again from the latest checkpoint"
     return Step(job.id, Action.START, job.state, JobState.PLACING, cause, reason, {"attempt": job.attempt + 1})
+
+
+def preempt_step(job: JobView, reason: str, preempted: int) -> Step:
+    """RUNNING -> PENDING for a higher-priority job (``policy.preemption`` chose it; it was asked to
+    checkpoint first): queued again with its place in the queue, no restart spent."""
+    return Step(job.id, Action.PREEMPT, JobState.RUNNING, JobState.PENDING, Cause.PREEMPTED, reason,
+                {"preempted": preempted})
 
 
 def decide_placing(job: JobView, *, ready: bool, placing_for_s: float, timeout_s: float,

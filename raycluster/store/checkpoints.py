@@ -110,13 +110,14 @@ class CheckpointRegistry:
         """COMPLETE checkpoints, newest first, with their shards: what a restore may use."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT step, world_size, attempt FROM checkpoints WHERE job_id=? AND state='COMPLETE' "
+                "SELECT step, world_size, attempt, created_at FROM checkpoints WHERE job_id=? AND state='COMPLETE' "
                 "ORDER BY step DESC", (job_id,)).fetchall()
             out = []
-            for step, world, attempt in rows:
+            for step, world, attempt, created_at in rows:
                 shards = {r: {"path": p, "sha256": s, "size_bytes": b} for r, p, s, b in self._conn.execute(
                     "SELECT rank, path, sha256, size_bytes FROM shards WHERE job_id=? AND step=?", (job_id, step))}
-                out.append({"step": step, "world_size": world, "attempt": attempt, "shards": shards})
+                out.append({"step": step, "world_size": world, "attempt": attempt, "created_at": created_at,
+                            "shards": shards})
         return out
 
     def mark_corrupt(self, job_id: str, step: int, reason: str) -> None:

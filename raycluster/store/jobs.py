@@ -54,6 +54,8 @@ class JobRecord(BaseModel):
     waiting: str | None = Field(None, description="why a PENDING job is not placed yet (admission's last word)")
     placement_timeouts: int = Field(0, description="placements of this job that timed out so far")
     preemptions: int = Field(0, description="attempts that ended because a spot node of theirs was preempted")
+    preempted: int = Field(0, description="times it was stopped for a higher-priority job (checkpointed first, "
+                                          "queued again, no restart spent)")
     rev: int = Field(0, description="row version: grows with every insert and state change of any job "
                                     "(not with metric reports or waiting reasons)")
 
@@ -199,6 +201,16 @@ class JobStore:
                 (job_id, limit),
             ).fetchall()
         return [{"attempt": a, "ts": ts, "step": st, **json.loads(d)} for a, ts, st, d in reversed(rows)]
+
+    def count_transitions(self, job_ids: list[str], cause: Cause, since: float) -> dict[str, int]:
+        """How many transitions of each job had ``cause`` at or after ``since``."""
+        if not job_ids:
+            return {}
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT job_id, COUNT(*) FROM transitions WHERE cause=? AND ts>=? AND job_id IN "
+                f"({','.join('?' * len(job_ids))}) GROUP BY job_id", (cause.value, since, *job_ids)).fetchall()
+        return dict(rows)
 
     def count_by_state(self) -> dict[str, int]:
         with self._lock:

@@ -32,7 +32,9 @@ LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.PLACING, JobState.CANCELLED, JobState.FAILED}),
     # PLACING -> PENDING: placement timed out, give the capacity back and queue again (bounded).
     JobState.PLACING: frozenset({JobState.RUNNING, JobState.PENDING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.RECOVERING}),
+    # RUNNING -> PENDING: preempted for a higher-priority job (checkpointed first), queued again.
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.RECOVERING,
+                                 JobState.PENDING}),
     # RECOVERING -> PLACING: the gang is torn down and placed again from the latest checkpoint.
     JobState.RECOVERING: frozenset({JobState.PLACING, JobState.CANCELLED, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
@@ -63,6 +65,7 @@ class Cause(str, Enum):
     PLACEMENT_TIMEOUT = "placement_timeout"  # PLACING -> PENDING: queued again
     NO_RESOURCES = "no_resources"  # PLACING -> FAILED: placement timed out too many times
     TIMEOUT = "timeout"  # an attempt exceeded max_runtime_s
+    PREEMPTED = "preempted"  # RUNNING -> PENDING: stopped (checkpointed first) for a higher-priority job
 
 
 SYSTEM_CAUSES = frozenset({Cause.NODE_LOST, Cause.WORKER_CRASHED, Cause.OOM, Cause.SYSTEM_ERROR})

@@ -41,6 +41,7 @@ def api(tmp_path_factory):
     from raycluster.api.deploy import deploy_api
 
     state_dir = Path(tmp_path_factory.mktemp("rc-api"))
+    (state_dir / "tenants.yaml").write_text(TENANTS)
     with local_runtime(state_dir, num_workers=2) as (lc, coord):
         info = deploy_api(state_dir, port=free_port("127.0.0.1"), actor_timeout_s=ACTOR_TIMEOUT_S)
         token_path = Path(info["token_path"])
@@ -182,6 +183,8 @@ def test_every_route_but_healthz_needs_the_token(api):
 
 
 # ============================================================================ errors
+TENANTS = "tenants:\n  team-small:\n    max_jobs: 3\n    per_job: {max_workers: 1, max_gpus: 0.5}\n"
+
 BAD_SPECS = [
     ("missing entrypoint", {"name": "x"}, "invalid_spec", "entrypoint"),
     ("priority too high", {**counter_spec("x"), "priority": 5000}, "invalid_spec", "priority"),
@@ -203,6 +206,10 @@ BAD_SPECS = [
     ("pip of the wrong type", {**counter_spec("x"), "runtime_env": {"pip": 5}}, "invalid_spec", "runtime_env.pip"),
     ("an unknown runtime_env key", {**counter_spec("x"), "runtime_env": {"colour": "blue"}}, "invalid_spec",
      "runtime_env.colour"),
+    ("over its tenant's per-job max_workers", {**counter_spec("x"), "tenant": "team-small", "num_workers": 2},
+     "invalid_spec", "num_workers"),
+    ("over its tenant's per-job max_gpus", {**counter_spec("x"), "tenant": "team-small",
+                                            "resources": {"cpus": 1, "gpus": 1}}, "invalid_spec", "resources.gpus"),
     ("config nested 100 deep", {**counter_spec("x"), "config": json.loads('{"a":' * 100 + "1" + "}" * 100)},
      "invalid_json", "config.a.a"),
 ]
@@ -278,6 +285,8 @@ def test_errors_have_one_shape(api):
     r = api.s.post(api.url + "/jobs", data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
     _assert_error(r, 413, "payload_too_large")
     assert _get(api, "/healthz").status_code == 200  # still serving
+    small = next(t for t in _get(api, "/tenants").json()["tenants"] if t["tenant"] == "team-small")
+    assert small["listed"] and small["quota"]["max_jobs"] == 3 and small["holding"]["jobs"] == 0
     after = {j["id"] for j in _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]}
     assert after - before == set(created), "a refused request created a job"
 

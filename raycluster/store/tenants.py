@@ -1,0 +1,116 @@
+"""Tenants' state: the quotas file the Coordinator reads, and each tenant's decayed fair-share usage.
+
+Owns: where the tenants config lives (``<state dir>/tenants.yaml``, or ``RAYCLUSTER_TENANTS_FILE``),
+reading it (re-read when its modification time changes, so an operator's edit applies without a
+restart; a file that does not parse keeps the last good config and says why), installing one
+checked and atomically (``raycluster tenants set FILE``), and the ``tenant_usage`` table in
+``jobs.db`` (tenant, decayed usage, as of when) so fair share survives a Coordinator restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raycluster.policy.tenants import TenantsConfig, parse_tenants
+from raycluster.store.db import connect
+from raycluster.util.files import atomic_write
+
+log = logging.getLogger("raycluster.tenants")
+
+TENANTS_FILE = "tenants.yaml"
+
+
+def tenants_path(state_dir: Path | str) -> Path:
+    override = os.environ.get("RAYCLUSTER_TENANTS_FILE")
+    return Path(override).expanduser() if override else Path(state_dir) / TENANTS_FILE
+
+
+def read_tenants_file(path: Path | str) -> TenantsConfig:
+    """A tenants file, checked (ValueError naming the file and the field)."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read tenants file {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot parse tenants file {p}: {exc}") from None
+    return parse_tenants(data, where=str(p))
+
+
+def install_tenants_file(state_dir: Path | str, source: Path | str) -> TenantsConfig:
+    """Check ``source`` and copy it to where the Coordinator reads it (atomically)."""
+    config = read_tenants_file(source)
+    atomic_write(tenants_path(state_dir), Path(source).read_text())
+    return config
+
+
+class TenantsFile:
+    """The tenants config as of the file's last modification (an empty config when there is none)."""
+
+    def __init__(self, state_dir: Path | str):
+        self.path = tenants_path(state_dir)
+        self.config = TenantsConfig()
+        self.error: str | None = None
+        self._stamp: tuple | None = None
+        self.version = 0
+
+    def current(self) -> TenantsConfig:
+        try:
+            st = self.path.stat()
+            stamp: tuple | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.config = read_tenants_file(self.path) if stamp else TenantsConfig()
+                self.error = None
+            except ValueError as exc:  # keep the last good config; say why
+                self.error = str(exc)
+                log.error("tenants: %s (keeping the previous config)", exc)
+            self.version += 1
+        return self.config
+
+
+class TenantUsageStore:
+    """Decayed fair-share usage per tenant (``jobs.db``, table ``tenant_usage``)."""
+
+    def __init__(self, path: Path | str):
+        self._conn = connect(Path(path))
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("CREATE TABLE IF NOT EXISTS tenant_usage (tenant TEXT PRIMARY KEY, "
+                               "usage REAL NOT NULL, updated_at REAL NOT NULL)")
+
+    def load(self) -> dict[str, tuple[float, float]]:
+        """tenant -> (usage, as of)."""
+        with self._lock:
+            return {t: (u, at) for t, u, at in self._conn.execute("SELECT tenant, usage, updated_at FROM tenant_usage")}
+
+    def save(self, usage: dict[str, float], now: float) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO tenant_usage(tenant, usage, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(tenant) DO UPDATE SET usage=excluded.usage, updated_at=excluded.updated_at",
+                    [(t, u, now) for t, u in usage.items()])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def describe(config: TenantsConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,128 @@
+"""Integration: teams sharing one real local cluster (head + 3 workers of 2 CPUs and 1 logical GPU).
+
+Covers: fair share (a team flooding the queue does not keep a later team out), a tenant quota
+holding a job back with its reason while GPUs are free, a per-job limit refused at submit, and
+preemption end to end (the lowest-priority preemptible job checkpoints, is queued again, the
+high-priority job runs, the victim resumes and finishes with the weights of an undisturbed run;
+``preemptible: false`` is never chosen).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raycluster.errors import InvalidJobSpec
+from tests.conftest import local_runtime, wait_for
+
+pytestmark = [pytest.mark.cluster]
+ROOT = Path(__file__).resolve().parents[2]
+
+ENV = {"RAYCLUSTER_FAIRSHARE_INTERVAL_S": "0.5", "RAYCLUSTER_PREEMPT_AFTER_S": "4",
+       "RAYCLUSTER_PREEMPT_CHECK_INTERVAL_S": "0.5", "RAYCLUSTER_CHECKPOINT_ASK_INTERVAL_S": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state_dir = Path(tmp_path_factory.mktemp("rc-sharing"))
+    (state_dir / "tenants.yaml").write_text(
+        "tenants:\n  team-q:\n    max_gpus: 1\n    per_job: {max_workers: 1}\n")
+    with local_runtime(state_dir, num_workers=3, env=ENV) as (lc, coord):
+        yield {"lc": lc, "state_dir": state_dir, "coord": coord}
+
+
+@pytest.fixture
+def client(cluster):
+    from raycluster.client.ray_client import Client
+
+    return Client(cluster["coord"])
+
+
+def counter(name, tenant=None, steps=20, sleep=0.15, gpus=0.5, **extra):
+    return {"name": name, "entrypoint": "jobs.toy:counter", "tenant": tenant,
+            "config": {"steps": steps, "sleep_per_step_s": sleep},
+            "resources": {"cpus": 0.5, "gpus": gpus}, "checkpoint": {"every_steps": 5}, **extra}
+
+
+def started_at(job) -> float:
+    return max(t["ts"] for t in job["transitions"] if t["to"] == "RUNNING")
+
+
+@pytest.mark.timeout(240)
+def test_a_flooding_team_does_not_keep_a_later_team_out(client):
+    flood = client.submit_many([counter(f"a{i}", "team-a") for i in range(20)])
+    flood_ids = [j["id"] for j in flood]
+    wait_for(lambda: sum(client.get(j)["state"] == "RUNNING" for j in flood_ids) >= 4, 60, "team-a running")
+    wait_for(lambda: next(t for t in client.tenants()["tenants"] if t["tenant"] == "team-a")["usage"] > 2, 30,
+             "team-a's usage to grow")
+    late = [client.submit(counter(f"b{i}", "team-b"))["id"] for i in range(2)]
+    final = client.wait(flood_ids + late, timeout_s=200)
+    assert all(j["state"] == "SUCCEEDED" for j in final), [(j["name"], j["state"], j["error"]) for j in final]
+    b_started = max(started_at(j) for j in final[20:])
+    after = sum(started_at(j) > b_started for j in final[:20])
+    # FIFO would start team-b after all 20; fair share puts it ahead of most of team-a's backlog
+    assert after >= 8, f"only {after} of team-a's jobs started after team-b's"
+    view = {t["tenant"]: t for t in client.tenants()["tenants"]}
+    assert view["team-a"]["usage"] > view["team-b"]["usage"] > 0
+    assert view["team-b"]["fair_share"] > view["team-a"]["fair_share"]
+
+
+@pytest.mark.timeout(180)
+def test_tenant_quota_holds_a_job_with_its_reason_and_per_job_limit_at_submit(cluster, client):
+    first = client.submit(counter("q1", "team-q", steps=40, gpus=1))["id"]
+    wait_for(lambda: client.get(first)["state"] == "RUNNING", 60, "q1 running")
+    second = client.submit(counter("q2", "team-q", steps=5, gpus=1))["id"]
+    reason = wait_for(lambda: client.get(second)["waiting"], 30, "q2's waiting reason")
+    assert reason == "waiting: tenant quota team-q 1/1 GPU"
+    assert client.cluster_status()["gpus_free"] >= 1  # held back by its quota, not by capacity
+    assert client.get(second)["state"] == "PENDING"
+    cli = subprocess.run([sys.executable, "-m", "raycluster.cli", "--state-dir", str(cluster["state_dir"]), "tenants"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    row = next(line.split() for line in cli.stdout.splitlines() if line.startswith("team-q"))
+    assert row[1] == "1/1" and row[4] == "1", cli.stdout  # GPUs held/quota, queued
+    before = len(client.list(tenant="team-q"))
+    with pytest.raises(InvalidJobSpec) as exc:
+        client.submit(counter("q3", "team-q", num_workers=2))
+    assert exc.value.field == "num_workers" and "team-q" in exc.value.message
+    assert len(client.list(tenant="team-q")) == before  # nothing created
+    final = client.wait([first, second], timeout_s=120)
+    assert [j["state"] for j in final] == ["SUCCEEDED"] * 2
+    assert started_at(final[1]) >= max(t["ts"] for t in final[0]["transitions"] if t["to"] == "SUCCEEDED") - 0.5
+
+
+CNN = {"entrypoint": "jobs.cnn:train", "resources": {"gpus": 1, "cpus": 1},
+       "config": {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.1, "report_every": 5},
+       "checkpoint": {"every_steps": 20, "keep_last": 3}}
+
+
+@pytest.mark.timeout(300)
+def test_preemption_checkpoints_requeues_and_resumes_with_identical_result(client):
+    baseline = client.wait([client.submit({**CNN, "name": "cnn-baseline", "priority": 10})["id"]], timeout_s=150)[0]
+    assert baseline["state"] == "SUCCEEDED", baseline["error"]
+    keep = client.submit(counter("keep", steps=2000, sleep=0.05, gpus=1, priority=5, preemptible=False))["id"]
+    victim = client.submit({**CNN, "name": "cnn-victim", "priority": 10})["id"]
+    other = client.submit(counter("other", steps=2000, sleep=0.05, gpus=1, priority=20))["id"]
+    wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in (keep, victim, other)), 90, "all three running")
+    wait_for(lambda: any(c["state"] == "COMPLETE" for c in client.checkpoints(victim)), 90, "a victim checkpoint")
+    urgent = client.submit(counter("urgent", steps=10, sleep=0.1, gpus=1, priority=90))["id"]
+    done = client.wait([urgent], timeout_s=120)[0]
+    assert done["state"] == "SUCCEEDED", done["error"]
+    final = client.wait([victim], timeout_s=180)[0]
+    assert final["state"] == "SUCCEEDED", final["error"]
+    pre = [t for t in final["transitions"] if t["cause"] == "preempted"]
+    assert len(pre) == 1 and pre[0]["from"] == "RUNNING" and pre[0]["to"] == "PENDING" and urgent in pre[0]["reason"]
+    assert "resumes from its checkpoint at step" in pre[0]["reason"]
+    assert final["preempted"] == 1 and final["system_restarts"] == 0 and final["attempt"] == 2
+    # it ran again only after the urgent job had started
+    assert started_at(final) > started_at(done)
+    assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
+    for key in ("final_loss", "final_accuracy", "steps"):
+        assert final["result"][key] == baseline["result"][key], key
+    for jid in (keep, other):  # the opted-out and the higher-priority job were never preempted
+        job = client.get(jid)
+        assert job["preempted"] == 0 and job["attempt"] == 1, job["transitions"]
+        client.cancel(jid)
