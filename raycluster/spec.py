@@ -82,6 +82,41 @@ class JobSpec(_Strict):
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the training tasks")
     preemptible: bool = Field(True, description="may be stopped (checkpointed first, queued again) for a "
                                                 "higher-priority job that waited too long")
+    schedule: str | None = Field(None, description="cron expression (UTC; 5 fields, or 6 with seconds last): "
+                                                   "a scheduled job that submits a run of this spec at each tick")
+    concurrency_policy: Literal["Forbid", "Allow", "Replace"] = Field(
+        "Forbid", description="a schedule's tick while its previous run is unfinished: Forbid skips it, Allow "
+                              "runs both, Replace cancels the previous run")
+    deadline: float | None = Field(None, gt=0, description="absolute time (UTC epoch seconds, or an ISO 8601 "
+                                                           "date-time) the job must finish by, else it FAILS")
+    expected_runtime_s: float | None = Field(None, gt=0, description="how long a run takes: with a deadline, a "
+                                                                     "queued job fails as soon as it can no longer finish in time")
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from datetime import datetime, timezone
+
+            try:
+                dt = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("must be UTC epoch seconds or an ISO 8601 date-time like 2026-12-01T02:00:00Z") from None
+            return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from croniter import croniter
+
+        v = " ".join(v.split())
+        if len(v.split()) not in (5, 6) or not croniter.is_valid(v):
+            raise ValueError(f"{v!r} is not a cron expression (5 fields 'min hour day month weekday', UTC, or 6 "
+                             "with seconds last; e.g. '0 2 * * *')")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -140,6 +175,9 @@ def parse_spec(data: Any) -> JobSpec:
                 msg = "required field is missing"
             parts.append(f"{_field_of(err)}: {msg}")
         raise InvalidJobSpec("invalid job spec: " + "; ".join(parts), field=_field_of(errors[0])) from None
+    if spec.schedule is not None and spec.deadline is not None:
+        raise InvalidJobSpec("deadline: an absolute deadline cannot repeat with a schedule; give its runs "
+                             "max_runtime_s instead", field="deadline")
     if spec.runtime_env:
         check_runtime_env(spec.runtime_env)
     return spec

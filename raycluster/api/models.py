@@ -183,6 +183,39 @@ class Cost(BaseModel):
     top_jobs_usd: list[dict[str, Any]] = Field(..., description="the ten costliest jobs")
 
 
+class ScheduleRun(BaseModel):
+    id: str
+    state: str
+    submitted_at: float
+    finished_at: float | None = None
+    cause: str | None = None
+    reason: str | None = None
+
+
+class Schedule(BaseModel):
+    id: str
+    name: str
+    spec: dict[str, Any] = Field(..., description="the spec each run is submitted with")
+    cron: str = Field(..., description="UTC; 5 fields, or 6 with seconds last")
+    concurrency_policy: str = Field(..., description="Forbid, Allow or Replace")
+    tenant: str | None = None
+    paused: bool
+    created_at: float
+    updated_at: float
+    next_run_at: float
+    last_tick_at: float | None = None
+    last_job_id: str | None = None
+    runs: int
+    skipped: int
+    last_error: str | None = None
+    deleted: bool = False
+    run_jobs: list[ScheduleRun] | None = Field(None, description="its newest runs (GET /schedules/{id} only)")
+
+
+class ScheduleList(BaseModel):
+    schedules: list[Schedule]
+
+
 class TenantHolding(BaseModel):
     gpus: float
     cpus: float

@@ -26,7 +26,6 @@ the actor-level retry of a call interrupted by a Coordinator restart cannot dupl
 # endpoint in its own module, where string annotations (``Request``, ``Query``...) cannot be resolved;
 # FastAPI then takes ``request`` for a required query parameter (tests/cluster/test_api.py catches it).
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -40,9 +39,10 @@ from raycluster import constants as C
 from raycluster.api._serve_compat import serve_listener_reuses_address
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
+from raycluster.api.bodies import json_body as _json_body, json_body_doc as _json_body_doc
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList, LogList, MetricList,
-                                   Package, PreemptNotice, RentalList, TenantList,
+                                   Package, PreemptNotice, RentalList, Schedule, ScheduleList, TenantList,
                                    Node, NodeList)
 from raycluster.api.settings import configure
 from raycluster.control.actors import get_handle
@@ -64,52 +64,6 @@ def _usage(total: float, free: float) -> dict:
     allocated = max(0.0, total - free)
     return {"total": total, "allocated": allocated, "free": free,
             "utilization": round(allocated / total, 6) if total > 0 else 0.0}
-
-
-def _json_body_doc(schema: str) -> dict:
-    """OpenAPI for a JSON request body the route parses by hand (so that errors keep one shape)."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
-
-
-async def _json_body(request: Request) -> Any:
-    """The request's JSON body: 415 for another declared media type (none declared: read as JSON),
-    422 for a body that is not JSON or nests deeper than API_MAX_JSON_DEPTH (naming where)."""
-    declared = request.headers.get("content-type")
-    if declared is not None:
-        media = declared.split(";", 1)[0].strip().lower()
-        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-            raise ApiError(415, "unsupported_media_type", f"the body must be JSON (Content-Type: application/json), "
-                                                          f"not {media or 'empty'}", field="Content-Type")
-    try:
-        data = json.loads(await request.body())
-    except RecursionError:
-        raise ApiError(422, "invalid_json", f"request body nests deeper than {C.API_MAX_JSON_DEPTH} levels",
-                       field="body") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
-    where = too_deep(data, C.API_MAX_JSON_DEPTH)
-    if where is not None:
-        raise ApiError(422, "invalid_json", f"{where} nests deeper than {C.API_MAX_JSON_DEPTH} levels",
-                       field=where)
-    return data
-
-
-def too_deep(data: Any, max_depth: int) -> str | None:
-    """Where ``data`` nests deeper than ``max_depth`` (the field path to it, as far as 3 names), or None."""
-    stack = [(data, 0, "")]
-    while stack:
-        node, depth, path = stack.pop()
-        if not isinstance(node, (dict, list)):
-            continue
-        if depth >= max_depth:
-            return ".".join(path.split(".")[:3]) or "body"
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in items:
-            if isinstance(v, (dict, list)):
-                name = f"{path}.{k}" if isinstance(node, dict) else f"{path}[{k}]"
-                stack.append((v, depth + 1, name.lstrip(".")))
-    return None
 
 
 @serve.deployment(name="ControlAPI")
@@ -372,6 +326,40 @@ class ControlAPI:
                 responses={**COMMON, **NOT_FOUND, 409: {**E, "description": "the job already finished"}})
     async def cancel_job(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
         return await self._coord("cancel", job_id)
+
+    @app.post("/schedules", status_code=201, response_model=Schedule, tags=["schedules"],
+              responses={**COMMON, 413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},
+                         422: {**E, "description": "invalid spec (a bad cron expression names schedule)"}},
+              openapi_extra=_json_body_doc("JobSpec"),
+              summary="create a scheduled job: a spec with schedule (cron, UTC) submits a run at each tick")
+    async def create_schedule(self, request: Request) -> dict:
+        data = await _json_body(request)
+        parse_spec(data)
+        return await self._coord("create_schedule", data, timeout_s=self.s.submit_timeout_s)
+
+    @app.get("/schedules", response_model=ScheduleList, responses=COMMON, tags=["schedules"])
+    async def list_schedules(self) -> dict:
+        return {"schedules": await self._coord("list_schedules")}
+
+    @app.get("/schedules/{schedule_id}", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
+             tags=["schedules"], summary="a schedule and its newest runs")
+    async def get_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._coord("get_schedule", schedule_id)
+
+    @app.post("/schedules/{schedule_id}/pause", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
+              tags=["schedules"], summary="submit no more runs until resumed (runs going on are left alone)")
+    async def pause_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._coord("pause_schedule", schedule_id)
+
+    @app.post("/schedules/{schedule_id}/resume", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
+              tags=["schedules"], summary="runs again from the first tick after now (missed ticks are not made up)")
+    async def resume_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._coord("resume_schedule", schedule_id)
+
+    @app.delete("/schedules/{schedule_id}", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
+                tags=["schedules"], summary="delete a schedule (runs already submitted go on)")
+    async def delete_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._coord("delete_schedule", schedule_id)
 
     @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, responses={**COMMON, **NOT_FOUND},
              tags=["jobs"])

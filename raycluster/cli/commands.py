@@ -141,6 +141,17 @@ def cmd_submit(args) -> int:
     if not isinstance(spec_dict, dict):
         parse_spec(spec_dict)  # (the error naming what it is)
     client = _client(args)
+    if spec_dict.get("schedule") is not None:  # a scheduled job: runs are submitted at its ticks
+        if args.wait:
+            raise BadArgument("--wait: a spec with a schedule makes a scheduled job; follow its runs with "
+                              "`raycluster schedules show ID`")
+        from raycluster.cli.schedules import describe
+
+        sched = client.create_schedule(spec_dict)
+        for uri in client.last_uploaded:
+            print(f"uploaded {uri}", file=sys.stderr)
+        print_json(sched) if args.json else print(describe(sched))
+        return EXIT_OK
     job = client.submit(spec_dict)  # local runtime_env directories (relative to here) uploaded first
     for uri in client.last_uploaded:
         print(f"uploaded {uri}", file=sys.stderr)

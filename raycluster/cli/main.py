@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from raycluster import constants as C
-from raycluster.cli import commands, market, simulate
+from raycluster.cli import commands, market, schedules, simulate
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
 
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "a tenants file (e.g. configs/tenants.yaml), applied without a restart")
     sp.add_argument("--set", metavar="FILE", default=None, help="check FILE and make it the cluster's tenants config")
     sp.set_defaults(fn=commands.cmd_tenants)
+    sp = sub.add_parser("schedules", help="scheduled jobs (`raycluster submit` of a spec with schedule: makes one): "
+                                          "list, show ID (its runs), pause ID, resume ID, delete ID")
+    sp.add_argument("action", nargs="?", choices=["list", "show", "pause", "resume", "delete"])
+    sp.add_argument("schedule_id", nargs="?")
+    sp.set_defaults(fn=schedules.cmd_schedules)
     sp = sub.add_parser("cancel", help="cancel a job")
     sp.add_argument("job_id")
     sp.set_defaults(fn=commands.cmd_cancel)

@@ -71,6 +71,28 @@ class ClientBase:
         spec = self._normalise(spec, base_dir)
         return self._submit(spec, idempotency_key or f"{self.key_prefix}-{uuid.uuid4().hex}")
 
+    def create_schedule(self, spec: JobSpec | dict | str | Path, base_dir: str | Path | None = None) -> dict:
+        """Create a scheduled job from a spec with ``schedule`` (local code uploaded as for submit)."""
+        return self._call_schedules("create_schedule", self._normalise(spec, base_dir))
+
+    def list_schedules(self) -> list[dict]:
+        return self._call_schedules("list_schedules")
+
+    def get_schedule(self, schedule_id: str) -> dict:
+        return self._call_schedules("get_schedule", schedule_id)
+
+    def pause_schedule(self, schedule_id: str) -> dict:
+        return self._call_schedules("pause_schedule", schedule_id)
+
+    def resume_schedule(self, schedule_id: str) -> dict:
+        return self._call_schedules("resume_schedule", schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> dict:
+        return self._call_schedules("delete_schedule", schedule_id)
+
+    def _call_schedules(self, method: str, *args):
+        raise NotImplementedError
+
     def package_store(self):
         """Where this client uploads a spec's local code (``client.packages.PackageStore``)."""
         raise NotImplementedError

@@ -198,6 +198,18 @@ class HttpClient(ClientBase):
     def tenants(self) -> dict:
         return self._get("/tenants")
 
+    def _call_schedules(self, method: str, *args):
+        if method == "create_schedule":
+            return self._send("POST", "/schedules", body=args[0])[0]
+        if method == "list_schedules":
+            return self._get("/schedules")["schedules"]
+        path = f"/schedules/{quote(str(args[0]), safe='')}"
+        if method == "get_schedule":
+            return self._get(path)
+        if method == "delete_schedule":
+            return self._send("DELETE", path)[0]
+        return self._send("POST", path + "/" + method.split("_")[0])[0]  # pause / resume
+
 
 __all__ = ["HttpClient", "error_from_response", "is_http_address"]
 

@@ -109,6 +109,9 @@ class Client(ClientBase):
     def cluster_status(self) -> dict:
         return self._call("cluster_status")
 
+    def _call_schedules(self, method: str, *args):
+        return self._call(method, *args)
+
     def tenants(self) -> dict:
         """Each tenant's quota, what it holds, queued jobs, decayed usage and fair-share factor."""
         return self._call("tenants")

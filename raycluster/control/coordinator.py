@@ -90,6 +90,24 @@ class Coordinator:
     def tenants(self) -> dict:
         return self.core.tenants_view()
 
+    def create_schedule(self, spec: dict | str) -> dict:
+        return self.core.create_schedule(spec)
+
+    def list_schedules(self) -> list[dict]:
+        return self.core.list_schedules()
+
+    def get_schedule(self, schedule_id: str) -> dict:
+        return self.core.get_schedule(schedule_id)
+
+    def pause_schedule(self, schedule_id: str) -> dict:
+        return self.core.pause_schedule(schedule_id)
+
+    def resume_schedule(self, schedule_id: str) -> dict:
+        return self.core.resume_schedule(schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> dict:
+        return self.core.delete_schedule(schedule_id)
+
     def events(self, limit: int = 100) -> list[dict]:
         return self.core.events(limit)
 

@@ -88,7 +88,11 @@ class CoordinatorCore(Reconciler):
         specs = []
         for i, (data, _key) in enumerate(pairs):
             with _located(where(i)):
-                specs.append(parse_spec(data))
+                spec = parse_spec(data)
+                if spec.schedule is not None:
+                    raise InvalidJobSpec("schedule: a spec with a schedule makes a scheduled job: create it with "
+                                         "POST /schedules (`raycluster submit` does it for you)", field="schedule")
+                specs.append(spec)
         keys = [k for _d, k in pairs if k]
         existing = self.store.find_by_idempotency_keys(keys) if keys else {}
         for i, (spec, (_d, key)) in enumerate(zip(specs, pairs)):

@@ -34,6 +34,7 @@ from raycluster import constants as C
 from raycluster.control.ledger import JobLedger
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
+from raycluster.control.schedules import SchedulesMixin
 from raycluster.control.sharing import SharingMixin
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import AdmissionQueue
@@ -101,9 +102,10 @@ class Attempt:
     first_failure_at: float | None = None
 
 
-class Reconciler(SharingMixin):
+class Reconciler(SharingMixin, SchedulesMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
-    and preemption are ``SharingMixin``'s (``control/sharing.py``)."""
+    and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
+    ``SchedulesMixin``'s (``control/schedules.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -145,6 +147,7 @@ class Reconciler(SharingMixin):
         self._last_pin = 0.0
         self._last_fair = 0.0
         self._init_sharing()
+        self._init_schedules()
 
     # ------------------------------------------------------------------ loop
     def wake(self) -> None:
@@ -175,6 +178,10 @@ class Reconciler(SharingMixin):
                 self._guard("admission", self._admit, now)
             if self._blocked or self.preempting:
                 self._guard("preemption", self._preempt_pass, now)
+            if self._sched:
+                self._guard("schedules", self._schedule_pass, now)
+            if self._deadlines:
+                self._guard("deadlines", self._deadline_pass, now)
             if self.elastic_nodes:
                 self._guard("demand", self._tell_demand)
             if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:
@@ -221,6 +228,7 @@ class Reconciler(SharingMixin):
             self.queue.discard(jid)
             self._packages.pop(jid, None)
             self._specs.pop(jid, None)
+            self._deadlines.pop(jid, None)
             return
         else:
             self._drop_pending(jid)
@@ -228,6 +236,7 @@ class Reconciler(SharingMixin):
             self._active[jid] = rec
         if jid not in self._packages:
             self._packages[jid] = gcs_uris(self._spec(rec).runtime_env)
+            self._note_deadline(rec)
 
     def _drop_pending(self, jid: str) -> None:
         rec = self._pending.pop(jid, None)

@@ -19,6 +19,7 @@ unit-tested, logged and replayed.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
@@ -89,6 +90,23 @@ def preempt_step(job: JobView, reason: str, preempted: int) -> Step:
     checkpoint first): queued again with its place in the queue, no restart spent."""
     return Step(job.id, Action.PREEMPT, JobState.RUNNING, JobState.PENDING, Cause.PREEMPTED, reason,
                 {"preempted": preempted})
+
+
+def deadline_step(job: JobView, deadline: float, expected_runtime_s: float | None, now: float) -> Step | None:
+    """FAIL (cause ``deadline``) a job that can no longer finish by its ``deadline``: the deadline has
+    passed (whatever its state), or it is still queued and ``expected_runtime_s`` no longer fits
+    before it. None while it still can."""
+    if job.state.terminal:
+        return None
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline))
+    if now >= deadline:
+        why = f"deadline {at} passed while {job.state.value}"
+    elif job.state == JobState.PENDING and expected_runtime_s and now + expected_runtime_s > deadline:
+        why = (f"cannot finish by its deadline {at}: expected_runtime_s {expected_runtime_s:g} > "
+               f"{deadline - now:.0f} s left")
+    else:
+        return None
+    return Step(job.id, Action.FAIL, job.state, JobState.FAILED, Cause.DEADLINE, why, {"finished_at": now, "error": why})
 
 
 def decide_placing(job: JobView, *, ready: bool, placing_for_s: float, timeout_s: float,

@@ -56,6 +56,7 @@ class JobRecord(BaseModel):
     preemptions: int = Field(0, description="attempts that ended because a spot node of theirs was preempted")
     preempted: int = Field(0, description="times it was stopped for a higher-priority job (checkpointed first, "
                                           "queued again, no restart spent)")
+    schedule_id: str | None = Field(None, description="the schedule this job is a run of")
     rev: int = Field(0, description="row version: grows with every insert and state change of any job "
                                     "(not with metric reports or waiting reasons)")
 
@@ -68,7 +69,8 @@ class JobRecord(BaseModel):
 
 JOBS = Table("jobs", JobRecord, extra_ddl="CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);\n"
                                           "CREATE INDEX IF NOT EXISTS jobs_order ON jobs(submitted_at, id);\n"
-                                          "CREATE INDEX IF NOT EXISTS jobs_rev ON jobs(rev);")
+                                          "CREATE INDEX IF NOT EXISTS jobs_rev ON jobs(rev);\n"
+                                          "CREATE INDEX IF NOT EXISTS jobs_schedule ON jobs(schedule_id);")
 
 # the next row version, inside a write transaction (IMMEDIATE: writers are serialized, so versions
 # are committed in order and a reader that saw version v has seen every row of version <= v)
@@ -202,6 +204,13 @@ class JobStore:
             ).fetchall()
         return [{"attempt": a, "ts": ts, "step": st, **json.loads(d)} for a, ts, st, d in reversed(rows)]
 
+    def list_by_schedule(self, schedule_id: str, limit: int = 100) -> list[JobRecord]:
+        """The newest ``limit`` runs of a schedule, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {JOBS.select_list} FROM jobs WHERE schedule_id=? "
+                                      "ORDER BY submitted_at DESC, id DESC LIMIT ?", (schedule_id, limit)).fetchall()
+        return [JOBS.row(r) for r in reversed(rows)]
+
     def count_transitions(self, job_ids: list[str], cause: Cause, since: float) -> dict[str, int]:
         """How many transitions of each job had ``cause`` at or after ``since``."""
         if not job_ids:
@@ -227,10 +236,11 @@ class JobStore:
 
     # ----------------------------------------------------------------- writes
     def insert(self, *, name: str, spec: dict, priority: int, tenant: str | None,
-               idempotency_key: str | None = None, now: float | None = None) -> JobRecord:
+               idempotency_key: str | None = None, now: float | None = None,
+               schedule_id: str | None = None) -> JobRecord:
         """A new PENDING job. Raises sqlite3.IntegrityError when ``idempotency_key`` is taken."""
         return self.insert_many([dict(name=name, spec=spec, priority=priority, tenant=tenant,
-                                      idempotency_key=idempotency_key)], now=now)[0]
+                                      idempotency_key=idempotency_key, schedule_id=schedule_id)], now=now)[0]
 
     def insert_many(self, jobs: list[dict[str, Any]], now: float | None = None) -> list[JobRecord]:
         """New PENDING jobs (each a dict of name, spec, priority, tenant, idempotency_key), all or

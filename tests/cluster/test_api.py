@@ -210,6 +210,8 @@ BAD_SPECS = [
      "invalid_spec", "num_workers"),
     ("over its tenant's per-job max_gpus", {**counter_spec("x"), "tenant": "team-small",
                                             "resources": {"cpus": 1, "gpus": 1}}, "invalid_spec", "resources.gpus"),
+    ("a schedule sent as a job", {**counter_spec("x"), "schedule": "0 2 * * *"}, "invalid_spec", "schedule"),
+    ("a bad deadline", {**counter_spec("x"), "deadline": "soon"}, "invalid_spec", "deadline"),
     ("config nested 100 deep", {**counter_spec("x"), "config": json.loads('{"a":' * 100 + "1" + "}" * 100)},
      "invalid_json", "config.a.a"),
 ]
@@ -285,6 +287,15 @@ def test_errors_have_one_shape(api):
     r = api.s.post(api.url + "/jobs", data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
     _assert_error(r, 413, "payload_too_large")
     assert _get(api, "/healthz").status_code == 200  # still serving
+    # schedules: a bad cron names schedule; nothing made
+    for body, field in (({**counter_spec("s"), "schedule": "every night"}, "schedule"),
+                        (counter_spec("s"), "schedule"), ({**counter_spec("s"), "schedule": "0 2 * * *",
+                                                          "concurrency_policy": "Never"}, "concurrency_policy")):
+        _assert_error(api.s.post(api.url + "/schedules", json=body, timeout=30), 422, "invalid_spec", field)
+    _assert_error(api.s.post(api.url + "/schedules", data=b"{}", headers={"Content-Type": "text/plain"}, timeout=30),
+                  415, "unsupported_media_type", "Content-Type")
+    assert _get(api, "/schedules").json()["schedules"] == []
+    _assert_error(_get(api, "/schedules/sched-nope"), 404, "not_found")
     small = next(t for t in _get(api, "/tenants").json()["tenants"] if t["tenant"] == "team-small")
     assert small["listed"] and small["quota"]["max_jobs"] == 3 and small["holding"]["jobs"] == 0
     after = {j["id"] for j in _get(api, "/jobs", params={"limit": 1000}).json()["jobs"]}
@@ -460,15 +471,20 @@ def test_fuzz_every_operation(api, api_schema):
     jid = created.json()["id"]
     wait_for(lambda: _state(api, jid) == "SUCCEEDED", 60, "the job to finish")
     node_id = _get(api, "/nodes").json()["nodes"][0]["id"]
+    made = by_label["POST /schedules"].Case(body={**counter_spec("fuzz-sched"), "schedule": "0 2 1 1 *"}).call_and_validate(
+        headers=auth, checks=checks, timeout=HTTP_TIMEOUT_S)
+    assert made.status_code == 201, made.text
+    sid = made.json()["id"]
     for label, op in sorted(by_label.items(), key=lambda kv: kv[0].startswith("DELETE")):
-        params = {k: v for k, v in (("job_id", jid), ("node_id", node_id)) if "{" + k + "}" in op.path}
+        params = {k: v for k, v in (("job_id", jid), ("node_id", node_id), ("schedule_id", sid))
+                  if "{" + k + "}" in op.path}
         if op.method.upper() in ("POST", "PUT") or "/api/packages/" in op.path:  # (packages: generated below)
             continue
         query = {"state": ["SUCCEEDED", "RUNNING"], "limit": 2} if label == "GET /jobs" else None
         r = op.Case(path_parameters=params, query=query).call_and_validate(headers=auth, checks=checks,
                                                                            timeout=HTTP_TIMEOUT_S)
         elastic_only = ("GET /rentals", "GET /cost", "GET /events")
-        want = 409 if label.startswith("DELETE") or label in elastic_only else 200  # (not an elastic cluster)
+        want = 409 if label == "DELETE /jobs/{job_id}" or label in elastic_only else 200  # (not an elastic cluster)
         assert r.status_code == want, (label, r.text)
 
     # 2) generated requests, valid and invalid by the schema
@@ -628,3 +644,19 @@ def test_api_comes_back_on_the_same_port_after_its_replica_dies(api):
 
     wait_for(answering_from_a_new_replica, 90, "a new API replica answering on the same port")
     assert _cmdline(_listener_pid(port)).startswith("ray::ServeReplica:raycluster-api")
+
+
+@pytest.mark.timeout(60)
+def test_schedule_round_trip_through_the_http_client(api):
+    from raycluster.client.http_client import HttpClient
+
+    c = HttpClient(api.url, api.token)
+    s = c.create_schedule({**counter_spec("nightly"), "schedule": "0 2 * * *", "concurrency_policy": "Replace"})
+    assert s["cron"] == "0 2 * * *" and s["concurrency_policy"] == "Replace" and s["next_run_at"] % 86400 == 7200
+    assert "schedule" not in s["spec"] and s["runs"] == 0
+    assert [x["id"] for x in c.list_schedules()] == [s["id"]]
+    assert c.pause_schedule(s["id"])["paused"] is True
+    assert c.resume_schedule(s["id"])["paused"] is False
+    assert c.get_schedule(s["id"])["run_jobs"] == []
+    assert c.delete_schedule(s["id"])["deleted"] is True
+    assert c.list_schedules() == []

@@ -94,35 +94,72 @@ def test_tenant_quota_holds_a_job_with_its_reason_and_per_job_limit_at_submit(cl
     assert started_at(final[1]) >= max(t["ts"] for t in final[0]["transitions"] if t["to"] == "SUCCEEDED") - 0.5
 
 
-CNN = {"entrypoint": "jobs.cnn:train", "resources": {"gpus": 1, "cpus": 1},
+CNN = {"entrypoint": "jobs.cnn:train", "resources": {"gpus": 0.5, "cpus": 0.5},
        "config": {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.1, "report_every": 5},
        "checkpoint": {"every_steps": 20, "keep_last": 3}}
 
 
 @pytest.mark.timeout(300)
 def test_preemption_checkpoints_requeues_and_resumes_with_identical_result(client):
-    baseline = client.wait([client.submit({**CNN, "name": "cnn-baseline", "priority": 10})["id"]], timeout_s=150)[0]
-    assert baseline["state"] == "SUCCEEDED", baseline["error"]
-    keep = client.submit(counter("keep", steps=2000, sleep=0.05, gpus=1, priority=5, preemptible=False))["id"]
+    # six half-GPU slots: an undisturbed baseline (priority above the urgent job's: never a candidate),
+    # one job that opted out (the lowest priority), the victim, and three of higher priority than it
+    baseline = client.submit({**CNN, "name": "cnn-baseline", "priority": 95})["id"]
+    keep = client.submit(counter("keep", steps=2000, sleep=0.05, priority=5, preemptible=False))["id"]
     victim = client.submit({**CNN, "name": "cnn-victim", "priority": 10})["id"]
-    other = client.submit(counter("other", steps=2000, sleep=0.05, gpus=1, priority=20))["id"]
-    wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in (keep, victim, other)), 90, "all three running")
+    others = [client.submit(counter(f"other{i}", steps=2000, sleep=0.05, priority=20 + i))["id"] for i in range(3)]
+    running = [baseline, keep, victim, *others]
+    wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in running), 90, "all six running")
     wait_for(lambda: any(c["state"] == "COMPLETE" for c in client.checkpoints(victim)), 90, "a victim checkpoint")
-    urgent = client.submit(counter("urgent", steps=10, sleep=0.1, gpus=1, priority=90))["id"]
+    urgent = client.submit(counter("urgent", steps=10, sleep=0.1, priority=90))["id"]
     done = client.wait([urgent], timeout_s=120)[0]
     assert done["state"] == "SUCCEEDED", done["error"]
-    final = client.wait([victim], timeout_s=180)[0]
-    assert final["state"] == "SUCCEEDED", final["error"]
+    final, base = client.wait([victim, baseline], timeout_s=180)
+    assert final["state"] == "SUCCEEDED" and base["state"] == "SUCCEEDED", (final["error"], base["error"])
     pre = [t for t in final["transitions"] if t["cause"] == "preempted"]
     assert len(pre) == 1 and pre[0]["from"] == "RUNNING" and pre[0]["to"] == "PENDING" and urgent in pre[0]["reason"]
     assert "resumes from its checkpoint at step" in pre[0]["reason"]
     assert final["preempted"] == 1 and final["system_restarts"] == 0 and final["attempt"] == 2
     # it ran again only after the urgent job had started
     assert started_at(final) > started_at(done)
-    assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
+    assert final["result"]["weights_sha256"] == base["result"]["weights_sha256"]
     for key in ("final_loss", "final_accuracy", "steps"):
-        assert final["result"][key] == baseline["result"][key], key
-    for jid in (keep, other):  # the opted-out and the higher-priority job were never preempted
+        assert final["result"][key] == base["result"][key], key
+    for jid in (keep, *others):  # the opted-out and the higher-priority jobs were never preempted
         job = client.get(jid)
         assert job["preempted"] == 0 and job["attempt"] == 1, job["transitions"]
         client.cancel(jid)
+
+
+def cli(cluster, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "raycluster.cli", "--state-dir", str(cluster["state_dir"]), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.timeout(180)
+def test_a_schedule_from_the_cli_runs_on_its_ticks_and_pauses(cluster, client, tmp_path):
+    import json
+    import time
+
+    spec = tmp_path / "cron.yaml"
+    spec.write_text("name: every-3s\nentrypoint: jobs.toy:counter\nschedule: '* * * * * */3'\n"
+                    "config: {steps: 3}\nresources: {cpus: 0.5}\n")
+    made = cli(cluster, "--json", "submit", str(spec))
+    assert made.returncode == 0, made.stderr[-2000:]
+    sid = json.loads(made.stdout)["id"]
+    wait_for(lambda: sum(r["state"] == "SUCCEEDED" for r in client.get_schedule(sid)["run_jobs"]) >= 2, 60,
+             "two runs of the schedule")
+    got = client.get_schedule(sid)
+    for run in got["run_jobs"]:
+        assert run["submitted_at"] % 3 < 1.0, got["run_jobs"]  # submitted at its ticks (every 3 s), on time
+    assert cli(cluster, "schedules", "pause", sid).returncode == 0
+    n = len(client.get_schedule(sid)["run_jobs"])
+    time.sleep(4)  # at least one tick (every 3 s) while paused
+    assert len(client.get_schedule(sid)["run_jobs"]) == n  # paused: no new run
+    listed = cli(cluster, "schedules")
+    assert sid in listed.stdout and "paused" in listed.stdout
+    assert cli(cluster, "schedules", "delete", sid).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nentrypoint: jobs.toy:counter\nschedule: 'every night'\n")
+    out = cli(cluster, "submit", str(bad))
+    assert out.returncode == 2 and "schedule" in out.stderr and "cron" in out.stderr
+    assert [s["id"] for s in client.list_schedules()] == []
