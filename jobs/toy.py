@@ -3,6 +3,9 @@
 * ``noop``     — returns at once (benchmarks the runtime's own overhead).
 * ``fail``     — raises in user code (exercises the user-error path).
 * ``chatty``   — prints and logs known lines on every rank (exercises rank logs).
+* ``trial``    — one tiny trial of a sweep: a few steps of gradient descent on a quadratic with the
+  trial's ``lr`` (pure Python); ``fail_trial`` makes that trial raise; ``sleep_s`` slows it;
+  ``marker_dir`` leaves one file per run of a trial (tests count reruns with it).
 * ``counter``  — a deterministic checkpointing loop: sums pseudo-random numbers drawn from the
   global RNGs for ``steps`` steps, sleeping ``sleep_per_step_s``; the result depends on every
   RNG draw, so a resume that loses RNG state or data position gives a different ``total``.
@@ -31,6 +34,27 @@ def chatty(ctx):
     print(f"chatty rank {ctx.rank} to stderr", file=sys.stderr)
     logging.getLogger("chatty").warning("chatty rank %d logged", ctx.rank)
     return {"rank": ctx.rank, "lines": n}
+
+
+def trial(ctx):
+    cfg = {"lr": 0.1, "steps": 20, "target": 3.0, "sleep_s": 0.0, "fail_trial": None, "marker_dir": None, **ctx.config}
+    index = getattr(ctx, "trial", 0)
+    if cfg["marker_dir"]:
+        import os
+        import uuid
+
+        with open(os.path.join(cfg["marker_dir"], f"t{index:06d}-a{ctx.attempt}-{uuid.uuid4().hex[:6]}"), "w"):
+            pass
+    if cfg["sleep_s"]:
+        time.sleep(cfg["sleep_s"])
+    if cfg["fail_trial"] is not None and index == cfg["fail_trial"]:
+        raise ValueError(f"deliberate failure of trial {index}")
+    x = 0.0
+    for _ in range(int(cfg["steps"])):
+        x -= cfg["lr"] * 2 * (x - cfg["target"])
+    loss = (x - cfg["target"]) ** 2
+    ctx.report(loss=loss)
+    return {"loss": loss, "x": x}
 
 
 def counter(ctx):

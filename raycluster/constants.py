@@ -111,6 +111,9 @@ MIN_PRIORITY = 0
 MAX_GANG_SIZE = _env_int("MAX_GANG_SIZE", 1024)
 MAX_USER_RETRIES = 10
 MAX_SYSTEM_RESTARTS = 100
+MAX_TRIALS = _env_int("MAX_TRIALS", 100_000)
+# a sweep's bundle sends its finished trials' results to the Coordinator at most this often (and at its end)
+TRIAL_FLUSH_INTERVAL_S = _env_float("TRIAL_FLUSH_INTERVAL_S", 0.2)
 
 # --- local cluster ------------------------------------------------------------------------------
 LOCAL_NODE_IP = _env_str("LOCAL_NODE_IP", "127.0.0.1")

@@ -63,6 +63,57 @@ class CheckpointPolicy(_Strict):
     keep_last: int = Field(3, ge=1, le=1000, description="complete checkpoints kept per job")
 
 
+class Trials(_Strict):
+    """A sweep: many small trials of the entrypoint run as one job, packed K per bundle (one Ray task
+    per bundle, not one per trial). Each trial's config is the job's ``config`` with its own values on top."""
+
+    configs: list[dict[str, Any]] | None = Field(None, description="each trial's config values")
+    grid: dict[str, list[Any]] | None = Field(None, description="every combination of these values (keys sorted)")
+    per_bundle: int | None = Field(None, ge=1, le=1000, description="K: trials run at once in one bundle")
+    gpus_per_trial: float | None = Field(None, gt=0, le=1, description="K = the bundle's GPUs / this")
+    cpus_per_trial: float | None = Field(None, gt=0, description="K = the bundle's CPUs / this (without GPUs)")
+    metric: str | None = Field(None, description="the result key the best trial is chosen by")
+    mode: Literal["min", "max"] = "min"
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("must name at least one config key")
+            for k, values in v.items():
+                if not values:
+                    raise ValueError(f"{k}: needs at least one value")
+        return v
+
+    def expand(self) -> list[dict[str, Any]]:
+        """Every trial's own config values, in trial order."""
+        import itertools
+
+        if self.configs is not None:
+            return [dict(c) for c in self.configs]
+        keys = sorted(self.grid or {})
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.grid[k] for k in keys))]
+
+    def count(self) -> int:
+        if self.configs is not None:
+            return len(self.configs)
+        n = 1
+        for values in (self.grid or {}).values():
+            n *= len(values)
+        return n
+
+    def per_bundle_for(self, resources: "WorkerResources") -> int:
+        """K: trials run at once in one bundle (explicit, else from a trial's declared share of it)."""
+        if self.per_bundle:
+            return self.per_bundle
+        if self.gpus_per_trial and resources.gpus:
+            return max(1, int(resources.gpus / self.gpus_per_trial + 1e-9))
+        if self.cpus_per_trial:
+            return max(1, int(resources.cpus / self.cpus_per_trial + 1e-9))
+        return 1
+
+
 class JobSpec(_Strict):
     name: str = Field(..., description="human-readable job name")
     entrypoint: str = Field(..., description="'package.module:function' called as function(ctx)")
@@ -80,6 +131,7 @@ class JobSpec(_Strict):
         "auto", description="on an elastic cluster, which nodes it runs on and is rented for: spot first then "
                             "on-demand (auto), on-demand only (never), spot only (only)")
     runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for the training tasks")
+    trials: Trials | None = Field(None, description="a sweep: many small trials run as one job, K per bundle")
     preemptible: bool = Field(True, description="may be stopped (checkpointed first, queued again) for a "
                                                 "higher-priority job that waited too long")
     schedule: str | None = Field(None, description="cron expression (UTC; 5 fields, or 6 with seconds last): "
@@ -91,6 +143,11 @@ class JobSpec(_Strict):
                                                            "date-time) the job must finish by, else it FAILS")
     expected_runtime_s: float | None = Field(None, gt=0, description="how long a run takes: with a deadline, a "
                                                                      "queued job fails as soon as it can no longer finish in time")
+
+    @field_validator("trials", mode="before")
+    @classmethod
+    def _trials_list(cls, v: Any) -> Any:
+        return {"configs": v} if isinstance(v, list) else v  # `trials: [{...}, ...]` is a list of configs
 
     @field_validator("deadline", mode="before")
     @classmethod
@@ -175,6 +232,12 @@ def parse_spec(data: Any) -> JobSpec:
                 msg = "required field is missing"
             parts.append(f"{_field_of(err)}: {msg}")
         raise InvalidJobSpec("invalid job spec: " + "; ".join(parts), field=_field_of(errors[0])) from None
+    if spec.trials is not None:
+        if (spec.trials.configs is None) == (spec.trials.grid is None):
+            raise InvalidJobSpec("trials: give exactly one of configs (a list) or grid", field="trials")
+        n = spec.trials.count()
+        if not 1 <= n <= C.MAX_TRIALS:
+            raise InvalidJobSpec(f"trials: {n} trials; a sweep has 1-{C.MAX_TRIALS}", field="trials")
     if spec.schedule is not None and spec.deadline is not None:
         raise InvalidJobSpec("deadline: an absolute deadline cannot repeat with a schedule; give its runs "
                              "max_runtime_s instead", field="deadline")

@@ -28,6 +28,7 @@ class FakeOps(GangOps):
         self.watched = []
         self.pinned = []
         self.requested = []
+        self.launches: dict[int, dict] = {}
 
     def _assignment(self) -> dict[str, list[str]]:
         """Each placed group's nodes: the bundles of the ready groups, in creation order, one per node."""
@@ -74,6 +75,7 @@ class FakeOps(GangOps):
     def launch_rank(self, pg, bundle_index, resources, launch, runtime_env, task_name):
         ref = next(self._ids)
         self.tasks[ref] = RankResult(launch["rank"], RankStatus.RUNNING)
+        self.launches[ref] = launch
         return ref
 
     def poll(self, refs):

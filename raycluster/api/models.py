@@ -47,6 +47,7 @@ class Job(JobRecord):
     transitions: list[Transition] | None = Field(None, description="audit trail (GET /jobs/{id} only)")
     cost_usd: float | None = Field(None, description="its share of the rented nodes it ran on, every attempt "
                                                      "(elastic clusters; 0 on nodes that are not rented)")
+    sweep: dict[str, Any] | None = Field(None, description="a sweep's counts and best trial so far (GET /jobs/{id})")
 
 
 class JobBatch(BaseModel):
@@ -181,6 +182,23 @@ class Cost(BaseModel):
     unattributed_usd: float = Field(..., description="the part no job held: idle and starting nodes")
     by_tenant_usd: dict[str, float]
     top_jobs_usd: list[dict[str, Any]] = Field(..., description="the ten costliest jobs")
+
+
+class Trial(BaseModel):
+    trial: int
+    attempt: int = Field(..., description="the attempt that ran it (a finished trial is never run again)")
+    ok: bool
+    config: dict[str, Any] = Field(..., description="its whole config (the job's with the trial's values on top)")
+    result: Any = None
+    error: str | None = Field(None, description="its traceback when it raised")
+    duration_s: float | None = None
+    finished_at: float
+
+
+class TrialList(BaseModel):
+    job_id: str
+    summary: dict[str, Any] = Field(..., description="trials, succeeded, failed, unfinished, best")
+    trials: list[Trial]
 
 
 class ScheduleRun(BaseModel):

@@ -42,7 +42,7 @@ from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.bodies import json_body as _json_body, json_body_doc as _json_body_doc
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList, LogList, MetricList,
-                                   Package, PreemptNotice, RentalList, Schedule, ScheduleList, TenantList,
+                                   Package, PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList,
                                    Node, NodeList)
 from raycluster.api.settings import configure
 from raycluster.control.actors import get_handle
@@ -326,6 +326,14 @@ class ControlAPI:
                 responses={**COMMON, **NOT_FOUND, 409: {**E, "description": "the job already finished"}})
     async def cancel_job(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
         return await self._coord("cancel", job_id)
+
+    @app.get("/jobs/{job_id}/trials", response_model=TrialList, tags=["jobs"],
+             responses={**COMMON, **NOT_FOUND, 422: {**E, "description": "the job is not a sweep"}},
+             summary="a sweep's per-trial results (trial order) and its summary with the best trial")
+    async def job_trials(self, job_id: str = PathParam(..., pattern=_JOB_ID),
+                         limit: int = Query(1000, ge=1, le=10000), offset: int = Query(0, ge=0, le=1_000_000_000),
+                         failed: bool = Query(False, description="only the trials that raised")) -> dict:
+        return await self._coord("list_trials", job_id, limit, offset, failed)
 
     @app.post("/schedules", status_code=201, response_model=Schedule, tags=["schedules"],
               responses={**COMMON, 413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},

@@ -84,6 +84,15 @@ def job_details(job: dict) -> str:
     if job.get("cost_usd") is not None:
         out.append(f"cost: {job['cost_usd']:.4f} USD over {job.get('attempt', 0)} attempt(s), "
                    f"{job.get('preemptions', 0)} preemption(s)")
+    sweep = job.get("sweep")
+    if sweep:
+        out.append(f"sweep: {sweep['trials']} trials: {sweep['succeeded']} succeeded, {sweep['failed']} failed, "
+                   f"{sweep['unfinished']} unfinished")
+        best = sweep.get("best")
+        if best:
+            out.append(f"best trial: #{best['trial']} {best['metric']}={best['value']:g} config {json.dumps(best['config'])}")
+    if job.get("preempted"):
+        out.append(f"preempted for higher-priority jobs: {job['preempted']} time(s)")
     for k in ("reason", "error", "result"):
         if job.get(k):
             out.append(f"{k}: {job[k] if isinstance(job[k], str) else json.dumps(job[k])}")

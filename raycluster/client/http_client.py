@@ -198,6 +198,10 @@ class HttpClient(ClientBase):
     def tenants(self) -> dict:
         return self._get("/tenants")
 
+    def trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
+        return self._get(self._job_path(job_id, "/trials"), limit=limit, offset=offset,
+                         failed="true" if failed_only else None)
+
     def _call_schedules(self, method: str, *args):
         if method == "create_schedule":
             return self._send("POST", "/schedules", body=args[0])[0]

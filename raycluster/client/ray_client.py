@@ -109,6 +109,10 @@ class Client(ClientBase):
     def cluster_status(self) -> dict:
         return self._call("cluster_status")
 
+    def trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
+        """A sweep's per-trial results and summary."""
+        return self._call("list_trials", job_id, limit, offset, failed_only)
+
     def _call_schedules(self, method: str, *args):
         return self._call(method, *args)
 

@@ -90,6 +90,12 @@ class Coordinator:
     def tenants(self) -> dict:
         return self.core.tenants_view()
 
+    def trials_done(self, job_id: str, attempt: int, rows: list[dict]) -> int:
+        return self.core.trials_done(job_id, attempt, rows)
+
+    def list_trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
+        return self.core.list_trials(job_id, limit, offset, failed_only)
+
     def create_schedule(self, spec: dict | str) -> dict:
         return self.core.create_schedule(spec)
 

@@ -184,9 +184,12 @@ class CoordinatorCore(Reconciler):
 
     # ------------------------------------------------------------------ reads
     def get(self, job_id: str) -> dict:
-        out = self.store.get(job_id).to_dict()
+        rec = self.store.get(job_id)
+        out = rec.to_dict()
         out["transitions"] = self.store.transitions(job_id)
         out["cost_usd"] = self._costs([job_id])[job_id]
+        if rec.spec.get("trials"):  # a sweep: its counts and best trial so far
+            out["sweep"] = self.sweep_summary(job_id, self._specs.get(job_id) or JobSpec.model_validate(rec.spec))
         return out
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,

@@ -36,6 +36,7 @@ from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.control.schedules import SchedulesMixin
 from raycluster.control.sharing import SharingMixin
+from raycluster.control.sweeps import SweepsMixin
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import AdmissionQueue
 from raycluster.policy.budget import with_kind
@@ -102,10 +103,10 @@ class Attempt:
     first_failure_at: float | None = None
 
 
-class Reconciler(SharingMixin, SchedulesMixin):
+class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
     and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
-    ``SchedulesMixin``'s (``control/schedules.py``)."""
+    ``SchedulesMixin``'s (``control/schedules.py``), sweeps ``SweepsMixin``'s (``control/sweeps.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -148,6 +149,8 @@ class Reconciler(SharingMixin, SchedulesMixin):
         self._last_fair = 0.0
         self._init_sharing()
         self._init_schedules()
+        self._init_sweeps()
+        self._sweep_done: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------------ loop
     def wake(self) -> None:
@@ -229,6 +232,7 @@ class Reconciler(SharingMixin, SchedulesMixin):
             self._packages.pop(jid, None)
             self._specs.pop(jid, None)
             self._deadlines.pop(jid, None)
+            self._sweep_done.pop(jid, None)
             return
         else:
             self._drop_pending(jid)
@@ -400,6 +404,9 @@ class Reconciler(SharingMixin, SchedulesMixin):
                 extra["preemptions"] = job.preemptions + 1  # a spot node of its was taken back
             if step.action == Action.SUCCEED:
                 self._flush_metrics()
+                spec = self._spec(job)
+                if spec.trials is not None:  # a sweep's result: its counts and best trial
+                    extra["result"] = self.sweep_summary(job.id, spec)
         return self._transition(job, step, now, **extra)
 
     def _record_usage(self, job: JobRecord, att: Attempt, now: float) -> None:
@@ -427,6 +434,7 @@ class Reconciler(SharingMixin, SchedulesMixin):
                     "entrypoint": spec.entrypoint, "config": spec.config, "checkpoint_root": self.checkpoint_root,
                     "checkpoint_policy": spec.checkpoint.model_dump(), "checkpoint_manager": self.cm,
                     "coordinator": self.handle, "log_dir": self.log_dir,
+                    "sweep": self._sweep_of(job.id, spec, rank, spec.num_workers),
                 }
                 refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
                                                  f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))

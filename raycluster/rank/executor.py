@@ -139,6 +139,8 @@ def _run_rank(launch: dict[str, Any]) -> dict[str, Any]:
             checkpoint_policy=launch["checkpoint_policy"], checkpoint_manager=launch.get("checkpoint_manager"),
             coordinator=launch.get("coordinator"),
         )
+        if launch.get("sweep") is not None:
+            return _run_sweep(fn, launch, ctx, out)
         if world > 1:
             backend = "nccl" if ctx.device.type == "cuda" else "gloo"
             _init_distributed(launch["job_id"], launch["attempt"], rank, world, backend, C.RENDEZVOUS_TIMEOUT_S)
@@ -160,6 +162,31 @@ def _run_rank(launch: dict[str, Any]) -> dict[str, Any]:
         return {**out, "status": "system_error", "error": traceback.format_exc()}
     _destroy_pg()
     return {**out, "status": "ok", "result": _json_safe(result) if rank == 0 else None}
+
+
+def _run_sweep(fn: Callable, launch: dict[str, Any], ctx, out: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's bundle: its trials in this process (``rank/sweep.py``), no process group. A trial's
+    exception is its own; only a failure to record results fails the bundle (a system error)."""
+    import ray
+
+    from raycluster.rank.sweep import TrialContext, run_bundle
+
+    coord = launch.get("coordinator")
+
+    def send(rows: list[dict]) -> None:
+        if coord is not None:
+            ray.get(coord.trials_done.remote(launch["job_id"], launch["attempt"], rows), timeout=120)
+
+    def make_ctx(trial: int, config: dict) -> TrialContext:
+        return TrialContext(job_id=launch["job_id"], attempt=launch["attempt"], trial=trial, config=config,
+                            device_of=lambda: ctx.device, checkpoint_root=launch["checkpoint_root"],
+                            checkpoint_policy=launch["checkpoint_policy"])
+
+    try:
+        counts = run_bundle(fn, launch["sweep"], make_ctx, send)
+    except Exception:
+        return {**out, "status": "system_error", "error": traceback.format_exc()}
+    return {**out, "status": "ok", "result": counts}
 
 
 def _destroy_pg() -> None:

@@ -163,3 +163,52 @@ def test_a_schedule_from_the_cli_runs_on_its_ticks_and_pauses(cluster, client, t
     out = cli(cluster, "submit", str(bad))
     assert out.returncode == 2 and "schedule" in out.stderr and "cron" in out.stderr
     assert [s["id"] for s in client.list_schedules()] == []
+
+
+def sweep(name, trials, **kw):
+    return {"name": name, "entrypoint": "jobs.toy:trial", "trials": trials, "resources": {"cpus": 0.5}, **kw}
+
+
+@pytest.mark.timeout(180)
+def test_a_sweep_of_200_trials_isolates_the_failing_one(cluster, client):
+    job = client.submit(sweep("sweep-200", {"grid": {"lr": [0.001 * i for i in range(1, 201)]}, "per_bundle": 4,
+                                            "metric": "loss"}, num_workers=2, config={"fail_trial": 17}))
+    final = client.wait([job["id"]], timeout_s=150)[0]
+    assert final["state"] == "SUCCEEDED", final["error"]
+    summary = final["result"]
+    assert (summary["trials"], summary["succeeded"], summary["failed"], summary["unfinished"]) == (200, 199, 1, 0)
+    assert summary["best"]["trial"] == 199 and summary["best"]["config"]["lr"] == pytest.approx(0.2)
+    page = client.trials(job["id"], failed_only=True)
+    assert [t["trial"] for t in page["trials"]] == [17] and "deliberate failure of trial 17" in page["trials"][0]["error"]
+    assert len(client.trials(job["id"])["trials"]) == 200
+    shown = cli(cluster, "status", job["id"])
+    assert "sweep: 200 trials: 199 succeeded, 1 failed" in shown.stdout and "best trial: #199" in shown.stdout
+
+
+@pytest.mark.timeout(240)
+def test_a_node_killed_mid_sweep_reruns_no_finished_trial(cluster, client, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    lc = cluster["lc"]
+    spec = sweep("sweep-kill", {"grid": {"lr": [0.01 * i for i in range(1, 61)]}}, num_workers=3,
+                 placement_strategy="STRICT_SPREAD", config={"sleep_s": 0.3, "marker_dir": str(markers)},
+                 max_restarts=3)
+    jid = client.submit(spec)["id"]
+    wait_for(lambda: client.get(jid).get("sweep", {}).get("succeeded", 0) >= 15, 90, "15 finished trials")
+    pg = next(i for i in __import__("ray").util.placement_group_table().values() if i.get("name") == f"rc-{jid}-a1")
+    victim = next(n for n in lc.nodes() if n.ray_node_id == pg["bundles_to_node_id"][0])
+    lc.kill_node(victim.name)
+    wait_for(lambda: client.get(jid)["attempt"] >= 2, 90, "the sweep to be placed again")
+    lc.add_worker()
+    final = client.wait([jid], timeout_s=150)[0]
+    assert final["state"] == "SUCCEEDED", final["error"]
+    assert final["result"]["succeeded"] == 60 and final["system_restarts"] == 1
+    trials = client.trials(jid)["trials"]
+    runs: dict[int, list[str]] = {}
+    for m in markers.iterdir():
+        runs.setdefault(int(m.name[1:7]), []).append(m.name.split("-")[1])
+    first = [t["trial"] for t in trials if t["attempt"] == 1]
+    assert len(first) >= 15
+    for t in first:  # finished (recorded) in attempt 1: never run again
+        assert runs[t] == ["a1"], (t, runs[t])
+    assert sorted(runs) == list(range(60))
