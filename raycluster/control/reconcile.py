@@ -456,8 +456,10 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
     def _pin_packages(self) -> None:
         """Renew the GCS pins of the uploaded packages (working_dir, py_modules) of every job not yet
         finished: Ray deletes a package once no job, actor or worker refers to it, and the Ray job
-        that uploaded it (``ray job submit --working-dir``) may end long before our job is placed."""
-        uris = sorted({u for us in self._packages.values() for u in us})
+        that uploaded it (``ray job submit --working-dir``) may end long before our job is placed.
+        A schedule's packages are pinned for as long as it exists (its runs need them at every tick)."""
+        uris = sorted({u for us in self._packages.values() for u in us}
+                      | {u for sched in self._sched.values() for u in gcs_uris(sched.spec.get("runtime_env"))})
         if uris:
             self.ops.pin_uris(uris, C.PACKAGE_PIN_S)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from raycluster import constants as C
 from raycluster.errors import IllegalTransition, InvalidJobSpec
 from raycluster.policy.schedules import ScheduleView, TickAction, decide_tick, next_tick
 from raycluster.policy.steps import deadline_step
@@ -52,6 +53,11 @@ class SchedulesMixin:
         with self._lock:
             self.schedules.insert(rec)
             self._sched[rec.id] = rec
+        from raycluster.control.reconcile import gcs_uris
+
+        uris = gcs_uris(spec.runtime_env)
+        if uris:  # pinned from now on, for as long as the schedule exists
+            self._guard("pin packages", self.ops.pin_uris, uris, C.PACKAGE_PIN_S)
         log.info("schedule %s (%s, %r, %s) created; next run at %.0f", rec.id, rec.name, rec.cron,
                  rec.concurrency_policy, rec.next_run_at)
         self.wake()

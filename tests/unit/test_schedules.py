@@ -187,3 +187,22 @@ def test_deadlines_in_the_loop(env):
     h = core.get(hog)
     assert h["state"] == "FAILED" and h["cause"] == "deadline" and "passed while RUNNING" in h["reason"]
     assert ops.pgs[f"rc-{hog}-a1"].removed
+
+
+def test_a_schedules_packages_stay_pinned_while_it_exists(env, monkeypatch):
+    from raycluster import constants as C
+
+    core, ops, clock = env
+    uri = "gcs://_ray_pkg_0123456789abcdef.zip"
+    sid = core.create_schedule(sched(runtime_env={"working_dir": uri}))["id"]
+    assert ops.pinned and uri in ops.pinned[-1][0]  # at once
+    core.pause_schedule(sid)  # (no runs: a paused schedule's packages are kept too, it may resume)
+    ops.pinned.clear()
+    clock.t += C.PACKAGE_PIN_S  # long after: still renewed, though no run is unfinished
+    core.reconcile_once()
+    assert any(uri in uris for uris, _s in ops.pinned)
+    core.delete_schedule(sid)
+    ops.pinned.clear()
+    clock.t += C.PACKAGE_PIN_S
+    core.reconcile_once()
+    assert not any(uri in uris for uris, _s in ops.pinned)
