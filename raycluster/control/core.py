@@ -23,6 +23,7 @@ from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, Ille
                                InvalidJobSpec)
 from raycluster.policy.budget import Gang, cheapest_gang_usd_per_hour
 from raycluster.policy.placement import infeasible_reason
+from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
 from raycluster.provision.market.local import RENTAL_LABEL
@@ -239,7 +240,8 @@ class CoordinatorCore(Reconciler):
             out = [gang(r) for r in placing]
             for q in self.queue.ordered():
                 rec = self._pending.get(q.job_id)
-                if rec is not None and rec.waiting is not None and q.bundles:
+                # a job held by its tenant's quota would not start on a rented node either
+                if rec is not None and rec.waiting is not None and q.bundles and not held_by_quota(rec.waiting):
                     out.append(gang(rec))
         return out
 

@@ -44,6 +44,7 @@ from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
+from raycluster.policy.tenants import held_by_quota
 from raycluster.spec import JobSpec
 from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
@@ -144,6 +145,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
         self.budget_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
         self.ledger = JobLedger(self.state_dir, bool(elastic), clock)
         self._demand_key: tuple | None = None
+        self._waiting_version = 0
         self._last_sweep = 0.0
         self._last_pin = 0.0
         self._last_fair = 0.0
@@ -347,13 +349,15 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
             rec = self._pending[jid]
             self._waiting.move(jid, rec.waiting, why)
             rec.waiting = why
+        if changed:
+            self._waiting_version += 1  # (the demand told to Ray leaves quota-held jobs out)
 
     def _tell_demand(self) -> None:
         """Queued gangs are visible to Ray's autoscaler only through us (a placement group is made
         once a gang fits): tell it the bundles of every running and queued gang (at most
         DEMAND_MAX_BUNDLES, in queue order) whenever they change; nothing left clears the request,
         so idle rented nodes are released."""
-        key = (self.queue.version, frozenset(self._active), self.budget_version)
+        key = (self.queue.version, frozenset(self._active), self.budget_version, self._waiting_version)
         if key == self._demand_key:
             return
         bundles: list[dict[str, float]] = []
@@ -367,8 +371,10 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
             if len(bundles) >= C.DEMAND_MAX_BUNDLES:
                 break
             # a gang the BudgetAutoscaler rents nothing for is not asked for: Ray's autoscaler meets
-            # a resource request whole or not at all, so one such gang would hold back every other
-            if job.job_id not in held_back:
+            # a resource request whole or not at all, so one such gang would hold back every other;
+            # nor is one its tenant's quota holds back (it would not start on a new node either)
+            rec = self._pending.get(job.job_id)
+            if job.job_id not in held_back and not (rec is not None and held_by_quota(rec.waiting)):
                 bundles.extend(job.bundles)
         self.ops.request_resources(bundles[:C.DEMAND_MAX_BUNDLES])
         self._demand_key = key

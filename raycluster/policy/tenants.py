@@ -8,7 +8,8 @@ formula.
 **Quotas** (per tenant, any subset; unlisted tenants get ``default``'s, a job with no tenant is tenant
 ``default``): ``max_gpus``, ``max_cpus``, ``max_memory_mb`` (summed over the bundles of its jobs that
 hold resources: PLACING, RUNNING, RECOVERING) and ``max_jobs`` (such jobs at once). A job that would
-pass one waits with the reason ``waiting: tenant quota team-a 8/8 GPU`` (what it holds / its quota):
+pass one waits with the reason ``tenant quota team-a 8/8 GPU`` (what it holds / its quota;
+``raycluster status`` shows ``waiting: tenant quota team-a 8/8 GPU``):
 it is not "blocked" for the queue (it reserves no capacity, lower jobs of other tenants go on).
 
 **Per-job limits** (``per_job``: ``max_workers``, ``max_gpus`` (whole gang), ``max_cpus``,
@@ -126,12 +127,20 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+QUOTA_REASON_PREFIX = "tenant quota "
+
+
+def held_by_quota(waiting: str | None) -> bool:
+    """Whether a waiting reason is a tenant quota's (no node is rented for such a job)."""
+    return bool(waiting) and waiting.startswith(QUOTA_REASON_PREFIX)
+
+
 def quota_reason(tenant: str, quota: TenantQuota, used: Demand, job: Demand) -> str | None:
     """Why a job of ``tenant`` cannot start now under its quota (None: it can)."""
     for attr, limit_attr, unit in _DIMENSIONS:
         limit = getattr(quota, limit_attr)
         if limit is not None and getattr(used, attr) + getattr(job, attr) > limit + 1e-9:
-            return f"waiting: tenant quota {tenant} {_num(getattr(used, attr))}/{_num(limit)} {unit}"
+            return f"{QUOTA_REASON_PREFIX}{tenant} {_num(getattr(used, attr))}/{_num(limit)} {unit}"
     return None
 
 

@@ -76,7 +76,7 @@ def test_tenant_quota_holds_a_job_with_its_reason_and_per_job_limit_at_submit(cl
     wait_for(lambda: client.get(first)["state"] == "RUNNING", 60, "q1 running")
     second = client.submit(counter("q2", "team-q", steps=5, gpus=1))["id"]
     reason = wait_for(lambda: client.get(second)["waiting"], 30, "q2's waiting reason")
-    assert reason == "waiting: tenant quota team-q 1/1 GPU"
+    assert reason == "tenant quota team-q 1/1 GPU"
     assert client.cluster_status()["gpus_free"] >= 1  # held back by its quota, not by capacity
     assert client.get(second)["state"] == "PENDING"
     cli = subprocess.run([sys.executable, "-m", "raycluster.cli", "--state-dir", str(cluster["state_dir"]), "tenants"],

@@ -22,15 +22,15 @@ GPU = {"CPU": 1.0, "GPU": 1.0}
 @pytest.mark.parametrize("quota,used,job,expect", [
     ({}, Demand(gpus=100, jobs=50), Demand(gpus=8), None),
     ({"max_gpus": 8}, Demand(gpus=7, jobs=3), Demand(gpus=1), None),
-    ({"max_gpus": 8}, Demand(gpus=8, jobs=4), Demand(gpus=1), "waiting: tenant quota team-a 8/8 GPU"),
-    ({"max_gpus": 8}, Demand(gpus=6, jobs=1), Demand(gpus=4), "waiting: tenant quota team-a 6/8 GPU"),
+    ({"max_gpus": 8}, Demand(gpus=8, jobs=4), Demand(gpus=1), "tenant quota team-a 8/8 GPU"),
+    ({"max_gpus": 8}, Demand(gpus=6, jobs=1), Demand(gpus=4), "tenant quota team-a 6/8 GPU"),
     ({"max_gpus": 8}, Demand(gpus=7.5, jobs=1), Demand(gpus=0.5), None),
-    ({"max_cpus": 4}, Demand(cpus=3.5, jobs=1), Demand(cpus=1), "waiting: tenant quota team-a 3.5/4 CPU"),
+    ({"max_cpus": 4}, Demand(cpus=3.5, jobs=1), Demand(cpus=1), "tenant quota team-a 3.5/4 CPU"),
     ({"max_memory_mb": 1024}, Demand(memory_mb=1000, jobs=1), Demand(memory_mb=100),
-     "waiting: tenant quota team-a 1000/1024 MB memory"),
-    ({"max_jobs": 2}, Demand(jobs=2), Demand(), "waiting: tenant quota team-a 2/2 jobs"),
-    ({"max_jobs": 0}, Demand(jobs=0), Demand(), "waiting: tenant quota team-a 0/0 jobs"),
-    ({"max_gpus": 8, "max_jobs": 2}, Demand(gpus=8, jobs=2), Demand(gpus=1), "waiting: tenant quota team-a 8/8 GPU"),
+     "tenant quota team-a 1000/1024 MB memory"),
+    ({"max_jobs": 2}, Demand(jobs=2), Demand(), "tenant quota team-a 2/2 jobs"),
+    ({"max_jobs": 0}, Demand(jobs=0), Demand(), "tenant quota team-a 0/0 jobs"),
+    ({"max_gpus": 8, "max_jobs": 2}, Demand(gpus=8, jobs=2), Demand(gpus=1), "tenant quota team-a 8/8 GPU"),
 ])
 def test_quota_table(quota, used, job, expect):
     assert quota_reason("team-a", TenantQuota(**quota), used, job) == expect
@@ -121,7 +121,7 @@ def test_admission_respects_quota_without_blocking_others():
     d = decide_admission(AdmissionContext(tuple(jobs), free, 0.0, 0.0), now=1e6, quota=quota)
     assert d.admit == ["a0", "b0"]  # a has 1 of 2 GPUs: one more; b is not held back by a's refusal
     assert d.blocked is None and d.reserved_for is None  # a quota refusal reserves nothing
-    assert d.waiting == {f"a{i}": "waiting: tenant quota a 2/2 GPU" for i in range(1, 5)}
+    assert d.waiting == {f"a{i}": "tenant quota a 2/2 GPU" for i in range(1, 5)}
     assert quota.used["a"] == Demand(gpus=2, cpus=2, jobs=2)
 
 
@@ -132,7 +132,7 @@ def test_quota_refusal_and_capacity_wait_side_by_side():
     d = decide_admission(AdmissionContext(jobs, {"n0": dict(GPU), "n1": dict(GPU)}, 1e9, 0.0), now=10.0,
                          quota=QuotaView(cfg))
     assert d.admit == ["a0", "b1"]
-    assert d.waiting == {"a1": "waiting: tenant quota a 1/1 jobs", "b0": "waiting for capacity"}
+    assert d.waiting == {"a1": "tenant quota a 1/1 jobs", "b0": "waiting for capacity"}
     assert d.blocked == "b0"
 
 
@@ -227,7 +227,9 @@ def test_loop_quota_reason_visible_and_per_job_limit_at_submit(env):
     assert states[ids[0]] == "RUNNING" and states[b] == "RUNNING"
     for j in ids[1:]:
         job = core.get(j)
-        assert job["state"] == "PENDING" and job["waiting"] == "waiting: tenant quota team-a 1/1 GPU"
+        assert job["state"] == "PENDING" and job["waiting"] == "tenant quota team-a 1/1 GPU"
+    # the BudgetAutoscaler is not asked to rent for jobs their quota holds back (b, a0 run; none waits)
+    assert [g["job_id"] for g in core.budget_queue()] == []
     with pytest.raises(InvalidJobSpec) as exc:
         core.submit(spec("big", tenant="team-a", num_workers=3))
     assert exc.value.field == "num_workers" and "max_workers 2" in exc.value.message
