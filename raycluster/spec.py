@@ -255,6 +255,20 @@ def is_local_path(value: Any) -> bool:
     return isinstance(value, str) and "://" not in value
 
 
+def gcs_uris(runtime_env: dict | None) -> list[str]:
+    """The gcs:// package URIs a runtime_env refers to (working_dir, py_modules)."""
+    if not runtime_env:
+        return []
+    out = []
+    wd = runtime_env.get("working_dir")
+    if isinstance(wd, str) and wd.startswith("gcs://"):
+        out.append(wd)
+    for m in runtime_env.get("py_modules") or []:
+        if isinstance(m, str) and m.startswith("gcs://"):
+            out.append(m)
+    return out
+
+
 def check_runtime_env(runtime_env: dict[str, Any]) -> None:
     """Refuse, naming ``runtime_env.<key>``, what Ray would refuse only when the job's tasks start
     (a traceback then): unknown keys, values of the wrong type (Ray's own check, key by key), and

@@ -62,7 +62,7 @@ def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | 
 
 
 def get_or_create_budget_autoscaler(state_dir: Path):
-    from raycluster.control.budget_autoscaler import BudgetAutoscaler
+    from raycluster.control.elastic.budget_autoscaler import BudgetAutoscaler
 
     return BudgetAutoscaler.options(**_options(C.BUDGET_AUTOSCALER_NAME)).remote(str(state_dir))
 

@@ -18,7 +18,7 @@ from typing import Any
 from raycluster import constants as C
 from raycluster.control.nodes import totals_and_free
 from raycluster.control.rayops import pg_name
-from raycluster.control.reconcile import Reconciler, gcs_uris
+from raycluster.control.reconcile import Reconciler
 from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
                                InvalidJobSpec)
 from raycluster.policy.budget import Gang, cheapest_gang_usd_per_hour
@@ -28,7 +28,7 @@ from raycluster.provision import spend
 from raycluster.provision.market import registry
 from raycluster.provision.market.local import RENTAL_LABEL
 from raycluster.rank.logs import read_rank_logs
-from raycluster.spec import JobSpec, parse_spec
+from raycluster.spec import JobSpec, gcs_uris, parse_spec
 from raycluster.store.lifecycle import Cause, JobState
 from raycluster.util.ttlcache import TTLCache
 

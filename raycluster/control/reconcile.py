@@ -31,66 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from raycluster import constants as C
-from raycluster.control.ledger import JobLedger
+from raycluster.control.elastic.ledger import JobLedger
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.control.schedules import SchedulesMixin
 from raycluster.control.sharing import SharingMixin
 from raycluster.control.sweeps import SweepsMixin
 from raycluster.errors import IllegalTransition
-from raycluster.policy.admission import AdmissionQueue
+from raycluster.policy.admission import AdmissionQueue, WaitingIndex
 from raycluster.policy.budget import with_kind
 from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
 from raycluster.policy.tenants import held_by_quota
-from raycluster.spec import JobSpec
+from raycluster.spec import JobSpec, gcs_uris
 from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
 from raycluster.store.lifecycle import ACTIVE_STATES, TERMINAL_STATES, Cause, JobState
 
 log = logging.getLogger("raycluster.coordinator")
-
-
-def gcs_uris(runtime_env: dict | None) -> list[str]:
-    """The gcs:// package URIs a runtime_env refers to (working_dir, py_modules)."""
-    if not runtime_env:
-        return []
-    out = []
-    wd = runtime_env.get("working_dir")
-    if isinstance(wd, str) and wd.startswith("gcs://"):
-        out.append(wd)
-    for m in runtime_env.get("py_modules") or []:
-        if isinstance(m, str) and m.startswith("gcs://"):
-            out.append(m)
-    return out
-
-
-class WaitingIndex:
-    """The pending jobs by their stored waiting reason, so that the reasons a pass gives (the same
-    for thousands of jobs) are compared with the stored ones as set differences, not job by job."""
-
-    def __init__(self):
-        self._by_reason: dict[str, set[str]] = {}
-
-    def move(self, job_id: str, old: str | None, new: str | None) -> None:
-        if old == new:
-            return
-        if old is not None and (have := self._by_reason.get(old)) is not None:
-            have.discard(job_id)
-            if not have:
-                del self._by_reason[old]
-        if new is not None:
-            self._by_reason.setdefault(new, set()).add(job_id)
-
-    def changed(self, groups: list[tuple[str, list[str]]]) -> dict[str, str]:
-        """The jobs of ``groups`` (reason, job ids) whose stored reason is another, with the new one."""
-        out: dict[str, str] = {}
-        for why, ids in groups:
-            have = self._by_reason.get(why)
-            out.update(dict.fromkeys(ids if have is None else set(ids).difference(have), why))
-        return out
 
 
 @dataclass

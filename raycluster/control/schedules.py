@@ -17,7 +17,7 @@ from raycluster import constants as C
 from raycluster.errors import IllegalTransition, InvalidJobSpec
 from raycluster.policy.schedules import ScheduleView, TickAction, decide_tick, next_tick
 from raycluster.policy.steps import deadline_step
-from raycluster.spec import parse_spec
+from raycluster.spec import gcs_uris, parse_spec
 from raycluster.store.schedules import ScheduleRecord, ScheduleStore, new_schedule_id
 
 log = logging.getLogger("raycluster.coordinator")
@@ -53,8 +53,6 @@ class SchedulesMixin:
         with self._lock:
             self.schedules.insert(rec)
             self._sched[rec.id] = rec
-        from raycluster.control.reconcile import gcs_uris
-
         uris = gcs_uris(spec.runtime_env)
         if uris:  # pinned from now on, for as long as the schedule exists
             self._guard("pin packages", self.ops.pin_uris, uris, C.PACKAGE_PIN_S)

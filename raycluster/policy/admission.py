@@ -305,3 +305,29 @@ class AdmissionQueue:
                 recheck_at = self._jobs[decision.blocked].queued_at + self.starvation_threshold_s
             self._last = (self.version, {n: dict(r) for n, r in free_by_node.items()}, recheck_at)
         return decision
+
+
+class WaitingIndex:
+    """The pending jobs by their stored waiting reason, so that the reasons a pass gives (the same
+    for thousands of jobs) are compared with the stored ones as set differences, not job by job."""
+
+    def __init__(self):
+        self._by_reason: dict[str, set[str]] = {}
+
+    def move(self, job_id: str, old: str | None, new: str | None) -> None:
+        if old == new:
+            return
+        if old is not None and (have := self._by_reason.get(old)) is not None:
+            have.discard(job_id)
+            if not have:
+                del self._by_reason[old]
+        if new is not None:
+            self._by_reason.setdefault(new, set()).add(job_id)
+
+    def changed(self, groups: list[tuple[str, list[str]]]) -> dict[str, str]:
+        """The jobs of ``groups`` (reason, job ids) whose stored reason is another, with the new one."""
+        out: dict[str, str] = {}
+        for why, ids in groups:
+            have = self._by_reason.get(why)
+            out.update(dict.fromkeys(ids if have is None else set(ids).difference(have), why))
+        return out

@@ -376,7 +376,7 @@ class MarketNodeProvider(NodeProvider):
         node = self._ray_nodes().get(f"rc-{notice.rental_id}")
         if node is None or not node.get("node_id"):
             return
-        from raycluster.control.drain import drain_node
+        from raycluster.control.elastic.drain import drain_node
 
         accepted, why = drain_node(self.head_address, node["node_id"], "PREEMPTION",
                                    f"{rec.market} preempts this {rec.kind} node ({notice.reason})", notice.deadline)

@@ -1,4 +1,4 @@
-"""The BudgetAutoscaler's loop (control/budget_autoscaler.py: BudgetLoop) driven through a fake of
+"""The BudgetAutoscaler's loop (control/elastic/budget_autoscaler.py: BudgetLoop) driven through a fake of
 its one seam (ScalingOps): what it observes, the limits it writes for Ray's autoscaler, the nodes
 it gives back, the events and waiting reasons it records. No cluster."""
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from raycluster.control.budget_autoscaler import BudgetLoop
+from raycluster.control.elastic.budget_autoscaler import BudgetLoop
 from raycluster.provision.market.local import RENTAL_LABEL
 
 SPOT, OD = 0.16, 0.53

@@ -1,4 +1,4 @@
-"""The cost ledger: policy/cost.py's arithmetic, and control/ledger.py over real SQLite books
+"""The cost ledger: policy/cost.py's arithmetic, and control/elastic/ledger.py over real SQLite books
 (usage in jobs.db, rentals in the provider's rentals.db). No cluster."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from raycluster.control.ledger import JobLedger
+from raycluster.control.elastic.ledger import JobLedger
 from raycluster.policy.cost import Rental, attribute
 from raycluster.provision.local.record import cluster_dir
 from raycluster.provision.market.local import RENTAL_LABEL

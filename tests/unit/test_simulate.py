@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import raycluster.control.budget_autoscaler as live_loop
+import raycluster.control.elastic.budget_autoscaler as live_loop
 import raycluster.policy.admission as admission
 import raycluster.policy.budget as budget
 import raycluster.policy.placement as placement

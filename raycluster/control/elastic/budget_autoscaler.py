@@ -1,6 +1,6 @@
 """The BudgetAutoscaler: how many GPU nodes of which type an elastic cluster holds, within its
 min/max workers and its hourly budget. A thin actor over ``BudgetLoop``; the decisions are the pure
-``policy.budget.decide``; every outside call goes through ``control.scaling.ScalingOps``.
+``policy.budget.decide``; every outside call goes through ``control.elastic.scaling.ScalingOps``.
 
 Owns: the loop's memory between passes (since when each node is idle, since when utilisation is
 low, the last scale-up, the events and waiting reasons last written) and one pass, in three steps:
@@ -208,7 +208,7 @@ class BudgetAutoscaler:
         self.state_dir = state_dir
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from raycluster.control.actors import get_handle
-        from raycluster.control.scaling import ScalingOps
+        from raycluster.control.elastic.scaling import ScalingOps
 
         self.ops = ScalingOps(state_dir, coordinator=get_handle(C.COORDINATOR_NAME))
         self.loop = BudgetLoop(self.ops)

@@ -98,7 +98,7 @@ class ScalingOps:
         other nodes), then released through its market. (Ray refuses an idle-termination drain of a
         busy node: a busy one is drained as a preemption.)"""
         if ray_node_id and self.provider.head_address:
-            from raycluster.control.drain import drain_node
+            from raycluster.control.elastic.drain import drain_node
 
             try:
                 drain_node(self.provider.head_address, ray_node_id, "PREEMPTION" if busy else "IDLE_TERMINATION",
