@@ -105,6 +105,25 @@ PREEMPT_GRACE_S = _env_float("PREEMPT_GRACE_S", 30.0)
 # How often the Coordinator looks for victims for a blocked job (and checks victims' checkpoints).
 PREEMPT_CHECK_INTERVAL_S = _env_float("PREEMPT_CHECK_INTERVAL_S", 2.0)
 
+# --- node health (policy/health.py, control/health/) ----------------------------------------------
+# Every node's HealthMonitor samples and heartbeats this often; the Coordinator judges every node
+# four times per interval; a node silent for HEARTBEAT_TIMEOUT_FACTOR intervals is unhealthy.
+HEALTH_INTERVAL_S = _env_float("HEALTH_INTERVAL_S", 5.0)
+HEALTH_HEARTBEAT_TIMEOUT_FACTOR = _env_float("HEALTH_HEARTBEAT_TIMEOUT_FACTOR", 1.5)
+HEALTH_FAILURE_THRESHOLD = _env_int("HEALTH_FAILURE_THRESHOLD", 3)
+HEALTH_MEM_PCT_MAX = _env_float("HEALTH_MEM_PCT_MAX", 95.0)
+HEALTH_LOAD_PER_CPU_MAX = _env_float("HEALTH_LOAD_PER_CPU_MAX", 4.0)
+HEALTH_GPU_TEMP_C_MAX = _env_float("HEALTH_GPU_TEMP_C_MAX", 90.0)
+HEALTH_DISK_LOW_PCT = _env_float("HEALTH_DISK_LOW_PCT", 5.0)
+HEALTH_DISK_FULL_PCT = _env_float("HEALTH_DISK_FULL_PCT", 1.0)
+HEALTH_CPU_WEIGHT = _env_float("HEALTH_CPU_WEIGHT", 1.0)
+HEALTH_GPU_WEIGHT = _env_float("HEALTH_GPU_WEIGHT", 3.0)
+# A gang on an unhealthy or drained node is asked to checkpoint now, then moved once it has (or
+# after this long, from its newest checkpoint).
+HEALTH_EVACUATE_WAIT_S = _env_float("HEALTH_EVACUATE_WAIT_S", 30.0)
+# An unhealthy node is used again once it has been healthy this long (not one drained by hand).
+HEALTH_RECOVER_S = _env_float("HEALTH_RECOVER_S", 60.0)
+
 # --- job spec limits ----------------------------------------------------------------------------
 MAX_PRIORITY = 1000
 MIN_PRIORITY = 0

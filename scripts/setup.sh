@@ -14,4 +14,7 @@ step() {  # run quietly; show the log only when it fails
 step .venv/bin/python -m pip install --upgrade pip
 .venv/bin/python -c 'import torch' 2>/dev/null || step .venv/bin/python -m pip install torch==2.13.0
 step .venv/bin/python -m pip install -e '.[test]'
+# NVML comes from nvidia-ml-py (`import pynvml`); the deprecated `pynvml` shim package, if an older
+# install left it, shadows it and prints a FutureWarning into every rank log
+step .venv/bin/python -m pip uninstall -y pynvml
 .venv/bin/python -W ignore -c 'import raycluster, ray, torch; print(f"raycluster ready: ray {ray.__version__}, torch {torch.__version__}")'

@@ -47,8 +47,9 @@ class FakeOps(GangOps):
         return [{"id": n, "alive": True, "is_head": False, "address": "127.0.0.1", "hostname": "h", "labels": {},
                  "resources_total": dict(r), "resources_free": free[n]} for n, r in self.total.items()]
 
-    def create_pg(self, name, bundles, strategy):
+    def create_pg(self, name, bundles, strategy, exclude_nodes=None):
         pg = self.pgs[name] = FakePG(name, bundles)
+        pg.exclude = list(exclude_nodes or [])
         pg.ready = self.auto_ready
         return pg
 
@@ -96,6 +97,10 @@ class FakeOps(GangOps):
 
     def request_resources(self, bundles):
         self.requested.append([dict(b) for b in bundles])
+
+    def ensure_monitor(self, node_id, coordinator, disk_path):
+        self.monitors = getattr(self, "monitors", []) + [node_id]
+        return node_id
 
     def check_entrypoint(self, ep, runtime_env, timeout_s):
         return "no such module" if ep in self.bad_entrypoints else None

@@ -48,6 +48,8 @@ class Job(JobRecord):
     cost_usd: float | None = Field(None, description="its share of the rented nodes it ran on, every attempt "
                                                      "(elastic clusters; 0 on nodes that are not rented)")
     sweep: dict[str, Any] | None = Field(None, description="a sweep's counts and best trial so far (GET /jobs/{id})")
+    ranks: list[dict[str, Any]] | None = Field(None, description="the node of each rank of the current attempt, "
+                                                                 "once placed (GET /jobs/{id})")
 
 
 class JobBatch(BaseModel):
@@ -105,6 +107,25 @@ class Node(BaseModel):
 
 class NodeList(BaseModel):
     nodes: list[Node]
+
+
+class NodeHealth(BaseModel):
+    node_id: str
+    alive: bool
+    is_head: bool
+    address: str | None = None
+    state: str = Field(..., description="healthy, degraded, unhealthy, or unknown (no verdict yet)")
+    score: float | None = Field(None, description="CPU % x 1 + fullest GPU memory % x 3: lower is better")
+    reasons: list[str]
+    excluded: bool = Field(..., description="no new gang goes there (unhealthy or drained)")
+    drained: bool
+    drain_reason: str | None = None
+    last_heartbeat_s_ago: float | None = None
+    sample: dict[str, Any] | None = Field(None, description="the newest sample: CPU, load, memory, disk, GPUs")
+
+
+class NodeHealthList(BaseModel):
+    nodes: list[NodeHealth]
 
 
 class Checkpoint(BaseModel):

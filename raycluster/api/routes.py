@@ -41,9 +41,9 @@ from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.bodies import json_body as _json_body, json_body_doc as _json_body_doc
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
-from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList, LogList, MetricList,
-                                   Package, PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList,
-                                   Node, NodeList)
+from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList,
+                                   LogList, MetricList, Node, NodeHealth, NodeHealthList, NodeList, Package,
+                                   PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList)
 from raycluster.api.settings import configure
 from raycluster.control.actors import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
@@ -171,6 +171,23 @@ class ControlAPI:
             if n["id"] == node_id:
                 return n
         raise ApiError(404, "not_found", f"node {node_id!r} not found")
+
+    @app.get("/health/nodes", response_model=NodeHealthList, responses=COMMON, tags=["cluster"],
+             summary="every node's health verdict, score, reasons, drain state and newest sample")
+    async def nodes_health(self) -> dict:
+        return {"nodes": await self._coord("health")}
+
+    @app.post("/nodes/{node_id}/drain", response_model=NodeHealth, tags=["cluster"],
+              responses={**COMMON, 404: {**E, "description": "unknown node"}},
+              summary="no new gangs there; its gangs checkpoint and move (kept until undrained)")
+    async def drain_node(self, node_id: str = PathParam(..., pattern=_NODE_ID),
+                         reason: str | None = Query(None, max_length=200)) -> dict:
+        return await self._coord("drain", node_id, reason)
+
+    @app.post("/nodes/{node_id}/undrain", response_model=NodeHealth, tags=["cluster"],
+              responses={**COMMON, 404: {**E, "description": "unknown node"}}, summary="use a drained node again")
+    async def undrain_node(self, node_id: str = PathParam(..., pattern=_NODE_ID)) -> dict:
+        return await self._coord("undrain", node_id)
 
     @app.get("/rentals", response_model=RentalList, tags=["cluster"],
              responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"}},

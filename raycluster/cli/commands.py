@@ -184,6 +184,25 @@ def cmd_jobs(args) -> int:
     return EXIT_OK
 
 
+def cmd_checkpoints(args) -> int:
+    client = _client(args)
+    client.get(args.job_id)  # JobNotFound (exit 4) rather than an empty list
+    rows = client.checkpoints(args.job_id)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    cols = ("STEP", "ATTEMPT", "STATE", "SIZE_MB", "CREATED", "REASON")
+    table = [(str(c["step"]), str(c.get("attempt") or "-"), c["state"], f"{(c.get('size_bytes') or 0) / 2**20:.2f}",
+              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["created_at"])) if c.get("created_at") else "-",
+              c.get("reason") or "") for c in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
+    for line in (cols, *table):
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    if not rows:
+        print("(no checkpoints)")
+    return EXIT_OK
+
+
 def cmd_tenants(args) -> int:
     if args.set:
         from raycluster.store.tenants import describe, install_tenants_file, tenants_path

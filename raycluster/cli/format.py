@@ -84,6 +84,8 @@ def job_details(job: dict) -> str:
     if job.get("cost_usd") is not None:
         out.append(f"cost: {job['cost_usd']:.4f} USD over {job.get('attempt', 0)} attempt(s), "
                    f"{job.get('preemptions', 0)} preemption(s)")
+    if job.get("ranks"):
+        out.append("ranks: " + ", ".join(f"{r['rank']}@{r['node_id'][:16]}" for r in job["ranks"]))
     sweep = job.get("sweep")
     if sweep:
         out.append(f"sweep: {sweep['trials']} trials: {sweep['succeeded']} succeeded, {sweep['failed']} failed, "

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from raycluster import constants as C
-from raycluster.cli import commands, market, schedules, simulate
+from raycluster.cli import commands, health, market, schedules, simulate
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
 
@@ -27,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP API token file (default: RAYCLUSTER_API_TOKEN, else <state-dir>/api_token)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="cmd", required=True)
+    # the global options are taken after the subcommand too (`raycluster status JOB --json`); given
+    # there, they override those given before it (SUPPRESS: absent ones leave the global value alone)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--address", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--token-file", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)  # type: ignore[method-assign]
 
     def cluster_shape(sp):
         sp.add_argument("--workers", type=int, default=3, help="worker nodes (default %(default)s)")
@@ -73,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", nargs="?", choices=["list", "show", "pause", "resume", "delete"])
     sp.add_argument("schedule_id", nargs="?")
     sp.set_defaults(fn=schedules.cmd_schedules)
+    sp = sub.add_parser("health", help="every node's health: state, score, reasons, CPU/memory/GPU, drain "
+                                       "(exit 1 when a node is unhealthy)")
+    sp.set_defaults(fn=health.cmd_health)
+    sp = sub.add_parser("drain", help="take a node out: no new gangs, its gangs checkpoint and move (until undrain)")
+    sp.add_argument("node", help="Ray node id (raycluster health lists them)")
+    sp.add_argument("--reason", default=None)
+    sp.set_defaults(fn=health.cmd_drain)
+    sp = sub.add_parser("undrain", help="use a drained node again")
+    sp.add_argument("node")
+    sp.set_defaults(fn=health.cmd_drain)
+    sp = sub.add_parser("checkpoints", help="a job's checkpoints: step, attempt, state, size, when")
+    sp.add_argument("job_id")
+    sp.set_defaults(fn=commands.cmd_checkpoints)
     sp = sub.add_parser("cancel", help="cancel a job")
     sp.add_argument("job_id")
     sp.set_defaults(fn=commands.cmd_cancel)

@@ -202,6 +202,16 @@ class HttpClient(ClientBase):
         return self._get(self._job_path(job_id, "/trials"), limit=limit, offset=offset,
                          failed="true" if failed_only else None)
 
+    def health(self) -> list[dict]:
+        return self._get("/health/nodes")["nodes"]
+
+    def drain(self, node_id: str, reason: str | None = None) -> dict:
+        return self._send("POST", f"/nodes/{quote(node_id, safe='')}/drain",
+                          params={"reason": reason} if reason else None)[0]
+
+    def undrain(self, node_id: str) -> dict:
+        return self._send("POST", f"/nodes/{quote(node_id, safe='')}/undrain")[0]
+
     def _call_schedules(self, method: str, *args):
         if method == "create_schedule":
             return self._send("POST", "/schedules", body=args[0])[0]

@@ -113,6 +113,16 @@ class Client(ClientBase):
         """A sweep's per-trial results and summary."""
         return self._call("list_trials", job_id, limit, offset, failed_only)
 
+    def health(self) -> list[dict]:
+        """Every node's health verdict, score, reasons, drain state and newest sample."""
+        return self._call("health")
+
+    def drain(self, node_id: str, reason: str | None = None) -> dict:
+        return self._call("drain", node_id, reason)
+
+    def undrain(self, node_id: str) -> dict:
+        return self._call("undrain", node_id)
+
     def _call_schedules(self, method: str, *args):
         return self._call(method, *args)
 

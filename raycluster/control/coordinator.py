@@ -90,6 +90,18 @@ class Coordinator:
     def tenants(self) -> dict:
         return self.core.tenants_view()
 
+    def heartbeat(self, sample: dict) -> None:
+        self.core.heartbeat(sample)
+
+    def health(self) -> list[dict]:
+        return self.core.health_view()
+
+    def drain(self, node_id: str, reason: str | None = None) -> dict:
+        return self.core.drain(node_id, reason)
+
+    def undrain(self, node_id: str) -> dict:
+        return self.core.undrain(node_id)
+
     def trials_done(self, job_id: str, attempt: int, rows: list[dict]) -> int:
         return self.core.trials_done(job_id, attempt, rows)
 

@@ -189,6 +189,9 @@ class CoordinatorCore(Reconciler):
         out = rec.to_dict()
         out["transitions"] = self.store.transitions(job_id)
         out["cost_usd"] = self._costs([job_id])[job_id]
+        att = self.attempts.get(job_id)
+        if att is not None and att.nodes and att.attempt == rec.attempt:  # where each rank of this attempt runs
+            out["ranks"] = [{"rank": i, "node_id": n} for i, n in enumerate(att.nodes)]
         if rec.spec.get("trials"):  # a sweep: its counts and best trial so far
             out["sweep"] = self.sweep_summary(job_id, self._specs.get(job_id) or JobSpec.model_validate(rec.spec))
         return out

@@ -43,6 +43,9 @@ _run_rank_remote = ray.remote(max_retries=0)(run_rank)
 _check_entrypoint_remote = ray.remote(num_cpus=0, max_retries=1)(check_entrypoint)
 
 
+NODE_ID_LABEL = "ray.io/node-id"  # Ray's own label of every node: its id
+
+
 def pg_name(job_id: str, attempt: int) -> str:
     return f"{C.PG_NAME_PREFIX}{job_id}-a{attempt}"
 
@@ -56,7 +59,8 @@ class GangOps(Protocol):
     """What the control loop needs from Ray (implemented by RayOps and by the unit tests' fake)."""
 
     def nodes(self) -> list[dict[str, Any]]: ...
-    def create_pg(self, name: str, bundles: list[dict[str, float]], strategy: str) -> Any: ...
+    def create_pg(self, name: str, bundles: list[dict[str, float]], strategy: str,
+                  exclude_nodes: list[str] | None = None) -> Any: ...
     def get_pg(self, name: str) -> Any | None: ...
     def pg_ready(self, pg: Any) -> bool: ...
     def pg_nodes(self, pg: Any) -> list[str]: ...
@@ -71,6 +75,7 @@ class GangOps(Protocol):
     def pin_uris(self, uris: list[str], expiration_s: int) -> None: ...
     def request_resources(self, bundles: list[dict[str, float]]) -> None: ...
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None: ...
+    def ensure_monitor(self, node_id: str, coordinator: Any, disk_path: str) -> Any: ...
 
 
 class RayOps:
@@ -81,8 +86,20 @@ class RayOps:
         return read_nodes()
 
     # ------------------------------------------------------------- placement groups
-    def create_pg(self, name: str, bundles: list[dict[str, float]], strategy: str) -> PlacementGroup:
-        return placement_group(bundles, strategy=strategy, name=name, lifetime="detached")
+    def create_pg(self, name: str, bundles: list[dict[str, float]], strategy: str,
+                  exclude_nodes: list[str] | None = None) -> PlacementGroup:
+        """A detached group; with ``exclude_nodes``, Ray keeps every bundle off those nodes (a label
+        selector on Ray's own ``ray.io/node-id`` label: reversible, unlike draining the node in Ray)."""
+        selector = None
+        if exclude_nodes:
+            selector = [{NODE_ID_LABEL: f"!in({','.join(exclude_nodes)})"} for _ in bundles]
+        return placement_group(bundles, strategy=strategy, name=name, lifetime="detached",
+                               bundle_label_selector=selector)
+
+    def ensure_monitor(self, node_id: str, coordinator: Any, disk_path: str) -> Any:
+        from raycluster.control.health.monitor import ensure_monitor
+
+        return ensure_monitor(node_id, coordinator, disk_path)
 
     def get_pg(self, name: str) -> PlacementGroup | None:
         try:

@@ -32,6 +32,7 @@ from typing import Any
 
 from raycluster import constants as C
 from raycluster.control.elastic.ledger import JobLedger
+from raycluster.control.health.registry import HealthMixin
 from raycluster.control.nodes import NodeCache
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.control.schedules import SchedulesMixin
@@ -61,13 +62,15 @@ class Attempt:
     placing_since: float
     refs: list | None = None
     placed: bool = False  # the placement group is created (its resources show as used)
+    nodes: list | None = None  # the node of each bundle, once placed
     first_failure_at: float | None = None
 
 
-class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
+class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
     and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
-    ``SchedulesMixin``'s (``control/schedules.py``), sweeps ``SweepsMixin``'s (``control/sweeps.py``)."""
+    ``SchedulesMixin``'s (``control/schedules.py``), sweeps ``SweepsMixin``'s (``control/sweeps.py``),
+    node health ``HealthMixin``'s (``control/health/registry.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -112,6 +115,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
         self._init_sharing()
         self._init_schedules()
         self._init_sweeps()
+        self._init_health()
         self._sweep_done: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------------ loop
@@ -136,6 +140,9 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
                 self._guard(f"teardown {jid}", self._teardown, self.attempts.pop(jid))
             for job in list(self._active.values()):
                 self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
+            if now - self._last_health >= C.HEALTH_INTERVAL_S / 4:
+                self._last_health = now
+                self._guard("health", self._health_pass, now)
             if now - self._last_fair >= C.FAIRSHARE_INTERVAL_S:
                 self._last_fair = now
                 self._guard("fair share", self._fair_share_pass, now)
@@ -262,7 +269,8 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
         if att is None:
             spec = self._spec(job)
             name = pg_name(job.id, job.attempt)
-            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec), spec.placement_strategy.value)
+            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec), spec.placement_strategy.value,
+                                                             sorted(self.excluded_nodes()))
             att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now)
         if att.refs is None:
             self._launch(job, att)
@@ -274,6 +282,9 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
 
     def _admit(self, now: float) -> None:
         _total, free = self.nodes.totals_and_free(0.0)
+        excluded = self.excluded_nodes()
+        if excluded:  # unhealthy and drained nodes take no new gang
+            free = {n: r for n, r in free.items() if n not in excluded}
         # placement groups not created yet do not show in the free view: count them as taken
         for att in self.attempts.values():
             if not att.placed:
@@ -352,7 +363,8 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
                 self.ops.remove_pg_by_name(pg_name(job.id, job.attempt))
             rec = self._transition(job, step, now)
             spec = self._spec(job)
-            pg = self.ops.create_pg(pg_name(job.id, rec.attempt), self._bundles(spec), spec.placement_strategy.value)
+            pg = self.ops.create_pg(pg_name(job.id, rec.attempt), self._bundles(spec), spec.placement_strategy.value,
+                                    sorted(self.excluded_nodes()))
             att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now)
             self._launch(rec, att)
             return rec
@@ -360,6 +372,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
         if step.action == Action.MARK_RUNNING:
             att = self.attempts[job.id]
             att.placed = True
+            self._guard(f"nodes of {job.id}", self._note_nodes, att)
             if self.ledger.elastic:
                 self._guard(f"usage of {job.id}", self._record_usage, job, att, now)
         else:  # REQUEUE, PREEMPT, SUCCEED, RECOVER, FAIL: the attempt is over
@@ -374,6 +387,9 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin):
                 if spec.trials is not None:  # a sweep's result: its counts and best trial
                     extra["result"] = self.sweep_summary(job.id, spec)
         return self._transition(job, step, now, **extra)
+
+    def _note_nodes(self, att: Attempt) -> None:
+        att.nodes = self.ops.pg_nodes(att.pg)
 
     def _record_usage(self, job: JobRecord, att: Attempt, now: float) -> None:
         spec = self._spec(job)

@@ -65,6 +65,8 @@ class Cause(str, Enum):
     PLACEMENT_TIMEOUT = "placement_timeout"  # PLACING -> PENDING: queued again
     NO_RESOURCES = "no_resources"  # PLACING -> FAILED: placement timed out too many times
     TIMEOUT = "timeout"  # an attempt exceeded max_runtime_s
+    NODE_UNHEALTHY = "node_unhealthy"  # RUNNING -> RECOVERING: moved off a node judged unhealthy (no budget spent)
+    NODE_DRAINED = "node_drained"  # RUNNING -> RECOVERING: moved off a node drained by hand (no budget spent)
     DEADLINE = "deadline"  # -> FAILED: it can no longer finish by its deadline
     PREEMPTED = "preempted"  # RUNNING -> PENDING: stopped (checkpointed first) for a higher-priority job
 

@@ -185,4 +185,4 @@ def test_api_job_model_is_the_record_plus_transitions_and_cost():
     from raycluster.store.jobs import JobRecord
 
     # (the fields computed when answering: the audit trail, the cost from the ledger, a sweep's summary)
-    assert set(Job.model_fields) - set(JobRecord.model_fields) == {"transitions", "cost_usd", "sweep"}
+    assert set(Job.model_fields) - set(JobRecord.model_fields) == {"transitions", "cost_usd", "sweep", "ranks"}

@@ -1,0 +1,235 @@
+"""The Coordinator's side of node health, a mixin of the Reconciler: heartbeats in, verdicts out,
+drain state, and auto-heal.
+
+Owns:
+* the registry — each node's newest sample and heartbeat time (``heartbeat``, called by its
+  HealthMonitor), the consecutive failed checks, the verdict (``policy.health.verdict``) and its
+  changes in SQLite (``store/nodes.py``); a HealthMonitor started for every alive node that has none
+  (at start-up and for nodes that join later; it dies with its node);
+* the excluded nodes — unhealthy ones (until healthy again for ``HEALTH_RECOVER_S``) and those an
+  operator drained (``drain``/``undrain``, kept in SQLite): admission leaves them out of its free view
+  and every placement group is created with a label selector that keeps its bundles off them
+  (``ray.io/node-id: !in(...)``), so neither we nor Ray place a gang there;
+* evacuation — a running gang on an excluded (but alive) node is asked to checkpoint now (its
+  ``ctx.should_checkpoint`` answers yes once), then moved: RUNNING → RECOVERING (cause
+  ``node_unhealthy`` / ``node_drained``, no restart spent) once its newer checkpoint is complete or
+  after ``HEALTH_EVACUATE_WAIT_S``; it is placed again off the excluded nodes and resumes.
+A dead node's gangs fail over by the usual path (their ranks die with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from raycluster import constants as C
+from raycluster.errors import InvalidJobSpec
+from raycluster.policy.health import (GpuSample, HealthContext, HealthState, HealthThresholds, HealthVerdict,
+                                      NodeSample, failed_checks, verdict)
+from raycluster.policy.steps import Action, Step
+from raycluster.store.lifecycle import Cause, JobState
+from raycluster.store.nodes import NodeHealthStore
+
+log = logging.getLogger("raycluster.health")
+
+
+def thresholds() -> HealthThresholds:
+    return HealthThresholds(
+        heartbeat_timeout_s=C.HEALTH_HEARTBEAT_TIMEOUT_FACTOR * C.HEALTH_INTERVAL_S,
+        failure_threshold=C.HEALTH_FAILURE_THRESHOLD, mem_pct_max=C.HEALTH_MEM_PCT_MAX,
+        load_per_cpu_max=C.HEALTH_LOAD_PER_CPU_MAX, gpu_temp_c_max=C.HEALTH_GPU_TEMP_C_MAX,
+        disk_low_pct=C.HEALTH_DISK_LOW_PCT, disk_full_pct=C.HEALTH_DISK_FULL_PCT,
+        cpu_weight=C.HEALTH_CPU_WEIGHT, gpu_weight=C.HEALTH_GPU_WEIGHT)
+
+
+def to_sample(d: dict[str, Any]) -> NodeSample:
+    gpus = tuple(GpuSample(index=int(g.get("index", i)), util_pct=float(g.get("util_pct") or 0),
+                           mem_used_mb=float(g.get("mem_used_mb") or 0), mem_total_mb=float(g.get("mem_total_mb") or 0),
+                           temp_c=float(g.get("temp_c") or 0), ecc_uncorrected=int(g.get("ecc_uncorrected") or 0),
+                           remap_failed=bool(g.get("remap_failed")), throttle=tuple(g.get("throttle") or ()),
+                           xids=tuple(int(x) for x in g.get("xids") or ()))
+                 for i, g in enumerate(d.get("gpus") or []))
+    return NodeSample(node_id=d["node_id"], at=float(d.get("at") or 0), cpu_pct=float(d.get("cpu_pct") or 0),
+                      load1=float(d.get("load1") or 0), cpus=int(d.get("cpus") or 1), mem_pct=float(d.get("mem_pct") or 0),
+                      disk_free_pct=float(d.get("disk_free_pct", 100.0)), disk_free_gb=float(d.get("disk_free_gb") or 0),
+                      gpus=gpus, nvml_error=d.get("nvml_error"))
+
+
+class HealthMixin:
+    def _init_health(self) -> None:
+        self.node_health = NodeHealthStore(self.state_dir / "jobs.db")
+        self._drained = {n: r["drain_reason"] or "drained" for n, r in self.node_health.all().items() if r["drained"]}
+        self._samples: dict[str, NodeSample] = {}
+        self._hb_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._watch_since: dict[str, float] = {}
+        self._verdicts: dict[str, HealthVerdict] = {}
+        self._unhealthy: dict[str, float] = {}  # node -> since when it is excluded for its health
+        self._healthy_since: dict[str, float] = {}
+        self._monitors: dict[str, Any] = {}
+        self._evacuating: dict[str, tuple[int, float, int | None, str, Cause]] = {}
+        self._last_health = 0.0
+        self._health_lock = threading.Lock()  # heartbeats arrive on the actor's threads
+        # judged only where monitors run (the Coordinator actor); a unit test turns it on itself
+        self.health_enabled = self.handle is not None
+        self._excluded_key: frozenset = frozenset(self._drained)
+
+    # ------------------------------------------------------------------ calls
+    def heartbeat(self, sample: dict[str, Any]) -> None:
+        """(From a node's HealthMonitor.) Its newest sample; a failed check counts once per sample."""
+        s = to_sample(sample)
+        now = self.clock()
+        with self._health_lock:
+            self._failures[s.node_id] = self._failures.get(s.node_id, 0) + 1 if failed_checks(s, thresholds()) else 0
+            self._samples[s.node_id] = s
+            self._hb_at[s.node_id] = now
+
+    def excluded_nodes(self) -> set[str]:
+        return set(self._unhealthy) | set(self._drained)
+
+    def drain(self, node_id: str, reason: str | None = None) -> dict:
+        """Take a node out by hand: no new gangs; its gangs checkpoint and move. Kept until ``undrain``.
+        ``node_id``: a Ray node id or a unique prefix of one (``raycluster health`` shows 16 characters)."""
+        node_id = self._known_node(node_id)
+        why = reason or "drained by hand"
+        self.node_health.set_drained(node_id, True, why, self.clock())
+        with self._lock:
+            self._drained[node_id] = why
+            self._excluded_changed()
+        log.info("node %s drained: %s", node_id, why)
+        self.wake()
+        return self.node_view(node_id)
+
+    def undrain(self, node_id: str) -> dict:
+        node_id = self._known_node(node_id)
+        self.node_health.set_drained(node_id, False, None, self.clock())
+        with self._lock:
+            self._drained.pop(node_id, None)
+            self._excluded_changed()
+        log.info("node %s undrained", node_id)
+        self.wake()
+        return self.node_view(node_id)
+
+    def _known_node(self, node_id: str) -> str:
+        """The full id of a node Ray knows, given its id or a unique prefix (JobNotFound otherwise)."""
+        from raycluster.errors import JobNotFound
+
+        if not node_id or len(node_id) > 128:
+            raise InvalidJobSpec("node id must be 1-128 characters", field="node_id")
+        ids = [n["id"] for n in self.nodes.nodes(0.0)]
+        found = [i for i in ids if i == node_id] or [i for i in ids if i.startswith(node_id)]
+        if len(found) != 1:
+            raise JobNotFound(f"node {node_id!r} not found" if not found else
+                              f"node {node_id!r} is ambiguous: {len(found)} nodes start with it")
+        return found[0]
+
+    def health_view(self) -> list[dict]:
+        """Every node Ray knows: its verdict, score, reasons, drain state and newest sample."""
+        return [self.node_view(n["id"], n) for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S)]
+
+    def node_view(self, node_id: str, node: dict | None = None) -> dict:
+        node = node or next((n for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S) if n["id"] == node_id), {})
+        v = self._verdicts.get(node_id)
+        s = self._samples.get(node_id)
+        hb = self._hb_at.get(node_id)
+        return {"node_id": node_id, "alive": bool(node.get("alive")), "is_head": bool(node.get("is_head")),
+                "address": node.get("address"), "state": v.state.value if v else "unknown",
+                "score": v.score if v else None, "reasons": list(v.reasons) if v else [],
+                "excluded": node_id in self.excluded_nodes(), "drained": node_id in self._drained,
+                "drain_reason": self._drained.get(node_id),
+                "last_heartbeat_s_ago": round(self.clock() - hb, 1) if hb else None,
+                "sample": None if s is None else {
+                    "cpu_pct": s.cpu_pct, "load1": s.load1, "mem_pct": s.mem_pct, "disk_free_pct": s.disk_free_pct,
+                    "gpus": [{"index": g.index, "util_pct": g.util_pct, "mem_pct": round(g.mem_pct, 1),
+                              "temp_c": g.temp_c} for g in s.gpus]}}
+
+    # ------------------------------------------------------------------ loop
+    def _health_pass(self, now: float) -> None:
+        if not self.health_enabled:
+            return
+        th = thresholds()
+        nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
+        for n in nodes:
+            nid = n["id"]
+            if n["alive"] and nid not in self._monitors:
+                self._guard(f"monitor {nid}", self._start_monitor, nid)
+            if not n["alive"] and nid not in self._watch_since:
+                continue  # dead before we watched it: nothing of ours ran there
+            self._watch_since.setdefault(nid, now)
+            with self._health_lock:
+                ctx = HealthContext(nid, bool(n["alive"]), self._hb_at.get(nid), self._watch_since[nid],
+                                    self._samples.get(nid), max(0, self._failures.get(nid, 0) - 1), th)
+            v = verdict(ctx, now)
+            self._judge(nid, v, now)
+        for nid in [m for m in self._monitors if not any(n["id"] == m and n["alive"] for n in nodes)]:
+            self._monitors.pop(nid, None)  # it died with its node
+        self._excluded_changed()
+        self._evacuate(now)
+
+    def _start_monitor(self, node_id: str) -> None:
+        self._monitors[node_id] = self.ops.ensure_monitor(node_id, self.handle, str(self.state_dir))
+
+    def _judge(self, nid: str, v: HealthVerdict, now: float) -> None:
+        old = self._verdicts.get(nid)
+        self._verdicts[nid] = v
+        if old is None or old.state != v.state or (v.state != HealthState.HEALTHY and old.reasons != v.reasons):
+            level = logging.WARNING if v.state == HealthState.UNHEALTHY else logging.INFO
+            log.log(level, "node %s: %s (score %.0f) %s", nid, v.state.value, v.score, "; ".join(v.reasons))
+            self._guard(f"health of {nid}", self.node_health.set_state, nid, v.state.value, v.score,
+                        list(v.reasons), now, now)
+        if v.state == HealthState.UNHEALTHY:
+            self._unhealthy.setdefault(nid, now)
+            self._healthy_since.pop(nid, None)
+        elif nid in self._unhealthy:
+            since = self._healthy_since.setdefault(nid, now) if v.state == HealthState.HEALTHY else None
+            if since is None:
+                self._healthy_since.pop(nid, None)
+            elif now - since >= C.HEALTH_RECOVER_S:
+                log.info("node %s healthy for %.0f s: used again", nid, now - since)
+                self._unhealthy.pop(nid, None)
+                self._healthy_since.pop(nid, None)
+
+    def _excluded_changed(self) -> None:
+        key = frozenset(self.excluded_nodes())
+        if key != self._excluded_key:
+            self._excluded_key = key
+            self.queue.forget()  # the free view changed
+
+    def _evacuate(self, now: float) -> None:
+        """Move the gangs running on excluded alive nodes, checkpoint first."""
+        excluded = self.excluded_nodes()
+        for jid in [j for j in self._evacuating if j not in self._active]:
+            self._evacuating.pop(jid, None)
+        if not excluded:
+            self._evacuating.clear()
+            return
+        alive = {n["id"] for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S) if n["alive"]}
+        for jid, att in list(self.attempts.items()):
+            rec = self._active.get(jid)
+            if rec is None or rec.state != JobState.RUNNING or not att.placed:
+                continue
+            bad = [n for n in (att.nodes or []) if n in excluded and n in alive]
+            if not bad:
+                self._evacuating.pop(jid, None)
+                continue
+            drained = [n for n in bad if n in self._drained]
+            cause = Cause.NODE_DRAINED if drained else Cause.NODE_UNHEALTHY
+            why = (f"node {bad[0]} drained ({self._drained[drained[0]]})" if drained else
+                   f"node {bad[0]} unhealthy: {'; '.join(self._verdicts[bad[0]].reasons) if bad[0] in self._verdicts else ''}")
+            ev = self._evacuating.get(jid)
+            if ev is None or ev[0] != att.attempt:
+                self._ckpt_wanted[(jid, att.attempt)] = why
+                self._evacuating[jid] = (att.attempt, now, self._newest_step(jid), why, cause)
+                log.info("%s: on %s; asked to checkpoint now, then moved", jid, why)
+                continue
+            _attempt, asked_at, before, why, cause = ev
+            step = self._newest_step(jid)
+            saved = step is not None and (before is None or step > before)
+            if not saved and now - asked_at < C.HEALTH_EVACUATE_WAIT_S:
+                continue
+            self._evacuating.pop(jid, None)
+            self._ckpt_wanted.pop((jid, att.attempt), None)
+            where = f"resumes from step {step}" if step is not None else "no checkpoint: starts over"
+            self.apply(rec, Step(jid, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, cause,
+                                 f"moved off {why}; {where}"), now)

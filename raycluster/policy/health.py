@@ -1,0 +1,160 @@
+"""Node health verdicts: healthy / degraded / unhealthy, a score and the reasons. Pure, no Ray.
+
+Owns: what a HealthMonitor sample is (``NodeSample``, ``GpuSample``), the thresholds
+(``HealthThresholds``, defaults from constants) and ``verdict(HealthContext, now) -> HealthVerdict``.
+
+Rules (documented in the README):
+* **Hard faults → unhealthy at once**: Ray reports the node dead; no heartbeat for
+  ``heartbeat_timeout_s`` (default two intervals + 1 s); in the newest sample an XID error, an
+  uncorrected ECC error, a failed row remap, or a full disk (free below ``disk_full_pct``).
+* **Soft checks** (each sample either passes all or is a *failed check*): memory above
+  ``mem_pct_max``, CPU load per core above ``load_per_cpu_max``, a GPU hotter than ``gpu_temp_c_max``,
+  a GPU throttled for heat or power brake, disk free below ``disk_low_pct``. ``failure_threshold``
+  (the seeds' 3) consecutive failed checks → unhealthy; fewer → degraded; a passing sample resets
+  the count.
+* **Score** (the seed grid CLI's: lower is better, used to pick the best node):
+  ``cpu_pct * cpu_weight + max GPU memory % * gpu_weight`` (weights 1 and 3: 0–400).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class HealthState(str, Enum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    util_pct: float = 0.0
+    mem_used_mb: float = 0.0
+    mem_total_mb: float = 0.0
+    temp_c: float = 0.0
+    ecc_uncorrected: int = 0
+    remap_failed: bool = False
+    throttle: tuple[str, ...] = ()  # clock-throttle reasons (hw_slowdown, sw_thermal, power_brake, ...)
+    xids: tuple[int, ...] = ()  # XID errors seen since the last sample
+
+    @property
+    def mem_pct(self) -> float:
+        return 100.0 * self.mem_used_mb / self.mem_total_mb if self.mem_total_mb else 0.0
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    node_id: str
+    at: float
+    cpu_pct: float = 0.0
+    load1: float = 0.0
+    cpus: int = 1
+    mem_pct: float = 0.0
+    disk_free_pct: float = 100.0
+    disk_free_gb: float = 0.0
+    gpus: tuple[GpuSample, ...] = ()
+    nvml_error: str | None = None  # NVML present but failing (no NVML / no GPU is not an error)
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    heartbeat_timeout_s: float = 11.0
+    failure_threshold: int = 3
+    mem_pct_max: float = 95.0
+    load_per_cpu_max: float = 4.0
+    gpu_temp_c_max: float = 90.0
+    disk_low_pct: float = 5.0
+    disk_full_pct: float = 1.0
+    cpu_weight: float = 1.0
+    gpu_weight: float = 3.0
+
+
+@dataclass(frozen=True)
+class HealthContext:
+    node_id: str
+    ray_alive: bool
+    last_heartbeat_at: float | None  # None: never heard from (its monitor may be starting)
+    started_at: float  # when we started watching it (a node gets a heartbeat timeout's grace)
+    sample: NodeSample | None  # the newest
+    failures_before: int = 0  # consecutive failed checks up to the previous sample
+    thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    node_id: str
+    state: HealthState
+    score: float
+    reasons: tuple[str, ...]
+    failures: int  # consecutive failed checks, this sample included
+    hard: bool = False  # unhealthy by a hard fault (not by failed checks)
+
+
+_BAD_THROTTLE = ("hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown")
+
+
+def score(sample: NodeSample | None, th: HealthThresholds) -> float:
+    if sample is None:
+        return 0.0
+    gpu_mem = max((g.mem_pct for g in sample.gpus), default=0.0)
+    return round(sample.cpu_pct * th.cpu_weight + gpu_mem * th.gpu_weight, 2)
+
+
+def hard_faults(ctx: HealthContext, now: float) -> list[str]:
+    th, s = ctx.thresholds, ctx.sample
+    out = []
+    if not ctx.ray_alive:
+        out.append("Ray reports the node dead")
+    since = ctx.last_heartbeat_at if ctx.last_heartbeat_at is not None else ctx.started_at
+    if now - since > th.heartbeat_timeout_s:
+        out.append(f"no heartbeat for {now - since:.0f} s (timeout {th.heartbeat_timeout_s:g} s)")
+    if s is not None:
+        for g in s.gpus:
+            if g.xids:
+                out.append(f"GPU {g.index}: XID error {', '.join(map(str, g.xids))}")
+            if g.ecc_uncorrected:
+                out.append(f"GPU {g.index}: {g.ecc_uncorrected} uncorrected ECC error(s)")
+            if g.remap_failed:
+                out.append(f"GPU {g.index}: row remapping failed")
+        if s.disk_free_pct < th.disk_full_pct:
+            out.append(f"disk full: {s.disk_free_pct:.1f}% free")
+    return out
+
+
+def failed_checks(s: NodeSample, th: HealthThresholds) -> list[str]:
+    out = []
+    if s.mem_pct > th.mem_pct_max:
+        out.append(f"memory {s.mem_pct:.0f}% > {th.mem_pct_max:g}%")
+    if s.cpus and s.load1 / s.cpus > th.load_per_cpu_max:
+        out.append(f"load {s.load1:.1f} on {s.cpus} CPUs > {th.load_per_cpu_max:g} per CPU")
+    if s.disk_free_pct < th.disk_low_pct:
+        out.append(f"disk {s.disk_free_pct:.1f}% free < {th.disk_low_pct:g}%")
+    if s.nvml_error:
+        out.append(f"NVML: {s.nvml_error}")
+    for g in s.gpus:
+        if g.temp_c > th.gpu_temp_c_max:
+            out.append(f"GPU {g.index}: {g.temp_c:.0f} C > {th.gpu_temp_c_max:g} C")
+        bad = [r for r in g.throttle if r in _BAD_THROTTLE]
+        if bad:
+            out.append(f"GPU {g.index}: throttled ({', '.join(bad)})")
+    return out
+
+
+def verdict(ctx: HealthContext, now: float) -> HealthVerdict:
+    th = ctx.thresholds
+    hard = hard_faults(ctx, now)
+    soft = failed_checks(ctx.sample, th) if ctx.sample is not None else []
+    failures = ctx.failures_before + 1 if soft else 0
+    sc = score(ctx.sample, th)
+    if hard:
+        return HealthVerdict(ctx.node_id, HealthState.UNHEALTHY, sc, tuple(hard + soft), failures, hard=True)
+    if failures >= th.failure_threshold:
+        return HealthVerdict(ctx.node_id, HealthState.UNHEALTHY, sc,
+                             (f"{failures} consecutive failed checks", *soft), failures)
+    if failures:
+        return HealthVerdict(ctx.node_id, HealthState.DEGRADED, sc,
+                             (f"{failures}/{th.failure_threshold} failed checks", *soft), failures)
+    return HealthVerdict(ctx.node_id, HealthState.HEALTHY, sc, (), 0)

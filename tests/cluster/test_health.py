@@ -1,0 +1,139 @@
+"""Integration: node health on a real local cluster (head + 3 workers of 2 CPUs, 1 logical GPU).
+
+Covers: a HealthMonitor on every node heartbeating; a fault injected into a node's monitor (an XID,
+as NVML would report it) → the node unhealthy at once, its running job checkpoints, moves and
+finishes with the weights of an undisturbed run, no new gang placed there; a monitor that stops
+heartbeating and a killed node → unhealthy within two intervals; `raycluster health` / `drain`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from raycluster import constants as C
+from raycluster.control.health.monitor import monitor_name
+from tests.conftest import local_runtime, wait_for
+
+pytestmark = [pytest.mark.cluster]
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL_S = 2.0
+ENV = {"RAYCLUSTER_HEALTH_INTERVAL_S": str(INTERVAL_S), "RAYCLUSTER_HEALTH_HEARTBEAT_TIMEOUT_FACTOR": "1.5",
+       "RAYCLUSTER_HEALTH_RECOVER_S": "3", "RAYCLUSTER_CHECKPOINT_ASK_INTERVAL_S": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state_dir = Path(tmp_path_factory.mktemp("rc-health"))
+    with local_runtime(state_dir, num_workers=3, env=ENV) as (lc, coord):
+        yield {"lc": lc, "state_dir": state_dir, "coord": coord}
+
+
+@pytest.fixture
+def client(cluster):
+    from raycluster.client.ray_client import Client
+
+    return Client(cluster["coord"])
+
+
+def cli(cluster, *args):
+    return subprocess.run([sys.executable, "-m", "raycluster.cli", "--state-dir", str(cluster["state_dir"]), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def by_node(client):
+    return {n["node_id"]: n for n in client.health()}
+
+
+def monitor(node_id):
+    return ray.get_actor(monitor_name(node_id), namespace=C.NAMESPACE)
+
+
+def pg_nodes(job_id, attempt):
+    for info in ray.util.placement_group_table().values():
+        if info.get("name") == f"rc-{job_id}-a{attempt}":
+            return list(info["bundles_to_node_id"].values())
+    return []
+
+
+@pytest.mark.timeout(120)
+def test_every_node_has_a_monitor_and_is_healthy(cluster, client):
+    alive = {n.ray_node_id for n in cluster["lc"].nodes()}
+    wait_for(lambda: alive <= {i for i, n in by_node(client).items()
+                               if n["state"] == "healthy" and n["last_heartbeat_s_ago"] is not None}, 60,
+             "every node heartbeating and healthy")
+    for nid in alive:
+        assert ray.get(monitor(nid).ping.remote(), timeout=30)["samples"] >= 1
+    out = cli(cluster, "health")
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert out.stdout.count("healthy") >= len(alive)
+
+
+CNN = {"entrypoint": "jobs.cnn:train", "resources": {"gpus": 0.5, "cpus": 0.5},
+       "config": {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.1, "report_every": 5},
+       "checkpoint": {"every_steps": 40, "keep_last": 3}}
+
+
+@pytest.mark.timeout(300)
+def test_a_gpu_fault_moves_the_job_checkpoint_first_with_the_same_result(cluster, client):
+    baseline = client.submit({**CNN, "name": "cnn-baseline"})["id"]
+    victim = client.submit({**CNN, "name": "cnn-victim"})["id"]
+    wait_for(lambda: client.get(victim)["state"] == "RUNNING" and client.get(victim)["last_metrics"].get("step", 0) >= 10,
+             90, "the victim training")
+    node = pg_nodes(victim, 1)[0]
+    shown = cli(cluster, "status", victim, "--json")  # (a global option after the subcommand)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["ranks"] == [{"rank": 0, "node_id": node}]
+    ray.get(monitor(node).inject.remote({"xid": 79}), timeout=30)
+    t0 = time.monotonic()
+    wait_for(lambda: by_node(client)[node]["state"] == "unhealthy", 30, "the node unhealthy")
+    detect_s = time.monotonic() - t0
+    assert detect_s <= 2 * INTERVAL_S, detect_s
+    assert "XID error 79" in " ".join(by_node(client)[node]["reasons"])
+    other = client.submit({"name": "after-fault", "entrypoint": "jobs.toy:counter", "config": {"steps": 5},
+                           "resources": {"cpus": 0.5, "gpus": 0.5}})["id"]
+    final, base, late = client.wait([victim, baseline, other], timeout_s=200)
+    assert final["state"] == base["state"] == late["state"] == "SUCCEEDED", (final["error"], base["error"], late["error"])
+    moved = [t for t in final["transitions"] if t["cause"] == "node_unhealthy"]
+    assert len(moved) == 1 and "XID error 79" in moved[0]["reason"] and "resumes from step" in moved[0]["reason"]
+    assert final["system_restarts"] == 0 and final["attempt"] == 2
+    assert node not in pg_nodes(victim, 2) or not pg_nodes(victim, 2)  # (removed once finished)
+    assert final["result"]["weights_sha256"] == base["result"]["weights_sha256"]
+    assert final["result"]["final_loss"] == base["result"]["final_loss"]
+    listed = cli(cluster, "checkpoints", victim)
+    assert listed.returncode == 0 and "COMPLETE" in listed.stdout, listed.stderr[-2000:]
+    ray.get(monitor(node).inject.remote(None), timeout=30)
+    wait_for(lambda: not by_node(client)[node]["excluded"], 60, "the node used again once healthy")
+
+
+@pytest.mark.timeout(120)
+def test_a_silent_monitor_and_a_killed_node_are_unhealthy_within_two_intervals(cluster, client):
+    lc = cluster["lc"]
+    workers = [n for n in lc.nodes() if n.role == "worker"]
+    quiet, doomed = workers[0].ray_node_id, workers[1]
+    wait_for(lambda: by_node(client)[quiet]["state"] == "healthy", 30, "a healthy node")
+    ray.get(monitor(quiet).pause.remote(True), timeout=30)
+    t0 = time.monotonic()
+    wait_for(lambda: by_node(client)[quiet]["state"] == "unhealthy", 30, "the silent node unhealthy", poll_s=0.1)
+    silent_s = time.monotonic() - t0
+    out = cli(cluster, "--json", "health")
+    assert out.returncode == 1 and any(n["node_id"] == quiet and n["state"] == "unhealthy" for n in json.loads(out.stdout))
+    lc.kill_node(doomed.name)
+    t0 = time.monotonic()
+    wait_for(lambda: by_node(client)[doomed.ray_node_id]["state"] == "unhealthy", 30, "the killed node unhealthy",
+             poll_s=0.1)
+    killed_s = time.monotonic() - t0
+    assert silent_s <= 2 * INTERVAL_S and killed_s <= 2 * INTERVAL_S, (silent_s, killed_s)
+    ray.get(monitor(quiet).pause.remote(False), timeout=30)
+    lc.add_worker()
+    # drain / undrain by hand, through the CLI (a prefix of the id is enough)
+    out = cli(cluster, "drain", quiet[:12], "--reason", "maintenance")
+    assert out.returncode == 0 and "drained (maintenance)" in out.stdout, out.stderr[-2000:]
+    assert by_node(client)[quiet]["drained"]
+    assert cli(cluster, "undrain", quiet).returncode == 0 and not by_node(client)[quiet]["drained"]
+    assert cli(cluster, "drain", "no-such-node").returncode == 4
