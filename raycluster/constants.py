@@ -41,6 +41,7 @@ NAMESPACE = _env_str("NAMESPACE", "raycluster")
 COORDINATOR_NAME = "coordinator"
 CHECKPOINT_MANAGER_NAME = "checkpoint_manager"
 BUDGET_AUTOSCALER_NAME = "budget_autoscaler"
+METRICS_COLLECTOR_NAME = "metrics_collector"
 PG_NAME_PREFIX = "rc-"  # placement groups we own are named rc-<job_id>-a<attempt>
 # The runtime actors live on the head node (like Ray Serve's controller): worker nodes come and go.
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
@@ -123,6 +124,12 @@ HEALTH_GPU_WEIGHT = _env_float("HEALTH_GPU_WEIGHT", 3.0)
 HEALTH_EVACUATE_WAIT_S = _env_float("HEALTH_EVACUATE_WAIT_S", 30.0)
 # An unhealthy node is used again once it has been healthy this long (not one drained by hand).
 HEALTH_RECOVER_S = _env_float("HEALTH_RECOVER_S", 60.0)
+
+# --- metrics (control/metrics.py) ----------------------------------------------------------------
+METRICS_ENABLED = _env_bool("METRICS_ENABLED", True)
+# the MetricsCollector's /metrics (0: a free port; a taken port falls back to a free one, logged)
+METRICS_PORT = _env_int("METRICS_PORT", 9478)
+METRICS_HOST = _env_str("METRICS_HOST", "127.0.0.1")
 
 # --- job spec limits ----------------------------------------------------------------------------
 MAX_PRIORITY = 1000

@@ -18,3 +18,13 @@ step .venv/bin/python -m pip install -e '.[test]'
 # install left it, shadows it and prints a FutureWarning into every rank log
 step .venv/bin/python -m pip uninstall -y pynvml
 .venv/bin/python -W ignore -c 'import raycluster, ray, torch; print(f"raycluster ready: ray {ray.__version__}, torch {torch.__version__}")'
+# Prometheus and promtool (Debian's package, unpacked into .tools/ without installing or starting a
+# service): the tests check the alert rules with promtool and run a real Prometheus on loopback
+if [ ! -x .tools/prometheus/usr/bin/promtool ]; then
+  dl=$(mktemp -d)
+  ( cd "$dl" && step apt-get download prometheus )
+  mkdir -p .tools/prometheus && step dpkg-deb -x "$dl"/prometheus_*.deb .tools/prometheus
+  rm -rf "$dl"
+fi
+.tools/prometheus/usr/bin/promtool --version 2>&1 | head -1
+

@@ -55,3 +55,21 @@ def cmd_drain(args) -> int:
     else:
         print(f"{out['node_id']} undrained: it takes gangs again")
     return EXIT_OK
+
+
+def cmd_metrics(args) -> int:
+    """Where the MetricsCollector serves /metrics, and its Prometheus file_sd file."""
+    import ray
+
+    from raycluster import constants as C
+    from raycluster.cli.commands import _client
+    from raycluster.control.actors import get_handle
+
+    _client(args)  # connects (Ray client only: the collector is an actor)
+    out = ray.get(get_handle(C.METRICS_COLLECTOR_NAME).address.remote(), timeout=30)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"metrics: {out['url']}")
+        print(f"Prometheus file_sd: {out['file_sd']} (beside Ray's own prom_metrics_service_discovery.json)")
+    return EXIT_OK

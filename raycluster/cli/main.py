@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("health", help="every node's health: state, score, reasons, CPU/memory/GPU, drain "
                                        "(exit 1 when a node is unhealthy)")
     sp.set_defaults(fn=health.cmd_health)
+    sp = sub.add_parser("metrics", help="where the MetricsCollector serves Prometheus /metrics, and its file_sd file")
+    sp.set_defaults(fn=health.cmd_metrics)
     sp = sub.add_parser("drain", help="take a node out: no new gangs, its gangs checkpoint and move (until undrain)")
     sp.add_argument("node", help="Ray node id (raycluster health lists them)")
     sp.add_argument("--reason", default=None)

@@ -21,6 +21,7 @@ _MISSING = {
     C.COORDINATOR_NAME: "the raycluster runtime is not running on this cluster (no Coordinator actor); "
                         "start it with `raycluster up`",
     C.CHECKPOINT_MANAGER_NAME: "no CheckpointManager actor on this cluster; start the runtime with `raycluster up`",
+    C.METRICS_COLLECTOR_NAME: "no MetricsCollector on this cluster; start the runtime with `raycluster up`",
     C.BUDGET_AUTOSCALER_NAME: "no BudgetAutoscaler on this cluster: it rents no nodes (start an elastic cluster "
                               "with `ray up ray-cluster.yaml` or `raycluster up --local --elastic FILE`)",
 }
@@ -56,9 +57,20 @@ def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | 
     cm = get_or_create_checkpoint_manager(state_dir)
     coord = get_or_create_coordinator(state_dir, uri)
     ray.get([cm.ping.remote(), coord.ping.remote()], timeout=timeout_s)
+    if C.METRICS_ENABLED:
+        ray.get(get_or_create_metrics_collector(state_dir).ping.remote(), timeout=timeout_s)
     if autoscaling.recorded_config(state_dir):  # an elastic cluster: it rents within a budget
         ray.get(get_or_create_budget_autoscaler(state_dir).ping.remote(), timeout=timeout_s)
     return coord
+
+
+def get_or_create_metrics_collector(state_dir: Path, port: int | None = None):
+    """The MetricsCollector on the head (its /metrics on METRICS_HOST:METRICS_PORT, or a free port
+    when that one is taken)."""
+    from raycluster.control.metrics import MetricsCollector
+
+    return MetricsCollector.options(**_options(C.METRICS_COLLECTOR_NAME)).remote(
+        str(state_dir), C.METRICS_PORT if port is None else port, C.METRICS_HOST)
 
 
 def get_or_create_budget_autoscaler(state_dir: Path):

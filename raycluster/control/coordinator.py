@@ -90,6 +90,9 @@ class Coordinator:
     def tenants(self) -> dict:
         return self.core.tenants_view()
 
+    def metrics_snapshot(self) -> dict:
+        return self.core.metrics_snapshot()
+
     def heartbeat(self, sample: dict) -> None:
         self.core.heartbeat(sample)
 

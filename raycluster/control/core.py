@@ -316,6 +316,40 @@ class CoordinatorCore(Reconciler):
         """Change the hard cap at run time (None: back to the config's)."""
         return spend.set_budget(self.state_dir, usd_per_hour)
 
+    def metrics_snapshot(self) -> dict:
+        """What the MetricsCollector turns into Prometheus families at a scrape: unfinished jobs only
+        (a finished job's series are gone), every node's health, counts, the submit→running histogram."""
+        from raycluster.store.lifecycle import ACTIVE_STATES
+
+        recs = self.store.list(list(ACTIVE_STATES))
+        costs = self._costs([r.id for r in recs]) if self.ledger.elastic and recs else {}
+        jobs = []
+        for r in recs:
+            m = r.last_metrics or {}
+            jobs.append({"id": r.id, "name": r.name, "tenant": r.tenant, "state": r.state.value, "attempt": r.attempt,
+                         "system_restarts": r.system_restarts, "preemptions": r.preemptions + r.preempted,
+                         "step": m.get("step"), "loss": m.get("loss"),
+                         "accuracy": m.get("accuracy", m.get("acc")), "cost_usd": costs.get(r.id)})
+        total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
+        key = "GPU" if sum(t.get("GPU", 0) for t in total.values()) else "CPU"
+        tot = sum(t.get(key, 0) for t in total.values())
+        used = tot - sum(f.get(key, 0) for f in free.values())
+        out = {"at": self.clock(), "jobs_by_state": self.store.count_by_state(),
+               "queue_by_priority": self.store.queue_depth_by_priority(), "jobs": jobs,
+               "submit_to_running": self.submit_to_running.snapshot(), "nodes": self.health_view(),
+               "utilization_pct": round(100.0 * used / tot, 2) if tot else 0.0, "events_by_action": {},
+               "queue_oldest_wait_s": max((self.clock() - r.queued_at for r in self._pending.values()), default=0.0)}
+        if self.ledger.elastic:
+            try:
+                c = self.cost()
+                out["cost_usd_per_hour"] = c["committed_usd_per_hour"]
+                out["budget_usd_per_hour"] = c["max_hourly_budget_usd"]
+                for e in self.events(10_000):
+                    out["events_by_action"][e["action"]] = out["events_by_action"].get(e["action"], 0) + 1
+            except Exception:
+                log.exception("metrics: cannot read the cost books")
+        return out
+
     def cluster_status(self) -> dict:
         total, free = self.nodes.totals_and_free(0.0)
 

@@ -50,6 +50,7 @@ from raycluster.spec import JobSpec, gcs_uris
 from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
 from raycluster.store.lifecycle import ACTIVE_STATES, TERMINAL_STATES, Cause, JobState
+from raycluster.util.histogram import Histogram
 
 log = logging.getLogger("raycluster.coordinator")
 
@@ -116,6 +117,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
         self._init_schedules()
         self._init_sweeps()
         self._init_health()
+        self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
         self._sweep_done: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------------ loop
@@ -373,6 +375,8 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
             att = self.attempts[job.id]
             att.placed = True
             self._guard(f"nodes of {job.id}", self._note_nodes, att)
+            if job.started_at is None:  # its first start
+                self.submit_to_running.observe(max(0.0, now - job.submitted_at))
             if self.ledger.elastic:
                 self._guard(f"usage of {job.id}", self._record_usage, job, att, now)
         else:  # REQUEUE, PREEMPT, SUCCEED, RECOVER, FAIL: the attempt is over

@@ -106,7 +106,9 @@ class SharingMixin:
         self._usage_at = now
         self.tenant_usage.save(self._usage, now)
         config = self.tenants.current()
-        wanting = {tenant_of(j.tenant) for j in self.queue.ordered()} | set(rates)
+        # every tenant that wants the cluster or used it lately (usage decays: it drops out on its own)
+        wanting = ({tenant_of(j.tenant) for j in self.queue.ordered()} | set(rates)
+                   | {t for t, u in self._usage.items() if u > 1e-6})
         shares = {t: config.quota(None if t == "default" else t).shares for t in wanting}
         self.fair_share = fair_share_factors(self._usage, shares)
         window = C.FAIRSHARE_WINDOW_S

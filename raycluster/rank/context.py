@@ -82,8 +82,9 @@ class _ShardWriter:
                 return
             path, data, step = item
             try:
+                t0 = time.perf_counter()
                 storage.write_bytes(path, data)
-                self._commit(step, str(path), hashlib.sha256(data).hexdigest(), len(data))
+                self._commit(step, str(path), hashlib.sha256(data).hexdigest(), len(data), time.perf_counter() - t0)
             except BaseException as exc:  # surfaced on the next save/flush
                 log.exception("checkpoint write of step %d failed", step)
                 self._error = exc
@@ -219,12 +220,12 @@ class TrainContext:
         self._writer.submit(shard_path(self._root, self.job_id, step, self.rank), buf.getvalue(), step)
         self._last_ckpt_time = time.monotonic()
 
-    def _commit(self, step: int, path: str, digest: str, size: int) -> None:
+    def _commit(self, step: int, path: str, digest: str, size: int, write_s: float | None = None) -> None:
         import ray
 
         ray.get(self._cm.commit_shard.remote(
             self.job_id, step, self.rank, self.world_size, path, digest, size, self.attempt,
-            int(self._policy.get("keep_last", 3))))
+            int(self._policy.get("keep_last", 3)), write_s=write_s))
 
     def restore(self) -> dict[str, Any] | None:
         """This rank's state from the newest checkpoint whose every shard verifies (RNGs restored).

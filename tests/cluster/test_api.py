@@ -485,6 +485,8 @@ def test_fuzz_every_operation(api, api_schema):
                                                                            timeout=HTTP_TIMEOUT_S)
         elastic_only = ("GET /rentals", "GET /cost", "GET /events")
         want = 409 if label == "DELETE /jobs/{job_id}" or label in elastic_only else 200  # (not an elastic cluster)
+        if label == "GET /jobs/{job_id}/trials":
+            want = 422  # (the job is not a sweep: documented)
         assert r.status_code == want, (label, r.text)
 
     # 2) generated requests, valid and invalid by the schema
@@ -654,9 +656,9 @@ def test_schedule_round_trip_through_the_http_client(api):
     s = c.create_schedule({**counter_spec("nightly"), "schedule": "0 2 * * *", "concurrency_policy": "Replace"})
     assert s["cron"] == "0 2 * * *" and s["concurrency_policy"] == "Replace" and s["next_run_at"] % 86400 == 7200
     assert "schedule" not in s["spec"] and s["runs"] == 0
-    assert [x["id"] for x in c.list_schedules()] == [s["id"]]
+    assert s["id"] in [x["id"] for x in c.list_schedules()]
     assert c.pause_schedule(s["id"])["paused"] is True
     assert c.resume_schedule(s["id"])["paused"] is False
     assert c.get_schedule(s["id"])["run_jobs"] == []
     assert c.delete_schedule(s["id"])["deleted"] is True
-    assert c.list_schedules() == []
+    assert s["id"] not in [x["id"] for x in c.list_schedules()]

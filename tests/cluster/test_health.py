@@ -137,3 +137,94 @@ def test_a_silent_monitor_and_a_killed_node_are_unhealthy_within_two_intervals(c
     assert by_node(client)[quiet]["drained"]
     assert cli(cluster, "undrain", quiet).returncode == 0 and not by_node(client)[quiet]["drained"]
     assert cli(cluster, "drain", "no-such-node").returncode == 4
+
+
+PROMETHEUS = ROOT / ".tools" / "prometheus" / "usr" / "bin" / "prometheus"
+
+
+@pytest.fixture
+def prometheus(cluster, tmp_path):
+    """A real Prometheus (Debian's, unpacked by scripts/setup.sh) on loopback, scraping the
+    MetricsCollector and Ray's own targets through their file_sd files every second, with our rules."""
+    import os
+    import signal
+
+    import requests
+    import yaml
+
+    from raycluster.util.ports import free_port
+
+    if not PROMETHEUS.exists():
+        pytest.fail(f"{PROMETHEUS} missing: run scripts/setup.sh")
+    addr = ray.get(ray.get_actor(C.METRICS_COLLECTOR_NAME, namespace=C.NAMESPACE).address.remote(), timeout=30)
+    ray_sd = str(Path(addr["file_sd"]).parent / "prom_metrics_service_discovery.json")
+    cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+           "rule_files": [str(ROOT / "configs" / "prometheus" / "rules.yml")],
+           "scrape_configs": [{"job_name": "raycluster", "file_sd_configs": [{"files": [addr["file_sd"]]}]},
+                              {"job_name": "ray", "file_sd_configs": [{"files": [ray_sd]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = free_port("127.0.0.1")
+    log = open(tmp_path / "prometheus.log", "w")
+    proc = subprocess.Popen([str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def query(q):
+        r = requests.get(url + "/api/v1/query", params={"query": q}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]["result"]
+
+    def ready():
+        if proc.poll() is not None:
+            pytest.fail("prometheus exited: " + (tmp_path / "prometheus.log").read_text()[-3000:])
+        try:
+            return requests.get(url + "/-/ready", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(ready, 60, "Prometheus ready")
+        yield {"url": url, "query": query, "collector": addr}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # our own process group only
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.timeout(240)
+def test_prometheus_scrapes_our_metrics_and_fires_an_alert_on_a_killed_node(cluster, client, prometheus):
+    import requests
+
+    q = prometheus["query"]
+    jid = client.submit({"name": "metered", "entrypoint": "jobs.toy:counter", "resources": {"cpus": 0.5},
+                         "config": {"steps": 200, "sleep_per_step_s": 0.05}})["id"]
+    wait_for(lambda: q(f'raycluster_job_step{{job_id="{jid}"}}'), 60, "the job's step in Prometheus")
+    assert float(q(f'raycluster_job_step{{job_id="{jid}"}}')[0]["value"][1]) > 0
+    assert {s["metric"]["state"] for s in q("raycluster_jobs")} >= {"RUNNING", "PENDING", "SUCCEEDED"}
+    alive = {n.ray_node_id for n in cluster["lc"].nodes()}
+    wait_for(lambda: {s["metric"]["node"] for s in q('raycluster_node_health{state="healthy"} == 1')} >= alive, 60,
+             "every node's health in Prometheus")
+    assert q('raycluster_node_cpu_percent') and q('raycluster_workers{health="total"}')
+    assert q('up{job="ray"} == 1'), "Ray's own targets are scraped beside ours"
+    r = requests.get(prometheus["collector"]["url"], timeout=10)
+    assert r.status_code == 200 and "raycluster_submit_to_running_seconds_bucket" in r.text
+    assert client.wait([jid], timeout_s=120)[0]["state"] == "SUCCEEDED"
+    wait_for(lambda: not q(f'raycluster_job_step{{job_id="{jid}"}}'), 30, "the finished job's series gone")
+    # a killed node: the alert fires
+    lc = cluster["lc"]
+    victim = next(n for n in lc.nodes() if n.role == "worker")
+    lc.kill_node(victim.name)
+    t0 = time.monotonic()
+
+    def firing():
+        alerts = requests.get(prometheus["url"] + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "RayclusterWorkerLost" and a["state"] == "firing"]
+
+    assert wait_for(firing, 60, "RayclusterWorkerLost firing")
+    fired_s = time.monotonic() - t0
+    lc.add_worker()
+    assert fired_s < 30, fired_s
