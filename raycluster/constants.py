@@ -125,11 +125,18 @@ HEALTH_EVACUATE_WAIT_S = _env_float("HEALTH_EVACUATE_WAIT_S", 30.0)
 # An unhealthy node is used again once it has been healthy this long (not one drained by hand).
 HEALTH_RECOVER_S = _env_float("HEALTH_RECOVER_S", 60.0)
 
-# --- metrics (control/metrics.py) ----------------------------------------------------------------
+# --- metrics (control/observe/metrics.py) ----------------------------------------------------------------
 METRICS_ENABLED = _env_bool("METRICS_ENABLED", True)
 # the MetricsCollector's /metrics (0: a free port; a taken port falls back to a free one, logged)
 METRICS_PORT = _env_int("METRICS_PORT", 9478)
 METRICS_HOST = _env_str("METRICS_HOST", "127.0.0.1")
+
+# --- notifications (control/observe/notify.py) -----------------------------------------------------
+NOTIFY_TIMEOUT_S = _env_float("NOTIFY_TIMEOUT_S", 5.0)
+NOTIFY_RETRY_BASE_S = _env_float("NOTIFY_RETRY_BASE_S", 1.0)
+NOTIFY_RETRY_MAX_S = _env_float("NOTIFY_RETRY_MAX_S", 300.0)
+NOTIFY_MAX_ATTEMPTS = _env_int("NOTIFY_MAX_ATTEMPTS", 10)
+NOTIFY_POLL_S = _env_float("NOTIFY_POLL_S", 1.0)
 
 # --- job spec limits ----------------------------------------------------------------------------
 MAX_PRIORITY = 1000

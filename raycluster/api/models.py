@@ -114,6 +114,7 @@ class NodeHealth(BaseModel):
     alive: bool
     is_head: bool
     address: str | None = None
+    rental_id: str | None = Field(None, description="its rental, on an elastic cluster")
     state: str = Field(..., description="healthy, degraded, unhealthy, or unknown (no verdict yet)")
     score: float | None = Field(None, description="CPU % x 1 + fullest GPU memory % x 3: lower is better")
     reasons: list[str]

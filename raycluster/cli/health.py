@@ -73,3 +73,94 @@ def cmd_metrics(args) -> int:
         print(f"metrics: {out['url']}")
         print(f"Prometheus file_sd: {out['file_sd']} (beside Ray's own prom_metrics_service_discovery.json)")
     return EXIT_OK
+
+
+def cmd_notify(args) -> int:
+    """Install a notification config (checked first) or show the outbox: what was sent, what waits."""
+    from pathlib import Path
+
+    import yaml
+
+    from raycluster.control.observe.notify import notify_path, parse_config, safe_name
+    from raycluster.store.outbox import Outbox
+    from raycluster.util.files import atomic_write
+
+    if args.set:
+        from raycluster.cli.commands import BadArgument
+
+        try:
+            hooks = parse_config(yaml.safe_load(Path(args.set).read_text()), args.set)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise BadArgument(str(exc)) from None
+        atomic_write(notify_path(args.state_dir), Path(args.set).read_text(), mode=0o600)  # URLs hold secrets
+        out = [{"name": h["name"], "url": safe_name(h["url"]), "format": h["format"], "events": h["events"]}
+               for h in hooks]
+        if args.json:
+            print_json(out)
+        else:
+            print(f"{len(hooks)} webhook(s) installed at {notify_path(args.state_dir)}: "
+                  + ", ".join(f"{h['name']} ({h['format']})" for h in out))
+        return EXIT_OK
+    rows = Outbox(Path(args.state_dir) / "jobs.db").rows(args.limit)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        state = "delivered" if r["delivered_at"] else ("gave up" if r["dead"] else "pending")
+        print(f"{r['id']:>6}  {r['kind']:<15} {r['sink']:<30} {state:<9} tries {r['attempts']}"
+              + (f"  last error: {r['last_error']}" if r["last_error"] else ""))
+    if not rows:
+        print("(no notifications yet)")
+    return EXIT_OK
+
+
+def best_node(nodes: list[dict]) -> dict | None:
+    """The alive, not excluded node with the lowest health score (workers before the head)."""
+    ok = [n for n in nodes if n["alive"] and not n["excluded"] and n["state"] != "unhealthy"]
+    return min(ok, key=lambda n: (n["is_head"], n["score"] if n["score"] is not None else 1e9), default=None)
+
+
+def _shell(cmd: str):
+    """(A Ray streaming task.) Run ``cmd`` in a shell; yield its output lines, then its exit code."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield ("out", line)
+    yield ("rc", proc.wait())
+
+
+def cmd_run(args) -> int:
+    """Run a shell command on the best-scored node as a Ray task, stream its output, return its exit code."""
+    import shlex
+    import sys
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raycluster.cli.commands import BadArgument, _client
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise BadArgument("run needs a command: raycluster run -- CMD [ARGS...]")
+    client = _client(args)
+    if not hasattr(client, "_h"):
+        raise BadArgument("raycluster run needs a Ray connection (--address of the Ray cluster, not its HTTP API)")
+    node = best_node(client.health())
+    if node is None:
+        raise BadArgument("no healthy node to run on (raycluster health says why)")
+    print(f"raycluster: running on node {node['node_id'][:16]} (score {node['score']})", file=sys.stderr, flush=True)
+    task = ray.remote(num_returns="streaming", num_cpus=args.cpus, max_retries=0)(_shell)
+    rc = 1
+    for ref in task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["node_id"], soft=False)).remote(
+            " ".join(shlex.quote(a) for a in argv) if len(argv) > 1 else argv[0]):
+        kind, value = ray.get(ref)
+        if kind == "out":
+            sys.stdout.write(value)
+            sys.stdout.flush()
+        else:
+            rc = int(value)
+    return rc

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from raycluster import constants as C
-from raycluster.cli import commands, health, market, schedules, simulate
+from raycluster.cli import commands, dashboard, health, market, schedules, simulate
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
 
@@ -85,8 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("health", help="every node's health: state, score, reasons, CPU/memory/GPU, drain "
                                        "(exit 1 when a node is unhealthy)")
     sp.set_defaults(fn=health.cmd_health)
+    sp = sub.add_parser("dashboard", help="live terminal view: nodes (health, score, GPU), jobs (progress, ETA, loss, "
+                                          "cost), the queue with why each job waits, scaling events")
+    sp.add_argument("--once", action="store_true", help="print one frame and exit")
+    sp.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default %(default)s)")
+    sp.set_defaults(fn=dashboard.cmd_dashboard)
+    sp = sub.add_parser("run", help="run a shell command on the best-scored healthy node as a Ray task, stream its "
+                                    "output, exit with its exit code: raycluster run -- CMD [ARGS...]")
+    sp.add_argument("--cpus", type=float, default=0.0, help="CPUs the task reserves (default %(default)s)")
+    sp.add_argument("command", nargs=argparse.REMAINDER)
+    sp.set_defaults(fn=health.cmd_run)
     sp = sub.add_parser("metrics", help="where the MetricsCollector serves Prometheus /metrics, and its file_sd file")
     sp.set_defaults(fn=health.cmd_metrics)
+    sp = sub.add_parser("notify", help="webhook notifications: --set FILE installs them (configs/notify.yaml); "
+                                       "without it, the outbox (sent, pending, given up)")
+    sp.add_argument("--set", metavar="FILE", default=None)
+    sp.add_argument("--limit", type=int, default=50)
+    sp.set_defaults(fn=health.cmd_notify)
     sp = sub.add_parser("drain", help="take a node out: no new gangs, its gangs checkpoint and move (until undrain)")
     sp.add_argument("node", help="Ray node id (raycluster health lists them)")
     sp.add_argument("--reason", default=None)

@@ -113,6 +113,12 @@ class Client(ClientBase):
         """A sweep's per-trial results and summary."""
         return self._call("list_trials", job_id, limit, offset, failed_only)
 
+    def rentals(self, include_released: bool = False) -> list[dict]:
+        return self._call("rentals", include_released)
+
+    def events(self, limit: int = 100) -> list[dict]:
+        return self._call("events", limit)
+
     def health(self) -> list[dict]:
         """Every node's health verdict, score, reasons, drain state and newest sample."""
         return self._call("health")

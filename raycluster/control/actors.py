@@ -67,7 +67,7 @@ def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | 
 def get_or_create_metrics_collector(state_dir: Path, port: int | None = None):
     """The MetricsCollector on the head (its /metrics on METRICS_HOST:METRICS_PORT, or a free port
     when that one is taken)."""
-    from raycluster.control.metrics import MetricsCollector
+    from raycluster.control.observe.metrics import MetricsCollector
 
     return MetricsCollector.options(**_options(C.METRICS_COLLECTOR_NAME)).remote(
         str(state_dir), C.METRICS_PORT if port is None else port, C.METRICS_HOST)

@@ -36,6 +36,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
+        self.core.notifier.start()  # webhooks: delivered from the outbox by a thread of their own
         log.info("coordinator started (state dir %s, storage %s)", state_dir, self.core.storage_uri)
 
     def _loop(self) -> None:

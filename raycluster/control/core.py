@@ -319,17 +319,13 @@ class CoordinatorCore(Reconciler):
     def metrics_snapshot(self) -> dict:
         """What the MetricsCollector turns into Prometheus families at a scrape: unfinished jobs only
         (a finished job's series are gone), every node's health, counts, the submit→running histogram."""
-        from raycluster.store.lifecycle import ACTIVE_STATES
-
-        recs = self.store.list(list(ACTIVE_STATES))
-        costs = self._costs([r.id for r in recs]) if self.ledger.elastic and recs else {}
+        recs = self.store.active_progress()
+        costs = self._costs([r["id"] for r in recs]) if self.ledger.elastic and recs else {}
         jobs = []
         for r in recs:
-            m = r.last_metrics or {}
-            jobs.append({"id": r.id, "name": r.name, "tenant": r.tenant, "state": r.state.value, "attempt": r.attempt,
-                         "system_restarts": r.system_restarts, "preemptions": r.preemptions + r.preempted,
-                         "step": m.get("step"), "loss": m.get("loss"),
-                         "accuracy": m.get("accuracy", m.get("acc")), "cost_usd": costs.get(r.id)})
+            m = r.pop("last_metrics")
+            jobs.append({**r, "step": m.get("step"), "loss": m.get("loss"), "accuracy": m.get("accuracy", m.get("acc")),
+                         "cost_usd": costs.get(r["id"])})
         total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
         key = "GPU" if sum(t.get("GPU", 0) for t in total.values()) else "CPU"
         tot = sum(t.get(key, 0) for t in total.values())

@@ -34,6 +34,8 @@ from raycluster import constants as C
 from raycluster.control.elastic.ledger import JobLedger
 from raycluster.control.health.registry import HealthMixin
 from raycluster.control.nodes import NodeCache
+from raycluster.control.elastic.demand import DemandMixin
+from raycluster.control.observe.notify import Notifier, job_notification
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.control.schedules import SchedulesMixin
 from raycluster.control.sharing import SharingMixin
@@ -45,7 +47,6 @@ from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
-from raycluster.policy.tenants import held_by_quota
 from raycluster.spec import JobSpec, gcs_uris
 from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
@@ -67,11 +68,12 @@ class Attempt:
     first_failure_at: float | None = None
 
 
-class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
+class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
     and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
     ``SchedulesMixin``'s (``control/schedules.py``), sweeps ``SweepsMixin``'s (``control/sweeps.py``),
-    node health ``HealthMixin``'s (``control/health/registry.py``)."""
+    node health ``HealthMixin``'s (``control/health/registry.py``), the demand told to Ray's autoscaler
+    ``DemandMixin``'s (``control/elastic/demand.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -117,6 +119,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
         self._init_schedules()
         self._init_sweeps()
         self._init_health()
+        self.notifier = Notifier(self.state_dir, clock)
         self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
         self._sweep_done: dict[str, set[int]] = {}
 
@@ -325,33 +328,6 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
         if changed:
             self._waiting_version += 1  # (the demand told to Ray leaves quota-held jobs out)
 
-    def _tell_demand(self) -> None:
-        """Queued gangs are visible to Ray's autoscaler only through us (a placement group is made
-        once a gang fits): tell it the bundles of every running and queued gang (at most
-        DEMAND_MAX_BUNDLES, in queue order) whenever they change; nothing left clears the request,
-        so idle rented nodes are released."""
-        key = (self.queue.version, frozenset(self._active), self.budget_version, self._waiting_version)
-        if key == self._demand_key:
-            return
-        bundles: list[dict[str, float]] = []
-        held_back = self.budget_reasons
-        for rec in self._active.values():
-            att = self.attempts.get(rec.id)
-            if rec.id in held_back and (att is None or not att.placed):
-                continue  # being placed again, but the BudgetAutoscaler rents nothing for it now
-            bundles.extend(self._bundles(self._spec(rec)))
-        for job in self.queue.ordered():
-            if len(bundles) >= C.DEMAND_MAX_BUNDLES:
-                break
-            # a gang the BudgetAutoscaler rents nothing for is not asked for: Ray's autoscaler meets
-            # a resource request whole or not at all, so one such gang would hold back every other;
-            # nor is one its tenant's quota holds back (it would not start on a new node either)
-            rec = self._pending.get(job.job_id)
-            if job.job_id not in held_back and not (rec is not None and held_by_quota(rec.waiting)):
-                bundles.extend(job.bundles)
-        self.ops.request_resources(bundles[:C.DEMAND_MAX_BUNDLES])
-        self._demand_key = key
-
     # ------------------------------------------------------------------ apply
     def apply(self, job: JobRecord, step: Step, now: float) -> JobRecord:
         """Carry out one decision: commit the transition first (the intent), then act on Ray."""
@@ -403,6 +379,8 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin):
     def _transition(self, job: JobRecord, step: Step, now: float, **extra: Any) -> JobRecord:
         rec = self.store.transition(job.id, step.src, step.dst, cause=step.cause, reason=step.reason, now=now,
                                     **{**step.fields, **extra})
+        if rec.state == JobState.FAILED or step.cause == Cause.PREEMPTED or "preemptions" in extra:
+            self._guard(f"notify {job.id}", self.notifier.emit, *job_notification(rec, step))
         if rec.state != JobState.PENDING:  # a job queued again waits for the next pass's admission
             self._note(rec)
         return rec

@@ -204,6 +204,18 @@ class JobStore:
             ).fetchall()
         return [{"attempt": a, "ts": ts, "step": st, **json.loads(d)} for a, ts, st, d in reversed(rows)]
 
+    def active_progress(self) -> list[dict[str, Any]]:
+        """What metrics need of every job holding resources (PLACING/RUNNING/RECOVERING), without
+        decoding specs: id, name, tenant, state, attempt, restarts, preemptions, last metrics."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, name, tenant, state, attempt, system_restarts, preemptions, preempted, last_metrics "
+                "FROM jobs WHERE state IN (?,?,?)", (JobState.PLACING.value, JobState.RUNNING.value,
+                                                     JobState.RECOVERING.value)).fetchall()
+        return [{"id": i, "name": n, "tenant": t, "state": st, "attempt": a, "system_restarts": r,
+                 "preemptions": (p or 0) + (pp or 0), "last_metrics": json.loads(m) if m else {}}
+                for i, n, t, st, a, r, p, pp, m in rows]
+
     def list_by_schedule(self, schedule_id: str, limit: int = 100) -> list[JobRecord]:
         """The newest ``limit`` runs of a schedule, oldest first."""
         with self._lock:

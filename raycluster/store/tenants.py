@@ -9,7 +9,6 @@ checked and atomically (``raycluster tenants set FILE``), and the ``tenant_usage
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
@@ -20,8 +19,7 @@ import yaml
 from raycluster.policy.tenants import TenantsConfig, parse_tenants
 from raycluster.store.db import connect
 from raycluster.util.files import atomic_write
-
-log = logging.getLogger("raycluster.tenants")
+from raycluster.util.watched import WatchedFile
 
 TENANTS_FILE = "tenants.yaml"
 
@@ -50,32 +48,15 @@ def install_tenants_file(state_dir: Path | str, source: Path | str) -> TenantsCo
     return config
 
 
-class TenantsFile:
+class TenantsFile(WatchedFile):
     """The tenants config as of the file's last modification (an empty config when there is none)."""
 
     def __init__(self, state_dir: Path | str):
-        self.path = tenants_path(state_dir)
-        self.config = TenantsConfig()
-        self.error: str | None = None
-        self._stamp: tuple | None = None
-        self.version = 0
+        super().__init__(tenants_path(state_dir), read_tenants_file, TenantsConfig(), "tenants")
 
-    def current(self) -> TenantsConfig:
-        try:
-            st = self.path.stat()
-            stamp: tuple | None = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                self.config = read_tenants_file(self.path) if stamp else TenantsConfig()
-                self.error = None
-            except ValueError as exc:  # keep the last good config; say why
-                self.error = str(exc)
-                log.error("tenants: %s (keeping the previous config)", exc)
-            self.version += 1
-        return self.config
+    @property
+    def config(self) -> TenantsConfig:
+        return self.value
 
 
 class TenantUsageStore:

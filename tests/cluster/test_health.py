@@ -73,6 +73,10 @@ def test_every_node_has_a_monitor_and_is_healthy(cluster, client):
     out = cli(cluster, "health")
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert out.stdout.count("healthy") >= len(alive)
+    # raycluster run: on the best-scored worker, output streamed, its exit code returned
+    ran = cli(cluster, "run", "--", "sh", "-c", "echo hello from $(hostname); echo to-stderr >&2; exit 3")
+    assert ran.returncode == 3, ran.stderr[-2000:]
+    assert "hello from" in ran.stdout and "to-stderr" in ran.stdout and "running on node" in ran.stderr
 
 
 CNN = {"entrypoint": "jobs.cnn:train", "resources": {"gpus": 0.5, "cpus": 0.5},
@@ -109,6 +113,55 @@ def test_a_gpu_fault_moves_the_job_checkpoint_first_with_the_same_result(cluster
     assert listed.returncode == 0 and "COMPLETE" in listed.stdout, listed.stderr[-2000:]
     ray.get(monitor(node).inject.remote(None), timeout=30)
     wait_for(lambda: not by_node(client)[node]["excluded"], 60, "the node used again once healthy")
+
+
+@pytest.mark.timeout(120)
+def test_dashboard_once_json_and_live_in_a_terminal(cluster, client):
+    import shutil
+    import uuid
+
+    jid = client.submit({"name": "watched", "entrypoint": "jobs.toy:counter", "resources": {"cpus": 0.5},
+                         "config": {"steps": 4000, "sleep_per_step_s": 0.05}})["id"]
+    wait_for(lambda: client.get(jid)["last_metrics"].get("step", 0) >= 5, 60, "the job reporting steps")
+    out = cli(cluster, "dashboard", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    v = json.loads(out.stdout)
+    job = next(j for j in v["jobs"] if j["id"] == jid)
+    assert job["total"] == 4000 and 0 < job["fraction"] < 1
+    assert {n["node_id"] for n in v["nodes"]} >= {n.ray_node_id for n in cluster["lc"].nodes()}
+    once = cli(cluster, "dashboard", "--once")
+    assert once.returncode == 0 and jid in once.stdout and "healthy" in once.stdout
+    if not shutil.which("tmux"):
+        pytest.fail("tmux is needed to test the live view as a terminal program")
+    session = f"rc-dash-{uuid.uuid4().hex[:8]}"
+    cmd = (f"env COLUMNS=200 LINES=60 {sys.executable} -m raycluster.cli --state-dir {cluster['state_dir']} "
+           "dashboard --interval 0.5")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "220", "-y", "60", "-c", str(ROOT), cmd],
+                   check=True, timeout=30)
+    try:
+        def pane():
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True,
+                                  timeout=10).stdout
+
+        seen = []
+
+        def showing():
+            text = pane()
+            seen[:] = [text]
+            return text if jid in text and "healthy" in text else None
+
+        try:
+            first = wait_for(showing, 60, "the live view")
+        except AssertionError:
+            raise AssertionError(f"the live view never showed {jid}; the terminal showed:\n{seen[0] if seen else ''}")
+        assert "jobs" in first and "nodes" in first and "watched" in first
+        step_then = client.get(jid)["last_metrics"]["step"]
+        wait_for(lambda: client.get(jid)["last_metrics"]["step"] > step_then + 10, 30, "progress")
+        assert wait_for(lambda: pane() != first, 20, "the live view to refresh")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], timeout=10)  # our own session only
+        if client.get(jid)["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            client.cancel(jid)
 
 
 @pytest.mark.timeout(120)
@@ -205,13 +258,25 @@ def test_prometheus_scrapes_our_metrics_and_fires_an_alert_on_a_killed_node(clus
     wait_for(lambda: q(f'raycluster_job_step{{job_id="{jid}"}}'), 60, "the job's step in Prometheus")
     assert float(q(f'raycluster_job_step{{job_id="{jid}"}}')[0]["value"][1]) > 0
     assert {s["metric"]["state"] for s in q("raycluster_jobs")} >= {"RUNNING", "PENDING", "SUCCEEDED"}
-    alive = {n.ray_node_id for n in cluster["lc"].nodes()}
-    wait_for(lambda: {s["metric"]["node"] for s in q('raycluster_node_health{state="healthy"} == 1')} >= alive, 60,
-             "every node's health in Prometheus")
+    alive = {n["node_id"] for n in client.health() if n["alive"]}
+    wait_for(lambda: {s["metric"]["node"] for s in q('raycluster_node_health')} >= alive, 60,
+             "every alive node's health in Prometheus")
     assert q('raycluster_node_cpu_percent') and q('raycluster_workers{health="total"}')
     assert q('up{job="ray"} == 1'), "Ray's own targets are scraped beside ours"
     r = requests.get(prometheus["collector"]["url"], timeout=10)
     assert r.status_code == 200 and "raycluster_submit_to_running_seconds_bucket" in r.text
+    # every Grafana panel's expression runs against this Prometheus; those of a running CPU cluster have data
+    dash = json.loads((ROOT / "configs" / "grafana" / "raycluster.json").read_text())
+    assert dash["templating"]["list"][0]["type"] == "datasource"
+    empty = []
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}"
+        for t in p["targets"]:
+            if not q(t["expr"]):  # (a bad expression raises: HTTP 400)
+                empty.append(p["title"])
+    assert set(empty) <= {"Queue depth by priority", "GPU utilisation", "GPU memory and temperature", "Cost per hour vs budget (elastic clusters)",
+                          "Autoscaling events", "Training loss", "Checkpoint save (p95) and bytes/s",
+                          "Submit → running (p50, p95)"}, empty
     assert client.wait([jid], timeout_s=120)[0]["state"] == "SUCCEEDED"
     wait_for(lambda: not q(f'raycluster_job_step{{job_id="{jid}"}}'), 30, "the finished job's series gone")
     # a killed node: the alert fires

@@ -113,3 +113,16 @@ def test_an_unhealthy_node_is_used_again_once_healthy_for_a_while(env):
     assert states(core)["n1"] == "healthy" and "n1" in core.excluded_nodes()  # not yet: HEALTH_RECOVER_S
     run(core, clock, 6, nodes=("n0", "n1", "n2"))
     assert "n1" not in core.excluded_nodes()
+
+
+def test_a_silent_nodes_gang_moves_at_once(env):
+    core, ops, clock = env
+    beat(core, clock)
+    jid = core.submit({"name": "j", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
+    run(core, clock, 1, nodes=("n0", "n1", "n2"))
+    assert core.attempts[jid].nodes == ["n0"]
+    run(core, clock, 3.5, nodes=("n1", "n2"))  # n0 silent for 1.5 intervals: presumed dead
+    job = core.get(jid)
+    moved = [t for t in job["transitions"] if t["cause"] == "node_unhealthy"]
+    assert len(moved) == 1 and "no heartbeat" in moved[0]["reason"] and job["system_restarts"] == 0
+    assert not core.checkpoint_wanted(jid, 1)  # nobody waited for a checkpoint that cannot come

@@ -25,7 +25,7 @@ def snapshot(**kw):
 def scrape(snap, ckpt=None):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from raycluster.control.metrics import _Collector
+    from raycluster.control.observe.metrics import _Collector
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Collector(lambda: (snap, ckpt)))
@@ -81,7 +81,7 @@ def test_metrics_endpoint_token():
     import requests
     from prometheus_client import CollectorRegistry
 
-    from raycluster.control.metrics import _app, _Collector
+    from raycluster.control.observe.metrics import _app, _Collector
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Collector(lambda: (snapshot(), None)))
@@ -97,3 +97,22 @@ def test_metrics_endpoint_token():
         assert r.status_code == 200 and "raycluster_jobs" in r.text
     finally:
         srv.shutdown()
+
+
+def test_fast_exposition_says_what_prometheus_client_says():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from raycluster.control.observe.metrics import _Collector, exposition
+
+    reg = CollectorRegistry(auto_describe=False)
+    weird = snapshot(jobs=[{"id": "job-2", "name": 'a"b\\c\nd', "tenant": None, "state": "RUNNING", "attempt": 1,
+                            "system_restarts": 0, "preemptions": 0, "step": float("nan"), "loss": float("inf")}])
+    reg.register(_Collector(lambda: (weird, {"buckets": [(0.1, 2), (float("inf"), 3)], "sum": 0.4, "count": 3,
+                                             "bytes": 1024})))
+
+    def parsed(text):
+        return {(f.name, f.type, s.name, tuple(sorted(s.labels.items())), repr(s.value))
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name != "raycluster_snapshot_age_seconds"}  # (its value moves between the two scrapes)
+
+    assert parsed(exposition(reg.collect()).decode()) == parsed(generate_latest(reg).decode())

@@ -28,6 +28,7 @@ from raycluster.errors import InvalidJobSpec
 from raycluster.policy.health import (GpuSample, HealthContext, HealthState, HealthThresholds, HealthVerdict,
                                       NodeSample, failed_checks, verdict)
 from raycluster.policy.steps import Action, Step
+from raycluster.provision.market.local import RENTAL_LABEL
 from raycluster.store.lifecycle import Cause, JobState
 from raycluster.store.nodes import NodeHealthStore
 
@@ -54,6 +55,9 @@ def to_sample(d: dict[str, Any]) -> NodeSample:
                       load1=float(d.get("load1") or 0), cpus=int(d.get("cpus") or 1), mem_pct=float(d.get("mem_pct") or 0),
                       disk_free_pct=float(d.get("disk_free_pct", 100.0)), disk_free_gb=float(d.get("disk_free_gb") or 0),
                       gpus=gpus, nvml_error=d.get("nvml_error"))
+
+
+_NONE = HealthVerdict("", HealthState.HEALTHY, 0.0, (), 0)
 
 
 class HealthMixin:
@@ -134,7 +138,8 @@ class HealthMixin:
         s = self._samples.get(node_id)
         hb = self._hb_at.get(node_id)
         return {"node_id": node_id, "alive": bool(node.get("alive")), "is_head": bool(node.get("is_head")),
-                "address": node.get("address"), "state": v.state.value if v else "unknown",
+                "address": node.get("address"), "rental_id": (node.get("labels") or {}).get(RENTAL_LABEL),
+                "state": v.state.value if v else "unknown",
                 "score": v.score if v else None, "reasons": list(v.reasons) if v else [],
                 "excluded": node_id in self.excluded_nodes(), "drained": node_id in self._drained,
                 "drain_reason": self._drained.get(node_id),
@@ -178,6 +183,12 @@ class HealthMixin:
             log.log(level, "node %s: %s (score %.0f) %s", nid, v.state.value, v.score, "; ".join(v.reasons))
             self._guard(f"health of {nid}", self.node_health.set_state, nid, v.state.value, v.score,
                         list(v.reasons), now, now)
+        if v.state == HealthState.UNHEALTHY and (old is None or old.state != HealthState.UNHEALTHY):
+            self._guard(f"notify {nid}", self.notifier.emit, "node_unhealthy", {"node": nid},
+                        f"node {nid[:16]} is unhealthy", "; ".join(v.reasons))
+        elif v.state == HealthState.HEALTHY and old is not None and old.state == HealthState.UNHEALTHY:
+            self._guard(f"notify {nid}", self.notifier.emit, "node_recovered", {"node": nid},
+                        f"node {nid[:16]} is healthy again", "its checks pass again", True)
         if v.state == HealthState.UNHEALTHY:
             self._unhealthy.setdefault(nid, now)
             self._healthy_since.pop(nid, None)
@@ -218,6 +229,13 @@ class HealthMixin:
             why = (f"node {bad[0]} drained ({self._drained[drained[0]]})" if drained else
                    f"node {bad[0]} unhealthy: {'; '.join(self._verdicts[bad[0]].reasons) if bad[0] in self._verdicts else ''}")
             ev = self._evacuating.get(jid)
+            silent = [n for n in bad if any(r.startswith("no heartbeat") for r in self._verdicts.get(n, _NONE).reasons)]
+            if silent:  # presumed dead: no checkpoint will come, move it now
+                self._evacuating.pop(jid, None)
+                self.apply(rec, Step(jid, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, Cause.NODE_UNHEALTHY,
+                                     f"moved off node {silent[0]}: no heartbeat (presumed dead); resumes from its "
+                                     "newest checkpoint"), now)
+                continue
             if ev is None or ev[0] != att.attempt:
                 self._ckpt_wanted[(jid, att.attempt)] = why
                 self._evacuating[jid] = (att.attempt, now, self._newest_step(jid), why, cause)

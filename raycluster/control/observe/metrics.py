@@ -143,6 +143,38 @@ def families(snap: dict[str, Any], ckpt: dict[str, Any] | None) -> Iterable:
     yield up
 
 
+def _escape(v: str) -> str:
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return v
+
+
+def _num(v: float) -> str:
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+def exposition(fams) -> bytes:
+    """The Prometheus text format (0.0.4) of ``fams`` — what ``prometheus_client.generate_latest``
+    writes, ~5x faster for our thousands of labelled series (tests/unit/test_metrics_families.py
+    checks both agree)."""
+    out: list[str] = []
+    for m in fams:
+        name = m.name + ("_total" if m.type == "counter" and not m.name.endswith("_total") else "")
+        out.append(f"# HELP {m.name if m.type != 'counter' else name} {m.documentation}\n"
+                   f"# TYPE {m.name if m.type != 'counter' else name} {m.type}\n")
+        for smp in m.samples:
+            if smp.labels:
+                labels = ",".join(f'{k}="{_escape(str(v))}"' for k, v in smp.labels.items())
+                out.append(f"{smp.name}{{{labels}}} {_num(smp.value)}\n")
+            else:
+                out.append(f"{smp.name} {_num(smp.value)}\n")
+    return "".join(out).encode()
+
+
 class _Collector:
     def __init__(self, fetch):
         self._fetch = fetch
@@ -153,9 +185,7 @@ class _Collector:
 
 
 def _app(registry, token: str | None):
-    from prometheus_client import make_wsgi_app
-
-    inner = make_wsgi_app(registry)
+    """/metrics of the registry in the text format (our fast writer), behind an optional bearer token."""
 
     def app(environ, start_response):
         if token:
@@ -163,7 +193,13 @@ def _app(registry, token: str | None):
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
                 start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
                 return [b"missing or wrong bearer token\n"]
-        return inner(environ, start_response)
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"only /metrics here\n"]
+        body = exposition(registry.collect())
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
 
     return app
 
