@@ -99,14 +99,18 @@ def test_a_gpu_fault_moves_the_job_checkpoint_first_with_the_same_result(cluster
     detect_s = time.monotonic() - t0
     assert detect_s <= 2 * INTERVAL_S, detect_s
     assert "XID error 79" in " ".join(by_node(client)[node]["reasons"])
-    other = client.submit({"name": "after-fault", "entrypoint": "jobs.toy:counter", "config": {"steps": 5},
+    other = client.submit({"name": "after-fault", "entrypoint": "jobs.toy:counter",
+                           "config": {"steps": 60, "sleep_per_step_s": 0.05},
                            "resources": {"cpus": 0.5, "gpus": 0.5}})["id"]
+    # no new gang goes to the faulty node: neither the new job nor the victim placed again
+    other_nodes = wait_for(lambda: pg_nodes(other, 1), 60, "the new job placed")
+    moved_nodes = wait_for(lambda: pg_nodes(victim, 2), 90, "the victim placed again")
+    assert node not in other_nodes and node not in moved_nodes, (node, other_nodes, moved_nodes)
     final, base, late = client.wait([victim, baseline, other], timeout_s=200)
     assert final["state"] == base["state"] == late["state"] == "SUCCEEDED", (final["error"], base["error"], late["error"])
     moved = [t for t in final["transitions"] if t["cause"] == "node_unhealthy"]
     assert len(moved) == 1 and "XID error 79" in moved[0]["reason"] and "resumes from step" in moved[0]["reason"]
     assert final["system_restarts"] == 0 and final["attempt"] == 2
-    assert node not in pg_nodes(victim, 2) or not pg_nodes(victim, 2)  # (removed once finished)
     assert final["result"]["weights_sha256"] == base["result"]["weights_sha256"]
     assert final["result"]["final_loss"] == base["result"]["final_loss"]
     listed = cli(cluster, "checkpoints", victim)

@@ -38,6 +38,10 @@ class FakeOps:
         self.released: list[tuple] = []
         self.checkpointed: list[str] = []
         self.prices: dict[tuple[str, str], float] = {}
+        self.sick: dict[str, str] = {}
+
+    def unhealthy(self):
+        return {r: why for r, why in self.sick.items() if any(h.id == r for h in self.held)}
 
     def config(self):
         return self.cfg
@@ -267,3 +271,24 @@ def test_gangs_on_a_node_with_a_preemption_notice_are_asked_to_checkpoint_once()
         clock.t += 2
         loop.step()
     assert ops.checkpointed == ["s1"]
+
+
+def test_an_unhealthy_rented_node_is_given_back_and_replaced():
+    """(Issue "health": where renting landed, an unhealthy rented node is released and replaced.)"""
+    ops, clock = FakeOps(), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("r1", busy=True)
+    ops.rent("r2", busy=True)
+    ops.queue = []
+    loop.step()
+    assert ops.released == []
+    ops.sick = {"r1": "GPU 0: XID error 79"}
+    ops.queue = [gang("moved-off-r1")]  # its gang, moved off it, waits for a node again
+    clock.t += 2
+    loop.step()
+    loop.join()
+    assert ops.released[0][0] == "r1" and "XID error 79" in ops.released[0][1]
+    assert "r1" in ops.checkpointed  # its gangs were asked to checkpoint before it went
+    assert any(a == "release_unhealthy" for a, _r in ops.events)
+    # the replacement: the policy no longer counts r1, so a spot node is allowed for the waiting gang
+    assert ops.limits[-1]["gpu_spot"][1] >= 2

@@ -53,6 +53,7 @@ class BudgetLoop:
         # busy nodes being given back (their gangs checkpointing first): rental id -> node type
         self.going: dict[str, str] = {}
         self._noticed: set[str] = set()  # nodes with a preemption notice whose gangs were asked to checkpoint
+        self.sick: dict[str, tuple[str, str]] = {}  # unhealthy rented nodes to give back: id -> (type, why)
         self._threads: list[threading.Thread] = []
 
     # ---- observe -------------------------------------------------------------------------------------
@@ -98,9 +99,20 @@ class BudgetLoop:
                 except Exception:
                     log.exception("asking the gangs on %s to checkpoint failed", r.id)
         self._noticed &= {r.id for r in rentals}
+        try:
+            sick = self.ops.unhealthy()
+        except Exception:
+            log.exception("reading node health failed; deciding without it")
+            sick = {}
+        self.sick = {}
         for r in rentals:
             if r.id in self.going or getattr(r.state, "value", r.state) == "releasing":
                 continue  # on its way out: neither held nor counted by the policy
+            if r.id in sick:  # released and replaced: not held, so the policy rents for its gangs again
+                self.sick[r.id] = (r.node_type, f"unhealthy: {sick[r.id]}")
+                if r.id in ray_nodes:
+                    ray_ids[r.id] = ray_nodes[r.id]["id"]
+                continue
             live.add(r.id)
             node = ray_nodes.get(r.id)
             t = by_type.get(r.node_type)
@@ -147,6 +159,14 @@ class BudgetLoop:
 
     def _apply(self, ctx: BudgetContext, d: BudgetDecision, ray_ids: dict[str, str]) -> None:
         released = set()
+        for rental_id, (node_type, reason) in self.sick.items():  # checkpoint (if it can), drain, release
+            self.going[rental_id] = node_type
+            log.warning("giving back %s: %s", rental_id, reason)
+            self.ops.event("release_unhealthy", f"{rental_id} {reason}", node_type, 1)
+            t = threading.Thread(target=self._release_busy, args=(rental_id, reason, ray_ids.get(rental_id)),
+                                 name=f"release-{rental_id}", daemon=True)
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
         for rental_id, reason in d.release:
             if rental_id in self.busy:  # jobs run there: checkpoint, then drain and release (not blocking the loop)
                 self.going[rental_id] = next(n.node_type for n in ctx.held if n.id == rental_id)

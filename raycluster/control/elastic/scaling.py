@@ -155,6 +155,18 @@ class ScalingOps:
 
         return ray.get(self.coordinator.budget_queue.remote(), timeout=30) if self.coordinator else []
 
+    def unhealthy(self) -> dict[str, str]:
+        """Rented nodes the Coordinator judges unhealthy (not those drained by hand): rental id -> why."""
+        import ray
+
+        if self.coordinator is None:
+            return {}
+        out = {}
+        for n in ray.get(self.coordinator.health.remote(), timeout=30):
+            if n.get("rental_id") and n["alive"] and n["state"] == "unhealthy" and not n["drained"]:
+                out[n["rental_id"]] = "; ".join(n["reasons"]) or "unhealthy"
+        return out
+
     def set_waiting(self, reasons: dict[str, str]) -> None:
         if self.coordinator is not None:
             self.coordinator.set_budget_reasons.remote(reasons)
