@@ -354,13 +354,20 @@ class ControlAPI:
 
     @app.post("/schedules", status_code=201, response_model=Schedule, tags=["schedules"],
               responses={**COMMON, 413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},
+                         409: {**E, "description": "Idempotency-Key reused with a different spec"},
                          422: {**E, "description": "invalid spec (a bad cron expression names schedule)"}},
               openapi_extra=_json_body_doc("JobSpec"),
               summary="create a scheduled job: a spec with schedule (cron, UTC) submits a run at each tick")
-    async def create_schedule(self, request: Request) -> dict:
+    async def create_schedule(self, request: Request,
+                              idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1,
+                                                                   max_length=255)) -> dict:
         data = await _json_body(request)
         parse_spec(data)
-        return await self._coord("create_schedule", data, timeout_s=self.s.submit_timeout_s)
+        try:
+            return await self._coord("create_schedule", data, idempotency_key, timeout_s=self.s.submit_timeout_s)
+        except IdempotencyKeyReused as exc:
+            raise IdempotencyKeyReused(exc.message.replace("idempotency key", "Idempotency-Key", 1),
+                                       field="Idempotency-Key") from None
 
     @app.get("/schedules", response_model=ScheduleList, responses=COMMON, tags=["schedules"])
     async def list_schedules(self) -> dict:

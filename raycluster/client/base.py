@@ -73,7 +73,9 @@ class ClientBase:
 
     def create_schedule(self, spec: JobSpec | dict | str | Path, base_dir: str | Path | None = None) -> dict:
         """Create a scheduled job from a spec with ``schedule`` (local code uploaded as for submit)."""
-        return self._call_schedules("create_schedule", self._normalise(spec, base_dir))
+        # one key for this create, the same on every retry: a retry never makes a second schedule
+        return self._call_schedules("create_schedule", self._normalise(spec, base_dir),
+                                    f"{self.key_prefix}-{uuid.uuid4().hex}")
 
     def list_schedules(self) -> list[dict]:
         return self._call_schedules("list_schedules")

@@ -214,7 +214,7 @@ class HttpClient(ClientBase):
 
     def _call_schedules(self, method: str, *args):
         if method == "create_schedule":
-            return self._send("POST", "/schedules", body=args[0])[0]
+            return self._send("POST", "/schedules", body=args[0], headers={"Idempotency-Key": args[1]})[0]
         if method == "list_schedules":
             return self._get("/schedules")["schedules"]
         path = f"/schedules/{quote(str(args[0]), safe='')}"

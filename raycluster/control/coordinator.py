@@ -112,8 +112,8 @@ class Coordinator:
     def list_trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
         return self.core.list_trials(job_id, limit, offset, failed_only)
 
-    def create_schedule(self, spec: dict | str) -> dict:
-        return self.core.create_schedule(spec)
+    def create_schedule(self, spec: dict | str, idempotency_key: str | None = None) -> dict:
+        return self.core.create_schedule(spec, idempotency_key)
 
     def list_schedules(self) -> list[dict]:
         return self.core.list_schedules()

@@ -33,8 +33,22 @@ class SchedulesMixin:
         self._deadlines: dict[str, tuple[float, float | None]] = {}  # job -> (deadline, expected_runtime_s)
 
     # ------------------------------------------------------------------ user calls
-    def create_schedule(self, spec_data) -> dict:
+    def create_schedule(self, spec_data, idempotency_key: str | None = None) -> dict:
+        """A scheduled job of a spec with ``schedule``. The same ``idempotency_key`` again (a retry)
+        answers the schedule made the first time; with another spec it is refused (409)."""
         spec = parse_spec(spec_data)
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 255:
+                raise InvalidJobSpec("idempotency_key must be 1-255 characters", field="idempotency_key")
+            old = self.schedules.find_by_key(idempotency_key)
+            if old is not None:
+                if old.spec != {k: v for k, v in spec.model_dump(mode="json", exclude_none=True).items()
+                                if k not in _SCHEDULE_FIELDS} or old.cron != spec.schedule:
+                    from raycluster.errors import IdempotencyKeyReused
+
+                    raise IdempotencyKeyReused(f"idempotency key {idempotency_key!r} was already used for schedule "
+                                               f"{old.id} with a different spec", field="idempotency_key")
+                return old.to_dict()
         if spec.schedule is None:
             raise InvalidJobSpec("schedule: required to create a scheduled job (a cron expression, e.g. '0 2 * * *')",
                                  field="schedule")
@@ -49,7 +63,7 @@ class SchedulesMixin:
         run_spec = {k: v for k, v in spec.model_dump(mode="json", exclude_none=True).items() if k not in _SCHEDULE_FIELDS}
         rec = ScheduleRecord(id=new_schedule_id(), name=spec.name, spec=run_spec, cron=spec.schedule,
                              concurrency_policy=spec.concurrency_policy, tenant=spec.tenant, created_at=now,
-                             updated_at=now, next_run_at=next_tick(spec.schedule, now))
+                             updated_at=now, next_run_at=next_tick(spec.schedule, now), idempotency_key=idempotency_key)
         with self._lock:
             self.schedules.insert(rec)
             self._sched[rec.id] = rec

@@ -187,7 +187,7 @@ class SharingMixin:
         out = []
         for rec in recs:
             att = self.attempts[rec.id]
-            nodes = self.ops.pg_nodes(att.pg)
+            nodes = att.nodes or self.ops.pg_nodes(att.pg)  # (noted when it was placed)
             bundle = self._bundles(self._spec(rec))
             ckpt_at = self._newest_checkpoint_at(rec.id)
             since = max(x for x in (rec.attempt_started_at or 0.0, ckpt_at or 0.0))

@@ -36,6 +36,8 @@ class ScheduleRecord(BaseModel):
     skipped: int = Field(0, description="ticks skipped (Forbid, the previous run unfinished)")
     last_error: str | None = Field(None, description="why the last tick could not submit its run")
     deleted: bool = False
+    idempotency_key: str | None = Field(None, json_schema_extra={"sql": "UNIQUE"},
+                                        description="a retried create answers the schedule it made")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,6 +71,12 @@ class ScheduleStore:
         if row is None:
             raise JobNotFound(f"schedule {schedule_id!r} not found")
         return SCHEDULES.row(row)
+
+    def find_by_key(self, key: str) -> ScheduleRecord | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {SCHEDULES.select_list} FROM schedules WHERE idempotency_key=?",
+                                     (key,)).fetchone()
+        return SCHEDULES.row(row) if row else None
 
     def list(self) -> list[ScheduleRecord]:
         with self._lock:

@@ -206,3 +206,15 @@ def test_a_schedules_packages_stay_pinned_while_it_exists(env, monkeypatch):
     clock.t += C.PACKAGE_PIN_S
     core.reconcile_once()
     assert not any(uri in uris for uris, _s in ops.pinned)
+
+
+def test_a_retried_create_makes_one_schedule(env):
+    from raycluster.errors import IdempotencyKeyReused
+
+    core, _ops, _clock = env
+    a = core.create_schedule(sched(), "key-1")
+    b = core.create_schedule(sched(), "key-1")
+    assert a["id"] == b["id"] and len(core.list_schedules()) == 1
+    with pytest.raises(IdempotencyKeyReused) as exc:
+        core.create_schedule(sched(name="other"), "key-1")
+    assert exc.value.field == "idempotency_key" and len(core.list_schedules()) == 1
