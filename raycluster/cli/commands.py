@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from raycluster.cli.format import finish, job_details, jobs_table, print_json, progress_printer
+from raycluster.cli.format import finish, job_details, jobs_table, print_json, progress_printer, text_table
 from raycluster.errors import EXIT_INVALID, EXIT_OK, ClusterUnavailable
 from raycluster.store import storage
 
@@ -195,9 +195,7 @@ def cmd_checkpoints(args) -> int:
     table = [(str(c["step"]), str(c.get("attempt") or "-"), c["state"], f"{(c.get('size_bytes') or 0) / 2**20:.2f}",
               time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["created_at"])) if c.get("created_at") else "-",
               c.get("reason") or "") for c in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-    for line in (cols, *table):
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(text_table(cols, table))
     if not rows:
         print("(no checkpoints)")
     return EXIT_OK
@@ -232,9 +230,7 @@ def cmd_tenants(args) -> int:
              lim(t["holding"]["cpus"], t["quota"], "max_cpus"), lim(t["holding"]["jobs"], t["quota"], "max_jobs"),
              str(t["queued"]), f"{t['quota'].get('shares', 1):g}", f"{t['usage']:.1f}", f"{t['fair_share']:.3f}")
             for t in view["tenants"]]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    for line in (cols, *rows):
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(text_table(cols, rows))
     print(f"(* not listed in {view['file']}: the default quota)")
     return EXIT_OK
 

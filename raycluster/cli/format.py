@@ -41,8 +41,16 @@ def jobs_table(jobs: list[dict]) -> str:
         if costed:
             row += ("-" if j.get("cost_usd") is None else f"{j['cost_usd']:.4f}",)
         rows.append(row)
+    return text_table(cols, rows)
+
+
+def text_table(cols, rows) -> str:
+    """Columns left-aligned to their widest cell, two spaces apart: the CLI's one plain table."""
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def line(r):
+        return "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
+
     return "\n".join([line(cols), *(line(r) for r in rows)])
 
 

@@ -7,7 +7,7 @@ grid CLI's ``health``) and its exit status: non-zero when any alive node is unhe
 
 from __future__ import annotations
 
-from raycluster.cli.format import print_json
+from raycluster.cli.format import print_json, text_table
 from raycluster.errors import EXIT_OK
 
 EXIT_UNHEALTHY = 1
@@ -35,9 +35,7 @@ def cmd_health(args) -> int:
                       "-" if r["score"] is None else f"{r['score']:.0f}", f"{s.get('cpu_pct', 0):.0f}" if s else "-",
                       f"{s.get('mem_pct', 0):.0f}" if s else "-", f"{s.get('disk_free_pct', 0):.0f}" if s else "-",
                       _gpus(s), r["drain_reason"] or "-", "; ".join(r["reasons"])))
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-    for line in (cols, *table):
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(text_table(cols, table))
     if bad:
         print(f"{len(bad)} node(s) unhealthy")
     return EXIT_UNHEALTHY if bad else EXIT_OK

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from raycluster.cli.format import _fmt_age, print_json
+from raycluster.cli.format import _fmt_age, print_json, text_table
 from raycluster.errors import EXIT_OK
 
 
@@ -27,9 +27,7 @@ def cmd_nodes(args) -> int:
     table = [(r["id"], r["node_type"], r["market"], "-" if r["market"] == "head" else r["kind"], r["gpu_type"] or "-",
               f"{r['usd_per_hour']:.4f}", r["state"], _fmt_age(r["created_at"]), f"{r['cost_usd']:.4f}",
               r["reason"] or "") for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-    for line in (cols, *table):
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    print(text_table(cols, table))
     held = sum(r["usd_per_hour"] for r in rows if r["state"] in ("requested", "running"))
     print(f"held now: {held:.4f} USD/hour")
     return EXIT_OK

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from raycluster.cli.format import print_json
+from raycluster.cli.format import print_json, text_table
 from raycluster.errors import EXIT_OK
 
 
@@ -35,9 +35,7 @@ def cmd_schedules(args) -> int:
         cols = ("SCHEDULE", "NAME", "CRON", "POLICY", "STATE", "NEXT_RUN", "RUNS", "SKIPPED", "LAST_RUN")
         table = [(s["id"], s["name"], s["cron"], s["concurrency_policy"], "paused" if s["paused"] else "active",
                   _utc(s["next_run_at"]), str(s["runs"]), str(s["skipped"]), s["last_job_id"] or "-") for s in rows]
-        widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(cols)]
-        for line in (cols, *table):
-            print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+        print(text_table(cols, table))
         return EXIT_OK
     if not args.schedule_id:
         from raycluster.cli.commands import BadArgument
