@@ -320,12 +320,19 @@ class CoordinatorCore(Reconciler):
         """What the MetricsCollector turns into Prometheus families at a scrape: unfinished jobs only
         (a finished job's series are gone), every node's health, counts, the submit→running histogram."""
         recs = self.store.active_progress()
-        costs = self._costs([r["id"] for r in recs]) if self.ledger.elastic and recs else {}
+        costs, rates = {}, {}
+        if self.ledger.elastic and recs:
+            ids = [r["id"] for r in recs]
+            costs = self._costs(ids)
+            try:
+                rates = self.ledger.rates(ids)
+            except Exception:
+                log.exception("metrics: cannot read the jobs' cost rates")
         jobs = []
         for r in recs:
             m = r.pop("last_metrics")
             jobs.append({**r, "step": m.get("step"), "loss": m.get("loss"), "accuracy": m.get("accuracy", m.get("acc")),
-                         "cost_usd": costs.get(r["id"])})
+                         "cost_usd": costs.get(r["id"]), "cost_usd_per_hour": rates.get(r["id"])})
         total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
         key = "GPU" if sum(t.get("GPU", 0) for t in total.values()) else "CPU"
         tot = sum(t.get(key, 0) for t in total.values())

@@ -64,6 +64,8 @@ def test_an_attempt_is_charged_its_share_of_each_rented_node_and_a_preemption_is
     clock[0] = 2 * H
     costs = ledger.costs(["job", "other"])
     assert costs == {"job": pytest.approx(0.5 * 0.2 + 0.5 * 0.4 + 0.5 * 0.2), "other": 0.0}
+    # what it costs now: half of n1 (r1 at 0.2 USD/h); the ended attempt's shares cost nothing any more
+    assert ledger.rates(["job", "other"]) == {"job": pytest.approx(0.5 * 0.2), "other": 0.0}
     att = ledger.attribution()
     assert round(sum(att.by_job_usd.values()) + att.unattributed_usd, 2) == round(att.total_usd, 2)
     assert att.total_usd == pytest.approx(2 * 0.2 + 0.5 * 0.4)

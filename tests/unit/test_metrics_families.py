@@ -69,7 +69,11 @@ def test_dead_nodes_and_finished_jobs_leave_no_series():
 
 
 def test_cost_families_on_an_elastic_cluster():
-    _text, m = scrape(snapshot(cost_usd_per_hour=0.8, budget_usd_per_hour=1.0))
+    snap = snapshot(cost_usd_per_hour=0.8, budget_usd_per_hour=1.0)
+    snap["jobs"][0].update(cost_usd=0.25, cost_usd_per_hour=0.4)
+    _text, m = scrape(snap)
+    job = (("job_id", "job-1"), ("name", "cnn"), ("state", "RUNNING"), ("tenant", "team-a"))
+    assert m[("raycluster_job_cost_usd_per_hour", job)] == 0.4 and m[("raycluster_job_cost_usd", job)] == 0.25
     assert m[("raycluster_cluster_cost_usd_per_hour", ())] == 0.8
     assert m[("raycluster_budget_usd_per_hour", ())] == 1.0
 

@@ -83,6 +83,17 @@ class JobLedger:
                    for r in self._rentals().list(None) if r.market != "head"]
         return attribute(self.usage.rows(job_ids), rentals, now)
 
+    def rates(self, job_ids: list[str]) -> dict[str, float]:
+        """USD/hour each of ``job_ids`` costs now: its open shares of rented nodes at their current prices."""
+        if not self.elastic or not job_ids:
+            return dict.fromkeys(job_ids, 0.0)
+        price = {r.id: r.usd_per_hour for r in self._rentals().list(None) if r.released_at is None}
+        out = dict.fromkeys(job_ids, 0.0)
+        for row in self.usage.rows(job_ids):
+            if row["end"] is None:
+                out[row["job_id"]] += row["share"] * price.get(row["rental_id"], 0.0)
+        return {j: round(v, 6) for j, v in out.items()}
+
     def costs(self, job_ids: list[str]) -> dict[str, float]:
         """USD each of ``job_ids`` has cost so far (0 for a job that held no rented node)."""
         if not self.elastic or not job_ids:
