@@ -266,7 +266,7 @@ def test_prometheus_scrapes_our_metrics_and_fires_an_alert_on_a_killed_node(clus
     wait_for(lambda: {s["metric"]["node"] for s in q('raycluster_node_health')} >= alive, 60,
              "every alive node's health in Prometheus")
     assert q('raycluster_node_cpu_percent') and q('raycluster_workers{health="total"}')
-    assert q('up{job="ray"} == 1'), "Ray's own targets are scraped beside ours"
+    wait_for(lambda: q('up{job="ray"} == 1'), 60, "Ray's own targets scraped beside ours")
     r = requests.get(prometheus["collector"]["url"], timeout=10)
     assert r.status_code == 200 and "raycluster_submit_to_running_seconds_bucket" in r.text
     # every Grafana panel's expression runs against this Prometheus; those of a running CPU cluster have data
