@@ -107,9 +107,13 @@ PREEMPT_GRACE_S = _env_float("PREEMPT_GRACE_S", 30.0)
 PREEMPT_CHECK_INTERVAL_S = _env_float("PREEMPT_CHECK_INTERVAL_S", 2.0)
 
 # --- node health (policy/health.py, control/health/) ----------------------------------------------
-# Every node's HealthMonitor samples and heartbeats this often; the Coordinator judges every node
-# four times per interval; a node silent for HEARTBEAT_TIMEOUT_FACTOR intervals is unhealthy.
+# Every node's HealthMonitor samples and heartbeats this often; a node silent for
+# HEARTBEAT_TIMEOUT_FACTOR intervals is unhealthy.
 HEALTH_INTERVAL_S = _env_float("HEALTH_INTERVAL_S", 5.0)
+# The Coordinator judges every node this often, on Ray's node table at most HEALTH_NODES_TTL_S old
+# (a node Ray marks dead, or one a rank of ours died with, is judged within about one pass).
+HEALTH_PASS_INTERVAL_S = _env_float("HEALTH_PASS_INTERVAL_S", 1.0)
+HEALTH_NODES_TTL_S = _env_float("HEALTH_NODES_TTL_S", 1.0)
 HEALTH_HEARTBEAT_TIMEOUT_FACTOR = _env_float("HEALTH_HEARTBEAT_TIMEOUT_FACTOR", 1.5)
 HEALTH_FAILURE_THRESHOLD = _env_int("HEALTH_FAILURE_THRESHOLD", 3)
 HEALTH_MEM_PCT_MAX = _env_float("HEALTH_MEM_PCT_MAX", 95.0)

@@ -29,6 +29,7 @@ class FakeOps(GangOps):
         self.pinned = []
         self.requested = []
         self.launches: dict[int, dict] = {}
+        self.addresses: dict[str, str] = {}  # node -> its host's address (default: all on one host)
 
     def _assignment(self) -> dict[str, list[str]]:
         """Each placed group's nodes: the bundles of the ready groups, in creation order, one per node."""
@@ -44,7 +45,8 @@ class FakeOps(GangOps):
         for used in self._assignment().values():
             for n in used:
                 free[n] = {"CPU": 1.0, "GPU": 0.0}
-        return [{"id": n, "alive": True, "is_head": False, "address": "127.0.0.1", "hostname": "h", "labels": {},
+        return [{"id": n, "alive": True, "is_head": False, "address": self.addresses.get(n, "127.0.0.1"),
+                 "hostname": "h", "labels": {},
                  "resources_total": dict(r), "resources_free": free[n]} for n, r in self.total.items()]
 
     def create_pg(self, name, bundles, strategy, exclude_nodes=None):

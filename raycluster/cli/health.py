@@ -2,7 +2,9 @@
 registry (HealthMonitor samples, ``policy.health`` verdicts), through the Ray client or the HTTP API.
 
 Owns: the health table (state, score, reasons, drain, CPU/memory/GPU of the newest sample; the seed
-grid CLI's ``health``) and its exit status: non-zero when any alive node is unhealthy.
+grid CLI's ``health``), a line per shared host whose memory, disk or load stand out (judged once for
+the host, never a node's fault), and its exit status: non-zero when any node is unhealthy, or dead
+without having been given back on purpose.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def cmd_health(args) -> int:
     from raycluster.cli.commands import _client
 
     rows = _client(args).health()
-    bad = [r for r in rows if r["alive"] and r["state"] == "unhealthy"]
+    # a page-worthy node: unhealthy, or dead without having been given back on purpose (a node the
+    # cluster released — idle, shed, down, preempted — reads "released" and is not a fault)
+    bad = [r for r in rows if r["state"] == "unhealthy" or (not r["alive"] and r["state"] != "released")]
     if args.json:
         print_json(rows)
         return EXIT_UNHEALTHY if bad else EXIT_OK
@@ -31,13 +35,23 @@ def cmd_health(args) -> int:
     table = []
     for r in sorted(rows, key=lambda r: (not r["alive"], r["score"] if r["score"] is not None else 1e9)):
         s = r.get("sample") or {}
-        table.append((r["node_id"][:16], "head" if r["is_head"] else ("worker" if r["alive"] else "dead"), r["state"],
+        role = "head" if r["is_head"] else "worker" if r["alive"] else "gone" if r["state"] == "released" else "dead"
+        table.append((r["node_id"][:16], role, r["state"],
                       "-" if r["score"] is None else f"{r['score']:.0f}", f"{s.get('cpu_pct', 0):.0f}" if s else "-",
                       f"{s.get('mem_pct', 0):.0f}" if s else "-", f"{s.get('disk_free_pct', 0):.0f}" if s else "-",
                       _gpus(s), r["drain_reason"] or "-", "; ".join(r["reasons"])))
     print(text_table(cols, table))
+    hosts: dict[str, tuple[int, list[str]]] = {}
+    for r in rows:
+        if r["alive"] and r.get("host_shared"):
+            n, reasons = hosts.get(r["address"] or "?", (0, []))
+            hosts[r["address"] or "?"] = (n + 1, reasons or list(r.get("host_reasons") or []))
+    for address, (n, reasons) in sorted(hosts.items()):
+        if reasons:
+            print(f"host {address} ({n} nodes): {'; '.join(reasons)}")
     if bad:
-        print(f"{len(bad)} node(s) unhealthy")
+        dead = sum(not r["alive"] for r in bad)
+        print(f"{len(bad)} node(s) unhealthy" + (f" ({dead} dead)" if dead else ""))
     return EXIT_UNHEALTHY if bad else EXIT_OK
 
 

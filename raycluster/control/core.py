@@ -35,6 +35,21 @@ from raycluster.util.ttlcache import TTLCache
 log = logging.getLogger("raycluster.coordinator")
 
 
+def over_budget(spec: JobSpec, types, cap_usd_per_hour: float) -> str | None:
+    """Why the gang can never run within the hourly cap (None: it can, at least alone): its
+    cheapest set of fresh nodes of the kinds its ``spot`` choice allows (``spot: never`` is priced
+    on-demand, ``only`` spot) against the cap in force."""
+    b = spec.resources.bundle()
+    gang = Gang(spec.name, spec.num_workers, float(b.get("GPU", 0)), float(b.get("CPU", 0)),
+                strict_spread=spec.placement_strategy.value == "STRICT_SPREAD", spot=spec.spot)
+    rate = cheapest_gang_usd_per_hour(types, gang)
+    if rate is not None and rate > cap_usd_per_hour + 1e-9:
+        kind = {"never": " on-demand", "only": " spot"}.get(spec.spot, "")
+        return (f"budget: its {spec.num_workers} worker(s) need at least {rate:.2f} USD/h of rented{kind} nodes, "
+                f"more than max_hourly_budget_usd {cap_usd_per_hour:.2f}")
+    return None
+
+
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
@@ -57,6 +72,7 @@ class CoordinatorCore(Reconciler):
         self._ep_checked = TTLCache(self.clock)
         self._feasible_for: object = None
         self._feasible: dict[tuple, str | None] = {}
+        self._cap_cache = TTLCache(self.clock)
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
@@ -144,34 +160,36 @@ class CoordinatorCore(Reconciler):
         nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
         if self._feasible_for is not nodes:
             self._feasible_for, self._feasible = nodes, {}
-        key = (json.dumps(self._bundles(spec), sort_keys=True), spec.placement_strategy.value)
+        cap = self._live_cap() if self.budget_types else None
+        key = (json.dumps(self._bundles(spec), sort_keys=True), spec.placement_strategy.value, spec.spot, cap)
         if key not in self._feasible:
             total, _free = totals_and_free(nodes)
             if self.elastic_nodes:  # the largest cluster the autoscaler may make: fixed nodes + all it may rent
                 rented = {n["id"] for n in nodes if RENTAL_LABEL in (n.get("labels") or {})}
-                total = {**{n: r for n, r in total.items() if n not in rented}, **self.elastic_nodes}
+                may_rent = self.elastic_nodes_for.get(spec.spot, self.elastic_nodes)
+                total = {**{n: r for n, r in total.items() if n not in rented}, **may_rent}
             why = infeasible_reason(self._bundles(spec), spec.placement_strategy.value, total)
             if why and self.elastic_nodes:
-                why += f" (counting the {len(self.elastic_nodes)} node(s) the autoscaler may rent)"
-            if not why and self.budget_cap_usd_per_hour is not None and self.budget_types:
+                why += f" (counting the {len(may_rent)} node(s) the autoscaler may rent for it)"
+            if not why and cap is not None:
                 fixed = {n: r for n, r in totals_and_free(nodes)[0].items()
                          if n not in {x["id"] for x in nodes if RENTAL_LABEL in (x.get("labels") or {})}}
                 if infeasible_reason(self._bundles(spec), spec.placement_strategy.value, fixed):  # it needs rented nodes
-                    why = self._over_budget(spec)
+                    why = over_budget(spec, self.budget_types, cap)
             self._feasible[key] = why
         return self._feasible[key]
 
-    def _over_budget(self, spec: JobSpec) -> str | None:
-        """Why the gang can never run within the hourly budget (None: it can, at least alone)."""
-        b = spec.resources.bundle()
-        gang = Gang(spec.name, spec.num_workers, float(b.get("GPU", 0)),
-                    float(b.get("CPU", 0)), strict_spread=spec.placement_strategy.value == "STRICT_SPREAD")
-        rate = cheapest_gang_usd_per_hour(self.budget_types, gang)
-        cap = self.budget_cap_usd_per_hour
-        if rate is not None and rate > cap + 1e-9:
-            return (f"budget: its {spec.num_workers} worker(s) need at least {rate:.2f} USD/h of rented nodes, "
-                    f"more than max_hourly_budget_usd {cap:.2f}")
-        return None
+    def _live_cap(self) -> float | None:
+        """The hourly cap in force now (``budget --set`` / ``PUT /budget`` change it at run time),
+        read from the provider's books at most once a second."""
+        def read() -> float | None:
+            try:
+                return spend.cap_usd_per_hour(self.state_dir)
+            except Exception:
+                log.exception("cannot read the hourly cap in force; using the config's")
+                return self.config_cap_usd_per_hour
+
+        return self._cap_cache.get("cap", 1.0, read)
 
     def _check_entrypoint(self, spec: JobSpec) -> None:
         key = spec.entrypoint + "|" + json.dumps(spec.runtime_env, sort_keys=True)

@@ -59,6 +59,10 @@ class NodeCache:
     def nodes(self, max_age_s: float = 0.0) -> list[dict[str, Any]]:
         return self._cache.get("nodes", max_age_s, self._read)
 
+    def forget(self) -> None:
+        """Read the table anew at the next call (something changed: a node died, say)."""
+        self._cache.drop("nodes")
+
     async def anodes(self, max_age_s: float) -> list[dict[str, Any]]:
         """The same from asyncio code: the read runs in a thread; concurrent callers share it."""
         return await self._cache.aget("nodes", max_age_s, lambda: asyncio.to_thread(self._read))

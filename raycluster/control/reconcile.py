@@ -66,6 +66,7 @@ class Attempt:
     placed: bool = False  # the placement group is created (its resources show as used)
     nodes: list | None = None  # the node of each bundle, once placed
     first_failure_at: float | None = None
+    excluded: frozenset = frozenset()  # the nodes its placement group keeps off (as when it was made)
 
 
 class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandMixin):
@@ -108,7 +109,10 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         # an elastic cluster: the nodes Ray's autoscaler may still rent, and the demand last told it
         elastic = autoscaling.recorded_config(self.state_dir)
         self.elastic_nodes = autoscaling.elastic_nodes(elastic)
-        self.budget_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
+        # ... as a gang of each spot choice may use them (a `never` gang: the on-demand types only)
+        self.elastic_nodes_for = {s: autoscaling.elastic_nodes(elastic, s) for s in ("auto", "never", "only")}
+        # the config's cap (the one in force may be set at run time: ``CoordinatorCore._live_cap``)
+        self.config_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
         self.ledger = JobLedger(self.state_dir, bool(elastic), clock)
         self._demand_key: tuple | None = None
         self._waiting_version = 0
@@ -145,7 +149,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
                 self._guard(f"teardown {jid}", self._teardown, self.attempts.pop(jid))
             for job in list(self._active.values()):
                 self._guard(f"{job.state.value} {job.id}", self._step_job, job, now)
-            if now - self._last_health >= C.HEALTH_INTERVAL_S / 4:
+            if now - self._last_health >= C.HEALTH_PASS_INTERVAL_S:
                 self._last_health = now
                 self._guard("health", self._health_pass, now)
             if now - self._last_fair >= C.FAIRSHARE_INTERVAL_S:
@@ -246,6 +250,8 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         att = self.attempts.get(job.id)
         if job.state == JobState.PLACING:
             att = self._ensure_launched(job, att, now)
+            if att.excluded != self._excluded_key and not self.ops.pg_ready(att.pg):
+                self._replace_pg(job, att, now)  # never wait on a stale exclusion
             return decide_placing(job, ready=self.ops.pg_ready(att.pg), placing_for_s=now - att.placing_since,
                                   timeout_s=C.PLACEMENT_TIMEOUT_S, max_timeouts=C.MAX_PLACEMENT_TIMEOUTS, now=now)
         spec = self._spec(job)
@@ -256,6 +262,9 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         if att.first_failure_at is None and any(
                 r.status in (RankStatus.USER_ERROR, RankStatus.SYSTEM_ERROR) for r in results):
             att.first_failure_at = now
+        for r in results:  # a rank died with its node: the health verdict need not wait for Ray's node table
+            if r.cause == Cause.NODE_LOST and att.nodes and r.rank < len(att.nodes):
+                self.node_died(att.nodes[r.rank], now)
         settled = att.first_failure_at is not None and now - att.first_failure_at >= C.FAILURE_SETTLE_S
         return decide_running(job, limits, results, settled=settled, now=now)
 
@@ -274,12 +283,28 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         if att is None:
             spec = self._spec(job)
             name = pg_name(job.id, job.attempt)
+            excluded = self._excluded_key
             pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec), spec.placement_strategy.value,
-                                                             sorted(self.excluded_nodes()))
-            att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now)
+                                                             sorted(excluded))
+            att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now, excluded=excluded)
         if att.refs is None:
             self._launch(job, att)
         return att
+
+    def _replace_pg(self, job: JobRecord, att: Attempt, now: float) -> None:
+        """The nodes to keep off changed while the gang waits to be placed (a node healthy again,
+        undrained, or newly excluded): its placement group is made again with the exclusion of now,
+        under the same name, and its ranks launched into it."""
+        log.info("%s: the excluded nodes changed while it was being placed: placement group made again", job.id)
+        if att.refs:
+            self.ops.cancel(att.refs)
+        self.ops.remove_pg(att.pg)
+        spec = self._spec(job)
+        att.excluded = self._excluded_key
+        att.pg = self.ops.create_pg(pg_name(job.id, att.attempt), self._bundles(spec), spec.placement_strategy.value,
+                                    sorted(att.excluded))
+        att.refs, att.placing_since = None, now
+        self._launch(job, att)
 
     def _bundles(self, spec) -> list[dict[str, float]]:
         """The gang's bundles; on an elastic cluster a ``spot: only/never`` gang's ask for its kind's marker."""
@@ -341,9 +366,10 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
                 self.ops.remove_pg_by_name(pg_name(job.id, job.attempt))
             rec = self._transition(job, step, now)
             spec = self._spec(job)
+            excluded = self._excluded_key
             pg = self.ops.create_pg(pg_name(job.id, rec.attempt), self._bundles(spec), spec.placement_strategy.value,
-                                    sorted(self.excluded_nodes()))
-            att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now)
+                                    sorted(excluded))
+            att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now, excluded=excluded)
             self._launch(rec, att)
             return rec
         extra: dict[str, Any] = {}

@@ -3,15 +3,22 @@
 Owns: what a HealthMonitor sample is (``NodeSample``, ``GpuSample``), the thresholds
 (``HealthThresholds``, defaults from constants) and ``verdict(HealthContext, now) -> HealthVerdict``.
 
-Rules (documented in the README):
-* **Hard faults → unhealthy at once**: Ray reports the node dead; no heartbeat for
-  ``heartbeat_timeout_s`` (default two intervals + 1 s); in the newest sample an XID error, an
-  uncorrected ECC error, a failed row remap, or a full disk (free below ``disk_full_pct``).
-* **Soft checks** (each sample either passes all or is a *failed check*): memory above
-  ``mem_pct_max``, CPU load per core above ``load_per_cpu_max``, a GPU hotter than ``gpu_temp_c_max``,
-  a GPU throttled for heat or power brake, disk free below ``disk_low_pct``. ``failure_threshold``
-  (the seeds' 3) consecutive failed checks → unhealthy; fewer → degraded; a passing sample resets
-  the count.
+Rules (documented in the README, "Which signal is judged where"):
+* **A node's own hard faults → unhealthy at once**: Ray reports the node dead, or its ranks died
+  with it (``node_died``: Ray's NodeDiedError reaches the Coordinator before Ray's node table says
+  so); no heartbeat for ``heartbeat_timeout_s`` (default two intervals + 1 s); in the newest sample
+  an XID error, an uncorrected ECC error, a failed row remap.
+* **A node's own soft checks** (each sample either passes all or is a *failed check*): a GPU hotter
+  than ``gpu_temp_c_max``, a GPU throttled for heat or power brake, NVML failing.
+  ``failure_threshold`` (the seeds' 3) consecutive failed checks → unhealthy; fewer → degraded; a
+  passing sample resets the count.
+* **Host signals** — memory above ``mem_pct_max``, disk free below ``disk_low_pct`` (full below
+  ``disk_full_pct``), CPU load per core above ``load_per_cpu_max`` — belong to the machine, which
+  several Ray nodes may share (``raycluster up --local`` and the local market run every node on one
+  host). On a host of several nodes they are judged once per host (``host_reasons``) and never move
+  work off one of its nodes: another node of the same host would not be better off. On a node alone
+  on its host, memory and disk are its own failed checks (a full disk a hard fault). **Load is
+  never a failure**: a training machine is busy by design; a stuck node is caught by its heartbeats.
 * **Score** (the seed grid CLI's: lower is better, used to pick the best node):
   ``cpu_pct * cpu_weight + max GPU memory % * gpu_weight`` (weights 1 and 3: 0–400).
 """
@@ -81,6 +88,8 @@ class HealthContext:
     sample: NodeSample | None  # the newest
     failures_before: int = 0  # consecutive failed checks up to the previous sample
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+    host_shared: bool = False  # other alive nodes run on the same host: its signals are the host's
+    node_died: bool = False  # its ranks died with it (NodeDiedError) and no heartbeat came since
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class HealthVerdict:
     reasons: tuple[str, ...]
     failures: int  # consecutive failed checks, this sample included
     hard: bool = False  # unhealthy by a hard fault (not by failed checks)
+    host_reasons: tuple[str, ...] = ()  # what is wrong with its host (shown; moves nothing when shared)
 
 
 _BAD_THROTTLE = ("hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown")
@@ -108,6 +118,8 @@ def hard_faults(ctx: HealthContext, now: float) -> list[str]:
     out = []
     if not ctx.ray_alive:
         out.append("Ray reports the node dead")
+    elif ctx.node_died:
+        out.append("its ranks died with it (NodeDiedError)")
     since = ctx.last_heartbeat_at if ctx.last_heartbeat_at is not None else ctx.started_at
     if now - since > th.heartbeat_timeout_s:
         out.append(f"no heartbeat for {now - since:.0f} s (timeout {th.heartbeat_timeout_s:g} s)")
@@ -119,19 +131,33 @@ def hard_faults(ctx: HealthContext, now: float) -> list[str]:
                 out.append(f"GPU {g.index}: {g.ecc_uncorrected} uncorrected ECC error(s)")
             if g.remap_failed:
                 out.append(f"GPU {g.index}: row remapping failed")
-        if s.disk_free_pct < th.disk_full_pct:
+        if not ctx.host_shared and s.disk_free_pct < th.disk_full_pct:
             out.append(f"disk full: {s.disk_free_pct:.1f}% free")
     return out
 
 
-def failed_checks(s: NodeSample, th: HealthThresholds) -> list[str]:
+def host_signals(s: NodeSample, th: HealthThresholds) -> list[str]:
+    """What the sample says about the machine the node runs on (memory, disk, load)."""
     out = []
     if s.mem_pct > th.mem_pct_max:
         out.append(f"memory {s.mem_pct:.0f}% > {th.mem_pct_max:g}%")
-    if s.cpus and s.load1 / s.cpus > th.load_per_cpu_max:
-        out.append(f"load {s.load1:.1f} on {s.cpus} CPUs > {th.load_per_cpu_max:g} per CPU")
-    if s.disk_free_pct < th.disk_low_pct:
+    if s.disk_free_pct < th.disk_full_pct:
+        out.append(f"disk full: {s.disk_free_pct:.1f}% free")
+    elif s.disk_free_pct < th.disk_low_pct:
         out.append(f"disk {s.disk_free_pct:.1f}% free < {th.disk_low_pct:g}%")
+    if s.cpus and s.load1 / s.cpus > th.load_per_cpu_max:
+        out.append(f"busy: load {s.load1:.1f} on {s.cpus} CPUs (> {th.load_per_cpu_max:g} per CPU; not a failure)")
+    return out
+
+
+def failed_checks(s: NodeSample, th: HealthThresholds, host_shared: bool = False) -> list[str]:
+    """The node's own failed checks in this sample (memory and disk too when it is alone on its host)."""
+    out = []
+    if not host_shared:
+        if s.mem_pct > th.mem_pct_max:
+            out.append(f"memory {s.mem_pct:.0f}% > {th.mem_pct_max:g}%")
+        if th.disk_full_pct <= s.disk_free_pct < th.disk_low_pct:
+            out.append(f"disk {s.disk_free_pct:.1f}% free < {th.disk_low_pct:g}%")
     if s.nvml_error:
         out.append(f"NVML: {s.nvml_error}")
     for g in s.gpus:
@@ -146,15 +172,17 @@ def failed_checks(s: NodeSample, th: HealthThresholds) -> list[str]:
 def verdict(ctx: HealthContext, now: float) -> HealthVerdict:
     th = ctx.thresholds
     hard = hard_faults(ctx, now)
-    soft = failed_checks(ctx.sample, th) if ctx.sample is not None else []
+    soft = failed_checks(ctx.sample, th, ctx.host_shared) if ctx.sample is not None else []
+    host = tuple(host_signals(ctx.sample, th)) if ctx.sample is not None and ctx.host_shared else ()
     failures = ctx.failures_before + 1 if soft else 0
     sc = score(ctx.sample, th)
     if hard:
-        return HealthVerdict(ctx.node_id, HealthState.UNHEALTHY, sc, tuple(hard + soft), failures, hard=True)
+        return HealthVerdict(ctx.node_id, HealthState.UNHEALTHY, sc, tuple(hard + soft), failures, hard=True,
+                             host_reasons=host)
     if failures >= th.failure_threshold:
         return HealthVerdict(ctx.node_id, HealthState.UNHEALTHY, sc,
-                             (f"{failures} consecutive failed checks", *soft), failures)
+                             (f"{failures} consecutive failed checks", *soft), failures, host_reasons=host)
     if failures:
         return HealthVerdict(ctx.node_id, HealthState.DEGRADED, sc,
-                             (f"{failures}/{th.failure_threshold} failed checks", *soft), failures)
-    return HealthVerdict(ctx.node_id, HealthState.HEALTHY, sc, (), 0)
+                             (f"{failures}/{th.failure_threshold} failed checks", *soft), failures, host_reasons=host)
+    return HealthVerdict(ctx.node_id, HealthState.HEALTHY, sc, (), 0, host_reasons=host)

@@ -196,15 +196,19 @@ def recorded_config(state_dir: Path | str) -> dict[str, Any] | None:
     return read_json(cluster_dir(state_dir) / "autoscaling.json")
 
 
-def elastic_nodes(config: dict[str, Any] | None) -> dict[str, dict[str, float]]:
-    """The worker nodes the autoscaler may still add at most, as name -> resources (each type's
+def elastic_nodes(config: dict[str, Any] | None, spot: str = "auto") -> dict[str, dict[str, float]]:
+    """The worker nodes the autoscaler may still add at most for a gang with this ``spot`` choice
+    (``never``: on-demand types only, ``only``: spot types only), as name -> resources (each type's
     max_workers, the cluster's max_workers in all): what a gang may be placed on later."""
     if not config:
         return {}
     out: dict[str, dict[str, float]] = {}
     room = int(config.get("max_workers", 0))
+    kinds = {"never": ("on_demand",), "only": ("spot",)}.get(spot)
     for name, t in (config.get("available_node_types") or {}).items():
         if name == config.get("head_node_type"):
+            continue
+        if kinds is not None and (t.get("node_config") or {}).get("kind", "on_demand") not in kinds:
             continue
         for i in range(min(int(t.get("max_workers", 0)), room)):
             out[f"{name}#{i}"] = {k: float(v) for k, v in (t.get("resources") or {}).items()}

@@ -11,8 +11,12 @@ nodes to provider nodes) and carries its market, kind and price as tags and Ray 
 (``RAY_NODE_MARKET_TYPE`` becomes Ray's ``ray.io/market-type``). The head is listed with its tags
 (v2 ignores a provider that does not list it).
 
-``create_node`` raises on refusal (capacity, market error) rather than make fewer nodes silently; a
-rent is idempotent under v2's launch request id. Every listing call (once per autoscaler tick) also
+``create_node`` raises on refusal (capacity, market error) rather than make fewer nodes silently.
+Every call is a rent of its own: Ray's autoscaler v2 launches every node type of a pass, and every
+batch of one type, under one launch request id (``NodeProviderAdapter._do_launch``) and matches the
+nodes back by type, so a call keyed on that id alone would hand a second type (or batch) the first
+one's nodes and leave Ray's instance REQUESTED for ever. Each rental row is keyed
+``<launch request>:<node type>:<call>:<i>`` and carries the launch request as a tag (what Ray reads). Every listing call (once per autoscaler tick) also
 reconciles with the markets: a node the market no longer runs is marked released (so a replacement
 is launched), a rented node that never joined Ray within ``join_timeout_s`` is released, a
 preemption notice drains the node in Ray (reason PREEMPTION, the market's deadline), and anything
@@ -35,7 +39,7 @@ from raycluster.provision import raystart
 from raycluster.provision.market.base import (KINDS, BudgetExceeded, CapacityExhausted, Market, MarketConfigError,
                                               NodeLaunch, Offer)
 from raycluster.provision.market.registry import make_markets, provider_state_dir
-from raycluster.store.rentals import BUDGET_SETTING, LIVE_STATES, RentalRecord, RentalState, RentalStore, new_rental_id
+from raycluster.store.rentals import LIVE_STATES, RentalRecord, RentalState, RentalStore, new_rental_id
 
 log = logging.getLogger("raycluster.provider")
 
@@ -125,8 +129,7 @@ class MarketNodeProvider(NodeProvider):
     def budget_usd_per_hour(self) -> float | None:
         """The hard cap on the committed spend rate: the BudgetAutoscaler's setting when it set
         one (SQLite, shared by every provider instance), else the config's; None: no cap."""
-        v = self.store.setting(BUDGET_SETTING)
-        return float(v) if v is not None else self.max_hourly_budget_usd
+        return self.store.cap_usd_per_hour(self.max_hourly_budget_usd)
 
     def reprice(self, now: float | None = None) -> list[tuple[str, float, float]]:
         """Bill every held node at what its market charges now (spot prices move): (rental, old,
@@ -195,58 +198,60 @@ class MarketNodeProvider(NodeProvider):
                                     field="provider.head_address")
         with self._lock:
             market, slots = self._offers(node_config)
-            request = tags.get(TAG_RAY_LAUNCH_REQUEST) or new_rental_id()
-            made = [self.store.by_request(f"{request}:{i}") for i in range(count)]
-            todo = [i for i, r in enumerate(made) if r is None]
-            what = f"{node_config.get('kind', 'on_demand')} {node_config.get('gpu_type') or 'node'}"
-            if len(todo) > len(slots):
-                raise CapacityExhausted(f"market {market.name} has {len(slots)} {what} left, {len(todo)} asked")
             node_type = tags.get(TAG_RAY_USER_NODE_TYPE, "worker")
+            # this call's own key: unique per launch request, node type and call (see the module doc)
+            request = f"{tags.get(TAG_RAY_LAUNCH_REQUEST) or '-'}:{node_type}:{new_rental_id()[5:]}"
+            what = f"{node_config.get('kind', 'on_demand')} {node_config.get('gpu_type') or 'node'}"
+            if count > len(slots):
+                raise CapacityExhausted(f"market {market.name} has {len(slots)} {what} left, {count} asked")
             cap = self.budget_usd_per_hour()
-            if cap is not None and todo:  # the whole request first: never rent part of it
-                rate = sum(o.usd_per_hour for o in slots[:len(todo)])
+            if cap is not None and count:  # the whole request first: never rent part of it
+                rate = sum(o.usd_per_hour for o in slots[:count])
                 committed = self.store.committed_usd_per_hour()
                 if committed + rate > cap + 1e-9:
-                    self._refuse_over_budget(f"{len(todo)} {what}", rate, committed, cap, node_type)
-            slots = iter(slots)
-            out = {}
-            for i in range(count):
-                if made[i] is not None:
-                    out[made[i].id] = made[i].to_dict()
-                    continue
-                offer = next(slots)
-                rec, new, committed = self.store.insert_within(RentalRecord(
-                    id=new_rental_id(), request_id=f"{request}:{i}", market=market.name, node_type=node_type,
-                    kind=offer.kind, gpu_type=offer.gpu_type, usd_per_hour=offer.usd_per_hour,
-                    created_at=time.time(), resources={"CPU": float(offer.cpus), "GPU": float(offer.gpus)},
-                    tags={**tags, TAG_RAY_NODE_KIND: tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER),
-                          TAG_MARKET: market.name, TAG_KIND: offer.kind, TAG_PRICE: _price_tag(offer.usd_per_hour)}),
-                    cap)
-                if rec is None:  # another process committed meanwhile: checked again in the same transaction
-                    self._refuse_over_budget(f"a {what}", offer.usd_per_hour, committed, cap, node_type)
-                if not new:  # another provider instance made this request's node: not rented twice
-                    out[rec.id] = rec.to_dict()
-                    continue
-                node_labels = {**{k: str(v) for k, v in (labels or {}).items()}, MARKET_LABEL: market.name,
-                               KIND_LABEL: offer.kind, PRICE_LABEL: _price_tag(offer.usd_per_hour)}
-                launch = NodeLaunch(rec.id, node_type, self.head_address,
-                                    env={"RAY_CLOUD_INSTANCE_ID": rec.id, "RAY_NODE_TYPE_NAME": node_type,
-                                         "RAY_NODE_MARKET_TYPE": "spot" if offer.kind == "spot" else "on-demand"},
-                                    labels=node_labels,
-                                    resources={k: float(v) for k, v in (resources or {}).items()
-                                               if k not in ("CPU", "GPU", "memory", "object_store_memory")})
-                try:
-                    handle = market.rent(offer, launch)
-                except Exception as exc:
-                    self.store.update(rec.id, state=RentalState.RELEASED, released_at=time.time(),
-                                      reason=f"refused: {exc}")
-                    raise
-                rec = self.store.update(rec.id, from_states=[RentalState.REQUESTED], state=RentalState.RUNNING,
-                                        handle=handle, running_at=time.time()) or rec
-                log.info("rented %s: %s %s %s at %.4f USD/h", rec.id, market.name, offer.kind, offer.gpu_type,
-                         offer.usd_per_hour)
-                out[rec.id] = rec.to_dict()
+                    self._refuse_over_budget(f"{count} {what}", rate, committed, cap, node_type)
+            out: dict[str, Any] = {}
+            try:
+                for i, offer in enumerate(slots[:count]):
+                    out.update(self._rent_one(market, offer, f"{request}:{i}", node_type, what, tags, labels,
+                                              resources, cap))
+            except Exception as exc:  # Ray fails the whole call's instances: none of it stays rented
+                for rental_id in out:
+                    self._release(rental_id, f"rolled back: the rest of its launch failed ({exc})")
+                raise
             return out
+
+    def _rent_one(self, market: Market, offer: Offer, request_id: str, node_type: str, what: str,
+                  tags: dict[str, str], labels: dict | None, resources: dict | None, cap: float | None
+                  ) -> dict[str, Any]:
+        rec, _new, committed = self.store.insert_within(RentalRecord(
+            id=new_rental_id(), request_id=request_id, market=market.name, node_type=node_type,
+            kind=offer.kind, gpu_type=offer.gpu_type, usd_per_hour=offer.usd_per_hour,
+            created_at=time.time(), resources={"CPU": float(offer.cpus), "GPU": float(offer.gpus)},
+            tags={**tags, TAG_RAY_NODE_KIND: tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER),
+                  TAG_MARKET: market.name, TAG_KIND: offer.kind, TAG_PRICE: _price_tag(offer.usd_per_hour)}),
+            cap)
+        if rec is None:  # another process committed meanwhile: checked again in the same transaction
+            self._refuse_over_budget(f"a {what}", offer.usd_per_hour, committed, cap, node_type)
+        node_labels = {**{k: str(v) for k, v in (labels or {}).items()}, MARKET_LABEL: market.name,
+                       KIND_LABEL: offer.kind, PRICE_LABEL: _price_tag(offer.usd_per_hour)}
+        launch = NodeLaunch(rec.id, node_type, self.head_address,
+                            env={"RAY_CLOUD_INSTANCE_ID": rec.id, "RAY_NODE_TYPE_NAME": node_type,
+                                 "RAY_NODE_MARKET_TYPE": "spot" if offer.kind == "spot" else "on-demand"},
+                            labels=node_labels,
+                            resources={k: float(v) for k, v in (resources or {}).items()
+                                       if k not in ("CPU", "GPU", "memory", "object_store_memory")})
+        try:
+            handle = market.rent(offer, launch)
+        except Exception as exc:
+            self.store.update(rec.id, state=RentalState.RELEASED, released_at=time.time(),
+                              reason=f"refused: {exc}")
+            raise
+        rec = self.store.update(rec.id, from_states=[RentalState.REQUESTED], state=RentalState.RUNNING,
+                                handle=handle, running_at=time.time()) or rec
+        log.info("rented %s: %s %s %s at %.4f USD/h", rec.id, market.name, offer.kind, offer.gpu_type,
+                 offer.usd_per_hour)
+        return {rec.id: rec.to_dict()}
 
     def _create_head(self, tags: dict[str, str]) -> dict[str, Any]:
         """``ray up``: the head is this machine (the head start command starts Ray on it)."""
@@ -333,13 +338,16 @@ class MarketNodeProvider(NodeProvider):
                         log.warning("market %s bills %s, which is no node of ours: releasing it", name, rental_id)
                         market.release(rental_id, handle)
                 for r in running:
+                    # a node taken back after a preemption notice was preempted, not lost
+                    noticed = r.preempt_deadline is not None
                     if r.id not in held:
                         self._changes += 1
                         self.store.update(r.id, from_states=[RentalState.RUNNING], state=RentalState.RELEASED,
-                                          released_at=now, reason="lost: the market no longer runs it")
-                        log.warning("rental %s is gone from market %s", r.id, name)
+                                          released_at=now,
+                                          reason="preempted" if noticed else "lost: the market no longer runs it")
+                        log.warning("rental %s is gone from market %s%s", r.id, name, " (preempted)" if noticed else "")
                     elif not market.alive(r.id, r.handle):
-                        self._release(r.id, "lost: its node stopped")
+                        self._release(r.id, "preempted" if noticed else "lost: its node stopped")
                 for notice in market.notices():
                     self._on_notice(notice)
                 for r in running:  # a noticed node past its deadline: stop paying for it

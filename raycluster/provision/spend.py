@@ -27,6 +27,15 @@ def _store(state_dir: Path | str):
     return cfg, RentalStore(provider_state_dir(cfg) / "rentals.db")
 
 
+def cap_usd_per_hour(state_dir: Path | str) -> float | None:
+    """The hourly cap in force now (set at run time, else the config's; None: no cap)."""
+    cfg, store = _store(state_dir)
+    try:
+        return store.cap_usd_per_hour(cfg.get("max_hourly_budget_usd"))
+    finally:
+        store.close()
+
+
 def _on_demand_prices(cfg: dict[str, Any]) -> dict[str, float]:
     """GPU type -> on-demand USD/hour where the config says it (the local market's price table)."""
     from raycluster.provision.market.local import DEFAULT_GPU_TYPES, parse_gpu_types
@@ -44,11 +53,10 @@ def cost(state_dir: Path | str, now: float | None = None) -> dict[str, Any]:
     cfg, store = _store(state_dir)
     try:
         rows = [r for r in store.list(None) if r.market != "head"]
-        setting = store.setting(BUDGET_SETTING)
+        cap = store.cap_usd_per_hour(cfg.get("max_hourly_budget_usd"))
         committed = store.committed_usd_per_hour()
     finally:
         store.close()
-    cap = float(setting) if setting is not None else cfg.get("max_hourly_budget_usd")
     midnight = calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0))
     od = _on_demand_prices(cfg)
     by_kind: dict[str, float] = {}

@@ -160,6 +160,13 @@ class RentalStore:
                 raise
         return self.get(rental_id) if changed else None
 
+    def cap_usd_per_hour(self, config_cap: float | None) -> float | None:
+        """The hourly cap in force: the one set at run time (``budget --set``, ``PUT /budget``) if
+        any, else the config's (None: no cap). The one reader of the cap: provider, BudgetAutoscaler,
+        submit check and cost views all ask this."""
+        v = self.setting(BUDGET_SETTING)
+        return float(v) if v is not None else config_cap
+
     def setting(self, key: str) -> str | None:
         with self._lock:
             row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()

@@ -473,17 +473,18 @@ def test_a_gang_that_can_never_run_within_the_budget_is_rejected_at_submit(tmp_p
     cluster_dir(tmp_path).mkdir(parents=True)
     (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
         "max_workers": 8, "head_node_type": "head",
-        "provider": {"max_hourly_budget_usd": 0.5, "markets": {"local": {"gpu_types": {
+        "provider": {"max_hourly_budget_usd": 0.5, "raycluster_state_dir": str(tmp_path),
+                     "markets": {"local": {"gpu_types": {
             "T4": {"gpus": 1, "cpus": 2, "capacity": 8, "spot_usd_per_hour": 0.16, "on_demand_usd_per_hour": 0.53}}}}},
         "available_node_types": {
             "head": {"resources": {"CPU": 0}, "max_workers": 0},
-            "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 8,
+            "gpu_spot": {"resources": {"CPU": 2, "GPU": 1, "raycluster_spot": 1000}, "max_workers": 8,
                          "node_config": {"market": "local", "kind": "spot", "gpu_type": "T4"}},
-            "gpu_ondemand": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 8,
+            "gpu_ondemand": {"resources": {"CPU": 2, "GPU": 1, "raycluster_on_demand": 1000}, "max_workers": 8,
                              "node_config": {"market": "local", "kind": "on_demand", "gpu_type": "T4"}}}}))
     ops, clock = FakeOps(nodes=1), Clock()  # one fixed node with a GPU
     core = CoordinatorCore(tmp_path, ops, clock=clock)
-    assert core.budget_cap_usd_per_hour == 0.5 and len(core.budget_types) == 2
+    assert core._live_cap() == 0.5 and len(core.budget_types) == 2
     core.submit(spec("fits-fixed", workers=1))
     core.submit(spec("three-spot", workers=3, placement_strategy="STRICT_SPREAD"))  # 3 x 0.16 = 0.48
     with pytest.raises(InfeasibleJob) as e:
@@ -491,3 +492,21 @@ def test_a_gang_that_can_never_run_within_the_budget_is_rejected_at_submit(tmp_p
     assert "budget: its 4 worker(s) need at least 0.64 USD/h of rented nodes, more than max_hourly_budget_usd 0.50" \
         in str(e.value)
     assert sorted(j["name"] for j in core.list()) == ["fits-fixed", "three-spot"]  # nothing made for the refused one
+    # issue 20: a gang is priced at the kind its spot choice allows — `never` on-demand (0.53 > 0.50)
+    ops.total = {}  # (no fixed node any more: every gang needs rented ones)
+    core.nodes.forget()
+    with pytest.raises(InfeasibleJob, match="0.53 USD/h of rented on-demand"):
+        core.submit(spec("od", workers=1, spot="never"))
+    core.submit(spec("only-spot", workers=3, spot="only", placement_strategy="STRICT_SPREAD"))  # 0.48 spot
+    # ... against the cap in force: `budget --set` / PUT /budget change it at run time
+    from raycluster.provision.spend import set_budget
+
+    set_budget(tmp_path, 0.4)
+    clock.t += 2  # (read at most once a second)
+    with pytest.raises(InfeasibleJob, match="more than max_hourly_budget_usd 0.40"):
+        core.submit(spec("three-again", workers=3, placement_strategy="STRICT_SPREAD"))
+    set_budget(tmp_path, 1.0)
+    clock.t += 2
+    core.submit(spec("four-spot", workers=4, placement_strategy="STRICT_SPREAD"))
+    core.submit(spec("od", workers=1, spot="never"))
+    assert sorted(j["name"] for j in core.list()) == ["fits-fixed", "four-spot", "od", "only-spot", "three-spot"]

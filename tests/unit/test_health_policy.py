@@ -38,8 +38,22 @@ def gpu(**kw):
      "row remapping failed"),
     ("disk full", dict(sample=sample(disk_free_pct=0.5)), HealthState.UNHEALTHY, True, "disk full"),
     ("one failed check: degraded", dict(sample=sample(mem_pct=97)), HealthState.DEGRADED, False, "memory 97%"),
-    ("two failed checks: degraded", dict(sample=sample(load1=20), failures_before=1), HealthState.DEGRADED, False,
+    ("two failed checks: degraded", dict(sample=sample(mem_pct=99), failures_before=1), HealthState.DEGRADED, False,
      "2/3 failed checks"),
+    # issue 20: a busy machine is not a sick one — load never fails a check, on its own host or a shared one
+    ("load 8.9 on 2 CPUs is busy, not unhealthy", dict(sample=sample(load1=8.9, cpus=2), failures_before=2),
+     HealthState.HEALTHY, False, None),
+    ("load on a shared host: shown as the host's", dict(sample=sample(load1=40, cpus=2), failures_before=2,
+                                                       host_shared=True), HealthState.HEALTHY, False, None),
+    # the host's memory and disk, on a host of several nodes: the host's, never this node's verdict
+    ("shared host, memory full", dict(sample=sample(mem_pct=99), failures_before=2, host_shared=True),
+     HealthState.HEALTHY, False, None),
+    ("shared host, disk full", dict(sample=sample(disk_free_pct=0.5), host_shared=True), HealthState.HEALTHY, False,
+     None),
+    ("shared host, its own GPU still counts", dict(sample=sample(gpus=[gpu(xids=(79,))]), host_shared=True),
+     HealthState.UNHEALTHY, True, "XID error 79"),
+    ("its ranks died with it", dict(node_died=True, sample=sample()), HealthState.UNHEALTHY, True,
+     "NodeDiedError"),
     ("third failed check: unhealthy", dict(sample=sample(gpus=[gpu(temp_c=95)]), failures_before=2),
      HealthState.UNHEALTHY, False, "3 consecutive failed checks"),
     ("a passing sample resets", dict(sample=sample(), failures_before=2), HealthState.HEALTHY, False, None),
@@ -70,3 +84,17 @@ def test_verdict_table(name, ctx, state, hard, fragment):
 ])
 def test_score_is_the_seed_grid_cli_formula(cpu, gpus, expect):
     assert score(sample(cpu_pct=cpu, gpus=gpus), TH) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize("kw,host,expect", [
+    (dict(load1=8.9, cpus=2), True, ["busy: load 8.9 on 2 CPUs"]),
+    (dict(mem_pct=99, disk_free_pct=0.5), True, ["memory 99%", "disk full"]),
+    (dict(disk_free_pct=3), True, ["disk 3.0% free"]),
+    (dict(), True, []),
+    (dict(load1=8.9, cpus=2, mem_pct=99), False, []),  # alone on its host: its own checks, no host line
+])
+def test_host_signals_are_judged_once_for_the_host_and_shown(kw, host, expect):
+    v = verdict(HealthContext("n1", True, NOW - 1, NOW - 100, sample(**kw), 0, TH, host_shared=host), NOW)
+    assert len(v.host_reasons) == len(expect)
+    for fragment, reason in zip(expect, v.host_reasons):
+        assert fragment in reason, v.host_reasons

@@ -10,6 +10,7 @@ import pytest
 from raycluster import constants as C
 from raycluster.control.core import CoordinatorCore
 from raycluster.errors import JobNotFound
+from raycluster.policy.recovery import RankStatus
 from tests.fakes import Clock, FakeOps
 
 
@@ -100,13 +101,13 @@ def test_an_unhealthy_node_is_used_again_once_healthy_for_a_while(env):
     core, ops, clock = env
     beat(core, clock)
     run(core, clock, 1, nodes=("n0", "n1", "n2"))
-    core.heartbeat({"node_id": "n1", "at": clock.t, "mem_pct": 99, "disk_free_pct": 50})
+    core.heartbeat({"node_id": "n1", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
     clock.t += 0.5
     core.reconcile_once()
     assert states(core)["n1"] == "degraded"  # one failed check
     for _ in range(2):
         clock.t += 0.5
-        core.heartbeat({"node_id": "n1", "at": clock.t, "mem_pct": 99, "disk_free_pct": 50})
+        core.heartbeat({"node_id": "n1", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
         core.reconcile_once()
     assert states(core)["n1"] == "unhealthy" and "n1" in core.excluded_nodes()
     run(core, clock, 5, nodes=("n0", "n1", "n2"))
@@ -126,3 +127,108 @@ def test_a_silent_nodes_gang_moves_at_once(env):
     moved = [t for t in job["transitions"] if t["cause"] == "node_unhealthy"]
     assert len(moved) == 1 and "no heartbeat" in moved[0]["reason"] and job["system_restarts"] == 0
     assert not core.checkpoint_wanted(jid, 1)  # nobody waited for a checkpoint that cannot come
+
+
+def host_beat(core, clock, nodes=("n0", "n1", "n2"), **over):
+    for n in nodes:
+        core.heartbeat({"node_id": n, "at": clock.t, "cpu_pct": 100, "load1": 0.1, "cpus": 2, "mem_pct": 30,
+                        "disk_free_pct": 60, "gpus": [{"index": 0, "temp_c": 50}], **over})
+
+
+def test_a_busy_shared_host_moves_nothing_and_is_shown_once_as_the_hosts(env):
+    """Issue 20: a burst drove load to 8.9 on 2 cores and every node of the host was judged unhealthy,
+    moving gangs no fault touched. Load is never a failure; the host's memory and disk, shared by
+    several nodes, are the host's (shown) and move nothing."""
+    core, ops, clock = env
+    host_beat(core, clock)
+    jid = core.submit({"name": "j", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
+    for _ in range(12):  # many samples, well past the failure threshold
+        clock.t += 0.5
+        host_beat(core, clock, load1=8.9, mem_pct=99, disk_free_pct=0.5)
+        core.reconcile_once()
+    view = {v["node_id"]: v for v in core.health_view()}
+    assert {n: v["state"] for n, v in view.items()} == {"n0": "healthy", "n1": "healthy", "n2": "healthy"}
+    assert core.excluded_nodes() == set() and core.get(jid)["state"] == "RUNNING"
+    assert not [t for t in core.get(jid)["transitions"] if t["cause"] in ("node_unhealthy", "node_drained")]
+    assert view["n0"]["host_shared"] and any("busy: load 8.9" in r for r in view["n0"]["host_reasons"])
+    assert any("memory 99%" in r for r in view["n0"]["host_reasons"])
+
+
+def test_a_node_alone_on_its_host_is_judged_on_its_memory(env):
+    core, ops, clock = env
+    ops.addresses = {"n0": "10.0.0.1", "n1": "10.0.0.2", "n2": "10.0.0.3"}  # one machine each
+    host_beat(core, clock)
+    run(core, clock, 1)
+    for _ in range(4):
+        clock.t += 0.5
+        host_beat(core, clock, nodes=("n0", "n2"))
+        host_beat(core, clock, nodes=("n1",), mem_pct=99, load1=30)
+        core.reconcile_once()
+    assert states(core)["n1"] == "unhealthy" and core.excluded_nodes() == {"n1"}
+    assert states(core)["n0"] == "healthy"
+
+
+def test_no_evacuation_to_nowhere_then_it_moves_once_there_is_room(env):
+    """Issue 20: gangs were moved off a node with nowhere to go and sat in PLACING for 120 s."""
+    core, ops, clock = env
+    beat(core, clock)
+    ids = [core.submit({"name": f"j{i}", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
+           for i in range(3)]
+    run(core, clock, 1, nodes=("n0", "n1", "n2"))
+    assert [core.get(j)["state"] for j in ids] == ["RUNNING"] * 3  # every GPU taken
+    on_n0 = next(j for j in ids if core.attempts[j].nodes == ["n0"])
+    run(core, clock, 6, nodes=("n0", "n1", "n2"), xid=79, node="n0")  # n0 unhealthy: nowhere to go
+    assert states(core)["n0"] == "unhealthy"
+    assert core.get(on_n0)["state"] == "RUNNING" and core.get(on_n0)["attempt"] == 1  # stays
+    assert not core.checkpoint_wanted(on_n0, 1)  # not even asked to checkpoint
+    other = next(j for j in ids if j != on_n0)
+    ops.finish(core.attempts[other].refs)  # a GPU frees up: now it moves, checkpoint first
+    run(core, clock, 1, nodes=("n0", "n1", "n2"), xid=79, node="n0")
+    assert core.get(other)["state"] == "SUCCEEDED" and core.checkpoint_wanted(on_n0, 1)
+    run(core, clock, 4, nodes=("n0", "n1", "n2"), xid=79, node="n0")
+    job = core.get(on_n0)
+    assert [t["cause"] for t in job["transitions"]].count("node_unhealthy") == 1 and job["system_restarts"] == 0
+
+
+def test_a_gang_being_placed_gets_a_new_placement_group_when_the_exclusion_changes(env):
+    """Issue 20: a group made while a node was excluded kept that exclusion after the node recovered."""
+    core, ops, clock = env
+    ops.total = {"n0": {"CPU": 2.0, "GPU": 1.0}}  # one node: while it is excluded nothing can be placed
+    core.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
+    for _ in range(3):
+        clock.t += 0.5
+        core.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
+        core.reconcile_once()
+    assert core.excluded_nodes() == {"n0"}
+    ops.auto_ready = False
+    jid = core.submit({"name": "j", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
+    core.reconcile_once()
+    job = core.store.get(jid)
+    assert job.state.value == "PENDING"  # no healthy node has room: admission keeps it queued
+    from raycluster.policy.steps import start_step
+    core.apply(job, start_step(job, clock.t), clock.t)  # placed as a gang whose node was lost is placed again
+    old = core.attempts[jid].pg
+    assert old.exclude == ["n0"]
+    run(core, clock, 11, nodes=("n0",))  # healthy again for HEALTH_RECOVER_S: used again
+    assert core.excluded_nodes() == set()
+    run(core, clock, 0.5, nodes=("n0",))  # the next pass sees its group wait on a stale exclusion
+    new = core.attempts[jid].pg
+    assert new is not old and old.removed and new.exclude == [] and core.get(jid)["state"] == "PLACING"
+    new.ready = True
+    run(core, clock, 0.5, nodes=("n0",))
+    assert core.get(jid)["state"] == "RUNNING"
+
+
+def test_a_rank_that_died_with_its_node_makes_the_verdict_at_once(env):
+    """Issue 20: Ray's node table said so seconds after the rank's NodeDiedError reached us."""
+    core, ops, clock = env
+    beat(core, clock)
+    jid = core.submit({"name": "j", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
+    run(core, clock, 1, nodes=("n0", "n1", "n2"))
+    node = core.attempts[jid].nodes[0]
+    ops.finish(core.attempts[jid].refs, RankStatus.SYSTEM_ERROR)  # NodeDiedError; Ray still says alive
+    clock.t += 0.1
+    core.reconcile_once()
+    view = {v["node_id"]: v for v in core.health_view()}
+    assert view[node]["alive"] and view[node]["state"] == "unhealthy"
+    assert any("NodeDiedError" in r for r in view[node]["reasons"])

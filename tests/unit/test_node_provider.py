@@ -1,5 +1,5 @@
 """MarketNodeProvider (provision/node_provider.py) against a market in memory (the boundary fake):
-renting, idempotency per launch request, refusals raised and explained, tags persisted across
+renting (every create_node its own rentals, of its own type), refusals raised and explained, tags persisted across
 provider instances, release, and the reconcile with the market (lost nodes, leaked rentals). The
 local market with real processes and Ray's autoscaler are in tests/cluster/test_autoscale_local.py."""
 
@@ -44,12 +44,60 @@ def test_rents_lists_and_tags_each_node_with_its_market_kind_and_price(tmp_path)
         assert launch.env["RAY_NODE_MARKET_TYPE"] == "spot" and launch.labels["raycluster.io/kind"] == "spot"
 
 
-def test_the_same_launch_request_never_rents_twice(tmp_path):
-    p, market = provider(tmp_path)
+SPOT_T4 = {"market": "fake", "kind": "spot", "gpu_type": "T4"}
+OD_T4 = {"market": "fake", "kind": "on_demand", "gpu_type": "T4"}
+
+
+@pytest.mark.parametrize("calls", [
+    # Ray's autoscaler v2 launches every node type of a pass under ONE launch request id ...
+    [("gpu_spot", SPOT_T4, 1), ("gpu_od", OD_T4, 1)],
+    [("gpu_spot", SPOT_T4, 2), ("gpu_od", OD_T4, 1)],
+    # ... and a type's nodes in batches (max_launch_batch_per_type), each call with identical arguments
+    [("gpu_spot", SPOT_T4, 1), ("gpu_spot", SPOT_T4, 1)],
+    [("gpu_spot", SPOT_T4, 1), ("gpu_spot", SPOT_T4, 1), ("gpu_od", OD_T4, 1)],
+], ids=["two-types", "two-types-2+1", "two-batches", "two-batches+type"])
+def test_every_create_node_of_one_launch_request_gets_its_own_rentals_of_its_own_type(tmp_path, calls):
+    """Issue 20: keyed on the launch request alone, the second type's call got the first type's
+    rental back and Ray's instance of it stayed REQUESTED for ever (a wedged autoscaler)."""
+    p, market = provider(tmp_path, FakeMarket(capacity=8))
+    seen: set[str] = set()
+    for node_type, node_config, count in calls:
+        made = p.create_node(node_config, {**WORKER_TAGS, TAG_RAY_USER_NODE_TYPE: node_type,
+                                           TAG_RAY_LAUNCH_REQUEST: "one-pass"}, count)
+        assert len(made) == count and not set(made) & seen  # nodes of its own, none handed back twice
+        seen |= set(made)
+        for node_id in made:
+            tags = p.node_tags(node_id)  # what Ray matches its instance by: the type, and its request id
+            assert tags[TAG_RAY_USER_NODE_TYPE] == node_type and tags[TAG_RAY_LAUNCH_REQUEST] == "one-pass"
+            assert tags["raycluster-kind"] == node_config["kind"]
+    assert len(market.launches) == sum(c for _t, _nc, c in calls) == len(seen)
+    listed = p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER})
+    for node_type, _nc, _c in calls:  # Ray counts each type's nodes: every one is there, of its type
+        assert sum(p.node_tags(n)[TAG_RAY_USER_NODE_TYPE] == node_type for n in listed) == sum(
+            c for t, _nc, c in calls if t == node_type)
+
+
+def test_a_retried_launch_after_a_failure_rents_anew_and_a_half_done_call_is_rolled_back(tmp_path):
+    """A failed call leaves nothing rented (Ray fails all of that call's instances) and the retry —
+    the same type under the same request id — gets nodes of its own."""
+    p, market = provider(tmp_path, FakeMarket(capacity=8))
     tags = {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "req-9"}
-    first = p.create_node({"market": "fake", "kind": "spot"}, tags, 2)
-    again = p.create_node({"market": "fake", "kind": "spot"}, tags, 2)
-    assert set(first) == set(again) and len(market.launches) == 2
+    real_rent, calls = market.rent, []
+
+    def rent_twice_then_fail(offer, launch):
+        calls.append(launch.rental_id)
+        if len(calls) == 2:
+            raise MarketUnavailable("HTTP 503 from the market")
+        return real_rent(offer, launch)
+
+    market.rent = rent_twice_then_fail
+    with pytest.raises(MarketUnavailable):
+        p.create_node(SPOT_T4, tags, 2)  # the first node was rented, the second refused
+    assert market.running == {} and p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER}) == []
+    assert "rolled back" in p.store.get(calls[0]).reason
+    market.rent = real_rent
+    again = p.create_node(SPOT_T4, tags, 2)
+    assert len(again) == 2 and set(again) == set(market.running) and not set(again) & set(calls)
 
 
 def test_a_refusal_is_raised_and_nothing_is_left_rented(tmp_path):
@@ -186,13 +234,14 @@ def test_the_budget_cap_refuses_a_rent_explains_it_and_rents_nothing(tmp_path):
         p.create_node({"market": "fake", "kind": "on_demand"}, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "c"}, 1)
     assert len(market.running) == 2 and len(p.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER})) == 2
     assert [(ev["source"], ev["action"]) for ev in p.store.events()] == [("provider", "blocked")] * 2
-    # within the cap it rents; the same request again is not a second rental (and not refused)
-    p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "d"}, 0)
-    # a node given back makes room
+    # a request for nothing rents nothing (and is not refused)
+    assert p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "d"}, 0) == {}
+    # a node given back makes room for one, not two
     p.terminate_node(next(iter(market.running)))
     p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "e"}, 1)
-    again = p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "e"}, 1)
-    assert len(again) == 1 and p.store.committed_usd_per_hour() == pytest.approx(0.4)
+    with pytest.raises(BudgetExceeded):
+        p.create_node(spot, {**WORKER_TAGS, TAG_RAY_LAUNCH_REQUEST: "e"}, 1)
+    assert p.store.committed_usd_per_hour() == pytest.approx(0.4)
 
 
 def test_the_cap_holds_across_provider_instances_and_can_be_set_at_run_time(tmp_path):

@@ -13,7 +13,13 @@ Owns:
 * evacuation — a running gang on an excluded (but alive) node is asked to checkpoint now (its
   ``ctx.should_checkpoint`` answers yes once), then moved: RUNNING → RECOVERING (cause
   ``node_unhealthy`` / ``node_drained``, no restart spent) once its newer checkpoint is complete or
-  after ``HEALTH_EVACUATE_WAIT_S``; it is placed again off the excluded nodes and resumes.
+  after ``HEALTH_EVACUATE_WAIT_S``; it is placed again off the excluded nodes and resumes. Only
+  where there is somewhere to go: a gang that would not fit on the healthy nodes' free room stays
+  (a silent node's gangs move at once: it is presumed dead).
+* hosts — nodes with one address share a machine: its memory, disk and load are the host's
+  (``policy.health``), shown once per host and never a reason to move work.
+* the node-died signal — a rank that failed with NodeDiedError marks its node (``node_died``) until a
+  heartbeat says otherwise: the verdict comes at the next pass, before Ray's node table says so.
 A dead node's gangs fail over by the usual path (their ranks die with it).
 """
 
@@ -27,6 +33,7 @@ from raycluster import constants as C
 from raycluster.errors import InvalidJobSpec
 from raycluster.policy.health import (GpuSample, HealthContext, HealthState, HealthThresholds, HealthVerdict,
                                       NodeSample, failed_checks, verdict)
+from raycluster.policy.placement import place
 from raycluster.policy.steps import Action, Step
 from raycluster.provision.market.local import RENTAL_LABEL
 from raycluster.store.lifecycle import Cause, JobState
@@ -73,6 +80,9 @@ class HealthMixin:
         self._healthy_since: dict[str, float] = {}
         self._monitors: dict[str, Any] = {}
         self._evacuating: dict[str, tuple[int, float, int | None, str, Cause]] = {}
+        self._stays: dict[str, str] = {}  # job -> why it is not moved (nowhere to go), logged once
+        self._shared: set[str] = set()  # alive nodes on a host with other alive nodes
+        self._died_at: dict[str, float] = {}  # node -> when a rank of ours died with it (NodeDiedError)
         self._last_health = 0.0
         self._health_lock = threading.Lock()  # heartbeats arrive on the actor's threads
         # judged only where monitors run (the Coordinator actor); a unit test turns it on itself
@@ -85,9 +95,18 @@ class HealthMixin:
         s = to_sample(sample)
         now = self.clock()
         with self._health_lock:
-            self._failures[s.node_id] = self._failures.get(s.node_id, 0) + 1 if failed_checks(s, thresholds()) else 0
+            failed = failed_checks(s, thresholds(), s.node_id in self._shared)
+            self._failures[s.node_id] = self._failures.get(s.node_id, 0) + 1 if failed else 0
             self._samples[s.node_id] = s
             self._hb_at[s.node_id] = now
+
+    def node_died(self, node_id: str, now: float) -> None:
+        """A rank of ours died with ``node_id`` (Ray's NodeDiedError): judge it at the next pass."""
+        if node_id not in self._died_at:
+            log.warning("node %s: a rank died with it (NodeDiedError)", node_id)
+            self._died_at[node_id] = now
+            self._last_health = 0.0  # the health pass runs in this same reconcile pass
+            self.nodes.forget()
 
     def excluded_nodes(self) -> set[str]:
         return set(self._unhealthy) | set(self._drained)
@@ -129,18 +148,39 @@ class HealthMixin:
         return found[0]
 
     def health_view(self) -> list[dict]:
-        """Every node Ray knows: its verdict, score, reasons, drain state and newest sample."""
-        return [self.node_view(n["id"], n) for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S)]
+        """Every node Ray knows: its verdict, score, reasons, host, drain state and newest sample. A
+        dead node the cluster gave back on purpose (idle, shed, down, preempted) reads ``released``."""
+        nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
+        released = self._released_rentals(nodes)
+        return [self.node_view(n["id"], n, released) for n in nodes]
 
-    def node_view(self, node_id: str, node: dict | None = None) -> dict:
+    def _released_rentals(self, nodes: list[dict]) -> dict[str, str]:
+        """rental id -> why it was given back, for the dead rented nodes (the provider's books)."""
+        dead = [(n.get("labels") or {}).get(RENTAL_LABEL) for n in nodes if not n["alive"]]
+        dead = [r for r in dead if r]
+        if not dead:
+            return {}
+        try:
+            from raycluster.provision.market.registry import released_on_purpose
+
+            return released_on_purpose(self.state_dir, dead)
+        except Exception:
+            log.exception("cannot read the provider's books")
+            return {}
+
+    def node_view(self, node_id: str, node: dict | None = None, released: dict[str, str] | None = None) -> dict:
         node = node or next((n for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S) if n["id"] == node_id), {})
         v = self._verdicts.get(node_id)
         s = self._samples.get(node_id)
         hb = self._hb_at.get(node_id)
+        rental = (node.get("labels") or {}).get(RENTAL_LABEL)
+        state, reasons = (v.state.value, list(v.reasons)) if v else ("unknown", [])
+        if not node.get("alive") and rental and rental in (released or {}):
+            state, reasons = "released", [released[rental]]
         return {"node_id": node_id, "alive": bool(node.get("alive")), "is_head": bool(node.get("is_head")),
-                "address": node.get("address"), "rental_id": (node.get("labels") or {}).get(RENTAL_LABEL),
-                "state": v.state.value if v else "unknown",
-                "score": v.score if v else None, "reasons": list(v.reasons) if v else [],
+                "address": node.get("address"), "rental_id": rental,
+                "state": state, "score": v.score if v else None, "reasons": reasons,
+                "host_shared": node_id in self._shared, "host_reasons": list(v.host_reasons) if v else [],
                 "excluded": node_id in self.excluded_nodes(), "drained": node_id in self._drained,
                 "drain_reason": self._drained.get(node_id),
                 "last_heartbeat_s_ago": round(self.clock() - hb, 1) if hb else None,
@@ -154,7 +194,12 @@ class HealthMixin:
         if not self.health_enabled:
             return
         th = thresholds()
-        nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
+        nodes = self.nodes.nodes(C.HEALTH_NODES_TTL_S)
+        by_host: dict[str, list[str]] = {}
+        for n in nodes:
+            if n["alive"]:
+                by_host.setdefault(n.get("address") or n["id"], []).append(n["id"])
+        self._shared = {nid for ids in by_host.values() if len(ids) > 1 for nid in ids}
         for n in nodes:
             nid = n["id"]
             if n["alive"] and nid not in self._monitors:
@@ -163,8 +208,14 @@ class HealthMixin:
                 continue  # dead before we watched it: nothing of ours ran there
             self._watch_since.setdefault(nid, now)
             with self._health_lock:
-                ctx = HealthContext(nid, bool(n["alive"]), self._hb_at.get(nid), self._watch_since[nid],
-                                    self._samples.get(nid), max(0, self._failures.get(nid, 0) - 1), th)
+                hb = self._hb_at.get(nid)
+                died = self._died_at.get(nid)
+                if died is not None and hb is not None and hb > died + C.HEALTH_INTERVAL_S:
+                    self._died_at.pop(nid, None)  # it heartbeats after all: the signal was wrong
+                    died = None
+                ctx = HealthContext(nid, bool(n["alive"]), hb, self._watch_since[nid],
+                                    self._samples.get(nid), max(0, self._failures.get(nid, 0) - 1), th,
+                                    host_shared=nid in self._shared, node_died=died is not None)
             v = verdict(ctx, now)
             self._judge(nid, v, now)
         for nid in [m for m in self._monitors if not any(n["id"] == m and n["alive"] for n in nodes)]:
@@ -212,6 +263,8 @@ class HealthMixin:
         excluded = self.excluded_nodes()
         for jid in [j for j in self._evacuating if j not in self._active]:
             self._evacuating.pop(jid, None)
+        for jid in [j for j in self._stays if j not in self._active]:
+            self._stays.pop(jid, None)
         if not excluded:
             self._evacuating.clear()
             return
@@ -230,6 +283,13 @@ class HealthMixin:
                    f"node {bad[0]} unhealthy: {'; '.join(self._verdicts[bad[0]].reasons) if bad[0] in self._verdicts else ''}")
             ev = self._evacuating.get(jid)
             silent = [n for n in bad if any(r.startswith("no heartbeat") for r in self._verdicts.get(n, _NONE).reasons)]
+            if not silent and ev is None and not self._room_elsewhere(jid, excluded):
+                why_stay = f"stays on {bad[0][:16]}: no healthy node has room for it now"
+                if self._stays.get(jid) != why_stay:
+                    self._stays[jid] = why_stay
+                    log.warning("%s: on %s; %s", jid, why, why_stay)
+                continue
+            self._stays.pop(jid, None)
             if silent:  # presumed dead: no checkpoint will come, move it now
                 self._evacuating.pop(jid, None)
                 self.apply(rec, Step(jid, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, Cause.NODE_UNHEALTHY,
@@ -251,3 +311,12 @@ class HealthMixin:
             where = f"resumes from step {step}" if step is not None else "no checkpoint: starts over"
             self.apply(rec, Step(jid, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, cause,
                                  f"moved off {why}; {where}"), now)
+
+    def _room_elsewhere(self, job_id: str, excluded: set[str]) -> bool:
+        """Whether the gang would fit now on the free room of the nodes that are not excluded."""
+        spec = self._specs.get(job_id)
+        if spec is None:
+            return True
+        _total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
+        free = {n: r for n, r in free.items() if n not in excluded}
+        return place(self._bundles(spec), free, spec.placement_strategy.value) is not None

@@ -120,6 +120,25 @@ def rentals(state_dir: Path | str, include_released: bool = False, now: float | 
         store.close()
 
 
+def released_on_purpose(state_dir: Path | str, rental_ids: list[str]) -> dict[str, str]:
+    """rental id -> why, for those of ``rental_ids`` given back on purpose (idle, shed, down,
+    preempted by their market): not dead nodes. A node lost (its market stopped running it
+    unasked, it never joined) is left out: that is a fault."""
+    from raycluster.store.rentals import RentalStore
+
+    store = RentalStore(provider_state_dir(recorded_provider(state_dir)) / "rentals.db")
+    try:
+        out = {}
+        for rental_id in rental_ids:
+            r = store.get(rental_id)
+            if r is not None and r.state.value in ("releasing", "released") and not (r.reason or "").startswith(
+                    ("lost", "never joined", "rolled back")):
+                out[rental_id] = f"released: {r.reason or 'given back'}"
+        return out
+    finally:
+        store.close()
+
+
 def set_price(state_dir: Path | str, gpu_type: str, kind: str, usd_per_hour: float | None) -> dict:
     """The local market moves a price (None: back to the configured one)."""
     cfg = recorded_provider(state_dir)
