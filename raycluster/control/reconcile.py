@@ -155,14 +155,14 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
             if now - self._last_fair >= C.FAIRSHARE_INTERVAL_S:
                 self._last_fair = now
                 self._guard("fair share", self._fair_share_pass, now)
+            if self._deadlines:  # before admission: a job that cannot finish in time never starts
+                self._guard("deadlines", self._deadline_pass, now)
             if self._pending:
                 self._guard("admission", self._admit, now)
             if self._blocked or self.preempting:
                 self._guard("preemption", self._preempt_pass, now)
             if self._sched:
                 self._guard("schedules", self._schedule_pass, now)
-            if self._deadlines:
-                self._guard("deadlines", self._deadline_pass, now)
             if self.elastic_nodes:
                 self._guard("demand", self._tell_demand)
             if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:

@@ -62,7 +62,21 @@ class SharingMixin:
     # ------------------------------------------------------------------ tenants
     def _queued(self, rec, spec) -> QueuedJob:
         return QueuedJob(rec.id, rec.priority, rec.queued_at, tuple(self._bundles(spec)), spec.placement_strategy.value,
-                         tenant=rec.tenant, boost_s=self._boosts.get(tenant_of(rec.tenant), 0.0))
+                         tenant=rec.tenant, boost_s=self._boost_of(tenant_of(rec.tenant)))
+
+    def _boost_of(self, tenant: str) -> float:
+        """The tenant's fair-share boost; one not seen by a fair-share pass yet gets its factor now
+        (a new tenant, with no usage, the most), not 0 until the next pass."""
+        boost = self._boosts.get(tenant)
+        if boost is None:
+            window = C.FAIRSHARE_WINDOW_S
+            if window <= 0:
+                return 0.0
+            config = self.tenants.current()
+            names = set(self._boosts) | set(self._usage) | {tenant}
+            shares = {t: config.quota(None if t == "default" else t).shares for t in names}
+            boost = self._boosts[tenant] = boost_s(fair_share_factors(self._usage, shares)[tenant], window)
+        return boost
 
     def check_tenant_limits(self, spec) -> None:
         """Refuse at submit a job over its tenant's per-job limits, naming the spec field."""

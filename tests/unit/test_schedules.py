@@ -218,3 +218,15 @@ def test_a_retried_create_makes_one_schedule(env):
     with pytest.raises(IdempotencyKeyReused) as exc:
         core.create_schedule(sched(name="other"), "key-1")
     assert exc.value.field == "idempotency_key" and len(core.list_schedules()) == 1
+
+
+def test_a_job_that_cannot_finish_by_its_deadline_never_starts_on_a_free_gpu(env):
+    """Issue 20: admission ran before the deadline pass, so such a job was placed and run until killed."""
+    core, ops, clock = env
+    job = {"entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}}
+    late = core.submit({**job, "name": "late", "deadline": clock.t + 30, "expected_runtime_s": 60})["id"]
+    clock.t += 0.1
+    core.reconcile_once()
+    j = core.get(late)
+    assert j["state"] == "FAILED" and j["cause"] == "deadline" and j["attempt"] == 0
+    assert not any(name.startswith(f"rc-{late}") for name in ops.pgs)  # never placed

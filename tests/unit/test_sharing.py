@@ -363,3 +363,31 @@ def test_cli_tenants_set_checks_the_file_and_installs_it(tmp_path, capsys):
     assert main(["--state-dir", str(state), "--json", "tenants", "--set", "configs/tenants.yaml"]) == 0
     out = capsys.readouterr().out
     assert '"team-a"' in out and (state / "tenants.yaml").read_text() == open("configs/tenants.yaml").read()
+
+
+def test_a_new_tenants_first_job_gets_its_boost_at_once(env, monkeypatch):
+    """Issue 20: a new tenant's jobs had boost 0 until the next fair-share pass (up to 10 s)."""
+    core, ops, clock, _ = env
+    monkeypatch.setattr(C, "FAIRSHARE_INTERVAL_S", 1.0)
+    flood = [core.submit(spec(f"a{i}", tenant="team-a"))["id"] for i in range(6)]
+    tick(core, clock, 30, dt=1.0)  # team-a holds the cluster: its usage grows, its boost shrinks
+    monkeypatch.setattr(C, "FAIRSHARE_INTERVAL_S", 3600.0)  # no fair-share pass from here on
+    clock.t += 1
+    late = core.submit(spec("b0", tenant="team-new"))["id"]
+    tick(core, clock, 1)
+    order = [j.job_id for j in core.queue.ordered()]
+    waiting_a = [j for j in flood if core.get(j)["state"] == "PENDING"]
+    assert waiting_a and order.index(late) < min(order.index(j) for j in waiting_a)
+    boost = {j.job_id: j.boost_s for j in core.queue.ordered()}
+    assert boost[late] == pytest.approx(C.FAIRSHARE_WINDOW_S) and boost[waiting_a[0]] < boost[late]
+
+
+def test_a_batch_starts_in_the_order_it_was_submitted(env):
+    """Issue 20: every job of a batch had the same queued_at; ties broke on random ids."""
+    core, ops, clock, _ = env
+    made = core.submit_many([{"spec": spec(f"j{i:02d}")} for i in range(20)])
+    assert [j["name"] for j in made] == [f"j{i:02d}" for i in range(20)]
+    tick(core, clock, 1)
+    started = sorted((j for j in core.list() if j["state"] != "PENDING"), key=lambda j: j["name"])
+    assert [j["name"] for j in started] == ["j00", "j01", "j02"]  # 3 GPUs: the first three
+    assert [core.store.get(j.job_id).name for j in core.queue.ordered()] == [f"j{i:02d}" for i in range(3, 20)]
