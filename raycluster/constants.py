@@ -196,6 +196,8 @@ BUDGET_INTERVAL_S = _env_float("BUDGET_INTERVAL_S", 2.0)
 # a node given back while jobs run on it (shed when prices rose): its gangs are asked to checkpoint
 # now, and it is released once each has (or after this many seconds)
 SHED_CHECKPOINT_WAIT_S = _env_float("SHED_CHECKPOINT_WAIT_S", 30.0)
+# ... then drained in Ray with this deadline (its gangs are moved, then it is released, well within it).
+SHED_DRAIN_DEADLINE_S = _env_float("SHED_DRAIN_DEADLINE_S", 30.0)
 # how often rank 0 of a running gang asks the Coordinator whether to checkpoint now (shed, preemption
 # notice); a gang of several ranks agrees on it every CHECKPOINT_ASK_EVERY_STEPS steps
 CHECKPOINT_ASK_INTERVAL_S = _env_float("CHECKPOINT_ASK_INTERVAL_S", 2.0)

@@ -159,3 +159,6 @@ class Coordinator:
 
     def checkpoint_pending(self, asked: dict) -> list[str]:
         return self.core.checkpoint_pending(asked)
+
+    def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
+        return self.core.move_off(rental_id, cause, reason)

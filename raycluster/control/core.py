@@ -23,6 +23,7 @@ from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, Ille
                                InvalidJobSpec)
 from raycluster.policy.budget import Gang, cheapest_gang_usd_per_hour
 from raycluster.policy.placement import infeasible_reason
+from raycluster.policy.steps import moved_step
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
@@ -73,6 +74,7 @@ class CoordinatorCore(Reconciler):
         self._feasible_for: object = None
         self._feasible: dict[tuple, str | None] = {}
         self._cap_cache = TTLCache(self.clock)
+        self._placing_waiting: dict[str, str] = {}  # placing gangs -> the budget reason written on their rows
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
@@ -272,6 +274,13 @@ class CoordinatorCore(Reconciler):
             self.budget_reasons = dict(reasons)
             self.budget_version += 1
             self.queue.forget()
+            # a gang being placed again (its node shed, say) waits for the budget too: say so on its row
+            placing = {j for j, att in self.attempts.items() if not att.placed}
+            now = {j: why for j, why in reasons.items() if j in placing}
+            changed = {j: now.get(j) for j in (set(now) | set(self._placing_waiting)) & placing
+                       if now.get(j) != self._placing_waiting.get(j)}
+            self._placing_waiting = now
+            self._guard("record waiting reasons of placing gangs", self.store.set_waiting, changed, JobState.PLACING)
         self.wake()
 
     # ------------------------------------------------------------------ checkpoint now
@@ -294,6 +303,30 @@ class CoordinatorCore(Reconciler):
         if out:
             log.info("checkpoint now (%s): %s", reason, ", ".join(sorted(out)))
         return out
+
+    def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
+        """(The BudgetAutoscaler, giving a busy rented node back: after its gangs checkpointed and
+        Ray stopped placing there.) Move every gang running on ``rental_id`` now — RUNNING →
+        RECOVERING with ``cause`` (``budget``, ``node_unhealthy``), no restart spent — so that
+        releasing the node costs none of them a restart. The jobs moved."""
+        cause_ = Cause(cause)
+        moved = []
+        with self._lock:
+            found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
+            for job_id, attempt in found:
+                rec = self._active.get(job_id)
+                att = self.attempts.get(job_id)
+                if rec is None or att is None or att.attempt != attempt or rec.state != JobState.RUNNING:
+                    continue
+                self._ckpt_wanted.pop((job_id, attempt), None)
+                step = moved_step(rec, cause_, f"{reason}; its node {rental_id} is given back: resumes from its "
+                                  "newest checkpoint (no restart spent)")
+                if self._guard(f"move {job_id}", self.apply, rec, step, self.clock()):
+                    moved.append(job_id)
+        if moved:
+            log.info("moved off %s (%s): %s", rental_id, cause, ", ".join(moved))
+            self.wake()
+        return moved
 
     def checkpoint_wanted(self, job_id: str, attempt: int) -> bool:
         """(Asked by rank 0 of a running gang.) Whether to checkpoint now; answers yes once per ask."""

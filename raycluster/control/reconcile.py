@@ -46,11 +46,12 @@ from raycluster.policy.budget import with_kind
 from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
-from raycluster.policy.steps import Action, Limits, Step, decide_placing, decide_running, start_step
+from raycluster.policy.steps import (Action, Limits, Step, decide_placing, decide_running, moved_step,
+                                     start_step)
 from raycluster.spec import JobSpec, gcs_uris
 from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
-from raycluster.store.lifecycle import ACTIVE_STATES, TERMINAL_STATES, Cause, JobState
+from raycluster.store.lifecycle import ACTIVE_STATES, SYSTEM_CAUSES, TERMINAL_STATES, Cause, JobState
 from raycluster.util.histogram import Histogram
 
 log = logging.getLogger("raycluster.coordinator")
@@ -266,7 +267,12 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
             if r.cause == Cause.NODE_LOST and att.nodes and r.rank < len(att.nodes):
                 self.node_died(att.nodes[r.rank], now)
         settled = att.first_failure_at is not None and now - att.first_failure_at >= C.FAILURE_SETTLE_S
-        return decide_running(job, limits, results, settled=settled, now=now)
+        step = decide_running(job, limits, results, settled=settled, now=now)
+        if (step is not None and step.cause in SYSTEM_CAUSES and step.action in (Action.RECOVER, Action.FAIL)
+                and self.ledger.preempted(job.id, job.attempt)):  # on spot that is the normal case, not a failure
+            step = moved_step(job, Cause.SPOT_PREEMPTED, "its spot node was taken back by the market; resumes "
+                              "from its newest checkpoint (no restart spent)", step.fields.get("error"))
+        return step
 
     def _step_job(self, job: JobRecord, now: float) -> None:
         step = self.decide(job, now)

@@ -92,6 +92,16 @@ def preempt_step(job: JobView, reason: str, preempted: int) -> Step:
                 {"preempted": preempted})
 
 
+def moved_step(job: JobView, cause: Cause, reason: str, error: str | None = None) -> Step:
+    """RUNNING -> RECOVERING for a reason that is not the job's fault nor a failure to count: its
+    node given back for the budget (``budget``), its spot node taken back by the market
+    (``spot_preempted``), moved off an unhealthy or drained node. No restart is spent: it is placed
+    again and resumes from its newest checkpoint. (Spot preemptions are bounded elsewhere: an
+    ``auto`` gang preempted ``spot_fallback_preemptions`` times is rented on-demand.)"""
+    fields = {"error": error} if error else {}
+    return Step(job.id, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, cause, reason, fields)
+
+
 def deadline_step(job: JobView, deadline: float, expected_runtime_s: float | None, now: float) -> Step | None:
     """FAIL (cause ``deadline``) a job that can no longer finish by its ``deadline``: the deadline has
     passed (whatever its state), or it is still queued and ``expected_runtime_s`` no longer fits

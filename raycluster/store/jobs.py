@@ -306,12 +306,13 @@ class JobStore:
         self._write(write)
         return self.get(job_id)
 
-    def set_waiting(self, reasons: dict[str, str | None]) -> None:
-        """Record why PENDING jobs wait (admission's decision); only jobs still PENDING change."""
+    def set_waiting(self, reasons: dict[str, str | None], state: JobState = JobState.PENDING) -> None:
+        """Record why jobs wait (admission's decision for PENDING ones; the BudgetAutoscaler's for
+        PLACING ones it rents nothing for); only jobs still in ``state`` change."""
         if reasons:
             self._write(lambda conn: conn.executemany(
                 "UPDATE jobs SET waiting=? WHERE id=? AND state=?",
-                [(why, jid, JobState.PENDING.value) for jid, why in reasons.items()]))
+                [(why, jid, state.value) for jid, why in reasons.items()]))
 
     def record_metrics(self, rows: list[tuple[str, int, float, int | None, dict]]) -> None:
         """Append metric reports and update each job's last_metrics (merged) in one transaction."""

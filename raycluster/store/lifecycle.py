@@ -69,6 +69,8 @@ class Cause(str, Enum):
     NODE_DRAINED = "node_drained"  # RUNNING -> RECOVERING: moved off a node drained by hand (no budget spent)
     DEADLINE = "deadline"  # -> FAILED: it can no longer finish by its deadline
     PREEMPTED = "preempted"  # RUNNING -> PENDING: stopped (checkpointed first) for a higher-priority job
+    BUDGET = "budget"  # RUNNING -> RECOVERING: its rented node given back for the budget (checkpointed first; no restart spent)
+    SPOT_PREEMPTED = "spot_preempted"  # RUNNING -> RECOVERING: the market took its spot node back (no restart spent)
 
 
 SYSTEM_CAUSES = frozenset({Cause.NODE_LOST, Cause.WORKER_CRASHED, Cause.OOM, Cause.SYSTEM_ERROR})

@@ -72,8 +72,9 @@ class FakeOps:
         self.released.append((rental_id, reason, ray_node_id))
         self.held = [r for r in self.held if r.id != rental_id]
 
-    def release_after_checkpoint(self, rental_id, reason, ray_node_id, wait_s=None):
+    def release_after_checkpoint(self, rental_id, reason, ray_node_id, wait_s=None, cause="budget"):
         self.checkpointed.append(rental_id)
+        self.causes = getattr(self, "causes", []) + [(rental_id, cause)]
         self.release(rental_id, reason, ray_node_id, busy=True)
         return []
 
@@ -255,6 +256,7 @@ def test_a_node_being_given_back_is_not_counted_again_while_its_gangs_checkpoint
     assert ops.limits[-1] == {"gpu_spot": (0, 3), "gpu_ondemand": (0, 0)}
     gate.set()
     loop.join()
+    assert ops.causes == [(first.release[0][0], "budget")]  # a shed moves its gangs with cause budget
     assert len(first.release) == 1 and second.release == []
     assert [r[0] for r in ops.released] == [first.release[0][0]]
 
@@ -289,6 +291,7 @@ def test_an_unhealthy_rented_node_is_given_back_and_replaced():
     loop.join()
     assert ops.released[0][0] == "r1" and "XID error 79" in ops.released[0][1]
     assert "r1" in ops.checkpointed  # its gangs were asked to checkpoint before it went
+    assert ops.causes == [("r1", "node_unhealthy")]  # ... and are moved with that cause, no restart spent
     assert any(a == "release_unhealthy" for a, _r in ops.events)
     # the replacement: the policy no longer counts r1, so a spot node is allowed for the waiting gang
     assert ops.limits[-1]["gpu_spot"][1] >= 2

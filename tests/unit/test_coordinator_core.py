@@ -510,3 +510,85 @@ def test_a_gang_that_can_never_run_within_the_budget_is_rejected_at_submit(tmp_p
     core.submit(spec("four-spot", workers=4, placement_strategy="STRICT_SPREAD"))
     core.submit(spec("od", workers=1, spot="never"))
     assert sorted(j["name"] for j in core.list()) == ["fits-fixed", "four-spot", "od", "only-spot", "three-spot"]
+
+
+def _elastic_core(tmp_path, nodes=("n0", "n1")):
+    """A Coordinator over FakeOps whose nodes are rented spot nodes (the provider's books in SQLite)."""
+    import json
+
+    from raycluster.provision.local.record import cluster_dir
+    from raycluster.provision.market.local import RENTAL_LABEL
+    from raycluster.store.rentals import RentalRecord, RentalState, RentalStore
+
+    cluster_dir(tmp_path).mkdir(parents=True)
+    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
+        "max_workers": 4, "head_node_type": "head",
+        "provider": {"state_dir": str(tmp_path / "prov"), "markets": {"local": {}}},
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "max_workers": 0},
+            "gpu_spot": {"resources": {"CPU": 2, "GPU": 1, "raycluster_spot": 1000}, "max_workers": 4,
+                         "node_config": {"market": "local", "kind": "spot", "gpu_type": "T4"}}}}))
+    ops, clock = FakeOps(nodes=0), Clock()
+    store = RentalStore(tmp_path / "prov" / "rentals.db")
+    for n in nodes:
+        ops.total[n] = {"CPU": 2.0, "GPU": 1.0, "raycluster_spot": 1000.0}
+        store.insert(RentalRecord(id=f"rent-{n}", request_id=f"r:{n}", market="local", node_type="gpu_spot",
+                                  kind="spot", gpu_type="T4", usd_per_hour=0.16, state=RentalState.RUNNING,
+                                  created_at=clock.t, running_at=clock.t))
+    real_nodes = ops.nodes
+    ops.nodes = lambda: [{**n, "labels": {RENTAL_LABEL: f"rent-{n['id']}"}} for n in real_nodes()]
+    core = CoordinatorCore(tmp_path, ops, clock=clock)
+    assert core.ledger.elastic
+    return core, ops, clock, store
+
+
+def _until(core, clock, pred, what, dt=0.5, limit=200):
+    for _ in range(limit):
+        if pred():
+            return
+        tick(core, clock, dt)
+    raise AssertionError(what)
+
+
+def test_a_spot_job_preempted_three_times_with_one_restart_succeeds(tmp_path):
+    """Issue 20: a spot preemption was recorded as a system failure and spent a restart, so a spot job
+    preempted more often than max_restarts failed — on spot, the normal case."""
+    core, ops, clock, store = _elastic_core(tmp_path)
+    jid = core.submit(spec("spotty", max_restarts=1))["id"]
+    for i in range(3):
+        _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running")
+        rental = f"rent-{core.attempts[jid].nodes[0]}"
+        store.update(rental, preempt_deadline=clock.t + 1)  # the market's notice, then the node goes
+        ops.finish(core.attempts[jid].refs, RankStatus.SYSTEM_ERROR)  # NodeDiedError
+        _until(core, clock, lambda: core.get(jid)["state"] != "RUNNING", "recovering")
+        store.update(rental, preempt_deadline=None)  # (the next attempt's node is not the preempted one)
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running")
+    ops.finish(core.attempts[jid].refs)
+    _until(core, clock, lambda: core.get(jid)["state"] == "SUCCEEDED", "succeeded")
+    job = core.get(jid)
+    assert job["preemptions"] == 3 and job["system_restarts"] == 0
+    assert [t["cause"] for t in job["transitions"]].count("spot_preempted") == 3
+
+
+def test_a_shed_moves_its_gang_with_cause_budget_and_spends_no_restart(tmp_path):
+    """Issue 20: a node given back for the budget ended its job's attempt as node_lost (a restart);
+    with max_restarts: 0 a shed failed the job. Now: checkpointed, moved (cause budget), then released."""
+    core, ops, clock, store = _elastic_core(tmp_path)
+    jid = core.submit(spec("shed-me", max_restarts=0))["id"]
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running")
+    rental = f"rent-{core.attempts[jid].nodes[0]}"
+    assert core.move_off(rental, "budget", "over budget 0.32/0.16 USD/h") == [jid]
+    assert core.get(jid)["state"] == "RECOVERING"
+    # while it waits for the budget in PLACING, its reason shows, as it would in PENDING
+    ops.auto_ready = False
+    _until(core, clock, lambda: core.get(jid)["state"] == "PLACING", "placing")
+    core.set_budget_reasons({jid: "budget 0.16/0.16 USD/h, needs 0.16 more"})
+    assert core.get(jid)["waiting"] == "budget 0.16/0.16 USD/h, needs 0.16 more"
+    ops.pgs[f"rc-{jid}-a2"].ready = True
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running again")
+    assert core.get(jid)["waiting"] is None
+    ops.finish(core.attempts[jid].refs)
+    _until(core, clock, lambda: core.get(jid)["state"] == "SUCCEEDED", "succeeded")
+    job = core.get(jid)
+    assert job["system_restarts"] == 0 and [t["cause"] for t in job["transitions"]].count("budget") == 1
+    assert core.move_off(rental, "budget", "again") == []  # nothing of it runs there any more

@@ -163,7 +163,8 @@ class BudgetLoop:
             self.going[rental_id] = node_type
             log.warning("giving back %s: %s", rental_id, reason)
             self.ops.event("release_unhealthy", f"{rental_id} {reason}", node_type, 1)
-            t = threading.Thread(target=self._release_busy, args=(rental_id, reason, ray_ids.get(rental_id)),
+            t = threading.Thread(target=self._release_busy,
+                                 args=(rental_id, reason, ray_ids.get(rental_id), "node_unhealthy"),
                                  name=f"release-{rental_id}", daemon=True)
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
@@ -206,9 +207,9 @@ class BudgetLoop:
             self.ops.set_waiting(dict(d.waiting))
             self._last_reasons = dict(d.waiting)
 
-    def _release_busy(self, rental_id: str, reason: str, ray_node_id: str | None) -> None:
+    def _release_busy(self, rental_id: str, reason: str, ray_node_id: str | None, cause: str = "budget") -> None:
         try:
-            self.ops.release_after_checkpoint(rental_id, reason, ray_node_id)
+            self.ops.release_after_checkpoint(rental_id, reason, ray_node_id, cause=cause)
         except Exception:
             log.exception("releasing %s failed", rental_id)
         finally:

@@ -94,23 +94,27 @@ class ScalingOps:
         self.provider.store.add_event("budget", action, reason, node_type, count)
 
     def release(self, rental_id: str, reason: str, ray_node_id: str | None, busy: bool = False) -> None:
-        """Give a node back: drained in Ray first (its gangs recover from their checkpoints on
-        other nodes), then released through its market. (Ray refuses an idle-termination drain of a
-        busy node: a busy one is drained as a preemption.)"""
+        """Give a node back: drained in Ray first, then released through its market. (Ray refuses
+        an idle-termination drain of a busy node: a busy one is drained as a preemption.)"""
+        self._drain(rental_id, reason, ray_node_id, busy)
+        self.provider.release(rental_id, reason)
+
+    def _drain(self, rental_id: str, reason: str, ray_node_id: str | None, busy: bool) -> None:
         if ray_node_id and self.provider.head_address:
             from raycluster.control.elastic.drain import drain_node
 
             try:
                 drain_node(self.provider.head_address, ray_node_id, "PREEMPTION" if busy else "IDLE_TERMINATION",
-                           reason, time.time() + 5)
+                           reason, time.time() + C.SHED_DRAIN_DEADLINE_S)
             except Exception as exc:
                 log.warning("drain of %s before release failed: %s", rental_id, exc)
-        self.provider.release(rental_id, reason)
 
     def release_after_checkpoint(self, rental_id: str, reason: str, ray_node_id: str | None,
-                                 wait_s: float | None = None) -> list[str]:
-        """Give back a node jobs run on: its gangs are asked to checkpoint now, and it is released
-        once each has (or ``wait_s`` passed); the jobs that had not, []: all had."""
+                                 wait_s: float | None = None, cause: str = "budget") -> list[str]:
+        """Give back a node jobs run on, in this order: its gangs are asked to checkpoint now (and
+        waited for, up to ``wait_s``); the node is drained in Ray (nothing new is placed there);
+        its gangs are moved by the Coordinator with ``cause`` (no restart spent); then it is
+        released. The jobs that had not checkpointed in time, []: all had."""
         wait_s = C.SHED_CHECKPOINT_WAIT_S if wait_s is None else wait_s
         pending: list[str] = []
         try:
@@ -124,8 +128,21 @@ class ScalingOps:
             log.exception("checkpoint before releasing %s failed", rental_id)
         if pending:
             log.warning("releasing %s: %s did not checkpoint within %.0fs", rental_id, ", ".join(pending), wait_s)
-        self.release(rental_id, reason, ray_node_id, busy=True)
+        self._drain(rental_id, reason, ray_node_id, busy=True)
+        try:
+            self.move_off(rental_id, cause, reason)
+        except Exception:  # not moved: its ranks die with the node and it recovers the usual way
+            log.exception("moving the gangs off %s failed", rental_id)
+        self.provider.release(rental_id, reason)
         return pending
+
+    def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
+        """Ask the Coordinator to move the gangs on a rented node now (cause ``budget`` ...)."""
+        import ray
+
+        if self.coordinator is None:
+            return []
+        return ray.get(self.coordinator.move_off.remote(rental_id, cause, reason), timeout=60)
 
     def checkpoint_now(self, rental_id: str, reason: str) -> dict[str, list]:
         """Ask the gangs on a rented node to checkpoint now ({job: [attempt, step before]})."""
