@@ -113,7 +113,7 @@ HEALTH_INTERVAL_S = _env_float("HEALTH_INTERVAL_S", 5.0)
 # The Coordinator judges every node this often, on Ray's node table at most HEALTH_NODES_TTL_S old
 # (a node Ray marks dead, or one a rank of ours died with, is judged within about one pass).
 HEALTH_PASS_INTERVAL_S = _env_float("HEALTH_PASS_INTERVAL_S", 1.0)
-HEALTH_NODES_TTL_S = _env_float("HEALTH_NODES_TTL_S", 1.0)
+HEALTH_NODES_TTL_S = _env_float("HEALTH_NODES_TTL_S", 0.5)
 HEALTH_HEARTBEAT_TIMEOUT_FACTOR = _env_float("HEALTH_HEARTBEAT_TIMEOUT_FACTOR", 1.5)
 HEALTH_FAILURE_THRESHOLD = _env_int("HEALTH_FAILURE_THRESHOLD", 3)
 HEALTH_MEM_PCT_MAX = _env_float("HEALTH_MEM_PCT_MAX", 95.0)

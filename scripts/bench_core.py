@@ -73,7 +73,7 @@ def bench_runtime(client: Client, n: int) -> float:
 def bench_latency(client: Client, n: int) -> dict:
     """One job at a time on a warm cluster; each runs to completion (so worker processes are reused,
     as they are for a steady stream of jobs) before the next is submitted."""
-    to_running, to_first_metric = [], []
+    to_running, to_first_metric, failed = [], [], []
     spec = {"name": "lat", "entrypoint": "jobs.toy:counter", "resources": {"cpus": 0.5},
             "config": {"steps": 50, "sleep_per_step_s": 0.01}}
     for _ in range(n):
@@ -87,11 +87,17 @@ def bench_latency(client: Client, n: int) -> dict:
                 running = now - t0
             if job["last_metrics"].get("step") or job["state"] == "SUCCEEDED":
                 first = now - t0
+            if job["state"] in ("FAILED", "CANCELLED"):  # never ran (or not to the end): counted apart
+                failed.append(f"{jid} {job['state']}: {job['error']}")
+                break
             time.sleep(0.002)
+        if first is None:
+            continue
         to_running.append(running)
         to_first_metric.append(first)
         client.wait([jid], timeout_s=60, poll_s=0.05)
-    return {"n": n, "submit_to_running_p50_s": pct(to_running, 50), "submit_to_running_p99_s": pct(to_running, 99),
+    return {"n": n, "ran": len(to_running), "failed": failed,
+            "submit_to_running_p50_s": pct(to_running, 50), "submit_to_running_p99_s": pct(to_running, 99),
             "submit_to_first_metric_p50_s": pct(to_first_metric, 50),
             "submit_to_first_metric_p99_s": pct(to_first_metric, 99)}
 
@@ -147,7 +153,9 @@ def main() -> None:
         lc.connect(namespace="raycluster", log_to_driver=False)
         client = Client(start_runtime(state_dir))
         bench_runtime(client, 10), bench_raw(10)  # warm both paths (worker processes, imports)
-        result = {"machine": {"cpus": os.cpu_count(), "ray": ray.__version__}}
+        result = {"machine": {"cpus": os.cpu_count(), "ray": ray.__version__},
+                  # every figure at the defaults a user gets unless the environment set a knob
+                  "settings": {k: v for k, v in os.environ.items() if k.startswith("RAYCLUSTER_")} or "defaults"}
         if "a" in args.parts:
             log("(a) raw placement group + task launches")
             raw_s = bench_raw(args.jobs)

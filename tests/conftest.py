@@ -9,15 +9,18 @@ from pathlib import Path
 
 import pytest
 
-# knobs that make the control loop react fast in tests; they reach the actors through the node env
+# Knobs the cluster tests change from the defaults users get, each for speed alone (they reach the
+# actors through the node env). Health, load and heartbeat settings are NOT among them: every cluster
+# test judges nodes exactly as a user's cluster does (tests/cluster/test_defaults.py runs with no
+# knob at all).
 TEST_ENV = {
+    # the loop is woken by every event (a submit, a rank ending); polling faster only shortens the
+    # waits of tests that look at state between events
     "RAYCLUSTER_RECONCILE_INTERVAL_S": "0.2",
+    # how long the other ranks of a gang whose rank failed get to report before it is recovered
+    # (the default 20 s would add 12 s to every injected failure)
     "RAYCLUSTER_FAILURE_SETTLE_S": "8",
     "RAY_DEDUP_LOGS": "0",
-    # a loaded 2-core CI machine can delay a heartbeat: only tests/cluster/test_health.py judges silence fast
-    "RAYCLUSTER_HEALTH_HEARTBEAT_TIMEOUT_FACTOR": "6",
-    # ... and its load average says nothing about a node's health (every node is this one machine)
-    "RAYCLUSTER_HEALTH_LOAD_PER_CPU_MAX": "1000",
 }
 
 
@@ -59,6 +62,31 @@ def local_runtime(state_dir: Path, num_workers: int, storage_uri: str | None = N
                 serve.shutdown()
         ray.shutdown()
         lc.stop()
+
+
+@contextlib.contextmanager
+def runtime_at_defaults(state_dir: Path, **cluster_kwargs):
+    """A local cluster (``LocalCluster(state_dir, **cluster_kwargs)``) and the runtime actors with no
+    knob changed — as ``raycluster up --local`` makes them: none of TEST_ENV, and none of the knobs
+    other modules left in this process's environment (node processes start from it). Yields
+    ``(LocalCluster, Client)``; afterwards disconnected, exactly our nodes stopped, the env restored."""
+    import ray
+
+    from raycluster.client.ray_client import Client
+    from raycluster.control.actors import start_runtime
+    from raycluster.provision.local.cluster import LocalCluster
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ)
+             if k.startswith("RAYCLUSTER_") and k != "RAYCLUSTER_STATE_DIR"}
+    lc = LocalCluster(state_dir, **cluster_kwargs)
+    lc.start()
+    try:
+        lc.connect(namespace="raycluster", log_to_driver=False)
+        yield lc, Client(start_runtime(state_dir))
+    finally:
+        ray.shutdown()
+        lc.stop()
+        os.environ.update(saved)
 
 
 def coordinator_restarted(coord, pid_before: int) -> bool:

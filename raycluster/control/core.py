@@ -74,7 +74,6 @@ class CoordinatorCore(Reconciler):
         self._feasible_for: object = None
         self._feasible: dict[tuple, str | None] = {}
         self._cap_cache = TTLCache(self.clock)
-        self._placing_waiting: dict[str, str] = {}  # placing gangs -> the budget reason written on their rows
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:

@@ -106,6 +106,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         self.queue = AdmissionQueue(C.STARVATION_THRESHOLD_S, C.AGING_S)
         # why the BudgetAutoscaler rents nothing for a waiting job (shown instead of "no room")
         self.budget_reasons: dict[str, str] = {}
+        self._placing_waiting: dict[str, str] = {}  # placing gangs -> the budget reason written on their rows
         self.budget_version = 0
         # an elastic cluster: the nodes Ray's autoscaler may still rent, and the demand last told it
         elastic = autoscaling.recorded_config(self.state_dir)
@@ -377,6 +378,10 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
                                     sorted(excluded))
             att = self.attempts[job.id] = Attempt(job.id, rec.attempt, pg, placing_since=now, excluded=excluded)
             self._launch(rec, att)
+            why = self.budget_reasons.get(job.id)
+            if why is not None:  # placed again while the BudgetAutoscaler rents nothing for it: say why
+                self._placing_waiting[job.id] = why
+                self._guard(f"waiting reason of {job.id}", self.store.set_waiting, {job.id: why}, JobState.PLACING)
             return rec
         extra: dict[str, Any] = {}
         if step.action == Action.MARK_RUNNING:

@@ -166,11 +166,19 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
         wait_for(lambda: any(e["action"] == "blocked" and solo in e["reason"]
                              and "budget 0.80/1.20 USD/h" in e["reason"] for e in store.events(1000)), 120,
                  "the solo job to be blocked by the budget, saying so")
+        # ... and says so on the job too, while it waits to be placed again (issue 20: reasons were
+        # written on PENDING rows only)
+        waiting = wait_for(lambda: (j := client.get(solo))["state"] == "PLACING" and j["waiting"], 60,
+                           "the placing solo job's waiting reason")
+        assert waiting.startswith("budget 0.80/1.20 USD/h"), waiting
         set_price(elastic.state_dir, "T4", "spot", None)  # the price falls back: room for the A10 again
         fell_at = time.time() + 5  # (repriced within a pass)
         final = client.wait([pair, solo], timeout_s=240)
         assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
-        assert final[1]["system_restarts"] == 1 and final[1]["result"]["resumed_from"] == done[0]["step"], \
+        # checkpoint, move (cause budget), release: no restart spent (issue 20: it ended as node_lost)
+        assert final[1]["system_restarts"] == 0 and final[1]["result"]["resumed_from"] == done[0]["step"], \
+            final[1]["transitions"]
+        assert [t["cause"] for t in final[1]["transitions"] if t["to"] == "RECOVERING"] == ["budget"], \
             final[1]["transitions"]
         spot = [r for r in store.list(None) if r.market == "local" and r.kind == "spot" and r.prices]
         # billed 0.16 then 0.40 (then 0.16 again for a node still held when the price fell)

@@ -23,6 +23,8 @@ from tests.conftest import local_runtime, wait_for
 
 pytestmark = [pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parents[2]
+# Faster than the default 5 s sampling, for speed alone: every check here waits on heartbeats (the
+# same verdicts at the defaults are run by tests/cluster/test_defaults.py).
 INTERVAL_S = 2.0
 ENV = {"RAYCLUSTER_HEALTH_INTERVAL_S": str(INTERVAL_S), "RAYCLUSTER_HEALTH_HEARTBEAT_TIMEOUT_FACTOR": "1.5",
        "RAYCLUSTER_HEALTH_RECOVER_S": "3", "RAYCLUSTER_CHECKPOINT_ASK_INTERVAL_S": "0.5"}

@@ -232,3 +232,58 @@ def test_a_rank_that_died_with_its_node_makes_the_verdict_at_once(env):
     view = {v["node_id"]: v for v in core.health_view()}
     assert view[node]["alive"] and view[node]["state"] == "unhealthy"
     assert any("NodeDiedError" in r for r in view[node]["reasons"])
+
+
+def _node(nid, alive=True, state="healthy", **kw):
+    return {"node_id": nid, "alive": alive, "is_head": False, "address": "127.0.0.1", "rental_id": None,
+            "state": state, "score": 1.0, "reasons": [], "host_shared": True, "host_reasons": [], "excluded": False,
+            "drained": False, "drain_reason": None, "last_heartbeat_s_ago": 1.0, "sample": None, **kw}
+
+
+@pytest.mark.parametrize("rows, code, fragment", [
+    ([_node("a"), _node("b")], 0, None),
+    ([_node("a"), _node("b", state="unhealthy", reasons=["GPU 0: XID error 79"])], 1, "1 node(s) unhealthy"),
+    # issue 20: a dead node counted only when alive-and-unhealthy: `raycluster health || page` never paged
+    ([_node("a"), _node("b", alive=False, state="unhealthy", reasons=["Ray reports the node dead"])], 1, "(1 dead)"),
+    ([_node("a"), _node("b", alive=False, state="unknown")], 1, "(1 dead)"),
+    # ... and a node the cluster gave back on purpose is no fault: no page after every scale-down
+    ([_node("a"), _node("b", alive=False, state="released", reasons=["released: idle for 60 s"])], 0, None),
+    ([_node("a", host_reasons=["busy: load 8.9 on 2 CPUs (> 4 per CPU; not a failure)"]), _node("b")], 0,
+     "host 127.0.0.1 (2 nodes): busy: load 8.9"),
+])
+def test_health_exit_code_pages_for_dead_and_unhealthy_nodes_only(monkeypatch, capsys, rows, code, fragment):
+    import types
+
+    from raycluster.cli import commands
+    from raycluster.cli.health import cmd_health
+
+    monkeypatch.setattr(commands, "_client", lambda args: types.SimpleNamespace(health=lambda: rows))
+    assert cmd_health(types.SimpleNamespace(json=False)) == code
+    out = capsys.readouterr().out
+    if fragment:
+        assert fragment in out, out
+
+
+def test_a_rented_node_given_back_on_purpose_reads_released_and_a_lost_one_does_not(tmp_path, monkeypatch):
+    import json
+
+    from raycluster.provision.local.record import cluster_dir
+    from raycluster.provision.market.local import RENTAL_LABEL
+    from raycluster.store.rentals import RentalRecord, RentalState, RentalStore
+
+    cluster_dir(tmp_path).mkdir(parents=True)
+    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
+        "max_workers": 2, "head_node_type": "head", "provider": {"state_dir": str(tmp_path / "prov")},
+        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0}}}))
+    store = RentalStore(tmp_path / "prov" / "rentals.db")
+    for rid, reason in (("rent-idle", "idle for 60 s"), ("rent-lost", "lost: the market no longer runs it")):
+        store.insert(RentalRecord(id=rid, request_id=rid, market="local", node_type="t", kind="spot", gpu_type="T4",
+                                  usd_per_hour=0.16, state=RentalState.RELEASED, created_at=1.0, reason=reason))
+    ops, clock = FakeOps(nodes=0), Clock()
+    dead = [{"id": f"n-{r}", "alive": False, "is_head": False, "address": "127.0.0.1", "hostname": "h",
+             "labels": {RENTAL_LABEL: r}, "resources_total": {}, "resources_free": {}} for r in ("rent-idle", "rent-lost")]
+    ops.nodes = lambda: dead
+    core = CoordinatorCore(tmp_path, ops, clock=clock)
+    view = {v["node_id"]: v for v in core.health_view()}
+    assert view["n-rent-idle"]["state"] == "released" and view["n-rent-idle"]["reasons"] == ["released: idle for 60 s"]
+    assert view["n-rent-lost"]["state"] != "released"  # lost unasked: a fault, it pages
