@@ -11,7 +11,7 @@ import pytest
 
 # Knobs the cluster tests change from the defaults users get, each for speed alone (they reach the
 # actors through the node env). Health, load and heartbeat settings are NOT among them: every cluster
-# test judges nodes exactly as a user's cluster does (tests/cluster/test_defaults.py runs with no
+# test judges nodes exactly as a user's cluster does (tests/cluster/test_health.py runs with no
 # knob at all).
 TEST_ENV = {
     # the loop is woken by every event (a submit, a rank ending); polling faster only shortens the
