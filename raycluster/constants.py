@@ -58,6 +58,11 @@ RECONCILE_INTERVAL_S = _env_float("RECONCILE_INTERVAL_S", 1.0)
 # burst of wakes is handled by a few passes rather than one per wake.
 RECONCILE_MIN_GAP_S = _env_float("RECONCILE_MIN_GAP_S", 0.02)
 PLACEMENT_TIMEOUT_S = _env_float("PLACEMENT_TIMEOUT_S", 120.0)
+# A placement group just made is looked at this often for its first PLACING_FAST_WINDOW_S (Ray places
+# one on a free cluster in tens of milliseconds), and so is the queue after a gang's group is removed
+# (Ray's free view shows it a little later), so a gang starts then rather than at the next tick.
+PLACING_POLL_S = _env_float("PLACING_POLL_S", 0.05)
+PLACING_FAST_WINDOW_S = _env_float("PLACING_FAST_WINDOW_S", 2.0)
 # A job whose placement times out this many times fails with cause no_resources (it is queued again
 # after each earlier timeout).
 MAX_PLACEMENT_TIMEOUTS = _env_int("MAX_PLACEMENT_TIMEOUTS", 3)

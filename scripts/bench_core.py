@@ -80,18 +80,18 @@ def bench_latency(client: Client, n: int) -> dict:
         t0 = time.perf_counter()
         jid = client.submit(spec)["id"]
         running = first = None
-        while first is None:
+        while first is None or running is None:  # (its code may report before the loop marks it RUNNING)
             job = client.get(jid)
             now = time.perf_counter()
             if running is None and job["state"] in ("RUNNING", "SUCCEEDED"):
                 running = now - t0
-            if job["last_metrics"].get("step") or job["state"] == "SUCCEEDED":
+            if first is None and (job["last_metrics"].get("step") or job["state"] == "SUCCEEDED"):
                 first = now - t0
             if job["state"] in ("FAILED", "CANCELLED"):  # never ran (or not to the end): counted apart
                 failed.append(f"{jid} {job['state']}: {job['error']}")
                 break
             time.sleep(0.002)
-        if first is None:
+        if first is None or running is None:
             continue
         to_running.append(running)
         to_first_metric.append(first)

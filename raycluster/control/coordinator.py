@@ -1,7 +1,8 @@
 """The Coordinator actor: a named, detached, restartable thin shell over ``CoordinatorCore``.
 
 Owns: the actor boundary (every method delegates) and the reconcile thread, which runs
-``reconcile_once()`` every RECONCILE_INTERVAL_S and at once when woken (a submit, a finished rank,
+``reconcile_once()`` every RECONCILE_INTERVAL_S (every PLACING_POLL_S while a gang's new placement
+group may be placed) and at once when woken (a submit, a finished rank,
 a placed gang), at most once per RECONCILE_MIN_GAP_S (or three times the last pass's duration,
 whichever is longer: a storm of wakes costs at most a third of a core). Created by ``control/actors.py``.
 """
@@ -47,7 +48,7 @@ class Coordinator:
             except Exception:  # never let the loop die
                 log.exception("reconcile pass failed")
             pass_s = time.monotonic() - started
-            self.core.wait(C.RECONCILE_INTERVAL_S)
+            self.core.wait(self.core.next_wait_s())
             # passes take at most a third of the time, however often they are woken
             rest = max(C.RECONCILE_MIN_GAP_S, 3 * pass_s) - (time.monotonic() - started)
             if rest > 0:  # woken early: wakes arriving meanwhile are served by the next pass

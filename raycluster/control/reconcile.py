@@ -121,6 +121,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         self._last_sweep = 0.0
         self._last_pin = 0.0
         self._last_fair = 0.0
+        self._freed_at = float("-inf")  # when a gang's placement group was last removed
         self._init_sharing()
         self._init_schedules()
         self._init_sweeps()
@@ -136,6 +137,19 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
     def wait(self, timeout_s: float) -> None:
         self._wake.wait(timeout_s)
         self._wake.clear()
+
+    def next_wait_s(self) -> float:
+        """Until the next pass: sooner while a placement group made in the last PLACING_FAST_WINDOW_S
+        is still unplaced, or jobs wait and a gang's group was removed in that window (Ray places a
+        group, and shows freed resources, some ms later; nothing wakes the loop when it does)."""
+        now = self.clock()
+        with self._lock:
+            fresh = any(not a.placed and now - a.placing_since < C.PLACING_FAST_WINDOW_S
+                        for a in self.attempts.values())
+            fresh = fresh or bool(self._pending and now - self._freed_at < C.PLACING_FAST_WINDOW_S)
+        if fresh:
+            return min(C.PLACING_POLL_S, C.RECONCILE_INTERVAL_S)
+        return C.RECONCILE_INTERVAL_S
 
     def reconcile_once(self) -> None:
         """One observe → decide → apply pass. Each step's exception is logged, never raised."""
@@ -452,6 +466,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
             pending = [ref for ref, r in zip(att.refs, self.ops.poll(att.refs)) if r.status == RankStatus.RUNNING]
             self.ops.cancel(pending)
         self.ops.remove_pg(att.pg)
+        self._freed_at = self.clock()  # Ray's free view shows it some ms later: look again soon
 
     # ------------------------------------------------------------------ chores
     def _pin_packages(self) -> None:

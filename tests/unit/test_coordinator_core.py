@@ -57,6 +57,30 @@ def test_lifecycle_to_success(env):
                                                                                      "succeed"]
 
 
+def test_the_loop_looks_again_soon_while_a_new_placement_group_may_be_placed(env):
+    """Nothing wakes the loop when Ray places a group: for its first seconds it is looked at every
+    PLACING_POLL_S, not at the next RECONCILE_INTERVAL_S tick (a gang started up to 1 s late)."""
+    core, ops, clock, _ = env
+    assert core.next_wait_s() == C.RECONCILE_INTERVAL_S  # idle: the normal tick
+    ops.auto_ready = False
+    jid = core.submit(spec())["id"]
+    tick(core, clock)
+    assert core.get(jid)["state"] == "PLACING" and core.next_wait_s() == C.PLACING_POLL_S
+    clock.t += C.PLACING_FAST_WINDOW_S  # still unplaced after the window: a full cluster, the normal tick
+    assert core.next_wait_s() == C.RECONCILE_INTERVAL_S
+    ops.pgs[f"rc-{jid}-a1"].ready = True
+    tick(core, clock)
+    assert core.get(jid)["state"] == "RUNNING" and core.next_wait_s() == C.RECONCILE_INTERVAL_S
+    # a job waits for room; the running one ends: its freed room is looked for soon
+    ops.auto_ready = True
+    nxt = core.submit(spec("next", workers=3))["id"]  # the whole cluster's GPUs
+    tick(core, clock)
+    assert core.get(nxt)["state"] == "PENDING" and core.next_wait_s() == C.RECONCILE_INTERVAL_S
+    ops.finish(core.attempts[jid].refs)
+    tick(core, clock)
+    assert core.get(jid)["state"] == "SUCCEEDED" and core.next_wait_s() == C.PLACING_POLL_S
+
+
 def test_system_failure_restarts_then_fails_when_budget_used(env):
     core, ops, clock, _ = env
     jid = core.submit(spec(workers=2, max_restarts=1))["id"]
