@@ -156,6 +156,10 @@ MAX_SYSTEM_RESTARTS = 100
 MAX_TRIALS = _env_int("MAX_TRIALS", 100_000)
 # a sweep's bundle sends its finished trials' results to the Coordinator at most this often (and at its end)
 TRIAL_FLUSH_INTERVAL_S = _env_float("TRIAL_FLUSH_INTERVAL_S", 0.2)
+# a sweep starts one bundle, and its others once they pay off (``policy/sweeps.py``); off: all at once
+SWEEP_STAGED_START = _env_bool("SWEEP_STAGED_START", True)
+# a bundle's start (worker, runtime_env, imports) assumed before one is measured in the attempt
+SWEEP_ASSUMED_START_S = _env_float("SWEEP_ASSUMED_START_S", 3.0)
 
 # --- local cluster ------------------------------------------------------------------------------
 LOCAL_NODE_IP = _env_str("LOCAL_NODE_IP", "127.0.0.1")

@@ -102,8 +102,12 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
     """Run LIVE_TRACE on a real elastic local cluster; its spend against the simulator's prediction."""
     import tempfile
 
+    for key in [k for k in os.environ if k.startswith("RAYCLUSTER_") and k != "RAYCLUSTER_STATE_DIR"]:
+        os.environ.pop(key)  # every knob at a user's default (before raycluster.constants is read)
+
     import ray
 
+    from raycluster import constants as C
     from raycluster.client.ray_client import Client
     from raycluster.control.actors import start_runtime
     from raycluster.policy.budget import NodeType
@@ -114,16 +118,16 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
     from raycluster.store.rentals import RentalStore
     from raycluster.store.usage import UsageStore
 
-    spot, nodes, idle_s, cooldown_s, tick_s = 0.16, 3, 10.0, 5.0, 1.0
+    # the cluster's own config (as a user's YAML would say); every RAYCLUSTER_* knob at its default
+    spot, nodes, idle_s, cooldown_s, tick_s = 0.16, 3, 10.0, 5.0, C.BUDGET_INTERVAL_S
     cfg = ElasticConfig(
         node_types={"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": nodes,
                                  "resources": {"CPU": 2, "GPU": 1}}},
         markets={"local": {"gpu_types": {"T4": {"gpus": 1, "cpus": 2, "capacity": nodes, "spot_usd_per_hour": spot,
                                                 "on_demand_usd_per_hour": 0.53}}}},
-        max_workers=nodes, idle_timeout_s=idle_s, update_interval_s=1, join_timeout_s=120,
+        max_workers=nodes, idle_timeout_s=idle_s, update_interval_s=5, join_timeout_s=120,
         budget={"cooldown_s": cooldown_s})
-    env = {"RAYCLUSTER_BUDGET_INTERVAL_S": str(tick_s), "RAYCLUSTER_RECONCILE_INTERVAL_S": "0.2"}
-    os.environ.update(env)
+    env: dict[str, str] = {}
     state_dir = Path(tempfile.mkdtemp(prefix="rc-bench-cost-"))
     lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg, env=env)
     lc.start()

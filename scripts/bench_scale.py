@@ -15,7 +15,8 @@
     raylets started inside the autoscaler's process) — the same two latencies. The goal: ours
     within one autoscaler tick of Ray's own.
 
-Usage: python scripts/bench_scale.py [--nodes 1000] [--rounds 2] [--tick-s 1] [--idle-s 5]
+Usage: python scripts/bench_scale.py [--nodes 1000] [--rounds 2] [--tick-s 5] [--idle-s 60]
+The tick and idle timeout default to a user's (ElasticConfig: update_interval_s 5, idle_timeout_s 60).
        [--skip-cluster] [--out bench-results/bench_scale.json]
 """
 
@@ -172,8 +173,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--tick-s", type=float, default=1.0)
-    ap.add_argument("--idle-s", type=float, default=5.0)
+    ap.add_argument("--tick-s", type=float, default=5.0, help="autoscaler tick (a user's default: 5)")
+    ap.add_argument("--idle-s", type=float, default=60.0, help="idle timeout (a user's default: 60)")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "bench_scale.json"))
     args = ap.parse_args()

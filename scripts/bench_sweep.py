@@ -53,6 +53,18 @@ def own_time_s(n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def submit_and_wait(client, spec: dict) -> tuple[dict, float, float]:
+    """The job's final record, seconds the submit call took (it packages and uploads a working_dir
+    and checks the entrypoint), seconds until the job ended."""
+    t0 = time.perf_counter()
+    jid = client.submit(spec)["id"]
+    submitted = time.perf_counter() - t0
+    final = client.wait([jid], timeout_s=600, poll_s=0.05)[0]
+    wall = time.perf_counter() - t0
+    assert final["state"] == "SUCCEEDED", final["error"]
+    return final, submitted, wall
+
+
 TORCH_TRIAL = """import torch
 
 
@@ -97,12 +109,7 @@ def cold_and_warm(client, n: int, bundles: int, slots: int, per_bundle: int) -> 
         return sweeptrial.trial(BareContext({"seed": seed}))
 
     def run_sweep() -> dict:
-        t0 = time.perf_counter()
-        jid = client.submit(spec)["id"]  # (packages and uploads the working_dir; the entrypoint checked)
-        submitted = time.perf_counter() - t0
-        final = client.wait([jid], timeout_s=600, poll_s=0.05)[0]
-        wall = time.perf_counter() - t0
-        assert final["state"] == "SUCCEEDED", final["error"]
+        final, submitted, wall = submit_and_wait(client, spec)
         got = client.get(final["id"])
         sub = got["transitions"][0]["ts"]
         first = min(t["finished_at"] for t in client.trials(final["id"], limit=n)["trials"]) - sub
@@ -217,12 +224,7 @@ def main() -> None:
         spec = {**sweep_shape, "name": "bench-sweep",
                 "trials": {"configs": [{"lr": lr} for lr in lrs], "per_bundle": args.per_bundle, "metric": "loss"}}
         idle()
-        t0 = time.perf_counter()
-        jid = client.submit(spec)["id"]  # (packages and uploads the working_dir; the entrypoint checked)
-        submitted = time.perf_counter() - t0
-        final = client.wait([jid], timeout_s=600, poll_s=0.05)[0]
-        wall = time.perf_counter() - t0
-        assert final["state"] == "SUCCEEDED", final["error"]
+        final, _submitted, wall = submit_and_wait(client, spec)
         record("batched_sweep", wall, final["result"]["succeeded"])
         got = client.get(final["id"])
         sub = got["transitions"][0]["ts"]

@@ -37,6 +37,27 @@ def wait_for(pred, timeout_s: float, what: str, poll_s: float = 0.2):
 
 
 @contextlib.contextmanager
+def sampled(read, every_s: float):
+    """A list that fills with ``read()`` every ``every_s`` seconds (a thread) until the block ends."""
+    import threading
+
+    samples, stop = [], threading.Event()
+
+    def run():
+        while not stop.is_set():
+            samples.append(read())
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
 def local_runtime(state_dir: Path, num_workers: int, storage_uri: str | None = None,
                   env: dict[str, str] | None = None):
     """Head (no CPUs) + ``num_workers`` workers (2 CPUs, 1 logical GPU each) with TEST_ENV, this

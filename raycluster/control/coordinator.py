@@ -107,6 +107,9 @@ class Coordinator:
     def undrain(self, node_id: str) -> dict:
         return self.core.undrain(node_id)
 
+    def sweep_claim(self, job_id: str, attempt: int, rank: int) -> list:
+        return self.core.sweep_claim(job_id, attempt, rank)
+
     def trials_done(self, job_id: str, attempt: int, rows: list[dict]) -> int:
         return self.core.trials_done(job_id, attempt, rows)
 

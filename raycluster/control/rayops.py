@@ -212,7 +212,22 @@ class RayOps:
 
     # ------------------------------------------------------------- validation
     def check_entrypoint(self, entrypoint: str, runtime_env: dict | None, timeout_s: float) -> str | None:
-        """None if ``entrypoint`` imports on a worker with ``runtime_env``, else why not."""
+        """None if ``entrypoint`` can be used, else why not: read from the job's own packages in the
+        GCS when its source is there (``policy/entrypoint.py``: milliseconds), else imported on a
+        worker with ``runtime_env`` (a cold worker: seconds)."""
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        from raycluster.policy.entrypoint import UNKNOWN, read_entrypoint
+        from raycluster.spec import gcs_uris
+
+        try:
+            blobs = [b for b in (_internal_kv_get(uri) for uri in gcs_uris(runtime_env)) if b]
+        except Exception as exc:  # the import check on a worker decides
+            log.debug("cannot read the job's packages: %s", exc)
+            blobs = []
+        verdict = read_entrypoint(entrypoint, blobs)
+        if verdict != UNKNOWN:
+            return verdict
         opts = {"runtime_env": runtime_env} if runtime_env else {}
         try:
             return ray.get(_check_entrypoint_remote.options(**opts).remote(entrypoint), timeout=timeout_s)

@@ -128,7 +128,6 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         self._init_health()
         self.notifier = Notifier(self.state_dir, clock)
         self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
-        self._sweep_done: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------------ loop
     def wake(self) -> None:
@@ -147,9 +146,9 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
             fresh = any(not a.placed and now - a.placing_since < C.PLACING_FAST_WINDOW_S
                         for a in self.attempts.values())
             fresh = fresh or bool(self._pending and now - self._freed_at < C.PLACING_FAST_WINDOW_S)
-        if fresh:
-            return min(C.PLACING_POLL_S, C.RECONCILE_INTERVAL_S)
-        return C.RECONCILE_INTERVAL_S
+        wait_s = min(C.PLACING_POLL_S, C.RECONCILE_INTERVAL_S) if fresh else C.RECONCILE_INTERVAL_S
+        look = self._sweep_next_look_s(now)  # a sweep's next bundles may be due before that
+        return wait_s if look is None else max(C.PLACING_POLL_S, min(wait_s, look))
 
     def reconcile_once(self) -> None:
         """One observe → decide → apply pass. Each step's exception is logged, never raised."""
@@ -226,7 +225,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
             self._packages.pop(jid, None)
             self._specs.pop(jid, None)
             self._deadlines.pop(jid, None)
-            self._sweep_done.pop(jid, None)
+            self._drop_sweep(jid)
             return
         else:
             self._drop_pending(jid)
@@ -274,7 +273,11 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         limits = Limits(spec.max_restarts, spec.max_user_retries, spec.max_runtime_s)
         if att is None or att.refs is None:  # its rank tasks died with the previous Coordinator
             return decide_running(job, limits, None, settled=True, now=now)
+        if spec.trials is not None:
+            self._grow_sweep(job, att, now)
         results = self.ops.poll(att.refs)
+        if spec.trials is not None:
+            results = self._sweep_results(job.id, att, results)
         if att.first_failure_at is None and any(
                 r.status in (RankStatus.USER_ERROR, RankStatus.SYSTEM_ERROR) for r in results):
             att.first_failure_at = now
@@ -437,26 +440,30 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         return rec
 
     def _launch(self, job: JobRecord, att: Attempt) -> None:
-        """Submit every rank into the attempt's placement group at once: Ray starts them the moment
-        the group is placed, with no loop round trip. Never leaves half a gang running."""
+        """Submit the ranks into the attempt's placement group at once: Ray starts them the moment the
+        group is placed, with no loop round trip. Never leaves half a gang running. (A sweep's bundles
+        are independent: it starts one and the others once they pay off, ``control/sweeps.py``.)"""
+        att.refs = None
+        self._launch_ranks(job, att, self._first_ranks(job, self._spec(job), att.attempt))
+
+    def _launch_ranks(self, job: JobRecord, att: Attempt, ranks: range) -> None:
         spec = self._spec(job)
         bundle = spec.resources.bundle()
         refs: list = []
         try:
-            for rank in range(spec.num_workers):
+            for rank in ranks:
                 launch = {
                     "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
                     "entrypoint": spec.entrypoint, "config": spec.config, "checkpoint_root": self.checkpoint_root,
                     "checkpoint_policy": spec.checkpoint.model_dump(), "checkpoint_manager": self.cm,
-                    "coordinator": self.handle, "log_dir": self.log_dir,
-                    "sweep": self._sweep_of(job.id, spec, rank, spec.num_workers),
+                    "coordinator": self.handle, "log_dir": self.log_dir, "sweep": self._sweep_of(spec),
                 }
                 refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
                                                  f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))
         except BaseException:
             self.ops.cancel(refs)
             raise
-        att.refs = refs
+        att.refs = (att.refs or []) + refs
         self.ops.watch(refs, self.wake)
 
     def _teardown(self, att: Attempt) -> None:

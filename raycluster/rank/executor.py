@@ -182,8 +182,13 @@ def _run_sweep(fn: Callable, launch: dict[str, Any], ctx, out: dict[str, Any]) -
                             device_of=lambda: ctx.device, checkpoint_root=launch["checkpoint_root"],
                             checkpoint_policy=launch["checkpoint_policy"])
 
+    def claim() -> list:
+        if coord is None:
+            return []
+        return ray.get(coord.sweep_claim.remote(launch["job_id"], launch["attempt"], launch["rank"]), timeout=120)
+
     try:
-        counts = run_bundle(fn, launch["sweep"], make_ctx, send)
+        counts = run_bundle(fn, launch["sweep"], make_ctx, send, claim)
     except Exception:
         return {**out, "status": "system_error", "error": traceback.format_exc()}
     return {**out, "status": "ok", "result": counts}

@@ -1,7 +1,8 @@
 """What runs inside one bundle of a sweep (a job with ``trials:``): many small trials in one Ray task.
 
-Owns: ``run_bundle`` — the bundle's trials (those the Coordinator assigned it, minus the finished
-ones) run K at a time in threads of this one process (``trials.per_bundle``, or the bundle's GPUs /
+Owns: ``run_bundle`` — the bundle's trials (asked for from the Coordinator as it goes,
+``Coordinator.sweep_claim``: a share at a time until none is left; never a finished one) run K at a
+time in threads of this one process (``trials.per_bundle``, or the bundle's GPUs /
 ``gpus_per_trial``), each with its own ``TrialContext`` (config = the job's config with the trial's
 values on top; ``report``; a per-trial checkpoint). A trial that raises is recorded with its
 traceback and the others go on (a failure is isolated to its trial). Finished trials are sent to the
@@ -17,7 +18,7 @@ import pickle
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from typing import Any, Callable
 
 from raycluster import constants as C
@@ -137,28 +138,49 @@ def _json_safe(value: Any) -> Any:
         return repr(value)
 
 
+def _trials(sweep: dict[str, Any], claim: Callable[[], list] | None):
+    """The bundle's trials: the list it was given, or asked for from the Coordinator as it goes."""
+    if "trials" in sweep:
+        yield from sweep["trials"]
+        return
+    while claim is not None:
+        got = claim()
+        if not got:
+            return
+        yield from got
+
+
 def run_bundle(fn: Callable, sweep: dict[str, Any], make_ctx: Callable[[int, dict], TrialContext],
-               send: Callable[[list[dict]], None]) -> dict[str, Any]:
-    """Run ``sweep["trials"]`` (``[[index, own config values], ...]``) K at a time, each with the
-    job's ``sweep["base_config"]`` under its own values; send each finished one through ``send``
-    (batched). Returns this bundle's counts."""
+               send: Callable[[list[dict]], None], claim: Callable[[], list] | None = None) -> dict[str, Any]:
+    """Run the bundle's trials (``[index, own config values]``: ``sweep["trials"]``, or asked for
+    through ``claim`` until it returns []) K at a time, each with the job's ``sweep["base_config"]``
+    under its own values; send each finished one through ``send`` (batched). Returns this bundle's
+    counts."""
     base = sweep.get("base_config") or {}
     k = max(1, int(sweep.get("per_bundle") or 1))
     flusher = _Flusher(send)
     ok = failed = 0
+
+    def done(row: dict) -> None:
+        nonlocal ok, failed
+        flusher.add(row)
+        ok, failed = ok + row["ok"], failed + (not row["ok"])
+
     try:
         if k == 1:
-            rows = (_one(fn, i, {**base, **own}, make_ctx) for i, own in sweep["trials"])
-            for row in rows:
-                flusher.add(row)
-                ok, failed = ok + row["ok"], failed + (not row["ok"])
-        else:  # K at a time; each recorded as it finishes
+            for i, own in _trials(sweep, claim):
+                done(_one(fn, i, {**base, **own}, make_ctx))
+        else:  # K at a time; each recorded as it finishes, the next taken as one ends
             with ThreadPoolExecutor(max_workers=k, thread_name_prefix="trial") as pool:
-                futures = [pool.submit(_one, fn, i, {**base, **own}, make_ctx) for i, own in sweep["trials"]]
-                for fut in as_completed(futures):
-                    row = fut.result()
-                    flusher.add(row)
-                    ok, failed = ok + row["ok"], failed + (not row["ok"])
+                running: set = set()
+                for i, own in _trials(sweep, claim):
+                    if len(running) >= k:
+                        finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            done(fut.result())
+                    running.add(pool.submit(_one, fn, i, {**base, **own}, make_ctx))
+                for fut in as_completed(running):
+                    done(fut.result())
     finally:
         flusher.close()
     return {"ran": ok + failed, "succeeded": ok, "failed": failed, "per_bundle": k}

@@ -62,6 +62,13 @@ class TrialStore:
         with self._lock:
             return {t for (t,) in self._conn.execute("SELECT trial FROM trials WHERE job_id=?", (job_id,))}
 
+    def durations(self, job_id: str) -> tuple[float, int]:
+        """(total run time, count) of the job's recorded trials that say how long they ran."""
+        with self._lock:
+            total, n = self._conn.execute("SELECT COALESCE(SUM(duration_s), 0), COUNT(duration_s) FROM trials "
+                                          "WHERE job_id=?", (job_id,)).fetchone()
+        return float(total), int(n)
+
     def list(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> list[dict[str, Any]]:
         q = "SELECT trial, attempt, ok, config, result, error, duration_s, finished_at FROM trials WHERE job_id=?"
         if failed_only:

@@ -8,13 +8,12 @@ most 2 — the market has 2 T4), ``gpu_ondemand`` (A10 on-demand, 0.53 USD/h, at
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_ENV, wait_for
+from tests.conftest import TEST_ENV, sampled, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 SPOT, OD = 0.16, 0.53
@@ -85,16 +84,8 @@ def test_a_burst_under_a_budget_never_commits_past_the_cap_and_every_job_finishe
     committed spend rate, sampled all along, never passes it; all 50 finish; those that waited
     for the budget said so."""
     store = _store(elastic)
-    samples, reasons, stop = [], set(), threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            samples.append(store.committed_usd_per_hour())
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    reasons = set()
+    with sampled(store.committed_usd_per_hour, 0.2) as samples:
         ids = [j["id"] for j in client.submit_many([_spec(f"burst-{i}") for i in range(50)])]
 
         def all_done():
@@ -103,9 +94,6 @@ def test_a_burst_under_a_budget_never_commits_past_the_cap_and_every_job_finishe
             return all(j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in jobs if j["id"] in ids)
 
         wait_for(all_done, 240, "the burst to finish", poll_s=0.5)
-    finally:
-        stop.set()
-        sampler.join()
     final = client.wait(ids, timeout_s=30)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 50, [j["error"] for j in final if j["state"] != "SUCCEEDED"]
     assert samples and max(samples) <= 0.35 + 1e-9, max(samples)

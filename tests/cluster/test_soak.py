@@ -12,13 +12,11 @@ transition; the committed spend rate stays within the cap at every sample.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import runtime_at_defaults, wait_for
+from tests.conftest import runtime_at_defaults, sampled, wait_for
 
 pytestmark = [pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,16 +55,7 @@ def test_a_mixed_burst_under_a_cap_finishes_with_no_wedge_no_false_verdict_and_t
     client, state_dir, lc = elastic["client"], elastic["state_dir"], elastic["lc"]
     set_budget(state_dir, CAP_USD_PER_HOUR)  # what `raycluster budget --set 0.7` does
     store = RentalStore(lc.cluster_dir / "provider" / "rentals.db")
-    samples, stop = [], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            samples.append(store.committed_usd_per_hour())
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with sampled(store.committed_usd_per_hour, 0.25) as samples:
         ids = [j["id"] for j in client.submit_many([_spec(i) for i in range(40)])]
 
         def all_done():
@@ -74,9 +63,6 @@ def test_a_mixed_burst_under_a_cap_finishes_with_no_wedge_no_false_verdict_and_t
             return all(j["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for j in jobs)
 
         wait_for(all_done, 780, "the 40 jobs to finish", poll_s=2)
-    finally:
-        stop.set()
-        sampler.join()
     final = client.wait(ids, timeout_s=30)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 40, [(j["name"], j["error"]) for j in final
                                                                 if j["state"] != "SUCCEEDED"]
