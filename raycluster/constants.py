@@ -160,6 +160,8 @@ TRIAL_FLUSH_INTERVAL_S = _env_float("TRIAL_FLUSH_INTERVAL_S", 0.2)
 SWEEP_STAGED_START = _env_bool("SWEEP_STAGED_START", True)
 # a bundle's start (worker, runtime_env, imports) assumed before one is measured in the attempt
 SWEEP_ASSUMED_START_S = _env_float("SWEEP_ASSUMED_START_S", 3.0)
+# once trials are timed, a bundle asking for work takes at least this much of it at a time
+SWEEP_MIN_SHARE_S = _env_float("SWEEP_MIN_SHARE_S", 0.05)
 
 # --- local cluster ------------------------------------------------------------------------------
 LOCAL_NODE_IP = _env_str("LOCAL_NODE_IP", "127.0.0.1")

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchlib import log, stop_cluster, write_result  # noqa: E402
+from benchlib import log, settle, stop_cluster, write_result  # noqa: E402
 
 
 def own_time_s(n: int) -> float:
@@ -133,10 +133,15 @@ def cold_and_warm(client, n: int, bundles: int, slots: int, per_bundle: int) -> 
 
     out = {"trials": n, "bundles": bundles, "per_bundle": per_bundle, "trial": "64x64 tanh(x @ x.T) x 20 in torch, from a working_dir"}
     # each way cold then warm at once (its workers still idle, its runtime_env set up): the other
-    # way's workers in between would push them out of Ray's worker pool (soft limit: one per CPU)
-    out["cold"], out["warm"] = {}, {}
-    out["cold"]["batched_sweep"], out["warm"]["batched_sweep"] = run_sweep(), run_sweep()
-    out["cold"]["raw_ray_tasks"], out["warm"]["raw_ray_tasks"] = run_raw(), run_raw()
+    # way's workers in between would push them out of Ray's worker pool (soft limit: one per CPU);
+    # each from a quiet machine (the runtime's actors start in the first seconds of a cluster)
+    out["cold"], out["warm"], out["settled_s"] = {}, {}, []
+    # (before its cold run only: Ray stops a worker idle for 1 s beyond one per CPU, so a pause before
+    # the warm run would make it cold again)
+    for way, run in (("batched_sweep", run_sweep), ("raw_ray_tasks", run_raw)):
+        out["settled_s"].append(settle())
+        out["cold"][way] = run()
+        out["warm"][way] = run()
     for k in ("cold", "warm"):
         log(f"(d) {k}: sweep {out[k]['batched_sweep']}, raw {out[k]['raw_ray_tasks']}")
     for k in ("cold", "warm"):

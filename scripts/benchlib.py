@@ -40,6 +40,20 @@ def start_runtime_and_api(lc, state_dir) -> tuple[dict, str, dict]:
     return info, info["url"], headers
 
 
+def settle(max_s: float = 30.0, busy_pct: float = 40.0) -> float:
+    """Wait until this machine's CPUs are quiet (two 0.5 s samples below ``busy_pct`` %, at most
+    ``max_s``): a measurement that starts while the runtime's own actors are still starting shares
+    the cores with them. Returns the seconds waited."""
+    import time
+
+    import psutil
+
+    t0, quiet = time.monotonic(), 0
+    while quiet < 2 and time.monotonic() - t0 < max_s:
+        quiet = quiet + 1 if psutil.cpu_percent(interval=0.5) < busy_pct else 0
+    return round(time.monotonic() - t0, 1)
+
+
 def stop_cluster(lc) -> None:
     """Stop Serve (if started), disconnect, and stop the local cluster a benchmark started."""
     import ray

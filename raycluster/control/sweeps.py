@@ -56,7 +56,8 @@ class SweepRun:
         last = self.asked.get(rank)
         if last is not None and last[1]:
             self.share_s, self.share_n = self.share_s + now - last[0], self.share_n + last[1]
-        n = claim_size(len(self.pending), self.bundles, self.per_bundle)
+        n = claim_size(len(self.pending), self.bundles, self.per_bundle, self.view().mean_trial_s,
+                       C.SWEEP_MIN_SHARE_S)
         self.asked[rank] = (now, n)
         return [self.pending.popleft() for _ in range(n)]
 

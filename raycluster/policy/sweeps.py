@@ -36,11 +36,17 @@ class SweepView:
     staged: bool = True              # False: every bundle at once (SWEEP_STAGED_START off)
 
 
-def claim_size(unclaimed: int, bundles: int, per_bundle: int) -> int:
-    """Trials a bundle takes per request: ceil(unclaimed / (2 * bundles)), at least ``per_bundle``."""
+def claim_size(unclaimed: int, bundles: int, per_bundle: int, mean_trial_s: float | None = None,
+               min_share_s: float = 0.0) -> int:
+    """Trials a bundle takes per request: ceil(unclaimed / (2 * bundles)), at least ``per_bundle``,
+    and — once a trial's time per bundle is known — at least ``min_share_s`` of work (tiny trials
+    are not fetched a few at a time: a request costs more than they do)."""
     if unclaimed <= 0:
         return 0
-    return min(unclaimed, max(1, per_bundle, math.ceil(unclaimed / (2 * max(1, bundles)))))
+    n = max(1, per_bundle, math.ceil(unclaimed / (2 * max(1, bundles))))
+    if mean_trial_s is not None and min_share_s > 0:
+        n = max(n, math.ceil(min_share_s / max(mean_trial_s, 1e-9)))
+    return min(unclaimed, n)
 
 
 def bundles_to_start(v: SweepView, now: float, assumed_start_s: float) -> int:

@@ -207,6 +207,17 @@ def test_claim_size_is_a_shrinking_share_never_below_k(unclaimed, bundles, k, wa
     assert claim_size(unclaimed, bundles, k) == want
 
 
+@pytest.mark.parametrize("unclaimed,mean_s,want", [
+    (875, None, 110),      # not timed yet: the shrinking share
+    (875, 0.5, 110),       # long trials: the share is already more than 50 ms
+    (875, 0.001, 110),     # 110 x 1 ms > 50 ms
+    (875, 0.0001, 500),    # 0.1 ms each: at least 50 ms of them
+    (875, 0.000002, 875),  # tiny: all of them in one request
+])
+def test_timed_tiny_trials_are_taken_at_least_min_share_s_at_a_time(unclaimed, mean_s, want):
+    assert claim_size(unclaimed, 4, 1, mean_s, min_share_s=0.05) == want
+
+
 def test_next_look_is_the_ski_rental_timer_only_while_durations_are_unknown():
     assert next_look_s(SweepView(4, 1, 100, None, 2.5, 10.0), 11.0, 3.0) == pytest.approx(1.5)
     assert next_look_s(SweepView(4, 1, 100, 0.5, 2.5, 10.0), 11.0, 3.0) is None  # events decide
@@ -234,13 +245,19 @@ def test_short_trials_keep_one_bundle_long_unknown_ones_start_the_rest(tmp_path)
     assert 0.05 <= core.next_wait_s() <= 1.0
 
 
-def test_bundles_started_late_with_nothing_left_are_stopped_not_waited_for(tmp_path):
+def placed_sweep(tmp_path, trials: int):
+    """A loop with a fake Ray and a sweep of ``trials`` on 3 bundles, placed (its first bundle launched)."""
     ops, clock = FakeOps(), Clock()
     core = CoordinatorCore(tmp_path, ops, clock=clock)
-    jid = core.submit(sweep_spec([{"lr": i} for i in range(30)], num_workers=3, resources={"cpus": 0.5}))["id"]
+    jid = core.submit(sweep_spec([{"lr": i} for i in range(trials)], num_workers=3, resources={"cpus": 0.5}))["id"]
     for _ in range(3):
         clock.t += 0.1
         core.reconcile_once()
+    return ops, clock, core, jid
+
+
+def test_bundles_started_late_with_nothing_left_are_stopped_not_waited_for(tmp_path):
+    ops, clock, core, jid = placed_sweep(tmp_path, 30)
     clock.t += 0.05  # a warm worker: it asks 0.25 s after its launch
     taken = core.sweep_claim(jid, 1, 0)
     clock.t += 0.3  # no trial recorded, none back for more after longer than its start: the rest start
@@ -260,12 +277,7 @@ def test_bundles_started_late_with_nothing_left_are_stopped_not_waited_for(tmp_p
 
 
 def test_a_bundle_back_for_more_tells_how_long_trials_take(tmp_path):
-    ops, clock = FakeOps(), Clock()
-    core = CoordinatorCore(tmp_path, ops, clock=clock)
-    jid = core.submit(sweep_spec([{"lr": i} for i in range(600)], num_workers=3, resources={"cpus": 0.5}))["id"]
-    for _ in range(3):
-        clock.t += 0.1
-        core.reconcile_once()
+    _ops, clock, core, jid = placed_sweep(tmp_path, 600)
     clock.t += 2.0
     assert len(core.sweep_claim(jid, 1, 0)) == 100
     clock.t += 0.2  # 100 trials in 0.2 s: 500 left take 1 s < its 2 s start
