@@ -45,7 +45,7 @@ from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventLis
                                    LogList, MetricList, Node, NodeHealth, NodeHealthList, NodeList, Package,
                                    PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList)
 from raycluster.api.settings import configure
-from raycluster.control.actors import get_handle
+from raycluster.control.handles import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
 from raycluster.errors import ClusterUnavailable, IdempotencyKeyReused, RayClusterError
 from raycluster.spec import parse_spec

@@ -1,9 +1,7 @@
 """The ``raycluster`` subcommands: up/down a local cluster, submit/list/inspect/cancel jobs, demo.
 
-Owns what each subcommand does (parsing is ``main.py``, output ``format.py``). ``--address`` is a
-Ray address (``client.ray_client.Client``), or ``http(s)://host:port`` of the HTTP control API
-(``client.http_client.HttpClient``, which never imports Ray; token from ``--token-file``,
-``RAYCLUSTER_API_TOKEN`` or ``<state_dir>/api_token``, in that order).
+Owns what each subcommand does (parsing is ``main.py``, output ``format.py``, reaching the cluster
+through ``--address`` ``connect.py``, bringing one up ``bringup.py``).
 """
 
 from __future__ import annotations
@@ -13,31 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from raycluster.cli.connect import BadArgument, client_for
 from raycluster.cli.format import finish, job_details, jobs_table, print_json, progress_printer, text_table
 from raycluster.errors import EXIT_INVALID, EXIT_OK, ClusterUnavailable
 from raycluster.store import storage
 
 DEMO_SPECS = ("configs/jobs/cnn.yaml", "configs/jobs/transformer.yaml", "configs/jobs/lstm.yaml")
-
-
-class BadArgument(Exception):
-    """A command-line argument that cannot work (exit code 2)."""
-
-
-def _client(args):
-    from raycluster.api.token import resolve_token
-    from raycluster.client.http_client import HttpClient, is_http_address
-
-    if is_http_address(args.address):
-        try:
-            token = resolve_token(args.token_file, args.state_dir)
-        except OSError as exc:
-            raise BadArgument(f"cannot read the API token: {exc}") from None
-        return HttpClient(args.address, token)
-    from raycluster.client.ray_client import Client, connect
-
-    connect(args.address, Path(args.state_dir))
-    return Client()
 
 
 def _elastic(path: str | None):
@@ -62,8 +41,7 @@ def _elastic(path: str | None):
 
 # ------------------------------------------------------------------------------------ commands
 def cmd_up(args) -> int:
-    from raycluster.client.ray_client import connect
-    from raycluster.control.actors import start_runtime
+    from raycluster.cli.bringup import bring_up
     from raycluster.provision.local.cluster import LocalCluster
 
     state_dir = Path(args.state_dir)
@@ -73,40 +51,28 @@ def cmd_up(args) -> int:
         return EXIT_INVALID
     if args.storage:  # refused before anything starts
         args.storage = storage.check_uri(args.storage, "--storage")
-    existing = LocalCluster.load(state_dir)
-    if existing is not None and existing.is_running():
-        lc = existing
-        print(f"local cluster already running at {lc.address}")
-    else:
-        t0 = time.monotonic()
-        lc = LocalCluster(state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                          gpus_per_worker=args.gpus_per_worker, elastic=_elastic(args.elastic))
-        lc.start()
-        print(f"local cluster up in {time.monotonic() - t0:.1f}s: head + {args.workers} workers at {lc.address}")
-    connect(lc.address, state_dir)
-    start_runtime(state_dir, storage_uri=args.storage)
-    info = {"address": lc.address, "dashboard_url": getattr(lc, "dashboard_url", None),
-            "state_dir": str(state_dir)}
-    if args.api_port:
-        from raycluster.api.deploy import deploy_api
-
-        api = deploy_api(state_dir, port=args.api_port)
-        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None,
-                    api_direct_ingress=api["direct_ingress"])
+    elastic = _elastic(args.elastic)
+    info = bring_up(state_dir, lambda: LocalCluster(
+        state_dir, num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker, elastic=elastic), storage_uri=args.storage, api_port=args.api_port)
     if args.json:
         print_json(info)
+        return EXIT_OK
+    if info["started"]:
+        print(f"local cluster up in {info['up_s']:.1f}s: head + {args.workers} workers at {info['address']}")
     else:
-        print(f"runtime actors up · dashboard {info['dashboard_url']} · state in {state_dir}")
-        if info.get("api_url"):
-            print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
-        print("submit a job:  raycluster submit configs/jobs/cnn.yaml")
+        print(f"local cluster already running at {info['address']}")
+    print(f"runtime actors up · dashboard {info['dashboard_url']} · state in {state_dir}")
+    if info.get("api_url"):
+        print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
+    print("submit a job:  raycluster submit configs/jobs/cnn.yaml")
     return EXIT_OK
 
 
 def cmd_ray_head(args) -> int:
-    from raycluster.provision.rayup import head_up
+    from raycluster.cli.bringup import ray_head_up
 
-    info = head_up(args.config, args.api_port)
+    info = ray_head_up(args.config, args.api_port)
     if args.json:
         print_json(info)
     else:
@@ -140,7 +106,7 @@ def cmd_submit(args) -> int:
     spec_dict = {**raw, **overrides} if isinstance(raw, dict) else raw
     if not isinstance(spec_dict, dict):
         parse_spec(spec_dict)  # (the error naming what it is)
-    client = _client(args)
+    client = client_for(args)
     if spec_dict.get("schedule") is not None:  # a scheduled job: runs are submitted at its ticks
         if args.wait:
             raise BadArgument("--wait: a spec with a schedule makes a scheduled job; follow its runs with "
@@ -168,7 +134,7 @@ def cmd_jobs(args) -> int:
     """One page of jobs (``--limit``/``--offset``), or ``--all``; says how to get the next page."""
     if args.limit < 1 or args.offset < 0:
         raise BadArgument("--limit must be >= 1 and --offset >= 0")
-    client = _client(args)
+    client = client_for(args)
     if args.all:
         jobs, more = client.list(states=args.state or None, tenant=args.tenant), False
     else:
@@ -185,7 +151,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_checkpoints(args) -> int:
-    client = _client(args)
+    client = client_for(args)
     client.get(args.job_id)  # JobNotFound (exit 4) rather than an empty list
     rows = client.checkpoints(args.job_id)
     if args.json:
@@ -215,7 +181,7 @@ def cmd_tenants(args) -> int:
             print(f"tenants config installed at {tenants_path(args.state_dir)} ({len(config.tenants)} tenant(s)); "
                   "the Coordinator applies it at its next pass")
         return EXIT_OK
-    view = _client(args).tenants()
+    view = client_for(args).tenants()
     if args.json:
         print_json(view)
         return EXIT_OK
@@ -236,7 +202,7 @@ def cmd_tenants(args) -> int:
 
 
 def cmd_status(args) -> int:
-    client = _client(args)
+    client = client_for(args)
     if args.job_id:
         job = client.get(args.job_id)
         if args.json:
@@ -257,7 +223,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    logs = _client(args).logs(args.job_id, args.tail)
+    logs = client_for(args).logs(args.job_id, args.tail)
     if args.json:
         print_json(logs)
         return EXIT_OK
@@ -294,7 +260,7 @@ def cmd_env(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    job = _client(args).cancel(args.job_id)
+    job = client_for(args).cancel(args.job_id)
     print_json(job) if args.json else print(f"{job['id']} {job['state']}")
     return EXIT_OK
 

@@ -140,9 +140,9 @@ def cmd_dashboard(args) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from raycluster.cli.commands import _client
+    from raycluster.cli.connect import client_for
 
-    client = _client(args)
+    client = client_for(args)
     if args.json:
         print_json(view(client))
         return EXIT_OK

@@ -22,9 +22,9 @@ def _gpus(sample: dict | None) -> str:
 
 
 def cmd_health(args) -> int:
-    from raycluster.cli.commands import _client
+    from raycluster.cli.connect import client_for
 
-    rows = _client(args).health()
+    rows = client_for(args).health()
     # a page-worthy node: unhealthy, or dead without having been given back on purpose (a node the
     # cluster released — idle, shed, down, preempted — reads "released" and is not a fault)
     bad = [r for r in rows if r["state"] == "unhealthy" or (not r["alive"] and r["state"] != "released")]
@@ -56,9 +56,9 @@ def cmd_health(args) -> int:
 
 
 def cmd_drain(args) -> int:
-    from raycluster.cli.commands import _client
+    from raycluster.cli.connect import client_for
 
-    client = _client(args)
+    client = client_for(args)
     out = client.drain(args.node, args.reason) if args.cmd == "drain" else client.undrain(args.node)
     if args.json:
         print_json(out)
@@ -74,10 +74,10 @@ def cmd_metrics(args) -> int:
     import ray
 
     from raycluster import constants as C
-    from raycluster.cli.commands import _client
-    from raycluster.control.actors import get_handle
+    from raycluster.cli.connect import client_for
+    from raycluster.control.handles import get_handle
 
-    _client(args)  # connects (Ray client only: the collector is an actor)
+    client_for(args)  # connects (Ray client only: the collector is an actor)
     out = ray.get(get_handle(C.METRICS_COLLECTOR_NAME).address.remote(), timeout=30)
     if args.json:
         print_json(out)
@@ -98,7 +98,7 @@ def cmd_notify(args) -> int:
     from raycluster.util.files import atomic_write
 
     if args.set:
-        from raycluster.cli.commands import BadArgument
+        from raycluster.cli.connect import BadArgument
 
         try:
             hooks = parse_config(yaml.safe_load(Path(args.set).read_text()), args.set)
@@ -151,14 +151,14 @@ def cmd_run(args) -> int:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from raycluster.cli.commands import BadArgument, _client
+    from raycluster.cli.connect import BadArgument, client_for
 
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise BadArgument("run needs a command: raycluster run -- CMD [ARGS...]")
-    client = _client(args)
+    client = client_for(args)
     if not hasattr(client, "_h"):
         raise BadArgument("raycluster run needs a Ray connection (--address of the Ray cluster, not its HTTP API)")
     node = best_node(client.health())

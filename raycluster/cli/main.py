@@ -13,6 +13,7 @@ import sys
 
 from raycluster import constants as C
 from raycluster.cli import commands, dashboard, health, market, schedules, simulate
+from raycluster.cli.connect import BadArgument
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
 
@@ -180,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (RayClusterError, commands.BadArgument) as exc:
+    except (RayClusterError, BadArgument) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return EXIT_INVALID if isinstance(exc, commands.BadArgument) else exit_code(exc)
+        return EXIT_INVALID if isinstance(exc, BadArgument) else exit_code(exc)
     except KeyboardInterrupt:
         return 130
 

@@ -23,9 +23,9 @@ def describe(s: dict) -> str:
 
 
 def cmd_schedules(args) -> int:
-    from raycluster.cli.commands import _client
+    from raycluster.cli.connect import client_for
 
-    client = _client(args)
+    client = client_for(args)
     action = args.action or "list"
     if action == "list":
         rows = client.list_schedules()
@@ -38,7 +38,7 @@ def cmd_schedules(args) -> int:
         print(text_table(cols, table))
         return EXIT_OK
     if not args.schedule_id:
-        from raycluster.cli.commands import BadArgument
+        from raycluster.cli.connect import BadArgument
 
         raise BadArgument(f"schedules {action} needs a SCHEDULE id")
     out = {"show": client.get_schedule, "pause": client.pause_schedule, "resume": client.resume_schedule,

@@ -17,7 +17,7 @@ import ray
 
 from raycluster import constants as C
 from raycluster.client.base import ClientBase
-from raycluster.control.actors import get_handle
+from raycluster.control.handles import get_handle
 from raycluster.errors import ClusterUnavailable, RayClusterError
 from raycluster.provision.auth import apply_driver_auth, local_cluster_address
 

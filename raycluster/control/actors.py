@@ -1,9 +1,10 @@
-"""The one factory of the runtime actors: their names, options and how to find them.
+"""The one factory of the runtime actors: their names and options, and starting the runtime.
 
-Owns: creating (or finding, ``get_if_exists``) the named detached actors — CheckpointManager and
-Coordinator, both pinned to the head node (worker nodes come and go) in the ``raycluster``
-namespace — and looking one up by name with a clear ``ClusterUnavailable`` when it is not there.
-Later runtime actors (HealthMonitor, BudgetAutoscaler, MetricsCollector) are added here.
+Owns: creating (or finding, ``get_if_exists``) the named detached actors — CheckpointManager,
+Coordinator, MetricsCollector and (on an elastic cluster) BudgetAutoscaler, pinned to the head node
+(worker nodes come and go) in the ``raycluster`` namespace — and ``start_runtime``. Looking an
+actor up by name is ``control/handles.py``'s (the actors themselves look each other up there, so
+none imports this factory). HealthMonitors are made per node by the Coordinator (``RayOps``).
 """
 
 from __future__ import annotations
@@ -13,18 +14,8 @@ from pathlib import Path
 import ray
 
 from raycluster import constants as C
-from raycluster.errors import ClusterUnavailable
 from raycluster.provision import autoscaling
 from raycluster.store import storage
-
-_MISSING = {
-    C.COORDINATOR_NAME: "the raycluster runtime is not running on this cluster (no Coordinator actor); "
-                        "start it with `raycluster up`",
-    C.CHECKPOINT_MANAGER_NAME: "no CheckpointManager actor on this cluster; start the runtime with `raycluster up`",
-    C.METRICS_COLLECTOR_NAME: "no MetricsCollector on this cluster; start the runtime with `raycluster up`",
-    C.BUDGET_AUTOSCALER_NAME: "no BudgetAutoscaler on this cluster: it rents no nodes (start an elastic cluster "
-                              "with `ray up ray-cluster.yaml` or `raycluster up --local --elastic FILE`)",
-}
 
 
 def _options(name: str) -> dict:
@@ -38,10 +29,12 @@ def get_or_create_checkpoint_manager(state_dir: Path):
     return CheckpointManager.options(**_options(C.CHECKPOINT_MANAGER_NAME)).remote(str(state_dir))
 
 
-def get_or_create_coordinator(state_dir: Path, storage_uri: str | None = None):
+def get_or_create_coordinator(state_dir: Path, storage_uri: str | None = None, checkpoint_manager=None):
+    """The Coordinator, given the CheckpointManager's handle (restartable: the handle stays valid)."""
     from raycluster.control.coordinator import Coordinator
 
-    return Coordinator.options(**_options(C.COORDINATOR_NAME)).remote(str(state_dir), storage_uri)
+    cm = checkpoint_manager if checkpoint_manager is not None else get_or_create_checkpoint_manager(state_dir)
+    return Coordinator.options(**_options(C.COORDINATOR_NAME)).remote(str(state_dir), storage_uri, cm)
 
 
 def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | None = None):
@@ -55,7 +48,7 @@ def start_runtime(state_dir: Path, timeout_s: float = 120.0, storage_uri: str | 
     uri = storage_uri or C.STORAGE_URI
     uri = storage.check_uri(uri, "storage_uri") if uri else None
     cm = get_or_create_checkpoint_manager(state_dir)
-    coord = get_or_create_coordinator(state_dir, uri)
+    coord = get_or_create_coordinator(state_dir, uri, cm)
     ray.get([cm.ping.remote(), coord.ping.remote()], timeout=timeout_s)
     if C.METRICS_ENABLED:
         ray.get(get_or_create_metrics_collector(state_dir).ping.remote(), timeout=timeout_s)
@@ -77,11 +70,3 @@ def get_or_create_budget_autoscaler(state_dir: Path):
     from raycluster.control.elastic.budget_autoscaler import BudgetAutoscaler
 
     return BudgetAutoscaler.options(**_options(C.BUDGET_AUTOSCALER_NAME)).remote(str(state_dir))
-
-
-def get_handle(name: str):
-    """The named runtime actor, or ClusterUnavailable saying how to start it."""
-    try:
-        return ray.get_actor(name, namespace=C.NAMESPACE)
-    except ValueError:
-        raise ClusterUnavailable(_MISSING.get(name, f"no {name} actor on this cluster")) from None

@@ -26,11 +26,11 @@ log = logging.getLogger("raycluster.coordinator")
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
 class Coordinator:
-    def __init__(self, state_dir: str, storage_uri: str | None = None):
+    def __init__(self, state_dir: str, storage_uri: str | None = None, checkpoint_manager=None):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from raycluster.control.actors import get_or_create_checkpoint_manager
+        from raycluster.control.handles import get_handle
 
-        cm = get_or_create_checkpoint_manager(Path(state_dir))
+        cm = checkpoint_manager if checkpoint_manager is not None else get_handle(C.CHECKPOINT_MANAGER_NAME)
         me = ray.get_runtime_context().current_actor
         self.core = CoordinatorCore(Path(state_dir), RayOps(), cm, me, storage_uri)
         self.core._guard("startup sweep", self.core.sweep_placement_groups)

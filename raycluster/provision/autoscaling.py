@@ -5,14 +5,14 @@ Owns: ``ElasticConfig`` (node types onto markets, min/max workers, idle timeout,
 settings), ``autoscaling_config`` (the full Ray cluster config dict, with every key Ray's config
 reader needs — see ../shared/notes/ray-autoscaler-provider.md), ``head_env`` (what the head must be
 started with so that v2 runs and matches the head to the provider's head node) and
-``release_all`` (every rental given back, for ``down``). Used by ``LocalCluster(elastic=...)`` to
-start a head with ``--autoscaling-config``.
+``recorded_config`` (the config an elastic local cluster was started with). Used by
+``LocalCluster(elastic=...)`` to start a head with ``--autoscaling-config``. Giving every rental
+back for ``down`` is the provider's (``node_provider.release_recorded``).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from raycluster.policy.budget import KIND_RESOURCE, KIND_RESOURCE_UNITS
 from raycluster.provision.market.base import KINDS, MarketConfigError
 from raycluster.util.files import atomic_write_json
 
-log = logging.getLogger(__name__)
 
 PROVIDER_MODULE = "raycluster.provision.node_provider.MarketNodeProvider"
 HEAD_TYPE = "head"
@@ -167,26 +166,6 @@ def write_config(elastic: ElasticConfig, record: dict[str, Any], cluster_dir: Pa
     atomic_write_json(path, config)
     record["autoscaling_config_path"] = str(path)
     return path
-
-
-def release_all(config: dict[str, Any], reason: str = "cluster down") -> list[str]:
-    """Give back every rental of the cluster whose autoscaling config this is."""
-    from raycluster.provision.node_provider import MarketNodeProvider
-
-    provider = MarketNodeProvider(config["provider"], config["cluster_name"])
-    return provider.release_all(reason)
-
-
-def release_recorded(record: dict[str, Any]) -> list[str]:
-    """``release_all`` for a local cluster's record (nothing if it is not elastic)."""
-    path = record.get("autoscaling_config_path")
-    config = read_json(Path(path)) if path else None
-    if not config:
-        return []
-    released = release_all(config)
-    if released:
-        log.info("released %d rented node(s): %s", len(released), released)
-    return released
 
 
 def recorded_config(state_dir: Path | str) -> dict[str, Any] | None:

@@ -384,10 +384,30 @@ class MarketNodeProvider(NodeProvider):
         node = self._ray_nodes().get(f"rc-{notice.rental_id}")
         if node is None or not node.get("node_id"):
             return
-        from raycluster.control.elastic.drain import drain_node
+        from raycluster.provision.drain import drain_node
 
         accepted, why = drain_node(self.head_address, node["node_id"], "PREEMPTION",
                                    f"{rec.market} preempts this {rec.kind} node ({notice.reason})", notice.deadline)
         log.warning("preemption notice for %s (deadline in %.0fs): drain %s%s", notice.rental_id,
                     notice.deadline - time.time(), "accepted" if accepted else "refused", f": {why}" if why else "")
         self._drained.add(notice.rental_id)
+
+
+def release_all(config: dict[str, Any], reason: str = "cluster down") -> list[str]:
+    """Give back every rental of the cluster whose autoscaling config this is."""
+    provider = MarketNodeProvider(config["provider"], config["cluster_name"])
+    return provider.release_all(reason)
+
+
+def release_recorded(record: dict[str, Any]) -> list[str]:
+    """``release_all`` for a local cluster's record (nothing if it is not elastic)."""
+    from raycluster.provision.local.record import read_json
+
+    path = record.get("autoscaling_config_path")
+    config = read_json(Path(path)) if path else None
+    if not config:
+        return []
+    released = release_all(config)
+    if released:
+        log.info("released %d rented node(s): %s", len(released), released)
+    return released

@@ -3,17 +3,16 @@
 Owns: ``validate`` (our keys of a Ray cluster config, checked by the provider's ``bootstrap_config``
 before ``ray up``/``ray down`` make anything: an unknown market, a missing key file, a price that is
 not a number → the error names the key), ``elastic_config`` (the Ray config → the elastic local
-cluster it describes) and ``head_up`` — what the config's head start command
-(``python -m raycluster.cli ray-head --config ~/ray_bootstrap_config.yaml``) does on the head: start
-(or find) the elastic local cluster with Ray's autoscaler over our provider, the runtime actors and
-the HTTP API. The head is the machine ``ray up`` runs on; ``ray down``'s ``ray stop`` becomes
+cluster it describes). What the config's head start command (``python -m raycluster.cli ray-head
+--config ~/ray_bootstrap_config.yaml``) does on the head — start (or find) that cluster with Ray's
+autoscaler over our provider, the runtime actors and the HTTP API — is ``cli/bringup.py``'s (the one
+bring-up path, shared with ``raycluster up``). The head is the machine ``ray up`` runs on; ``ray down``'s ``ray stop`` becomes
 ``raycluster down`` (``provision/raycmd.py``), which gives back every rental and stops exactly our
 processes.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from raycluster.provision.market.base import KINDS, MarketConfigError
 from raycluster.errors import InvalidStorage
 from raycluster.provision.market.registry import check_markets, provider_state_dir
 from raycluster.store import storage
+
 
 def validate(config: dict[str, Any]) -> None:
     provider = config.get("provider") or {}
@@ -91,31 +91,3 @@ def elastic_config(config: dict[str, Any], head_node_id: str | None) -> tuple[El
     state_dir = Path(provider.get("raycluster_state_dir") or "~/.raycluster").expanduser()
     head_cpus = int((config["available_node_types"][head].get("resources") or {}).get("CPU", 1))
     return elastic, state_dir, head_cpus
-
-
-def head_up(config_path: str, api_port: int) -> dict[str, Any]:
-    """The head start command of ``ray up``: the elastic local cluster (found if already up: ``ray
-    up`` twice changes nothing), the runtime actors and the HTTP API. Returns what it started."""
-    import yaml
-
-    from raycluster.client.ray_client import connect
-    from raycluster.control.actors import start_runtime
-    from raycluster.provision.local.cluster import LocalCluster
-
-    config = yaml.safe_load(Path(config_path).expanduser().read_text())
-    elastic, state_dir, head_cpus = elastic_config(config, os.environ.get("RAY_CLOUD_INSTANCE_ID"))
-    lc = LocalCluster.load(state_dir)
-    started = False
-    if lc is None or not lc.is_running():
-        lc = LocalCluster(state_dir, num_workers=0, head_cpus=head_cpus, elastic=elastic)
-        lc.start()
-        started = True
-    connect(lc.address, state_dir)
-    start_runtime(state_dir, storage_uri=config["provider"].get("storage_uri"))
-    info = {"address": lc.address, "dashboard_url": lc.dashboard_url, "state_dir": str(state_dir), "started": started}
-    if api_port:
-        from raycluster.api.deploy import deploy_api
-
-        api = deploy_api(state_dir, port=api_port)
-        info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None)
-    return info

@@ -254,10 +254,10 @@ def _node(nid, alive=True, state="healthy", **kw):
 def test_health_exit_code_pages_for_dead_and_unhealthy_nodes_only(monkeypatch, capsys, rows, code, fragment):
     import types
 
-    from raycluster.cli import commands
+    from raycluster.cli import connect
     from raycluster.cli.health import cmd_health
 
-    monkeypatch.setattr(commands, "_client", lambda args: types.SimpleNamespace(health=lambda: rows))
+    monkeypatch.setattr(connect, "client_for", lambda args: types.SimpleNamespace(health=lambda: rows))
     assert cmd_health(types.SimpleNamespace(json=False)) == code
     out = capsys.readouterr().out
     if fragment:

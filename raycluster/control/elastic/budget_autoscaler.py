@@ -228,7 +228,7 @@ class BudgetAutoscaler:
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from raycluster.control.actors import get_handle
+        from raycluster.control.handles import get_handle
         from raycluster.control.elastic.scaling import ScalingOps
 
         self.ops = ScalingOps(state_dir, coordinator=get_handle(C.COORDINATOR_NAME))

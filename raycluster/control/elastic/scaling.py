@@ -101,7 +101,7 @@ class ScalingOps:
 
     def _drain(self, rental_id: str, reason: str, ray_node_id: str | None, busy: bool) -> None:
         if ray_node_id and self.provider.head_address:
-            from raycluster.control.elastic.drain import drain_node
+            from raycluster.provision.drain import drain_node
 
             try:
                 drain_node(self.provider.head_address, ray_node_id, "PREEMPTION" if busy else "IDLE_TERMINATION",

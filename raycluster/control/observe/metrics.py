@@ -210,7 +210,7 @@ class MetricsCollector:
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, make_server
 
-        from raycluster.control.actors import get_handle
+        from raycluster.control.handles import get_handle
 
         self.state_dir = Path(state_dir)
         self._coord = get_handle(C.COORDINATOR_NAME)

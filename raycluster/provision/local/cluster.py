@@ -429,7 +429,9 @@ class LocalCluster:
         if record is None:
             return
         try:  # first the rented nodes (the autoscaler would otherwise replace them)
-            autoscaling.release_recorded(record)
+            from raycluster.provision.node_provider import release_recorded
+
+            release_recorded(record)
         except Exception as exc:  # the nodes below are stopped anyway; say what is left
             log.error("local cluster %s: giving back rented nodes failed: %s", record.get("cluster_id"), exc)
         nodes = sorted(self._nodes_from_record(), key=lambda n: n.role == HEAD_ROLE)  # workers' SIGTERM first

@@ -2,8 +2,8 @@
 
 Owns: ``drain_node`` — ask the GCS to drain a node (no new work; Ray reports it as draining with the
 reason and the deadline) — and the reason names. Everything that drains (the node provider on a
-preemption notice; later health auto-heal and ``raycluster drain``) goes through here, so a change
-of that internal API is fixed in one place.
+preemption notice, the BudgetAutoscaler giving a node back) goes through here, so a change of that
+internal API is fixed in one place.
 """
 
 from __future__ import annotations
