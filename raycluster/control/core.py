@@ -27,7 +27,7 @@ from raycluster.policy.steps import moved_step
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
-from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.labels import RENTAL_LABEL
 from raycluster.rank.logs import read_rank_logs
 from raycluster.spec import JobSpec, gcs_uris, parse_spec
 from raycluster.store.lifecycle import Cause, JobState

@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from raycluster import constants as C
 from raycluster.control.nodes import read_nodes
 from raycluster.errors import ClusterUnavailable, InvalidJobSpec
+from raycluster.labels import RAY_NODE_ID_LABEL
 from raycluster.policy.recovery import RankResult, RankStatus
 from raycluster.rank.executor import check_entrypoint, run_rank
 from raycluster.store.lifecycle import Cause
@@ -43,7 +44,6 @@ _run_rank_remote = ray.remote(max_retries=0)(run_rank)
 _check_entrypoint_remote = ray.remote(num_cpus=0, max_retries=1)(check_entrypoint)
 
 
-NODE_ID_LABEL = "ray.io/node-id"  # Ray's own label of every node: its id
 
 
 def pg_name(job_id: str, attempt: int) -> str:
@@ -92,7 +92,7 @@ class RayOps:
         selector on Ray's own ``ray.io/node-id`` label: reversible, unlike draining the node in Ray)."""
         selector = None
         if exclude_nodes:
-            selector = [{NODE_ID_LABEL: f"!in({','.join(exclude_nodes)})"} for _ in bundles]
+            selector = [{RAY_NODE_ID_LABEL: f"!in({','.join(exclude_nodes)})"} for _ in bundles]
         return placement_group(bundles, strategy=strategy, name=name, lifetime="detached",
                                bundle_label_selector=selector)
 

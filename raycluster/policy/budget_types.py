@@ -8,14 +8,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-SPOT, ON_DEMAND = "spot", "on_demand"
+from raycluster.labels import KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND, SPOT  # noqa: F401
+
 SPOT_CHOICES = ("auto", "never", "only")
-# every rented node carries a marker resource of its kind (KIND_RESOURCE_UNITS of it); a gang that must
-# run on one kind (spot: only / never) asks each bundle for KIND_BUNDLE_UNITS of it, so admission, Ray's
-# placement and Ray's autoscaler all keep it off the other kind's nodes
-KIND_RESOURCE = {SPOT: "raycluster_spot", ON_DEMAND: "raycluster_on_demand"}
-KIND_RESOURCE_UNITS = 1000.0
-KIND_BUNDLE_UNITS = 0.001
 
 
 def with_kind(bundles: list[dict[str, float]], spot: str) -> list[dict[str, float]]:

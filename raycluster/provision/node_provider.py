@@ -35,6 +35,7 @@ from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, STATUS_UP_TO_DATE, TAG_RAY_LAUNCH_REQUEST,
                                  TAG_RAY_NODE_KIND, TAG_RAY_NODE_NAME, TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE)
 
+from raycluster.labels import KIND_LABEL, MARKET_LABEL, PRICE_LABEL, rented_node_name
 from raycluster.provision import raystart
 from raycluster.provision.market.base import (KINDS, BudgetExceeded, CapacityExhausted, Market, MarketConfigError,
                                               NodeLaunch, Offer)
@@ -43,7 +44,6 @@ from raycluster.store.rentals import LIVE_STATES, RentalRecord, RentalState, Ren
 
 log = logging.getLogger("raycluster.provider")
 
-MARKET_LABEL, KIND_LABEL, PRICE_LABEL = "raycluster.io/market", "raycluster.io/kind", "raycluster.io/usd-per-hour"
 TAG_MARKET, TAG_KIND, TAG_PRICE = "raycluster-market", "raycluster-kind", "raycluster-usd-per-hour"
 HEAD_MARKET = "head"
 
@@ -371,7 +371,7 @@ class MarketNodeProvider(NodeProvider):
         if not nodes:  # the dashboard does not answer: decide nothing
             return
         for r in late:
-            if f"rc-{r.id}" not in nodes:
+            if rented_node_name(r.id) not in nodes:
                 self._release(r.id, f"never joined Ray within {self.join_timeout_s:.0f}s")
 
     def _on_notice(self, notice) -> None:
@@ -381,7 +381,7 @@ class MarketNodeProvider(NodeProvider):
         self._changes += 1
         if rec is None:
             return
-        node = self._ray_nodes().get(f"rc-{notice.rental_id}")
+        node = self._ray_nodes().get(rented_node_name(notice.rental_id))
         if node is None or not node.get("node_id"):
             return
         from raycluster.provision.drain import drain_node

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from raycluster.control.elastic.budget_autoscaler import BudgetLoop
-from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.labels import RENTAL_LABEL
 
 SPOT, OD = 0.16, 0.53
 

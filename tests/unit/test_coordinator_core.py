@@ -541,7 +541,7 @@ def _elastic_core(tmp_path, nodes=("n0", "n1")):
     import json
 
     from raycluster.provision.local.record import cluster_dir
-    from raycluster.provision.market.local import RENTAL_LABEL
+    from raycluster.labels import RENTAL_LABEL
     from raycluster.store.rentals import RentalRecord, RentalState, RentalStore
 
     cluster_dir(tmp_path).mkdir(parents=True)

@@ -10,7 +10,7 @@ import pytest
 from raycluster.control.elastic.ledger import JobLedger
 from raycluster.policy.cost import Rental, attribute
 from raycluster.provision.local.record import cluster_dir
-from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.labels import RENTAL_LABEL
 from raycluster.store.rentals import RentalRecord, RentalState, RentalStore
 
 H = 3600.0

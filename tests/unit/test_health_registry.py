@@ -268,7 +268,7 @@ def test_a_rented_node_given_back_on_purpose_reads_released_and_a_lost_one_does_
     import json
 
     from raycluster.provision.local.record import cluster_dir
-    from raycluster.provision.market.local import RENTAL_LABEL
+    from raycluster.labels import RENTAL_LABEL
     from raycluster.store.rentals import RentalRecord, RentalState, RentalStore
 
     cluster_dir(tmp_path).mkdir(parents=True)

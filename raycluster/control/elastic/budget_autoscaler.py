@@ -34,7 +34,7 @@ import ray
 from raycluster import constants as C
 from raycluster.policy.budget import BudgetContext, BudgetDecision, Gang, HeldNode, NodeType, decide
 from raycluster.provision.autoscaling import budget_config, budget_view
-from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.labels import RENTAL_LABEL
 
 log = logging.getLogger("raycluster.budget")
 

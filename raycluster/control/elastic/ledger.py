@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from raycluster.policy.cost import Attribution, Rental, attribute
-from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.labels import rental_of
 from raycluster.store.usage import UsageStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class JobLedger:
         shares: dict[str, tuple[str, float]] = {}
         for nid in bundle_nodes:
             node = by_id.get(nid)
-            rental = (node or {}).get("labels", {}).get(RENTAL_LABEL)
+            rental = rental_of(node)
             if not rental:
                 continue  # the head or a fixed node: costs nothing
             total = node.get("resources_total") or {}

@@ -35,7 +35,7 @@ from raycluster.policy.health import (GpuSample, HealthContext, HealthState, Hea
                                       NodeSample, failed_checks, verdict)
 from raycluster.policy.placement import place
 from raycluster.policy.steps import Action, Step
-from raycluster.provision.market.local import RENTAL_LABEL
+from raycluster.labels import rental_of
 from raycluster.store.lifecycle import Cause, JobState
 from raycluster.store.nodes import NodeHealthStore
 
@@ -156,7 +156,7 @@ class HealthMixin:
 
     def _released_rentals(self, nodes: list[dict]) -> dict[str, str]:
         """rental id -> why it was given back, for the dead rented nodes (the provider's books)."""
-        dead = [(n.get("labels") or {}).get(RENTAL_LABEL) for n in nodes if not n["alive"]]
+        dead = [rental_of(n) for n in nodes if not n["alive"]]
         dead = [r for r in dead if r]
         if not dead:
             return {}
@@ -173,7 +173,7 @@ class HealthMixin:
         v = self._verdicts.get(node_id)
         s = self._samples.get(node_id)
         hb = self._hb_at.get(node_id)
-        rental = (node.get("labels") or {}).get(RENTAL_LABEL)
+        rental = rental_of(node)
         state, reasons = (v.state.value, list(v.reasons)) if v else ("unknown", [])
         if not node.get("alive") and rental and rental in (released or {}):
             state, reasons = "released", [released[rental]]

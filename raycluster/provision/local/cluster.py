@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from raycluster import constants as C
 from raycluster.errors import LocalClusterError
+from raycluster.labels import LOCAL_NODE_LABEL, ROLE_LABEL
 from raycluster.provision import autoscaling, raystart
 from raycluster.provision.autoscaling import ElasticConfig
 from raycluster.provision.auth import apply_env, driver_env_of
@@ -39,8 +40,7 @@ log = logging.getLogger(__name__)
 # Custom resource every worker node gets (1 per node): tasks can target worker nodes with it.
 WORKER_RESOURCE = "raycluster_worker"
 # Ray node labels set on every node we start.
-NODE_LABEL = "raycluster.io/local-node"
-ROLE_LABEL = "raycluster.io/role"
+NODE_LABEL = LOCAL_NODE_LABEL  # (the name tests and older imports use)
 
 
 class LocalCluster:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from raycluster.errors import EXIT_INVALID, EXIT_NOT_FOUND, RayClusterError
+from raycluster.labels import ON_DEMAND, SPOT
 
-SPOT, ON_DEMAND = "spot", "on_demand"
 KINDS = (SPOT, ON_DEMAND)
 
 

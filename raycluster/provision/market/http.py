@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 
+from raycluster.labels import RENTAL_LABEL, rented_node_name
 from raycluster.provision import raystart
 from raycluster.provision.market.base import (ON_DEMAND, SPOT, CapacityExhausted, MarketConfigError, MarketError,
                                               MarketUnavailable, NodeLaunch, Notice, Offer)
@@ -125,9 +126,9 @@ class HttpMarket:
 
     def _onstart(self, offer: Offer, launch: NodeLaunch) -> str:
         work = f"{self.work_dir}/{launch.rental_id}"
-        labels = {**launch.labels, "raycluster.io/rental": launch.rental_id}
+        labels = {**launch.labels, RENTAL_LABEL: launch.rental_id}
         args = (raystart.worker_args(launch.head_address, offer.cpus, offer.gpus, launch.resources)
-                + raystart.common_args(f"rc-{launch.rental_id}", Path(f"{work}/r"), labels,
+                + raystart.common_args(rented_node_name(launch.rental_id), Path(f"{work}/r"), labels,
                                        self.object_store_bytes or 150 * 1024 ** 2, node_ip=self.node_ip,
                                        make_dir=False))
         return f"mkdir -p {shlex.quote(work)}/r && exec " + " ".join(shlex.quote(a) for a in [self.ray_bin, "start", *args])

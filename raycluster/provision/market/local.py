@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from raycluster import constants as C
+from raycluster.labels import RENTAL_LABEL, rented_node_name
 from raycluster.provision import raystart
 from raycluster.provision.local.process import LocalNodeLauncher, wait_gone
 from raycluster.provision.market.base import (KINDS, ON_DEMAND, SPOT, CapacityExhausted, MarketConfigError,
                                               NodeLaunch, Notice, Offer, UnknownRental)
 from raycluster.store.db import connect
-
-RENTAL_LABEL = "raycluster.io/rental"  # the Ray node label naming the rental a node is
 
 DEFAULT_GPU_TYPES = {
     # the embedded market's default catalogue (USD/hour, like the seeds' T4/A10G/A100 price points)
@@ -178,7 +177,7 @@ class LocalMarket:
         used = sum(1 for r in self._rows() if r[1] == offer.gpu_type)
         if used >= t["capacity"]:
             raise CapacityExhausted(f"the local market has no {offer.gpu_type} left ({used}/{t['capacity']} rented)")
-        name = f"rc-{launch.rental_id}"
+        name = rented_node_name(launch.rental_id)
         temp_dir = self.node_temp_dir / ("m" + launch.rental_id[-8:])
         labels = {**launch.labels, RENTAL_LABEL: launch.rental_id}
         argv = (raystart.worker_start_argv()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from raycluster import constants as C
+from raycluster.labels import RENTAL_LABEL, SSH_HOST_LABEL, rented_node_name
 from raycluster.provision import raystart
 from raycluster.provision.market.base import (ON_DEMAND, CapacityExhausted, MarketConfigError, MarketError,
                                               MarketUnavailable, NodeLaunch, Notice, Offer)
@@ -147,9 +148,9 @@ class SshMarket:
         if self.auth_mode == "token" and self.auth_token_path:
             token = Path(self.auth_token_path).read_text().strip()
             env["RAY_AUTH_TOKEN_PATH"] = f"{work}/auth_token"
-        labels = {**launch.labels, "raycluster.io/rental": launch.rental_id, "raycluster.io/ssh-host": name}
+        labels = {**launch.labels, RENTAL_LABEL: launch.rental_id, SSH_HOST_LABEL: name}
         args = (raystart.worker_args(launch.head_address, host["cpus"], host["gpus"], launch.resources)
-                + raystart.common_args(f"rc-{launch.rental_id}", Path(f"{work}/r"), labels, self.object_store_bytes,
+                + raystart.common_args(rented_node_name(launch.rental_id), Path(f"{work}/r"), labels, self.object_store_bytes,
                                        node_ip=host["node_ip"], make_dir=False))
         inner = "echo $$ > node.pid; exec env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + \
             " ".join(shlex.quote(a) for a in [host["ray_bin"], "start", *args])
