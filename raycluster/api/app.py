@@ -14,6 +14,7 @@ from raycluster.api.errors import SafeJSONResponse, install_handlers
 from raycluster.api.middleware import PUBLIC_PATHS, Guard
 from raycluster import constants as C
 from raycluster.api.models import ErrorResponse
+from raycluster.policy.budget_types import MAX_CAP_USD_PER_HOUR
 from raycluster.spec import ENTRYPOINT_RE, NAME_RE, JobSpec
 
 
@@ -41,7 +42,8 @@ class _App(FastAPI):
             "properties": {"notice_s": {"type": ["number", "null"], "minimum": 0, "maximum": 86400}}}
         comps["BudgetRequest"] = {
             "type": "object", "additionalProperties": False, "required": ["max_hourly_budget_usd"],
-            "properties": {"max_hourly_budget_usd": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1e9}}}
+            "properties": {"max_hourly_budget_usd": {"type": ["number", "null"], "minimum": 0,
+                                                     "exclusiveMaximum": MAX_CAP_USD_PER_HOUR}}}
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
         for path, ops in schema.get("paths", {}).items():

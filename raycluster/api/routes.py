@@ -48,6 +48,7 @@ from raycluster.api.settings import configure
 from raycluster.control.handles import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
 from raycluster.errors import ClusterUnavailable, IdempotencyKeyReused, RayClusterError
+from raycluster.policy.budget_types import BudgetConfigError, check_cap
 from raycluster.spec import parse_spec
 from raycluster.store.lifecycle import JobState
 from raycluster.util.ttlcache import TTLCache
@@ -223,10 +224,10 @@ class ControlAPI:
         if not isinstance(data, dict) or set(data) != {"max_hourly_budget_usd"}:
             raise ApiError(422, "invalid_request", 'the body must be {"max_hourly_budget_usd": <USD/h or null>}',
                            field="body")
-        cap = data["max_hourly_budget_usd"]
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 <= cap < 1e9):
-            raise ApiError(422, "invalid_request", "max_hourly_budget_usd must be a number >= 0 or null",
-                           field="max_hourly_budget_usd")
+        try:
+            cap = check_cap(data["max_hourly_budget_usd"])
+        except BudgetConfigError as exc:
+            raise ApiError(422, "invalid_request", f"{exc} (or null)", field=exc.field) from None
         return await self._coord("set_budget", cap)
 
     @app.post("/rentals/{node_id}/preempt", response_model=PreemptNotice, tags=["cluster"],

@@ -97,12 +97,14 @@ def cmd_events(args) -> int:
 
 
 def cmd_budget(args) -> int:
-    from raycluster.provision.spend import cost, set_budget
+    """Show the cap; ``--set``/``--clear`` change it through the cluster (``--address``: Ray or the HTTP
+    API), which checks it (``policy.budget_types.check_cap``) and writes it (``provision.spend``)."""
+    from raycluster.provision.spend import cost
 
-    if args.clear:
-        c = set_budget(Path(args.state_dir), None)
-    elif args.set is not None:
-        c = set_budget(Path(args.state_dir), args.set)
+    if args.clear or args.set is not None:
+        from raycluster.cli.connect import client_for
+
+        c = client_for(args).set_budget(None if args.clear else args.set)
     else:
         c = cost(Path(args.state_dir))
     if args.json:

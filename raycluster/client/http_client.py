@@ -205,6 +205,10 @@ class HttpClient(ClientBase):
     def health(self) -> list[dict]:
         return self._get("/health/nodes")["nodes"]
 
+    def set_budget(self, usd_per_hour: float | None) -> dict:
+        """Change the hourly cap at run time (None: back to the config's); the cluster's cost after."""
+        return self._send("PUT", "/budget", body={"max_hourly_budget_usd": usd_per_hour})[0]
+
     def drain(self, node_id: str, reason: str | None = None) -> dict:
         return self._send("POST", f"/nodes/{quote(node_id, safe='')}/drain",
                           params={"reason": reason} if reason else None)[0]

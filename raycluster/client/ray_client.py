@@ -119,6 +119,10 @@ class Client(ClientBase):
     def events(self, limit: int = 100) -> list[dict]:
         return self._call("events", limit)
 
+    def set_budget(self, usd_per_hour: float | None) -> dict:
+        """Change the hourly cap at run time (None: back to the config's); the cluster's cost after."""
+        return self._call("set_budget", usd_per_hour)
+
     def health(self) -> list[dict]:
         """Every node's health verdict, score, reasons, drain state and newest sample."""
         return self._call("health")

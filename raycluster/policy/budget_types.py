@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from raycluster.labels import KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND, SPOT  # noqa: F401
 
 SPOT_CHOICES = ("auto", "never", "only")
+MAX_CAP_USD_PER_HOUR = 1e9  # (also the API schema's bound)
 
 
 def with_kind(bundles: list[dict[str, float]], spot: str) -> list[dict[str, float]]:
@@ -57,10 +58,19 @@ class BudgetConfig:
                 raise BudgetConfigError(f"{name} must be a number in [0, 1], not {v!r}", name)
         if self.scale_down_util > self.scale_up_util:
             raise BudgetConfigError("scale_down_util must be <= scale_up_util", "scale_down_util")
-        cap = self.max_hourly_budget_usd
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap < 0
-                                or not math.isfinite(cap)):
-            raise BudgetConfigError(f"max_hourly_budget_usd must be a number >= 0, not {cap!r}", "max_hourly_budget_usd")
+        check_cap(self.max_hourly_budget_usd)
+
+
+def check_cap(value, field: str = "max_hourly_budget_usd") -> float | None:
+    """The one check of an hourly cap, wherever it comes from (the config, ``budget --set``,
+    ``PUT /budget``): None (no cap) or a number >= 0 below MAX_CAP_USD_PER_HOUR; else BudgetConfigError
+    naming ``field``."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < MAX_CAP_USD_PER_HOUR):
+        raise BudgetConfigError(f"max_hourly_budget_usd must be a number >= 0 (below {MAX_CAP_USD_PER_HOUR:g}), "
+                                f"not {value!r}", field)
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -127,11 +127,12 @@ def events(state_dir: Path | str, limit: int = 100) -> list[dict[str, Any]]:
 def set_budget(state_dir: Path | str, usd_per_hour: float | None) -> dict[str, Any]:
     """Set the hard cap at run time (None: back to the config's); it holds from the next rent and
     the BudgetAutoscaler's next pass (which sheds nodes if what is held costs more)."""
-    if usd_per_hour is not None:
-        if isinstance(usd_per_hour, bool) or not isinstance(usd_per_hour, (int, float)) or not (
-                0 <= float(usd_per_hour) < float("inf")):
-            raise InvalidSetting(f"max_hourly_budget_usd must be a number >= 0, not {usd_per_hour!r}",
-                                 field="max_hourly_budget_usd")
+    from raycluster.policy.budget_types import BudgetConfigError, check_cap
+
+    try:
+        usd_per_hour = check_cap(usd_per_hour)
+    except BudgetConfigError as exc:
+        raise InvalidSetting(str(exc), field=exc.field) from None
     cfg, store = _store(state_dir)
     try:
         store.set_setting(BUDGET_SETTING, None if usd_per_hour is None else repr(float(usd_per_hour)))

@@ -66,14 +66,6 @@ def _store(lc):
     return RentalStore(lc.cluster_dir / "provider" / "rentals.db")
 
 
-def _budget():
-    import ray
-
-    from raycluster import constants as C
-
-    return ray.get_actor(C.BUDGET_AUTOSCALER_NAME, namespace=C.NAMESPACE)
-
-
 def _spec(name, **kw):
     return {"name": name, "entrypoint": "jobs.toy:counter", "resources": {"gpus": 0.5, "cpus": 0.5},
             "config": {"steps": 4, "sleep_per_step_s": 0.1}, **kw}
@@ -125,12 +117,10 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
     to checkpoint first (it has no checkpoint policy: that checkpoint is the one it resumes from) —
     the gang waits for the budget, saying so, and finishes once the price falls again. The spot
     nodes are billed at each price for its stretch."""
-    import ray
-
     from raycluster.provision.market.registry import set_price
 
     store = _store(elastic)
-    ray.get(_budget().set_budget.remote(1.2))
+    client.set_budget(1.2)  # what `raycluster budget --set 1.2` does
     try:
         pair = client.submit(_spec("pair", num_workers=2, placement_strategy="STRICT_SPREAD",
                                    resources={"gpus": 1, "cpus": 1},
@@ -178,4 +168,4 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
         assert round(bill["jobs_usd"] + bill["unattributed_usd"], 2) == round(bill["spend_usd"], 2)
     finally:
         set_price(elastic.state_dir, "T4", "spot", None)
-        ray.get(_budget().set_budget.remote(None))
+        client.set_budget(None)

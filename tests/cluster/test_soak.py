@@ -49,11 +49,10 @@ def _monitor_logs(lc) -> str:
 
 @pytest.mark.timeout(900)
 def test_a_mixed_burst_under_a_cap_finishes_with_no_wedge_no_false_verdict_and_the_cap_held(elastic):
-    from raycluster.provision.spend import set_budget
     from raycluster.store.rentals import RentalStore
 
-    client, state_dir, lc = elastic["client"], elastic["state_dir"], elastic["lc"]
-    set_budget(state_dir, CAP_USD_PER_HOUR)  # what `raycluster budget --set 0.7` does
+    client, lc = elastic["client"], elastic["lc"]
+    client.set_budget(CAP_USD_PER_HOUR)  # what `raycluster budget --set 0.7` does
     store = RentalStore(lc.cluster_dir / "provider" / "rentals.db")
     with sampled(store.committed_usd_per_hour, 0.25) as samples:
         ids = [j["id"] for j in client.submit_many([_spec(i) for i in range(40)])]

@@ -64,7 +64,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_DELETE = _handle
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -246,6 +246,23 @@ def test_cli_http_address_uses_the_api(server, tmp_path, monkeypatch, capsys):
     assert cli.main([*base, "--token-file", str(tmp_path / "api_token"), "jobs"]) == errors.EXIT_UNAUTHORIZED
     assert "refused the token" in capsys.readouterr().err
     assert cli.main([*base, "--token-file", str(tmp_path / "missing"), "jobs"]) == errors.EXIT_INVALID
+
+
+def test_cli_budget_set_goes_through_the_api_and_a_refusal_exits_2(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAYCLUSTER_API_TOKEN", raising=False)
+    (tmp_path / "api_token").write_text(TOKEN + "\n")
+    cost = {"max_hourly_budget_usd": 1.5, "committed_usd_per_hour": 0.16}
+    server.on("PUT", "/budget", (200, cost))
+    base = ["--state-dir", str(tmp_path), "--address", server.url]
+    assert cli.main([*base, "budget", "--set", "1.5"]) == errors.EXIT_OK
+    assert server.requests[-1]["body"] == {"max_hourly_budget_usd": 1.5}
+    assert "budget 1.50 USD/h" in capsys.readouterr().out
+    assert cli.main([*base, "budget", "--clear"]) == errors.EXIT_OK
+    assert server.requests[-1]["body"] == {"max_hourly_budget_usd": None}
+    server.on("PUT", "/budget", (422, err("invalid_request", "max_hourly_budget_usd must be a number >= 0",
+                                         "max_hourly_budget_usd")))
+    assert cli.main([*base, "budget", "--set", "-1"]) == errors.EXIT_INVALID
+    assert "must be a number >= 0" in capsys.readouterr().err
 
 
 def test_http_client_and_cli_never_import_ray():

@@ -70,3 +70,20 @@ def test_a_spot_price_move_is_billed_from_the_move_on_and_shown_in_the_savings(t
     assert c["saved_vs_on_demand_usd"] == pytest.approx(2 * 0.5 - 0.6)
     _rent(store, "gone", "spot", 0.2, now - 7200, now - 3600)
     assert store.reprice("gone", 0.9, now) is None  # a released node is not billed any more
+
+
+@pytest.mark.parametrize("value,ok", [
+    (None, True), (0, True), (0.5, True), (12, True), (999_999_999.0, True),
+    (-0.01, False), (float("inf"), False), (float("nan"), False), (1e9, False), (True, False), ("1", False), ([], False),
+])
+def test_one_check_of_a_cap_for_the_config_the_cli_and_the_api(value, ok):
+    from raycluster.policy.budget_types import BudgetConfig, BudgetConfigError, check_cap
+
+    if ok:
+        assert check_cap(value) == (None if value is None else float(value))
+        return
+    with pytest.raises(BudgetConfigError) as e:
+        check_cap(value)
+    assert e.value.field == "max_hourly_budget_usd" and "must be a number >= 0" in str(e.value)
+    with pytest.raises(BudgetConfigError):  # the config's cap: the same check
+        BudgetConfig(max_hourly_budget_usd=value)

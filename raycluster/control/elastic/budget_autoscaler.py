@@ -251,9 +251,3 @@ class BudgetAutoscaler:
     def status(self) -> dict:
         return {"passes": self.passes, **self.loop.last}
 
-    def set_budget(self, usd_per_hour: float | None) -> dict:
-        """Change the hard cap at run time (None: back to the config's); used by the next pass and
-        by the provider on the next rent."""
-        from raycluster.provision.spend import set_budget
-
-        return set_budget(self.state_dir, usd_per_hour)
