@@ -244,11 +244,9 @@ class MarketNodeProvider(NodeProvider):
         try:
             handle = market.rent(offer, launch)
         except Exception as exc:
-            self.store.update(rec.id, state=RentalState.RELEASED, released_at=time.time(),
-                              reason=f"refused: {exc}")
+            self.store.transition(rec.id, RentalState.RELEASED, released_at=time.time(), reason=f"refused: {exc}")
             raise
-        rec = self.store.update(rec.id, from_states=[RentalState.REQUESTED], state=RentalState.RUNNING,
-                                handle=handle, running_at=time.time()) or rec
+        rec = self.store.transition(rec.id, RentalState.RUNNING, handle=handle, running_at=time.time()) or rec
         log.info("rented %s: %s %s %s at %.4f USD/h", rec.id, market.name, offer.kind, offer.gpu_type,
                  offer.usd_per_hour)
         return {rec.id: rec.to_dict()}
@@ -299,13 +297,13 @@ class MarketNodeProvider(NodeProvider):
         if rec is None or rec.state == RentalState.RELEASED:
             return
         if rec.market == HEAD_MARKET:  # (ray down: its processes are stopped by the head's own command)
-            self.store.update(node_id, state=RentalState.RELEASED, released_at=time.time(), reason=reason)
+            self.store.transition(node_id, RentalState.RELEASED, released_at=time.time(), reason=reason)
             return
-        self.store.update(node_id, state=RentalState.RELEASING, reason=reason)
+        self.store.transition(node_id, RentalState.RELEASING, reason=reason)
         market = self.markets.get(rec.market)
         if market is not None:
             market.release(rec.id, rec.handle)
-        self.store.update(node_id, state=RentalState.RELEASED, released_at=time.time())
+        self.store.transition(node_id, RentalState.RELEASED, released_at=time.time())
         log.info("released %s (%s)", node_id, reason)
 
     def release_all(self, reason: str = "cluster down") -> list[str]:
@@ -342,9 +340,9 @@ class MarketNodeProvider(NodeProvider):
                     noticed = r.preempt_deadline is not None
                     if r.id not in held:
                         self._changes += 1
-                        self.store.update(r.id, from_states=[RentalState.RUNNING], state=RentalState.RELEASED,
-                                          released_at=now,
-                                          reason="preempted" if noticed else "lost: the market no longer runs it")
+                        self.store.transition(r.id, RentalState.RELEASED, only_from=(RentalState.RUNNING,),
+                                              released_at=now,
+                                              reason="preempted" if noticed else "lost: the market no longer runs it")
                         log.warning("rental %s is gone from market %s%s", r.id, name, " (preempted)" if noticed else "")
                     elif not market.alive(r.id, r.handle):
                         self._release(r.id, "preempted" if noticed else "lost: its node stopped")

@@ -1,9 +1,11 @@
 """Rentals: every node we pay a market for, from the request to its release (SQLite, WAL).
 
 Owns: ``RentalRecord`` (one row per rented node: market, node type, kind, price, the market's own
-handle, Ray node tags, times) and ``RentalStore``. The store is shared by every process that makes
-or ends rentals — the ``ray up`` process and the autoscaler's monitor build separate node providers
-over the same file — so every change is one conditional statement (``WHERE state IN ...``) and a
+handle, Ray node tags, times), its states and their legal moves (``RENTAL_TRANSITIONS``, like a
+job's), and ``RentalStore``. The store is shared by every process that makes or ends rentals — the
+``ray up`` process and the autoscaler's monitor build separate node providers over the same file —
+so every change is one conditional statement (``WHERE state IN ...``: a state changes only through
+``transition``, from the states that may legally go there) and a
 rent is idempotent under its ``request_id`` (a retried create never pays twice). A rental is billed
 from ``created_at`` (the request) to ``released_at``.
 """
@@ -31,6 +33,22 @@ class RentalState(str, Enum):
 
 
 LIVE_STATES = (RentalState.REQUESTED, RentalState.RUNNING, RentalState.RELEASING)
+
+# the legal moves of a rental; every change of state is one conditional update over them
+RENTAL_TRANSITIONS: dict[RentalState, frozenset[RentalState]] = {
+    # REQUESTED -> RELEASED: the market refused the rent (nothing ran)
+    RentalState.REQUESTED: frozenset({RentalState.RUNNING, RentalState.RELEASING, RentalState.RELEASED}),
+    # RUNNING -> RELEASED: the market no longer runs it (preempted, lost); we did not ask
+    RentalState.RUNNING: frozenset({RentalState.RELEASING, RentalState.RELEASED}),
+    RentalState.RELEASING: frozenset({RentalState.RELEASED}),
+    RentalState.RELEASED: frozenset(),
+}
+
+
+def rental_sources(dst: RentalState, only: tuple = ()) -> list[RentalState]:
+    """The states a rental may move to ``dst`` from (those of ``only`` among them, if given)."""
+    src = [s for s, dsts in RENTAL_TRANSITIONS.items() if RentalState(dst) in dsts]
+    return [s for s in src if not only or s in [RentalState(o) for o in only]]
 
 
 class RentalRecord(BaseModel):
@@ -233,9 +251,25 @@ class RentalStore:
         states = [RentalState(s).value for s in states]
         return self._rows(f"WHERE state IN ({', '.join('?' for _ in states)})", tuple(states))
 
+    def transition(self, rental_id: str, dst: RentalState, *, only_from=(), **fields: Any) -> RentalRecord | None:
+        """Move a rental to ``dst`` (with ``fields``) from any state it may legally come from
+        (``RENTAL_TRANSITIONS``; narrowed to ``only_from`` if given), in one conditional update; the
+        rental as it is after, or None if it was in no such state (released already, or another
+        process moved it)."""
+        sources = rental_sources(dst, only_from)
+        if not sources:
+            raise ValueError(f"no rental may move to {RentalState(dst).value} from {list(only_from)}")
+        return self._update(rental_id, sources, state=RentalState(dst), **fields)
+
     def update(self, rental_id: str, *, from_states=None, **fields: Any) -> RentalRecord | None:
-        """Set ``fields`` on a rental if it is in one of ``from_states`` (any state if None); the
-        rental as it is after, or None if the condition did not hold (another process moved it)."""
+        """Set ``fields`` (never its state: ``transition``) on a rental if it is in one of
+        ``from_states`` (any state if None); the rental as it is after, or None if the condition did
+        not hold (another process moved it)."""
+        if "state" in fields:
+            raise ValueError("a rental's state changes only through RentalStore.transition")
+        return self._update(rental_id, from_states, **fields)
+
+    def _update(self, rental_id: str, from_states, **fields: Any) -> RentalRecord | None:
         enc = RENTALS.encode(fields)
         sets = ", ".join(f"{k} = ?" for k in enc)
         where, args = "id = ?", [rental_id]

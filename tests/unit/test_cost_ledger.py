@@ -58,7 +58,7 @@ def test_an_attempt_is_charged_its_share_of_each_rented_node_and_a_preemption_is
     rentals.update("r2", preempt_deadline=1800.0)
     assert ledger.preempted("job", 1)
     ledger.ended("job", 1, now=H / 2)
-    rentals.update("r2", state=RentalState.RELEASED, released_at=H / 2)
+    rentals.transition("r2", RentalState.RELEASED, released_at=H / 2)
     # attempt 2 on n1 alone, half of it (a CPU-only bundle on a GPU node would use its CPU share)
     ledger.placed("job", 2, ["n1"], {"GPU": 1.0, "CPU": 1.0}, nodes, now=H)
     clock[0] = 2 * H

@@ -186,3 +186,45 @@ def test_api_job_model_is_the_record_plus_transitions_and_cost():
 
     # (the fields computed when answering: the audit trail, the cost from the ledger, a sweep's summary)
     assert set(Job.model_fields) - set(JobRecord.model_fields) == {"transitions", "cost_usd", "sweep", "ranks"}
+
+
+def _rental(store, rid="r1"):
+    from raycluster.store.rentals import RentalRecord
+
+    store.insert(RentalRecord(id=rid, request_id=f"q-{rid}", market="local", node_type="t4", kind="spot",
+                              gpu_type="T4", usd_per_hour=0.16, created_at=1.0))
+    return rid
+
+
+@pytest.mark.parametrize("path,ends", [
+    (["running", "releasing", "released"], "released"),   # rented, given back
+    (["released"], "released"),                           # the market refused the rent
+    (["running", "released"], "released"),                # preempted / lost: we did not ask
+    (["running", "requested"], "running"),                # never back to requested
+    (["released", "running"], "released"),                # released is the end
+    (["running", "releasing", "running"], "releasing"),   # a release is never undone
+])
+def test_rental_states_move_only_along_legal_transitions(tmp_path, path, ends):
+    from raycluster.store.rentals import RentalStore
+
+    store = RentalStore(tmp_path / "rentals.db")
+    rid = _rental(store)
+    for dst in path:
+        if dst == "requested":
+            with pytest.raises(ValueError):  # nothing may move to requested
+                store.transition(rid, dst)
+        else:
+            store.transition(rid, dst)
+    assert store.get(rid).state.value == ends
+
+
+def test_a_rentals_state_is_never_set_around_its_transitions(tmp_path):
+    from raycluster.store.rentals import RentalState, RentalStore
+
+    store = RentalStore(tmp_path / "rentals.db")
+    rid = _rental(store)
+    with pytest.raises(ValueError, match="transition"):
+        store.update(rid, state=RentalState.RELEASED)
+    assert store.get(rid).state == RentalState.REQUESTED
+    assert store.transition(rid, RentalState.RELEASED, only_from=(RentalState.RUNNING,)) is None  # not running
+    assert store.transition(rid, RentalState.RUNNING, running_at=2.0).running_at == 2.0
