@@ -3,7 +3,9 @@ hourly budget. Pure: a ``BudgetContext`` at ``now`` -> a ``BudgetDecision``; no 
 
 Used by the BudgetAutoscaler (live) and by the what-if simulator (the same function, never a copy).
 
-Rules, in the order they are applied (each gives an ``Event`` with its reason):
+Rules, in the order they are applied (``RULES``: each a function of one pass's state; each launch
+and release carries a typed cause, ``LaunchCause`` / ``ReleaseCause``, and each gives an ``Event``
+with its reason):
 
 1. **Shed** — when the committed spend rate (every held node's current USD/hour, starting ones
    included) exceeds ``max_hourly_budget_usd`` (spot prices rose), release nodes until it fits:
@@ -35,9 +37,9 @@ from dataclasses import replace
 
 from raycluster.policy.budget_types import (KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND,
                                             SPOT, SPOT_CHOICES, BudgetConfig, BudgetConfigError, BudgetContext,
-                                            BudgetDecision, Event, Gang, HeldNode, NodeType,
-                                            cheapest_gang_usd_per_hour, fmt_usd, kinds_for, nodes_needed,
-                                            with_kind)
+                                            BudgetDecision, Event, Gang, HeldNode, Launch, LaunchCause, NodeType,
+                                            Release, ReleaseCause, cheapest_gang_usd_per_hour, fmt_usd, kinds_for,
+                                            nodes_needed, with_kind)
 
 
 class _Rooms(list):
@@ -107,7 +109,7 @@ def _make_room(held: list[HeldNode], rooms: list[list[float]], d: "BudgetDecisio
     gang blocked by the budget or max_workers behind idle nodes it cannot use (a ``spot: never``
     gang behind idle spot nodes) would wait forever: idle nodes are otherwise released only when
     nothing waits."""
-    gone = {i for i, _ in d.release}
+    gone = {r.node_id for r in d.release}
     idle = [n for i, n in enumerate(held)
             if n.idle_s >= idle_timeout_s and not n.starting and n.id not in gone
             and rooms[i][0] == n.free_gpus and rooms[i][1] == n.free_cpus]
@@ -121,231 +123,286 @@ def _make_room(held: list[HeldNode], rooms: list[list[float]], d: "BudgetDecisio
 
 
 # ------------------------------------------------------------------------------- the policy
-def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
-    cfg = ctx.config
-    cap = cfg.max_hourly_budget_usd
-    d = BudgetDecision(low_util_since=ctx.low_util_since, last_scale_up_at=ctx.last_scale_up_at)
-    held = list(ctx.held)
-    committed = sum(n.usd_per_hour for n in held)
-    per_type: dict[str, int] = {}
-    for n in held:
-        per_type[n.node_type] = per_type.get(n.node_type, 0) + 1
-    slots = {t.name: t.available for t in ctx.types}
+class _Pass:
+    """One decision's working state, shared by the rules in turn: the nodes held (less those shed),
+    the spend rate committed, nodes per type, market slots left, the free room of held and launched
+    nodes, and the decision being made. Every launch and release goes through it, with its cause."""
 
-    def launch(t: NodeType, count: int) -> None:
-        nonlocal committed
-        d.launch[t.name] = d.launch.get(t.name, 0) + count
-        per_type[t.name] = per_type.get(t.name, 0) + count
-        slots[t.name] -= count
-        committed += count * t.usd_per_hour
+    def __init__(self, ctx: BudgetContext, now: float):
+        self.ctx, self.cfg, self.now = ctx, ctx.config, now
+        self.cap = ctx.config.max_hourly_budget_usd
+        self.d = BudgetDecision(low_util_since=ctx.low_util_since, last_scale_up_at=ctx.last_scale_up_at)
+        self.held = list(ctx.held)
+        self.committed = sum(n.usd_per_hour for n in self.held)
+        self.per_type: dict[str, int] = {}
+        for n in self.held:
+            self.per_type[n.node_type] = self.per_type.get(n.node_type, 0) + 1
+        self.slots = {t.name: t.available for t in ctx.types}
+        self.rooms = _Rooms([])
+        self.made_room = 0
 
-    made_room = 0
+    def launch(self, t: NodeType, count: int, cause: LaunchCause) -> None:
+        last = self.d.launches[-1] if self.d.launches else None
+        if last is not None and (last.node_type, last.cause) == (t.name, cause):  # one entry per run of them
+            self.d.launches[-1] = last._replace(count=last.count + count)
+        else:
+            self.d.launches.append(Launch(t.name, count, cause))
+        self.per_type[t.name] = self.per_type.get(t.name, 0) + count
+        self.slots[t.name] -= count
+        self.committed += count * t.usd_per_hour
 
-    def total() -> int:
-        return len(held) - made_room + sum(d.launch.values())
+    def release(self, n: HeldNode, reason: str, cause: ReleaseCause) -> None:
+        self.d.release.append(Release(n.id, reason, cause))
+        self.committed -= n.usd_per_hour
+        self.per_type[n.node_type] -= 1
 
-    def give_back(room: list[HeldNode], reason: str) -> None:
+    def released(self) -> set[str]:
+        return {r.node_id for r in self.d.release}
+
+    def total(self) -> int:
+        return len(self.held) - self.made_room + sum(self.d.launch.values())
+
+    def affordable(self, usd_per_hour: float) -> bool:
+        return self.cap is None or self.committed + usd_per_hour <= self.cap + 1e-9
+
+    def give_back(self, room: list[HeldNode], reason: str) -> None:
         """Release idle nodes a waiting gang cannot use, for it (budget or max_workers)."""
-        nonlocal committed, made_room
-        index = {h.id: i for i, h in enumerate(held)}
+        index = {h.id: i for i, h in enumerate(self.held)}
         for h in room:
-            d.release.append((h.id, reason))
-            per_type[h.node_type] -= 1
-            rooms[index[h.id]][:2] = [0.0, 0.0]  # gone: no later gang is placed there
-            committed -= h.usd_per_hour
-        made_room += len(room)
-        rooms.taken()
-        d.events.append(Event("scale_down", f"{reason}: released {len(room)} idle node(s)", count=len(room)))
+            self.release(h, reason, ReleaseCause.MAKE_ROOM)
+            self.rooms[index[h.id]][:2] = [0.0, 0.0]  # gone: no later gang is placed there
+        self.made_room += len(room)
+        self.rooms.taken()
+        self.d.events.append(Event("scale_down", f"{reason}: released {len(room)} idle node(s)", count=len(room)))
 
-    # 1. shed: the held set costs more than the cap (prices rose)
-    if cap is not None and committed > cap + 1e-9:
-        before = committed
-        for n in sorted(held, key=lambda n: (n.idle_s <= 0, -n.usd_per_hour, n.id)):
-            if committed <= cap + 1e-9:
+
+def shed(p: _Pass) -> None:
+    """1. The held set costs more than the cap (prices rose): release idle nodes first, then the
+    most expensive per hour, until it fits. The budget beats ``min_workers``."""
+    cap = p.cap
+    if cap is None or p.committed <= cap + 1e-9:
+        return
+    before = p.committed
+    for n in sorted(p.held, key=lambda n: (n.idle_s <= 0, -n.usd_per_hour, n.id)):
+        if p.committed <= cap + 1e-9:
+            break
+        p.release(n, f"shed: held set {fmt_usd(before)} > budget {fmt_usd(cap)} USD/h", ReleaseCause.SHED)
+    gone = p.released()
+    p.held = [n for n in p.held if n.id not in gone]
+    p.d.events.append(Event("shed", f"prices rose: held set {fmt_usd(before)} > budget {fmt_usd(cap)} USD/h, "
+                                    f"released {len(gone)} node(s), now {fmt_usd(p.committed)}", count=len(gone)))
+
+
+def _choose(p: _Pass, g: Gang, placed: int):
+    """(cost, type name, type, nodes) of the cheapest type of the first kind ``g`` may use that has
+    nodes for its ``placed``..bundles, or None; why other types were not ((text, over budget?)
+    pairs), and the fallback event."""
+    why_not: list[tuple[str, bool]] = []
+    for kind in kinds_for(g, p.cfg.spot_fallback_preemptions):
+        options = []
+        for t in p.ctx.types:
+            if t.kind != kind:
+                continue
+            n = nodes_needed(t, g, placed)
+            if n is None:
+                continue
+            if p.slots[t.name] < n or p.per_type.get(t.name, 0) + n > t.max_workers:
+                why_not.append((f"no {t.name} left", False))
+                continue
+            if p.cap is not None and n * t.usd_per_hour > p.cap + 1e-9:
+                why_not.append((f"{n} {t.name} cost more than the budget", True))
+                continue  # never affordable: the next kind may be
+            options.append((n * t.usd_per_hour, t.name, t, n))
+        if options:
+            choice, fallback = min(options), None
+            if kind == ON_DEMAND and g.spot == "auto":
+                reason = (f"preempted {g.preemptions}x" if g.preemptions >= p.cfg.spot_fallback_preemptions
+                          else "no spot node offered")
+                fallback = Event("fallback", f"{g.job_id}: on-demand ({reason})", choice[1], choice[3])
+            return choice, why_not, fallback
+    return None, why_not, None
+
+
+def _launch_for(p: _Pass, g: Gang, placed: int, taken: list):
+    """("ok", choice, fallback) — the nodes to launch for ``g`` — or the first refusal
+    (verdict "blocked" | "none", why, event); may release idle nodes it cannot use to make room."""
+    cap, cfg = p.cap, p.cfg
+    first_refusal = None
+    for fresh in (False, True):
+        if fresh:  # it fit partly on idle nodes whose release would make the room it lacks: start over
+            if not placed:
                 break
-            d.release.append((n.id, f"shed: held set {fmt_usd(before)} > budget {fmt_usd(cap)} USD/h"))
-            committed -= n.usd_per_hour
-            per_type[n.node_type] -= 1
-        gone = {i for i, _ in d.release}
-        held = [n for n in held if n.id not in gone]
-        d.events.append(Event("shed", f"prices rose: held set {fmt_usd(before)} > budget {fmt_usd(cap)} USD/h, "
-                                      f"released {len(gone)} node(s), now {fmt_usd(committed)}", count=len(gone)))
+            _undo(p.rooms, g, taken)
+            placed = 0
+        choice, why_not, fallback = _choose(p, g, placed)
+        if choice is None:
+            why = ", ".join(sorted({text for text, _ in why_not}))
+            if cap is not None and any(over for _, over in why_not):  # what is left costs more than allowed
+                outcome = ("blocked", f"budget {fmt_usd(p.committed)}/{fmt_usd(cap)} USD/h: {why}",
+                           Event("blocked", f"budget {fmt_usd(p.committed)}/{fmt_usd(cap)} USD/h: {g.job_id}: {why}"))
+            else:
+                outcome = ("none", "no node type offered fits it" + (f" ({why})" if why else ""), None)
+            first_refusal = first_refusal or outcome
+            continue
+        cost, _name, t, n = choice
+        if p.total() + n > cfg.max_workers:
+            room = _make_room(p.held, p.rooms, p.d, 0.0, cfg.idle_timeout_s, p.total() + n - cfg.max_workers)
+            if room:
+                p.give_back(room, f"make room: {g.job_id} needs {n} {t.name} within max_workers {cfg.max_workers}")
+        if p.total() + n > cfg.max_workers:
+            first_refusal = first_refusal or ("blocked", f"max_workers {cfg.max_workers} reached",
+                                              Event("blocked", f"{g.job_id}: max_workers {cfg.max_workers}", t.name, n))
+            continue
+        if not p.affordable(cost):
+            room = _make_room(p.held, p.rooms, p.d, p.committed + cost - cap, cfg.idle_timeout_s)
+            if room:  # idle nodes it cannot use give their budget to it: released, then it is rented for
+                p.give_back(room, f"make room: {g.job_id} needs {fmt_usd(cost)} USD/h within budget {fmt_usd(cap)}")
+        if not p.affordable(cost):
+            first_refusal = first_refusal or (
+                "blocked", f"budget {fmt_usd(p.committed)}/{fmt_usd(cap)} USD/h, needs {fmt_usd(cost)} more",
+                Event("blocked", f"budget {fmt_usd(p.committed)}/{fmt_usd(cap)} USD/h: {g.job_id} needs "
+                                 f"{n} {t.name} at {fmt_usd(cost)}", t.name, n))
+            continue
+        return ("ok", choice, fallback), placed
+    return first_refusal, placed
 
-    # 2. the waiting gangs, in queue order
-    rooms = _Rooms([[n.free_gpus, n.free_cpus, n.kind] for n in held])
+
+def place_waiting(p: _Pass) -> None:
+    """2. The waiting gangs, in queue order: a gang that fits the free room of held nodes needs
+    nothing; else the cheapest node type it may use is launched (spot first for ``auto``); a
+    launch past ``max_workers`` or the budget is not made — the gang waits with the reason, and no
+    later gang is launched for in this pass (queue order: no starvation of big gangs)."""
+    p.rooms = _Rooms([[n.free_gpus, n.free_cpus, n.kind] for n in p.held])
     blocked = False
     launched_for = 0
-    def choose(g: Gang, placed: int):
-        """(cost, type name, type, nodes) of the cheapest type of the first kind ``g`` may use that
-        has nodes for its ``placed``..bundles, or None; why other types were not, the fallback event."""
-        why_not: list[str] = []
-        for kind in kinds_for(g, cfg.spot_fallback_preemptions):
-            options = []
-            for t in ctx.types:
-                if t.kind != kind:
-                    continue
-                n = nodes_needed(t, g, placed)
-                if n is None:
-                    continue
-                if slots[t.name] < n or per_type.get(t.name, 0) + n > t.max_workers:
-                    why_not.append(f"no {t.name} left")
-                    continue
-                if cap is not None and n * t.usd_per_hour > cap + 1e-9:
-                    why_not.append(f"{n} {t.name} cost more than the budget")
-                    continue  # never affordable: the next kind may be
-                options.append((n * t.usd_per_hour, t.name, t, n))
-            if options:
-                choice, fallback = min(options), None
-                if kind == ON_DEMAND and g.spot == "auto":
-                    reason = (f"preempted {g.preemptions}x" if g.preemptions >= cfg.spot_fallback_preemptions
-                              else "no spot node offered")
-                    fallback = Event("fallback", f"{g.job_id}: on-demand ({reason})", choice[1], choice[3])
-                return choice, why_not, fallback
-        return None, why_not, None
-
-    for g in ctx.waiting:
+    for g in p.ctx.waiting:
         taken: list = []
-        placed = _fit_on_free(rooms, g, taken)
+        placed = _fit_on_free(p.rooms, g, taken)
         if placed >= g.bundles:
             continue
         if blocked:
-            d.waiting[g.job_id] = "behind a gang waiting for budget or max_workers"
+            p.d.waiting[g.job_id] = "behind a gang waiting for budget or max_workers"
             continue
-        first_refusal = None
-        outcome = None
-        for fresh in (False, True):
-            if fresh:  # it fit partly on idle nodes whose release would make the room it lacks: start over
-                if not placed:
-                    break
-                _undo(rooms, g, taken)
-                placed = 0
-            choice, why_not, fallback = choose(g, placed)
-            if choice is None:
-                why = ", ".join(sorted(set(why_not)))
-                if cap is not None and "cost more than the budget" in why:  # what is left costs more than allowed
-                    outcome = ("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {why}",
-                               Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id}: {why}"))
-                else:
-                    outcome = ("none", "no node type offered fits it" + (f" ({why})" if why else ""), None)
-                first_refusal = first_refusal or outcome
-                continue
-            cost, _name, t, n = choice
-            if total() + n > cfg.max_workers:
-                room = _make_room(held, rooms, d, 0.0, cfg.idle_timeout_s, total() + n - cfg.max_workers)
-                if room:
-                    give_back(room, f"make room: {g.job_id} needs {n} {t.name} within max_workers {cfg.max_workers}")
-            if total() + n > cfg.max_workers:
-                first_refusal = first_refusal or ("blocked", f"max_workers {cfg.max_workers} reached",
-                                                  Event("blocked", f"{g.job_id}: max_workers {cfg.max_workers}",
-                                                        t.name, n))
-                continue
-            if cap is not None and committed + cost > cap + 1e-9:
-                room = _make_room(held, rooms, d, committed + cost - cap, cfg.idle_timeout_s)
-                if room:  # idle nodes it cannot use give their budget to it: released, then it is rented for
-                    give_back(room, f"make room: {g.job_id} needs {fmt_usd(cost)} USD/h within budget {fmt_usd(cap)}")
-            if cap is not None and committed + cost > cap + 1e-9:
-                first_refusal = first_refusal or (
-                    "blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h, needs {fmt_usd(cost)} more",
-                    Event("blocked", f"budget {fmt_usd(committed)}/{fmt_usd(cap)} USD/h: {g.job_id} needs "
-                                     f"{n} {t.name} at {fmt_usd(cost)}", t.name, n))
-                continue
-            outcome = ("ok", choice, fallback)
-            break
-        if outcome is None or outcome[0] != "ok":
-            verdict, why, event = first_refusal
-            d.waiting[g.job_id] = why
+        outcome, placed = _launch_for(p, g, placed, taken)
+        if outcome[0] != "ok":
+            verdict, why, event = outcome
+            p.d.waiting[g.job_id] = why
             if event is not None:
-                d.events.append(event)
+                p.d.events.append(event)
             blocked = blocked or verdict == "blocked"
             continue
-        _ok, (cost, _name, t, n), fallback = outcome
+        _ok, (_cost, _name, t, n), fallback = outcome
         if fallback is not None:
-            d.events.append(fallback)
-        launch(t, n)
+            p.d.events.append(fallback)
+        p.launch(t, n, LaunchCause.WAITING_GANG)
         launched_for += 1
-        # the new nodes' leftover room serves later gangs
-        for _ in range(n):
-            rooms.append([t.gpus, t.cpus, t.kind])
-        _fit_on_free(rooms[-n:], replace(g, bundles=g.bundles - placed))
-        rooms.taken()
+        for _ in range(n):  # the new nodes' leftover room serves later gangs
+            p.rooms.append([t.gpus, t.cpus, t.kind])
+        _fit_on_free(p.rooms[-n:], replace(g, bundles=g.bundles - placed))
+        p.rooms.taken()
     if launched_for:
-        d.events.append(Event("scale_up", f"{launched_for} gang(s) waiting"
-                                          + (f", util {ctx.gpu_util:.2f}" if ctx.gpu_util is not None else ""),
-                              count=sum(d.launch.values())))
+        p.d.events.append(Event("scale_up", f"{launched_for} gang(s) waiting"
+                                            + (f", util {p.ctx.gpu_util:.2f}" if p.ctx.gpu_util is not None else ""),
+                                count=sum(p.d.launch.values())))
 
-    # 3. the minimum
-    if total() < cfg.min_workers:
-        want = cfg.min_workers - total()
-        added = 0
-        for t in sorted(ctx.types, key=lambda t: (t.usd_per_hour, t.name)):
-            while added < want and slots[t.name] > 0 and per_type.get(t.name, 0) < t.max_workers and (
-                    cap is None or committed + t.usd_per_hour <= cap + 1e-9):
-                launch(t, 1)
-                added += 1
-        if added:
-            d.events.append(Event("scale_up", f"min_workers {cfg.min_workers}", count=added))
-        if added < want:
-            d.events.append(Event("blocked", f"min_workers {cfg.min_workers}: {want - added} node(s) not affordable "
-                                             f"or not offered", count=want - added))
 
-    # 4. headroom when busy
-    if (not ctx.waiting and not d.launch and ctx.gpu_util is not None and ctx.gpu_util > cfg.scale_up_util
-            and total() < cfg.max_workers
-            and (ctx.last_scale_up_at is None or now - ctx.last_scale_up_at >= cfg.cooldown_s)):
+def minimum(p: _Pass) -> None:
+    """3. Below ``min_workers``: the cheapest nodes, within the budget."""
+    cfg = p.cfg
+    if p.total() >= cfg.min_workers:
+        return
+    want = cfg.min_workers - p.total()
+    added = 0
+    for t in sorted(p.ctx.types, key=lambda t: (t.usd_per_hour, t.name)):
+        while (added < want and p.slots[t.name] > 0 and p.per_type.get(t.name, 0) < t.max_workers
+               and p.affordable(t.usd_per_hour)):
+            p.launch(t, 1, LaunchCause.MINIMUM)
+            added += 1
+    if added:
+        p.d.events.append(Event("scale_up", f"min_workers {cfg.min_workers}", count=added))
+    if added < want:
+        p.d.events.append(Event("blocked", f"min_workers {cfg.min_workers}: {want - added} node(s) not affordable "
+                                           f"or not offered", count=want - added))
+
+
+def headroom(p: _Pass) -> None:
+    """4. Nothing waits and GPU utilisation is above ``scale_up_util``: one node more (spot first),
+    at most once per ``cooldown_s``."""
+    ctx, cfg = p.ctx, p.cfg
+    if (not ctx.waiting and not p.d.launches and ctx.gpu_util is not None and ctx.gpu_util > cfg.scale_up_util
+            and p.total() < cfg.max_workers
+            and (ctx.last_scale_up_at is None or p.now - ctx.last_scale_up_at >= cfg.cooldown_s)):
         for t in sorted(ctx.types, key=lambda t: (t.kind != SPOT, t.usd_per_hour, t.name)):
-            if slots[t.name] > 0 and per_type.get(t.name, 0) < t.max_workers and (
-                    cap is None or committed + t.usd_per_hour <= cap + 1e-9):
-                launch(t, 1)
-                d.events.append(Event("scale_up", f"util {ctx.gpu_util:.2f} > {cfg.scale_up_util:.2f}", t.name, 1))
+            if p.slots[t.name] > 0 and p.per_type.get(t.name, 0) < t.max_workers and p.affordable(t.usd_per_hour):
+                p.launch(t, 1, LaunchCause.HEADROOM)
+                p.d.events.append(Event("scale_up", f"util {ctx.gpu_util:.2f} > {cfg.scale_up_util:.2f}", t.name, 1))
                 break
-    if d.launch:
-        d.last_scale_up_at = now
+    if p.d.launches:
+        p.d.last_scale_up_at = p.now
 
-    # 5. scale down idle nodes once utilisation stayed low for the cooldown
-    util = ctx.gpu_util if ctx.gpu_util is not None else 0.0
-    if util < cfg.scale_down_util:
-        d.low_util_since = ctx.low_util_since if ctx.low_util_since is not None else now
+
+def release_idle_on_demand(p: _Pass) -> None:
+    """5a. An on-demand node (the expensive fallback) idle past ``idle_timeout_s`` goes whatever the
+    utilisation, when no waiting gang needs on-demand: spot covers the rest. Never below ``min_workers``."""
+    cfg, util = p.cfg, p.ctx.gpu_util if p.ctx.gpu_util is not None else 0.0
+    if util < cfg.scale_down_util:  # (carried from decision to decision: the low-utilisation cooldown)
+        p.d.low_util_since = p.ctx.low_util_since if p.ctx.low_util_since is not None else p.now
     else:
-        d.low_util_since = None
-    # an on-demand node (the expensive fallback) idle past the idle timeout goes whatever the
-    # utilisation, when no waiting gang needs on-demand: spot covers the rest
-    needs_od = any(kinds_for(g, cfg.spot_fallback_preemptions)[0] == ON_DEMAND for g in ctx.waiting)
-    if not needs_od and not d.launch:
-        gone = {i for i, _ in d.release}
-        count = sum(1 for n in held if n.id not in gone)
-        od_down = 0
-        for n in sorted(held, key=lambda n: (-n.usd_per_hour, n.id)):
-            if count <= cfg.min_workers:
-                break
-            if n.kind != ON_DEMAND or n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
-                continue
-            d.release.append((n.id, f"on-demand idle {n.idle_s:.0f}s, no waiting gang needs on-demand"))
-            committed -= n.usd_per_hour
-            count -= 1
-            od_down += 1
-        if od_down:
-            d.events.append(Event("scale_down", f"{od_down} idle on-demand node(s): spot serves the rest",
-                                  count=od_down))
-    if not ctx.waiting and not d.launch and d.low_util_since is not None and now - d.low_util_since >= cfg.cooldown_s:
-        keep = cfg.min_workers
-        gone = {i for i, _ in d.release}
-        count = sum(1 for n in held if n.id not in gone)
-        for n in sorted(held, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
-            if count <= keep:
-                break
-            if n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
-                continue
-            d.release.append((n.id, f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}"))
-            committed -= n.usd_per_hour
-            count -= 1
-        n_down = sum(1 for _, r in d.release if r.startswith("idle "))
-        if n_down:
-            d.events.append(Event("scale_down", f"{n_down} idle node(s), util {util:.2f} < {cfg.scale_down_util:.2f} "
-                                                f"for {now - d.low_util_since:.0f}s", count=n_down))
-    d.committed_usd_per_hour = round(max(0.0, committed), 6)
-    return d
+        p.d.low_util_since = None
+    needs_od = any(kinds_for(g, cfg.spot_fallback_preemptions)[0] == ON_DEMAND for g in p.ctx.waiting)
+    if needs_od or p.d.launches:
+        return
+    gone = p.released()
+    count = sum(1 for n in p.held if n.id not in gone)
+    od_down = 0
+    for n in sorted(p.held, key=lambda n: (-n.usd_per_hour, n.id)):
+        if count <= cfg.min_workers:
+            break
+        if n.kind != ON_DEMAND or n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
+            continue
+        p.release(n, f"on-demand idle {n.idle_s:.0f}s, no waiting gang needs on-demand", ReleaseCause.IDLE_ON_DEMAND)
+        count -= 1
+        od_down += 1
+    if od_down:
+        p.d.events.append(Event("scale_down", f"{od_down} idle on-demand node(s): spot serves the rest", count=od_down))
+
+
+def scale_down_idle(p: _Pass) -> None:
+    """5b. Nothing waits, nothing launched, utilisation below ``scale_down_util`` for ``cooldown_s``:
+    nodes idle for ``idle_timeout_s`` go, most expensive first, never below ``min_workers``."""
+    cfg, d = p.cfg, p.d
+    if p.ctx.waiting or d.launches or d.low_util_since is None or p.now - d.low_util_since < cfg.cooldown_s:
+        return
+    util = p.ctx.gpu_util if p.ctx.gpu_util is not None else 0.0
+    gone = p.released()
+    count = sum(1 for n in p.held if n.id not in gone)
+    n_down = 0
+    for n in sorted(p.held, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
+        if count <= cfg.min_workers:
+            break
+        if n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
+            continue
+        p.release(n, f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}", ReleaseCause.IDLE)
+        count -= 1
+        n_down += 1
+    if n_down:
+        d.events.append(Event("scale_down", f"{n_down} idle node(s), util {util:.2f} < {cfg.scale_down_util:.2f} "
+                                            f"for {p.now - d.low_util_since:.0f}s", count=n_down))
+
+
+RULES = (shed, place_waiting, minimum, headroom, release_idle_on_demand, scale_down_idle)
+
+
+def decide(ctx: BudgetContext, now: float) -> BudgetDecision:
+    """The rules, in their order, over one pass's state (``RULES``)."""
+    p = _Pass(ctx, now)
+    for rule in RULES:
+        rule(p)
+    p.d.committed_usd_per_hour = round(max(0.0, p.committed), 6)
+    return p.d
 
 
 __all__ = ["KIND_RESOURCE", "KIND_RESOURCE_UNITS", "KIND_BUNDLE_UNITS", "with_kind", "BudgetConfig",
            "BudgetConfigError", "NodeType", "HeldNode", "Gang", "BudgetContext", "Event", "BudgetDecision", "decide",
+           "RULES", "Launch", "LaunchCause", "Release", "ReleaseCause",
            "nodes_needed", "kinds_for", "cheapest_gang_usd_per_hour", "fmt_usd", "SPOT", "ON_DEMAND", "SPOT_CHOICES"]

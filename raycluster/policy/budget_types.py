@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple
 
 from raycluster.labels import KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND, SPOT  # noqa: F401
 
@@ -128,15 +130,50 @@ class Event:
     count: int = 0
 
 
+class LaunchCause(str, Enum):
+    """Why the budget policy launches nodes (the rule that did)."""
+    WAITING_GANG = "waiting_gang"  # a waiting gang fits no held node's free room
+    MINIMUM = "minimum"  # below min_workers
+    HEADROOM = "headroom"  # nothing waits, GPU utilisation above scale_up_util
+
+
+class ReleaseCause(str, Enum):
+    """Why the budget policy releases a node (the rule that did)."""
+    SHED = "shed"  # the held set costs more than the cap (a busy node's gangs move: cause budget)
+    MAKE_ROOM = "make_room"  # idle, and a waiting gang it cannot serve needs its budget or slot
+    IDLE_ON_DEMAND = "idle_on_demand"  # an idle on-demand node no waiting gang needs
+    IDLE = "idle"  # idle past the timeout while utilisation stayed low
+
+
+class Launch(NamedTuple):
+    node_type: str
+    count: int
+    cause: LaunchCause
+
+
+class Release(NamedTuple):
+    node_id: str
+    reason: str
+    cause: ReleaseCause
+
+
 @dataclass
 class BudgetDecision:
-    launch: dict[str, int] = field(default_factory=dict)  # node type -> nodes to add now
-    release: list[tuple[str, str]] = field(default_factory=list)  # (node id, reason)
+    launches: list[Launch] = field(default_factory=list)  # nodes to add now, each with its cause
+    release: list[Release] = field(default_factory=list)  # (node id, reason, cause)
     waiting: dict[str, str] = field(default_factory=dict)  # job id -> why no node is launched for it
     events: list[Event] = field(default_factory=list)
     committed_usd_per_hour: float = 0.0  # after this decision is applied
     low_util_since: float | None = None
     last_scale_up_at: float | None = None
+
+    @property
+    def launch(self) -> dict[str, int]:
+        """Node type -> nodes to add now (every cause together)."""
+        out: dict[str, int] = {}
+        for x in self.launches:
+            out[x.node_type] = out.get(x.node_type, 0) + x.count
+        return out
 
 
 def fmt_usd(x: float) -> str:

@@ -234,7 +234,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             d = decide(BudgetContext(config, offered, tuple(held), waiting, used_g / total_g if total_g else None,
                                      low_since, last_up), now)
             low_since, last_up = d.low_util_since, d.last_scale_up_at
-            for nid, _why in d.release:
+            for nid, _why, _cause in d.release:
                 for jid in list(nodes[nid].jobs):  # (shed while busy: the job goes back to the queue)
                     stop_job(jid, now)
                     left[jid] = by_id[jid].duration_s  # conservatively from scratch

@@ -100,11 +100,34 @@ def gang(j, bundles=1, gpus=1, cpus=1, **kw):
 def test_policy_table(name, context, launch, release, waiting):
     d = decide(context, NOW)
     assert d.launch == launch, name
-    assert [i for i, _ in d.release] == release, name
+    assert [r.node_id for r in d.release] == release, name
     assert d.waiting == waiting, name
     cap = context.config.max_hourly_budget_usd
     if cap is not None:
         assert d.committed_usd_per_hour <= cap + 1e-9, name
+
+
+@pytest.mark.parametrize("context,launches,releases", [
+    (ctx(waiting=[gang(1, bundles=2)]), [("gpu_spot", 2, "waiting_gang")], []),
+    (ctx(min_workers=2), [("gpu_spot", 2, "minimum")], []),
+    (ctx(held=[node(1)], util=0.92), [("gpu_spot", 1, "headroom")], []),
+    (ctx(held=[node(1, price=0.5), node(2, price=0.4, idle_s=5)], max_hourly_budget_usd=0.6), [], [("n2", "shed")]),
+    (ctx(held=[node(1, idle_s=100, free=1), node(2)], waiting=[gang(1, spot="never")], max_workers=2),
+     [("gpu_ondemand", 1, "waiting_gang")], [("n1", "make_room")]),
+    (ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.5), [], [("n2", "idle_on_demand")]),
+    (ctx(held=[node(1, idle_s=100)], util=0.1, low_since=NOW - 61), [], [("n1", "idle")]),
+])
+def test_each_launch_and_release_names_the_rule_that_made_it(context, launches, releases):
+    d = decide(context, NOW)
+    assert [(x.node_type, x.count, x.cause.value) for x in d.launches] == launches
+    assert [(r.node_id, r.cause.value) for r in d.release] == releases
+
+
+def test_the_rules_run_in_their_stated_order():
+    from raycluster.policy import budget
+
+    assert [r.__name__ for r in budget.RULES] == ["shed", "place_waiting", "minimum", "headroom",
+                                                  "release_idle_on_demand", "scale_down_idle"]
 
 
 def test_events_carry_their_reasons():

@@ -152,7 +152,7 @@ class BudgetLoop:
         d = decide(ctx, now)
         self.low_util_since, self.last_scale_up_at = d.low_util_since, d.last_scale_up_at
         self._apply(ctx, d, ray_ids)
-        self.last = {"at": now, "launch": dict(d.launch), "release": [i for i, _ in d.release],
+        self.last = {"at": now, "launch": dict(d.launch), "release": [r.node_id for r in d.release],
                      "waiting": len(d.waiting), "committed_usd_per_hour": d.committed_usd_per_hour,
                      "cap_usd_per_hour": ctx.config.max_hourly_budget_usd, "gpu_util": ctx.gpu_util}
         return d
@@ -168,7 +168,7 @@ class BudgetLoop:
                                  name=f"release-{rental_id}", daemon=True)
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
-        for rental_id, reason in d.release:
+        for rental_id, reason, _cause in d.release:
             if rental_id in self.busy:  # jobs run there: checkpoint, then drain and release (not blocking the loop)
                 self.going[rental_id] = next(n.node_type for n in ctx.held if n.id == rental_id)
                 released.add(rental_id)  # (counted below as going until it is released)
@@ -197,7 +197,7 @@ class BudgetLoop:
         backstop_min = (ctx.config.idle_timeout_s + ctx.config.cooldown_s) / 60.0
         if self.ops.write_limits(limits, idle_timeout_minutes=backstop_min):
             log.info("node type limits now %s (launch %s, release %s, committed %.2f USD/h)", limits, d.launch,
-                     [i for i, _ in d.release], d.committed_usd_per_hour)
+                     [r.node_id for r in d.release], d.committed_usd_per_hour)
         events = {(e.action, e.reason): e for e in d.events}
         for key in events.keys() - self._last_events:  # a situation that lasts is recorded once
             e = events[key]
