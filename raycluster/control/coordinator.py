@@ -108,10 +108,10 @@ class Coordinator:
         return self.core.undrain(node_id)
 
     def sweep_claim(self, job_id: str, attempt: int, rank: int) -> list:
-        return self.core.sweep_claim(job_id, attempt, rank)
+        return self.core.sweeps.claim(job_id, attempt, rank)
 
     def trials_done(self, job_id: str, attempt: int, rows: list[dict]) -> int:
-        return self.core.trials_done(job_id, attempt, rows)
+        return self.core.sweeps.done(job_id, attempt, rows)
 
     def list_trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
         return self.core.list_trials(job_id, limit, offset, failed_only)

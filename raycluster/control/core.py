@@ -212,8 +212,16 @@ class CoordinatorCore(Reconciler):
         if att is not None and att.nodes and att.attempt == rec.attempt:  # where each rank of this attempt runs
             out["ranks"] = [{"rank": i, "node_id": n} for i, n in enumerate(att.nodes)]
         if rec.spec.get("trials"):  # a sweep: its counts and best trial so far
-            out["sweep"] = self.sweep_summary(job_id, self._specs.get(job_id) or JobSpec.model_validate(rec.spec))
+            out["sweep"] = self.sweeps.summary(job_id, self._specs.get(job_id) or JobSpec.model_validate(rec.spec))
         return out
+
+    def list_trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
+        """A sweep's per-trial results, page by page, and its summary."""
+        rec = self.store.get(job_id)  # JobNotFound
+        if not rec.spec.get("trials"):
+            raise InvalidJobSpec(f"job {job_id} is not a sweep (its spec has no trials)", field="job_id")
+        spec = self._specs.get(job_id) or JobSpec.model_validate(rec.spec)
+        return self.sweeps.page(job_id, spec, limit, offset, failed_only)
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
              offset: int = 0) -> list[dict]:

@@ -39,7 +39,7 @@ from raycluster.control.observe.notify import Notifier, job_notification
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.control.schedules import SchedulesMixin
 from raycluster.control.sharing import SharingMixin
-from raycluster.control.sweeps import SweepsMixin
+from raycluster.control.sweeps import Sweeps
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import AdmissionQueue, WaitingIndex
 from raycluster.policy.budget import with_kind
@@ -52,6 +52,7 @@ from raycluster.spec import JobSpec, gcs_uris
 from raycluster.store import storage
 from raycluster.store.jobs import JobRecord, JobStore
 from raycluster.store.lifecycle import ACTIVE_STATES, SYSTEM_CAUSES, TERMINAL_STATES, Cause, JobState
+from raycluster.store.trials import TrialStore
 from raycluster.util.histogram import Histogram
 
 log = logging.getLogger("raycluster.coordinator")
@@ -70,10 +71,10 @@ class Attempt:
     excluded: frozenset = frozenset()  # the nodes its placement group keeps off (as when it was made)
 
 
-class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandMixin):
+class Reconciler(SharingMixin, SchedulesMixin, HealthMixin, DemandMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
     and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
-    ``SchedulesMixin``'s (``control/schedules.py``), sweeps ``SweepsMixin``'s (``control/sweeps.py``),
+    ``SchedulesMixin``'s (``control/schedules.py``), sweeps the ``Sweeps`` part's (``control/sweeps.py``),
     node health ``HealthMixin``'s (``control/health/registry.py``), the demand told to Ray's autoscaler
     ``DemandMixin``'s (``control/elastic/demand.py``)."""
 
@@ -124,7 +125,8 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         self._freed_at = float("-inf")  # when a gang's placement group was last removed
         self._init_sharing()
         self._init_schedules()
-        self._init_sweeps()
+        self.sweeps = Sweeps(TrialStore(self.state_dir / "jobs.db"), clock=clock, wake=self.wake,
+                             launch_ranks=self._launch_ranks, cancel=self.ops.cancel)
         self._init_health()
         self.notifier = Notifier(self.state_dir, clock)
         self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
@@ -147,7 +149,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
                         for a in self.attempts.values())
             fresh = fresh or bool(self._pending and now - self._freed_at < C.PLACING_FAST_WINDOW_S)
         wait_s = min(C.PLACING_POLL_S, C.RECONCILE_INTERVAL_S) if fresh else C.RECONCILE_INTERVAL_S
-        look = self._sweep_next_look_s(now)  # a sweep's next bundles may be due before that
+        look = self.sweeps.next_look_s(now)  # a sweep's next bundles may be due before that
         return wait_s if look is None else max(C.PLACING_POLL_S, min(wait_s, look))
 
     def reconcile_once(self) -> None:
@@ -225,7 +227,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
             self._packages.pop(jid, None)
             self._specs.pop(jid, None)
             self._deadlines.pop(jid, None)
-            self._drop_sweep(jid)
+            self.sweeps.drop(jid)
             return
         else:
             self._drop_pending(jid)
@@ -274,10 +276,10 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         if att is None or att.refs is None:  # its rank tasks died with the previous Coordinator
             return decide_running(job, limits, None, settled=True, now=now)
         if spec.trials is not None:
-            self._grow_sweep(job, att, now)
+            self.sweeps.grow(job, att, now)
         results = self.ops.poll(att.refs)
         if spec.trials is not None:
-            results = self._sweep_results(job.id, att, results)
+            results = self.sweeps.results(job.id, att, results)
         if att.first_failure_at is None and any(
                 r.status in (RankStatus.USER_ERROR, RankStatus.SYSTEM_ERROR) for r in results):
             att.first_failure_at = now
@@ -419,7 +421,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
                 self._flush_metrics()
                 spec = self._spec(job)
                 if spec.trials is not None:  # a sweep's result: its counts and best trial
-                    extra["result"] = self.sweep_summary(job.id, spec)
+                    extra["result"] = self.sweeps.summary(job.id, spec)
         return self._transition(job, step, now, **extra)
 
     def _note_nodes(self, att: Attempt) -> None:
@@ -444,7 +446,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
         group is placed, with no loop round trip. Never leaves half a gang running. (A sweep's bundles
         are independent: it starts one and the others once they pay off, ``control/sweeps.py``.)"""
         att.refs = None
-        self._launch_ranks(job, att, self._first_ranks(job, self._spec(job), att.attempt))
+        self._launch_ranks(job, att, self.sweeps.first_ranks(job.id, self._spec(job), att.attempt))
 
     def _launch_ranks(self, job: JobRecord, att: Attempt, ranks: range) -> None:
         spec = self._spec(job)
@@ -456,7 +458,7 @@ class Reconciler(SharingMixin, SchedulesMixin, SweepsMixin, HealthMixin, DemandM
                     "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
                     "entrypoint": spec.entrypoint, "config": spec.config, "checkpoint_root": self.checkpoint_root,
                     "checkpoint_policy": spec.checkpoint.model_dump(), "checkpoint_manager": self.cm,
-                    "coordinator": self.handle, "log_dir": self.log_dir, "sweep": self._sweep_of(spec),
+                    "coordinator": self.handle, "log_dir": self.log_dir, "sweep": Sweeps.launch_of(spec),
                 }
                 refs.append(self.ops.launch_rank(att.pg, rank, bundle, launch, spec.runtime_env,
                                                  f"{spec.name}:{job.id}:a{att.attempt}:r{rank}"))

@@ -1,5 +1,5 @@
 """The Coordinator's sweeps (jobs with ``trials:``): which trials each bundle runs, when its bundles
-start, their results, and the sweep's summary — a mixin of the Reconciler.
+start, their results, and the sweep's summary — ``Sweeps``, a part of the loop with its own state.
 
 Owns: each sweep attempt's ``SweepRun`` — the trials no bundle has taken yet (the trials already
 recorded left out: a finished trial is never run again after a recovery), handed out as bundles
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from raycluster import constants as C
 from raycluster.policy.recovery import RankStatus
@@ -62,51 +62,58 @@ class SweepRun:
         return [self.pending.popleft() for _ in range(n)]
 
 
-class SweepsMixin:
-    def _init_sweeps(self) -> None:
-        self.trials = TrialStore(self.state_dir / "jobs.db")
-        self._sweep_runs: dict[str, SweepRun] = {}
-        self._sweep_lock = threading.Lock()  # bundles ask from Ray's threads, never behind a loop pass
+class Sweeps:
+    """A part of the Coordinator's loop with its own state: the trials store and each running sweep's
+    ``SweepRun``. What it needs of the loop is handed in: the clock, a way to wake it, and a way to
+    launch ranks of an attempt and to cancel rank tasks; it calls nothing else of the loop."""
 
-    def _sweep_of(self, spec) -> dict[str, Any] | None:
+    def __init__(self, trials: TrialStore, *, clock: Callable[[], float], wake: Callable[[], None],
+                 launch_ranks: Callable[[Any, Any, range], None], cancel: Callable[[list], None]):
+        self.trials = trials
+        self._clock, self._wake, self._launch_ranks, self._cancel = clock, wake, launch_ranks, cancel
+        self._runs: dict[str, SweepRun] = {}
+        self._lock = threading.Lock()  # bundles ask from Ray's threads, never behind a loop pass
+
+    @staticmethod
+    def launch_of(spec) -> dict[str, Any] | None:
         """What a bundle of a sweep is told (None: not a sweep): it asks for its trials as it goes."""
         if spec.trials is None:
             return None
         return {"pull": True, "per_bundle": spec.trials.per_bundle_for(spec.resources), "base_config": spec.config}
 
-    def _first_ranks(self, job, spec, attempt: int) -> range:
+    def first_ranks(self, job_id: str, spec, attempt: int) -> range:
         """The ranks an attempt launches at once: every rank; a sweep's first bundle(s) only."""
         if spec.trials is None:
             return range(spec.num_workers)
-        done = self.trials.done(job.id)
+        done = self.trials.done(job_id)
         pending = [[i, c] for i, c in enumerate(spec.trials.expand()) if i not in done]
         run = SweepRun(attempt, spec.num_workers, spec.trials.per_bundle_for(spec.resources), pending,
-                       self.trials.durations(job.id))
-        with self._sweep_lock:
-            self._sweep_runs[job.id] = run
-            run.launched_at = self.clock()
+                       self.trials.durations(job_id))
+        with self._lock:
+            self._runs[job_id] = run
+            run.launched_at = self._clock()
             n = bundles_to_start(run.view(), run.launched_at, C.SWEEP_ASSUMED_START_S)
             run.started = n
         return range(n)
 
-    def _grow_sweep(self, job, att, now: float) -> None:
+    def grow(self, job, att, now: float) -> None:
         """Start more of a running sweep's bundles once they would pay off (``policy/sweeps.py``)."""
-        with self._sweep_lock:
-            run = self._sweep_runs.get(job.id)
+        with self._lock:
+            run = self._runs.get(job.id)
             if run is None or run.attempt != att.attempt or att.refs is None:
                 return
             n = bundles_to_start(run.view(), now, C.SWEEP_ASSUMED_START_S)
             first = run.started
         if n:
             self._launch_ranks(job, att, range(first, first + n))
-            with self._sweep_lock:
+            with self._lock:
                 run.started = first + n
 
-    def _sweep_results(self, job_id: str, att, results: list) -> list:
+    def results(self, job_id: str, att, results: list) -> list:
         """The ranks' results, less the bundles stopped for having nothing to do: once every trial
         is taken, a bundle started late that has not asked yet is cancelled, not waited for."""
-        with self._sweep_lock:
-            run = self._sweep_runs.get(job_id)
+        with self._lock:
+            run = self._runs.get(job_id)
             if run is None or run.attempt != att.attempt:
                 return results
             if not run.pending:
@@ -117,61 +124,53 @@ class SweepsMixin:
                 late = []
             idle = set(run.idle)
         if late:
-            self.ops.cancel([att.refs[r] for r in late])
+            self._cancel([att.refs[r] for r in late])
         return [r for r in results if r.rank not in idle]
 
-    def _sweep_next_look_s(self, now: float) -> float | None:
-        with self._sweep_lock:
-            looks = [next_look_s(r.view(), now, C.SWEEP_ASSUMED_START_S) for r in self._sweep_runs.values()]
+    def next_look_s(self, now: float) -> float | None:
+        with self._lock:
+            looks = [next_look_s(r.view(), now, C.SWEEP_ASSUMED_START_S) for r in self._runs.values()]
         looks = [x for x in looks if x is not None]
         return min(looks) if looks else None
 
-    def _drop_sweep(self, job_id: str) -> None:
-        with self._sweep_lock:
-            self._sweep_runs.pop(job_id, None)
+    def drop(self, job_id: str) -> None:
+        with self._lock:
+            self._runs.pop(job_id, None)
 
-    def sweep_summary(self, job_id: str, spec) -> dict[str, Any]:
+    def summary(self, job_id: str, spec) -> dict[str, Any]:
         t = spec.trials
         return self.trials.summary(job_id, t.count(), t.metric, t.mode)
 
-    # ------------------------------------------------------------------ calls
-    def sweep_claim(self, job_id: str, attempt: int, rank: int) -> list:
-        """(From a sweep's bundle.) Its next trials, ``[[index, own config values], ...]``; [] when
-        none are left (or the attempt is over): the bundle then ends."""
-        now = self.clock()
-        with self._sweep_lock:
-            run = self._sweep_runs.get(job_id)
+    # ------------------------------------------------------------------ calls (from bundles)
+    def claim(self, job_id: str, attempt: int, rank: int) -> list:
+        """A bundle's next trials, ``[[index, own config values], ...]``; [] when none are left (or the
+        attempt is over): the bundle then ends."""
+        now = self._clock()
+        with self._lock:
+            run = self._runs.get(job_id)
             if run is None or run.attempt != int(attempt):
                 return []
             first = run.working_since is None
             got = run.claim(int(rank), now)
             waiting = run.started < run.bundles
         if first and waiting:  # its start time is known now: the loop may start the others
-            self.wake()
+            self._wake()
         return got
 
-    def trials_done(self, job_id: str, attempt: int, rows: list[dict]) -> int:
-        """(From a sweep's bundle.) Record finished trials; a trial recorded before keeps its result."""
-        new = self.trials.record(job_id, int(attempt), rows, self.clock())
-        with self._sweep_lock:
-            run = self._sweep_runs.get(job_id)
+    def done(self, job_id: str, attempt: int, rows: list[dict]) -> int:
+        """Record finished trials; a trial recorded before keeps its result."""
+        new = self.trials.record(job_id, int(attempt), rows, self._clock())
+        with self._lock:
+            run = self._runs.get(job_id)
             if run is not None:
                 timed = [float(r["duration_s"]) for r in rows if r.get("duration_s") is not None]
                 first = run.finished == 0
                 run.total_s, run.finished = run.total_s + sum(timed), run.finished + len(timed)
                 waiting = run.started < run.bundles and bool(run.pending)
         if run is not None and first and waiting:  # the first trial's time: the loop may start the others
-            self.wake()
+            self._wake()
         return new
 
-    def list_trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
-        rec = self.store.get(job_id)  # JobNotFound
-        if not rec.spec.get("trials"):
-            from raycluster.errors import InvalidJobSpec
-
-            raise InvalidJobSpec(f"job {job_id} is not a sweep (its spec has no trials)", field="job_id")
-        from raycluster.spec import JobSpec
-
-        spec = self._specs.get(job_id) or JobSpec.model_validate(rec.spec)
-        return {"job_id": job_id, "summary": self.sweep_summary(job_id, spec),
+    def page(self, job_id: str, spec, limit: int, offset: int, failed_only: bool) -> dict:
+        return {"job_id": job_id, "summary": self.summary(job_id, spec),
                 "trials": self.trials.list(job_id, limit, offset, failed_only)}

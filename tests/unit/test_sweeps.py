@@ -135,18 +135,18 @@ def test_loop_hands_out_trials_starts_bundles_in_stages_and_never_reruns_finishe
     refs = core.attempts[jid].refs
     assert len(refs) == 1 and ops.launches[refs[0]]["sweep"]["pull"]  # one bundle first
     clock.t += 2.0  # its cold start
-    assert [i for i, _c in core.sweep_claim(jid, 1, 0)] == [0, 1]  # ceil(10 / (2 * 3))
+    assert [i for i, _c in core.sweeps.claim(jid, 1, 0)] == [0, 1]  # ceil(10 / (2 * 3))
     clock.t += 0.1
     core.reconcile_once()
     assert len(core.attempts[jid].refs) == 1  # how long trials take is not known yet
     # two trials of 5 s: the 8 left would keep it busy for 40 s > its 2 s start: the others start
-    core.trials_done(jid, 1, [_row(0, 5.0, loss=5.0), _row(1, 5.0, loss=1.0)])
+    core.sweeps.done(jid, 1, [_row(0, 5.0, loss=5.0), _row(1, 5.0, loss=1.0)])
     assert core.get(jid)["sweep"]["succeeded"] == 2
     clock.t += 0.1
     core.reconcile_once()
     refs = core.attempts[jid].refs
     assert [ops.launches[r]["rank"] for r in refs] == [0, 1, 2]
-    taken = [i for r in (1, 2, 0) for i, _c in core.sweep_claim(jid, 1, r)]
+    taken = [i for r in (1, 2, 0) for i, _c in core.sweeps.claim(jid, 1, r)]
     assert taken == [2, 3, 4, 5]  # a shrinking share each: 2, 1, 1
     # then a node is lost: trials 2..5 were taken but never recorded
     ops.finish(refs, RankStatus.SYSTEM_ERROR, "node died", Cause.NODE_LOST)
@@ -157,12 +157,12 @@ def test_loop_hands_out_trials_starts_bundles_in_stages_and_never_reruns_finishe
     assert job["attempt"] == 2 and job["state"] == "RUNNING", job["transitions"]
     # earlier trials took 5 s each: 8 x 5 s is worth every bundle at once
     assert [ops.launches[r]["rank"] for r in core.attempts[jid].refs] == [0, 1, 2]
-    assert core.sweep_claim(jid, 1, 0) == []  # a bundle of the old attempt gets nothing
+    assert core.sweeps.claim(jid, 1, 0) == []  # a bundle of the old attempt gets nothing
     again = []
-    while got := core.sweep_claim(jid, 2, len(again) % 3):
+    while got := core.sweeps.claim(jid, 2, len(again) % 3):
         again += [i for i, _c in got]
     assert sorted(again) == [2, 3, 4, 5, 6, 7, 8, 9]  # finished trials are not run again
-    core.trials_done(jid, 2, [_row(i, 5.0) for i in again])
+    core.sweeps.done(jid, 2, [_row(i, 5.0) for i in again])
     ops.finish(core.attempts[jid].refs)
     clock.t += 0.1
     core.reconcile_once()
@@ -234,9 +234,9 @@ def test_short_trials_keep_one_bundle_long_unknown_ones_start_the_rest(tmp_path)
         clock.t += 0.1
         core.reconcile_once()
     clock.t += 2.0
-    core.sweep_claim(short, 1, 0)
-    core.sweep_claim(long, 1, 0)
-    core.trials_done(short, 1, [_row(0, 0.002)])
+    core.sweeps.claim(short, 1, 0)
+    core.sweeps.claim(long, 1, 0)
+    core.sweeps.done(short, 1, [_row(0, 0.002)])
     for _ in range(10):
         clock.t += 0.5
         core.reconcile_once()
@@ -259,14 +259,14 @@ def placed_sweep(tmp_path, trials: int):
 def test_bundles_started_late_with_nothing_left_are_stopped_not_waited_for(tmp_path):
     ops, clock, core, jid = placed_sweep(tmp_path, 30)
     clock.t += 0.05  # a warm worker: it asks 0.25 s after its launch
-    taken = core.sweep_claim(jid, 1, 0)
+    taken = core.sweeps.claim(jid, 1, 0)
     clock.t += 0.3  # no trial recorded, none back for more after longer than its start: the rest start
     core.reconcile_once()
     att = core.attempts[jid]
     assert len(att.refs) == 3
-    while got := core.sweep_claim(jid, 1, 0):  # ... but the first bundle takes every trial meanwhile
+    while got := core.sweeps.claim(jid, 1, 0):  # ... but the first bundle takes every trial meanwhile
         taken += got
-    core.trials_done(jid, 1, [_row(i, 0.001) for i, _c in taken])
+    core.sweeps.done(jid, 1, [_row(i, 0.001) for i, _c in taken])
     clock.t += 0.1
     core.reconcile_once()
     assert ops.cancelled == att.refs[1:]  # stopped before they asked: nothing was left for them
@@ -279,9 +279,9 @@ def test_bundles_started_late_with_nothing_left_are_stopped_not_waited_for(tmp_p
 def test_a_bundle_back_for_more_tells_how_long_trials_take(tmp_path):
     _ops, clock, core, jid = placed_sweep(tmp_path, 600)
     clock.t += 2.0
-    assert len(core.sweep_claim(jid, 1, 0)) == 100
+    assert len(core.sweeps.claim(jid, 1, 0)) == 100
     clock.t += 0.2  # 100 trials in 0.2 s: 500 left take 1 s < its 2 s start
-    core.sweep_claim(jid, 1, 0)
+    core.sweeps.claim(jid, 1, 0)
     for _ in range(5):
         clock.t += 1.0
         core.reconcile_once()
