@@ -34,7 +34,7 @@ from raycluster import constants as C
 from raycluster.control.elastic.ledger import JobLedger
 from raycluster.control.health.registry import HealthMixin
 from raycluster.control.nodes import NodeCache
-from raycluster.control.elastic.demand import DemandMixin
+from raycluster.control.elastic.demand import Demand, gangs_for_demand
 from raycluster.control.observe.notify import Notifier, job_notification
 from raycluster.control.rayops import GangOps, pg_name
 from raycluster.control.schedules import SchedulesMixin
@@ -71,12 +71,12 @@ class Attempt:
     excluded: frozenset = frozenset()  # the nodes its placement group keeps off (as when it was made)
 
 
-class Reconciler(SharingMixin, SchedulesMixin, HealthMixin, DemandMixin):
+class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
     and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
     ``SchedulesMixin``'s (``control/schedules.py``), sweeps the ``Sweeps`` part's (``control/sweeps.py``),
     node health ``HealthMixin``'s (``control/health/registry.py``), the demand told to Ray's autoscaler
-    ``DemandMixin``'s (``control/elastic/demand.py``)."""
+    the ``Demand`` part's (``control/elastic/demand.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -117,7 +117,7 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin, DemandMixin):
         # the config's cap (the one in force may be set at run time: ``CoordinatorCore._live_cap``)
         self.config_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
         self.ledger = JobLedger(self.state_dir, bool(elastic), clock)
-        self._demand_key: tuple | None = None
+        self.demand = Demand(ops.request_resources)  # (elastic clusters: told each pass when it changed)
         self._waiting_version = 0
         self._last_sweep = 0.0
         self._last_pin = 0.0
@@ -423,6 +423,12 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin, DemandMixin):
                 if spec.trials is not None:  # a sweep's result: its counts and best trial
                     extra["result"] = self.sweeps.summary(job.id, spec)
         return self._transition(job, step, now, **extra)
+
+    def _tell_demand(self) -> None:
+        running, queued = gangs_for_demand(self._active, self.attempts, self._pending, self.queue, self.budget_reasons,
+                                           lambda rec: self._bundles(self._spec(rec)))
+        key = (self.queue.version, frozenset(self._active), self.budget_version, self._waiting_version)
+        self.demand.tell(key, running, queued)
 
     def _note_nodes(self, att: Attempt) -> None:
         att.nodes = self.ops.pg_nodes(att.pg)

@@ -295,3 +295,24 @@ def test_an_unhealthy_rented_node_is_given_back_and_replaced():
     assert any(a == "release_unhealthy" for a, _r in ops.events)
     # the replacement: the policy no longer counts r1, so a spot node is allowed for the waiting gang
     assert ops.limits[-1]["gpu_spot"][1] >= 2
+
+
+def test_demand_tells_ray_only_what_changed_and_at_most_the_cap_of_bundles(monkeypatch):
+    from raycluster import constants as C
+    from raycluster.control.elastic.demand import Demand
+
+    monkeypatch.setattr(C, "DEMAND_MAX_BUNDLES", 3)
+    told: list[list[dict]] = []
+    d = Demand(told.append)
+    read: list[str] = []
+
+    def queued():
+        for name, wanted in (("a", True), ("held", False), ("b", True), ("c", True), ("never-read", True)):
+            read.append(name)
+            yield [{"GPU": 1.0, "name": name}], wanted
+
+    assert d.tell((1,), lambda: [[{"GPU": 1.0, "name": "run"}]], queued)
+    assert [b["name"] for b in told[-1]] == ["run", "a", "b"]  # the held-back gang is not asked for
+    assert "never-read" not in read  # the queue is read only as far as the cap
+    assert not d.tell((1,), lambda: [], lambda: []) and len(told) == 1  # nothing changed: nothing told
+    assert d.tell((2,), lambda: [], lambda: []) and told[-1] == []  # nothing left: the request is cleared

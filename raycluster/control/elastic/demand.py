@@ -1,36 +1,61 @@
-"""The demand an elastic cluster's Coordinator tells Ray's autoscaler (a mixin of the Reconciler):
-the bundles of every running and queued gang it may rent for, whenever they change."""
+"""The demand an elastic cluster's Coordinator tells Ray's autoscaler: ``Demand``, a part of the loop
+with its own state (the demand last told), handed only Ray's ``request_resources``.
+
+Queued gangs are visible to Ray's autoscaler only through us (a placement group is made once a gang
+fits): the loop hands it the bundles of every running gang and of the queued ones in queue order
+(at most ``DEMAND_MAX_BUNDLES``), each queued one with whether it may be rented for; it tells Ray
+only when what it depends on changed, and nothing left clears the request, so idle rented nodes
+are released.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Callable, Iterable
 
 from raycluster import constants as C
 from raycluster.policy.tenants import held_by_quota
 
 
-class DemandMixin:
-    def _tell_demand(self) -> None:
-        """Queued gangs are visible to Ray's autoscaler only through us (a placement group is made
-        once a gang fits): tell it the bundles of every running and queued gang (at most
-        DEMAND_MAX_BUNDLES, in queue order) whenever they change; nothing left clears the request,
-        so idle rented nodes are released."""
-        key = (self.queue.version, frozenset(self._active), self.budget_version, self._waiting_version)
-        if key == self._demand_key:
-            return
-        bundles: list[dict[str, float]] = []
-        held_back = self.budget_reasons
-        for rec in self._active.values():
-            att = self.attempts.get(rec.id)
-            if rec.id in held_back and (att is None or not att.placed):
-                continue  # being placed again, but the BudgetAutoscaler rents nothing for it now
-            bundles.extend(self._bundles(self._spec(rec)))
-        for job in self.queue.ordered():
+class Demand:
+    def __init__(self, request_resources: Callable[[list[dict[str, float]]], None]):
+        self._request = request_resources
+        self._key: tuple | None = None
+
+    def tell(self, key: tuple, running: Callable[[], Iterable[list[dict[str, float]]]],
+             queued: Callable[[], Iterable[tuple[list[dict[str, float]], bool]]]) -> bool:
+        """Tell Ray's autoscaler the bundles of ``running()`` gangs and of the ``queued()`` ones that
+        may be rented for (``(bundles, wanted)`` in queue order; read only as far as the cap), unless
+        ``key`` — the versions of what they come from — is the one last told. True if it told."""
+        if key == self._key:
+            return False
+        bundles = [b for gang in running() for b in gang]
+        for gang, wanted in queued():
             if len(bundles) >= C.DEMAND_MAX_BUNDLES:
                 break
-            # a gang the BudgetAutoscaler rents nothing for is not asked for: Ray's autoscaler meets
-            # a resource request whole or not at all, so one such gang would hold back every other;
-            # nor is one its tenant's quota holds back (it would not start on a new node either)
-            rec = self._pending.get(job.job_id)
-            if job.job_id not in held_back and not (rec is not None and held_by_quota(rec.waiting)):
-                bundles.extend(job.bundles)
-        self.ops.request_resources(bundles[:C.DEMAND_MAX_BUNDLES])
-        self._demand_key = key
+            if wanted:
+                bundles.extend(gang)
+        self._request(bundles[:C.DEMAND_MAX_BUNDLES])
+        self._key = key
+        return True
+
+
+def gangs_for_demand(active: dict[str, Any], attempts: dict[str, Any], pending: dict[str, Any], queue,
+                     held_back: dict[str, str], bundles_of: Callable[[Any], list[dict[str, float]]]):
+    """(running, queued) for ``Demand.tell``, from the loop's view: every running gang (less one being
+    placed again that the BudgetAutoscaler rents nothing for), then the queued ones in queue order —
+    not one the BudgetAutoscaler rents nothing for (Ray meets a resource request whole or not at
+    all: one such gang would hold back every other), nor one its tenant's quota holds back (it would
+    not start on a new node either)."""
+
+    def running():
+        for rec in active.values():
+            att = attempts.get(rec.id)
+            if not (rec.id in held_back and (att is None or not att.placed)):
+                yield bundles_of(rec)
+
+    def queued():
+        for job in queue.ordered():
+            rec = pending.get(job.job_id)
+            yield job.bundles, job.job_id not in held_back and not (rec is not None and held_by_quota(rec.waiting))
+
+    return running, queued
