@@ -16,39 +16,19 @@ import sqlite3
 from typing import Any
 
 from raycluster import constants as C
-from raycluster.control.nodes import totals_and_free
+from raycluster.control.gate import SubmitGate
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler
-from raycluster.errors import (EntrypointImportError, IdempotencyKeyReused, IllegalTransition, InfeasibleJob,
-                               InvalidJobSpec)
-from raycluster.policy.budget import Gang, cheapest_gang_usd_per_hour
-from raycluster.policy.placement import infeasible_reason
+from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
 from raycluster.policy.steps import moved_step
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
-from raycluster.labels import RENTAL_LABEL
 from raycluster.rank.logs import read_rank_logs
 from raycluster.spec import JobSpec, gcs_uris, parse_spec
 from raycluster.store.lifecycle import Cause, JobState
-from raycluster.util.ttlcache import TTLCache
 
 log = logging.getLogger("raycluster.coordinator")
-
-
-def over_budget(spec: JobSpec, types, cap_usd_per_hour: float) -> str | None:
-    """Why the gang can never run within the hourly cap (None: it can, at least alone): its
-    cheapest set of fresh nodes of the kinds its ``spot`` choice allows (``spot: never`` is priced
-    on-demand, ``only`` spot) against the cap in force."""
-    b = spec.resources.bundle()
-    gang = Gang(spec.name, spec.num_workers, float(b.get("GPU", 0)), float(b.get("CPU", 0)),
-                strict_spread=spec.placement_strategy.value == "STRICT_SPREAD", spot=spec.spot)
-    rate = cheapest_gang_usd_per_hour(types, gang)
-    if rate is not None and rate > cap_usd_per_hour + 1e-9:
-        kind = {"never": " on-demand", "only": " spot"}.get(spec.spot, "")
-        return (f"budget: its {spec.num_workers} worker(s) need at least {rate:.2f} USD/h of rented{kind} nodes, "
-                f"more than max_hourly_budget_usd {cap_usd_per_hour:.2f}")
-    return None
 
 
 def _canonical(obj: Any) -> str:
@@ -70,10 +50,10 @@ def _located(prefix: str):
 class CoordinatorCore(Reconciler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._ep_checked = TTLCache(self.clock)
-        self._feasible_for: object = None
-        self._feasible: dict[tuple, str | None] = {}
-        self._cap_cache = TTLCache(self.clock)
+        self.gate = SubmitGate(ops=self.ops, nodes=self.nodes, tenants=self.tenants.current, bundles_of=self._bundles,
+                               elastic_nodes=self.elastic_nodes, elastic_nodes_for=self.elastic_nodes_for,
+                               budget_types=self.budget_types, config_cap_usd_per_hour=self.config_cap_usd_per_hour,
+                               state_dir=self.state_dir, clock=self.clock)
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
@@ -121,11 +101,7 @@ class CoordinatorCore(Reconciler):
         new = [(i, spec, key) for i, (spec, (_d, key)) in enumerate(zip(specs, pairs)) if key not in existing]
         for i, spec, _key in new:
             with _located(where(i)):
-                self.check_tenant_limits(spec)
-                self._check_entrypoint(spec)
-                why = self._infeasible(spec)
-                if why:
-                    raise InfeasibleJob(f"job can never be placed: {why}", field="num_workers")
+                self.gate.check(spec)
         rows = [dict(name=spec.name, spec=spec.model_dump(mode="json"), priority=spec.priority, tenant=spec.tenant,
                      idempotency_key=key) for _i, spec, key in new]
         try:
@@ -154,53 +130,6 @@ class CoordinatorCore(Reconciler):
                 self._guard("pin packages", self.ops.pin_uris, uris, C.PACKAGE_PIN_S)
             self.wake()
         return [r.to_dict() for r in out]
-
-    def _infeasible(self, spec: JobSpec) -> str | None:
-        """Why the gang can never be placed on the cluster's nodes (None: it can), remembered per
-        gang shape for as long as the node table read is reused (a burst of similar submits)."""
-        nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
-        if self._feasible_for is not nodes:
-            self._feasible_for, self._feasible = nodes, {}
-        cap = self._live_cap() if self.budget_types else None
-        key = (json.dumps(self._bundles(spec), sort_keys=True), spec.placement_strategy.value, spec.spot, cap)
-        if key not in self._feasible:
-            total, _free = totals_and_free(nodes)
-            if self.elastic_nodes:  # the largest cluster the autoscaler may make: fixed nodes + all it may rent
-                rented = {n["id"] for n in nodes if RENTAL_LABEL in (n.get("labels") or {})}
-                may_rent = self.elastic_nodes_for.get(spec.spot, self.elastic_nodes)
-                total = {**{n: r for n, r in total.items() if n not in rented}, **may_rent}
-            why = infeasible_reason(self._bundles(spec), spec.placement_strategy.value, total)
-            if why and self.elastic_nodes:
-                why += f" (counting the {len(may_rent)} node(s) the autoscaler may rent for it)"
-            if not why and cap is not None:
-                fixed = {n: r for n, r in totals_and_free(nodes)[0].items()
-                         if n not in {x["id"] for x in nodes if RENTAL_LABEL in (x.get("labels") or {})}}
-                if infeasible_reason(self._bundles(spec), spec.placement_strategy.value, fixed):  # it needs rented nodes
-                    why = over_budget(spec, self.budget_types, cap)
-            self._feasible[key] = why
-        return self._feasible[key]
-
-    def _live_cap(self) -> float | None:
-        """The hourly cap in force now (``budget --set`` / ``PUT /budget`` change it at run time),
-        read from the provider's books at most once a second."""
-        def read() -> float | None:
-            try:
-                return spend.cap_usd_per_hour(self.state_dir)
-            except Exception:
-                log.exception("cannot read the hourly cap in force; using the config's")
-                return self.config_cap_usd_per_hour
-
-        return self._cap_cache.get("cap", 1.0, read)
-
-    def _check_entrypoint(self, spec: JobSpec) -> None:
-        key = spec.entrypoint + "|" + json.dumps(spec.runtime_env, sort_keys=True)
-        if self._ep_checked.fresh(key, C.ENTRYPOINT_CHECK_CACHE_S):
-            return
-        reason = self.ops.check_entrypoint(spec.entrypoint, spec.runtime_env, C.ENTRYPOINT_CHECK_TIMEOUT_S)
-        if reason:
-            raise EntrypointImportError(f"entrypoint {spec.entrypoint!r} cannot be used: {reason}",
-                                        field="entrypoint")
-        self._ep_checked.put(key, True)
 
     # ------------------------------------------------------------------ reads
     def get(self, job_id: str) -> dict:

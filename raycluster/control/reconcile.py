@@ -114,7 +114,7 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
         self.elastic_nodes = autoscaling.elastic_nodes(elastic)
         # ... as a gang of each spot choice may use them (a `never` gang: the on-demand types only)
         self.elastic_nodes_for = {s: autoscaling.elastic_nodes(elastic, s) for s in ("auto", "never", "only")}
-        # the config's cap (the one in force may be set at run time: ``CoordinatorCore._live_cap``)
+        # the config's cap (the one in force may be set at run time: ``SubmitGate.live_cap``)
         self.config_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
         self.ledger = JobLedger(self.state_dir, bool(elastic), clock)
         self.demand = Demand(ops.request_resources)  # (elastic clusters: told each pass when it changed)

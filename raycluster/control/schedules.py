@@ -52,13 +52,7 @@ class SchedulesMixin:
         if spec.schedule is None:
             raise InvalidJobSpec("schedule: required to create a scheduled job (a cron expression, e.g. '0 2 * * *')",
                                  field="schedule")
-        self.check_tenant_limits(spec)
-        self._check_entrypoint(spec)
-        why = self._infeasible(spec)
-        if why:
-            from raycluster.errors import InfeasibleJob
-
-            raise InfeasibleJob(f"its runs could never be placed: {why}", field="num_workers")
+        self.gate.check(spec, "its runs could never be placed")
         now = self.clock()
         run_spec = {k: v for k, v in spec.model_dump(mode="json", exclude_none=True).items() if k not in _SCHEDULE_FIELDS}
         rec = ScheduleRecord(id=new_schedule_id(), name=spec.name, spec=run_spec, cron=spec.schedule,

@@ -19,11 +19,10 @@ import logging
 from dataclasses import dataclass
 
 from raycluster import constants as C
-from raycluster.errors import InvalidJobSpec
 from raycluster.policy.admission import QueuedJob
 from raycluster.policy.preemption import PreemptionContext, RunningGang, Waiter, decide_preemption
 from raycluster.policy.steps import preempt_step
-from raycluster.policy.tenants import (Demand, QuotaView, billing_units, boost_s, check_job_limits, decay_usage,
+from raycluster.policy.tenants import (Demand, QuotaView, billing_units, boost_s, decay_usage,
                                        fair_share_factors, tenant_of)
 from raycluster.store.lifecycle import Cause, JobState
 from raycluster.store.tenants import TenantsFile, TenantUsageStore
@@ -77,15 +76,6 @@ class SharingMixin:
             shares = {t: config.quota(None if t == "default" else t).shares for t in names}
             boost = self._boosts[tenant] = boost_s(fair_share_factors(self._usage, shares)[tenant], window)
         return boost
-
-    def check_tenant_limits(self, spec) -> None:
-        """Refuse at submit a job over its tenant's per-job limits, naming the spec field."""
-        b = spec.resources.bundle()
-        found = check_job_limits(self.tenants.current(), spec.tenant, spec.num_workers, b.get("GPU", 0.0),
-                                 b.get("CPU", 0.0), spec.priority, spec.max_runtime_s)
-        if found:
-            field, why = found
-            raise InvalidJobSpec(f"{field}: {why}", field=field)
 
     def _holding(self) -> dict[str, Demand]:
         """What each tenant's jobs that hold (or are about to hold) resources count against its quota."""

@@ -508,7 +508,7 @@ def test_a_gang_that_can_never_run_within_the_budget_is_rejected_at_submit(tmp_p
                              "node_config": {"market": "local", "kind": "on_demand", "gpu_type": "T4"}}}}))
     ops, clock = FakeOps(nodes=1), Clock()  # one fixed node with a GPU
     core = CoordinatorCore(tmp_path, ops, clock=clock)
-    assert core._live_cap() == 0.5 and len(core.budget_types) == 2
+    assert core.gate.live_cap() == 0.5 and len(core.budget_types) == 2
     core.submit(spec("fits-fixed", workers=1))
     core.submit(spec("three-spot", workers=3, placement_strategy="STRICT_SPREAD"))  # 3 x 0.16 = 0.48
     with pytest.raises(InfeasibleJob) as e:
@@ -616,3 +616,28 @@ def test_a_shed_moves_its_gang_with_cause_budget_and_spends_no_restart(tmp_path)
     job = core.get(jid)
     assert job["system_restarts"] == 0 and [t["cause"] for t in job["transitions"]].count("budget") == 1
     assert core.move_off(rental, "budget", "again") == []  # nothing of it runs there any more
+
+
+def test_one_submit_gate_for_jobs_batches_and_schedules_in_its_order(tmp_path):
+    """Entrypoint before feasibility; a success cached; a schedule passes the same gate (its own words)."""
+    from raycluster.errors import InfeasibleJob as Infeasible
+
+    ops = FakeOps()
+    core = CoordinatorCore(tmp_path, ops, clock=Clock())
+    asked: list[str] = []
+    check = ops.check_entrypoint
+    ops.check_entrypoint = lambda ep, env, t: asked.append(ep) or check(ep, env, t)
+    ops.bad_entrypoints.add("jobs.nope:train")
+    huge = {"num_workers": 64, "resources": {"gpus": 1}}
+    with pytest.raises(EntrypointImportError):  # the entrypoint is checked first
+        core.submit({"name": "x", "entrypoint": "jobs.nope:train", **huge})
+    with pytest.raises(Infeasible, match="job can never be placed"):
+        core.submit({"name": "x", "entrypoint": "jobs.toy:noop", **huge})
+    with pytest.raises(Infeasible, match="its runs could never be placed"):
+        core.create_schedule({"name": "x", "entrypoint": "jobs.toy:noop", "schedule": "0 2 * * *", **huge})
+    with pytest.raises(Infeasible) as exc:
+        core.submit_many([{"spec": {"name": "ok", "entrypoint": "jobs.toy:noop"}},
+                          {"spec": {"name": "x", "entrypoint": "jobs.toy:noop", **huge}}])
+    assert exc.value.field == "jobs[1].spec.num_workers"
+    assert asked == ["jobs.nope:train", "jobs.toy:noop"]  # a success is cached: asked once
+    assert core.list() == []  # nothing stored by any refusal
