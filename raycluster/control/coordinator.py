@@ -117,22 +117,22 @@ class Coordinator:
         return self.core.list_trials(job_id, limit, offset, failed_only)
 
     def create_schedule(self, spec: dict | str, idempotency_key: str | None = None) -> dict:
-        return self.core.create_schedule(spec, idempotency_key)
+        return self.core.schedules.create(spec, idempotency_key)
 
     def list_schedules(self) -> list[dict]:
-        return self.core.list_schedules()
+        return self.core.schedules.list()
 
     def get_schedule(self, schedule_id: str) -> dict:
-        return self.core.get_schedule(schedule_id)
+        return self.core.schedules.get(schedule_id)
 
     def pause_schedule(self, schedule_id: str) -> dict:
-        return self.core.pause_schedule(schedule_id)
+        return self.core.schedules.pause(schedule_id)
 
     def resume_schedule(self, schedule_id: str) -> dict:
-        return self.core.resume_schedule(schedule_id)
+        return self.core.schedules.resume(schedule_id)
 
     def delete_schedule(self, schedule_id: str) -> dict:
-        return self.core.delete_schedule(schedule_id)
+        return self.core.schedules.delete(schedule_id)
 
     def events(self, limit: int = 100) -> list[dict]:
         return self.core.events(limit)

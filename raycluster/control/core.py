@@ -16,7 +16,6 @@ import sqlite3
 from typing import Any
 
 from raycluster import constants as C
-from raycluster.control.gate import SubmitGate
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
@@ -48,13 +47,6 @@ def _located(prefix: str):
 
 
 class CoordinatorCore(Reconciler):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.gate = SubmitGate(ops=self.ops, nodes=self.nodes, tenants=self.tenants.current, bundles_of=self._bundles,
-                               elastic_nodes=self.elastic_nodes, elastic_nodes_for=self.elastic_nodes_for,
-                               budget_types=self.budget_types, config_cap_usd_per_hour=self.config_cap_usd_per_hour,
-                               state_dir=self.state_dir, clock=self.clock)
-
     # ------------------------------------------------------------------ submit
     def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
         return self._submit_all([(spec_data, idempotency_key)], lambda i: "")[0]

@@ -37,7 +37,8 @@ from raycluster.control.nodes import NodeCache
 from raycluster.control.elastic.demand import Demand, gangs_for_demand
 from raycluster.control.observe.notify import Notifier, job_notification
 from raycluster.control.rayops import GangOps, pg_name
-from raycluster.control.schedules import SchedulesMixin
+from raycluster.control.gate import SubmitGate
+from raycluster.control.schedules import Deadlines, Schedules
 from raycluster.control.sharing import SharingMixin
 from raycluster.control.sweeps import Sweeps
 from raycluster.errors import IllegalTransition
@@ -71,12 +72,12 @@ class Attempt:
     excluded: frozenset = frozenset()  # the nodes its placement group keeps off (as when it was made)
 
 
-class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
+class Reconciler(SharingMixin, HealthMixin):
     """The loop's state and steps; ``CoordinatorCore`` adds the user-facing calls on top; tenants
-    and preemption are ``SharingMixin``'s (``control/sharing.py``), schedules and deadlines
-    ``SchedulesMixin``'s (``control/schedules.py``), sweeps the ``Sweeps`` part's (``control/sweeps.py``),
-    node health ``HealthMixin``'s (``control/health/registry.py``), the demand told to Ray's autoscaler
-    the ``Demand`` part's (``control/elastic/demand.py``)."""
+    and preemption are ``SharingMixin``'s (``control/sharing.py``), node health ``HealthMixin``'s; the
+    other chores are parts with their own state: the submit gate (``control/gate.py``), schedules and
+    deadlines (``control/schedules.py``), sweeps the ``Sweeps`` part's (``control/sweeps.py``),
+    the demand told to Ray's autoscaler (``control/elastic/demand.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time):
@@ -124,7 +125,15 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
         self._last_fair = 0.0
         self._freed_at = float("-inf")  # when a gang's placement group was last removed
         self._init_sharing()
-        self._init_schedules()
+        self.gate = SubmitGate(ops=ops, nodes=self.nodes, tenants=self.tenants.current, bundles_of=self._bundles,
+                               elastic_nodes=self.elastic_nodes, elastic_nodes_for=self.elastic_nodes_for,
+                               budget_types=self.budget_types, config_cap_usd_per_hour=self.config_cap_usd_per_hour,
+                               state_dir=self.state_dir, clock=clock)
+        self.schedules = Schedules(self.state_dir / "jobs.db", jobs=self.store, gate=self.gate,
+                                   cancel=lambda job_id: self.cancel(job_id),
+                                   pin=lambda uris: self.ops.pin_uris(uris, C.PACKAGE_PIN_S), clock=clock,
+                                   wake=self.wake, lock=self._lock, guard=self._guard)
+        self.deadlines = Deadlines(self._guard)
         self.sweeps = Sweeps(TrialStore(self.state_dir / "jobs.db"), clock=clock, wake=self.wake,
                              launch_ranks=self._launch_ranks, cancel=self.ops.cancel)
         self._init_health()
@@ -172,14 +181,15 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
             if now - self._last_fair >= C.FAIRSHARE_INTERVAL_S:
                 self._last_fair = now
                 self._guard("fair share", self._fair_share_pass, now)
-            if self._deadlines:  # before admission: a job that cannot finish in time never starts
-                self._guard("deadlines", self._deadline_pass, now)
+            if self.deadlines:  # before admission: a job that cannot finish in time never starts
+                self._guard("deadlines", self.deadlines.tick, now,
+                            lambda jid: self._pending.get(jid) or self._active.get(jid), self.apply)
             if self._pending:
                 self._guard("admission", self._admit, now)
             if self._blocked or self.preempting:
                 self._guard("preemption", self._preempt_pass, now)
-            if self._sched:
-                self._guard("schedules", self._schedule_pass, now)
+            if self.schedules:
+                self._guard("schedules", self.schedules.tick, now)
             if self.elastic_nodes:
                 self._guard("demand", self._tell_demand)
             if now - self._last_sweep > C.PG_SWEEP_INTERVAL_S:
@@ -226,7 +236,7 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
             self.queue.discard(jid)
             self._packages.pop(jid, None)
             self._specs.pop(jid, None)
-            self._deadlines.pop(jid, None)
+            self.deadlines.drop(jid)
             self.sweeps.drop(jid)
             return
         else:
@@ -235,7 +245,7 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
             self._active[jid] = rec
         if jid not in self._packages:
             self._packages[jid] = gcs_uris(self._spec(rec).runtime_env)
-            self._note_deadline(rec)
+            self.deadlines.note(jid, self._spec(rec))
 
     def _drop_pending(self, jid: str) -> None:
         rec = self._pending.pop(jid, None)
@@ -490,7 +500,7 @@ class Reconciler(SharingMixin, SchedulesMixin, HealthMixin):
         that uploaded it (``ray job submit --working-dir``) may end long before our job is placed.
         A schedule's packages are pinned for as long as it exists (its runs need them at every tick)."""
         uris = sorted({u for us in self._packages.values() for u in us}
-                      | {u for sched in self._sched.values() for u in gcs_uris(sched.spec.get("runtime_env"))})
+                      | self.schedules.package_uris())
         if uris:
             self.ops.pin_uris(uris, C.PACKAGE_PIN_S)
 

@@ -634,7 +634,7 @@ def test_one_submit_gate_for_jobs_batches_and_schedules_in_its_order(tmp_path):
     with pytest.raises(Infeasible, match="job can never be placed"):
         core.submit({"name": "x", "entrypoint": "jobs.toy:noop", **huge})
     with pytest.raises(Infeasible, match="its runs could never be placed"):
-        core.create_schedule({"name": "x", "entrypoint": "jobs.toy:noop", "schedule": "0 2 * * *", **huge})
+        core.schedules.create({"name": "x", "entrypoint": "jobs.toy:noop", "schedule": "0 2 * * *", **huge})
     with pytest.raises(Infeasible) as exc:
         core.submit_many([{"spec": {"name": "ok", "entrypoint": "jobs.toy:noop"}},
                           {"spec": {"name": "x", "entrypoint": "jobs.toy:noop", **huge}}])

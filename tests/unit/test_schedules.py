@@ -101,12 +101,12 @@ def run_until(core, clock, t, dt=0.5):
 
 
 def runs(core, sid):
-    return core.get_schedule(sid)["run_jobs"]
+    return core.schedules.get(sid)["run_jobs"]
 
 
 def test_schedule_runs_on_time_and_forbid_skips_an_overlap(env):
     core, ops, clock = env
-    s = core.create_schedule(sched("Forbid"))
+    s = core.schedules.create(sched("Forbid"))
     assert s["next_run_at"] == 1010.0 and s["spec"].get("schedule") is None
     run_until(core, clock, 1009.5)
     assert runs(core, s["id"]) == []
@@ -115,7 +115,7 @@ def test_schedule_runs_on_time_and_forbid_skips_an_overlap(env):
     assert len(first) == 1 and 1010.0 <= first[0]["submitted_at"] <= 1010.5  # on time
     assert core.get(first[0]["id"])["schedule_id"] == s["id"]
     run_until(core, clock, 1020.5)  # the first run is still RUNNING (the fake never finishes it)
-    got = core.get_schedule(s["id"])
+    got = core.schedules.get(s["id"])
     assert len(got["run_jobs"]) == 1 and got["skipped"] == 1 and got["next_run_at"] == 1030.0
     ops.finish(core.attempts[first[0]["id"]].refs)
     run_until(core, clock, 1030.5)
@@ -124,8 +124,8 @@ def test_schedule_runs_on_time_and_forbid_skips_an_overlap(env):
 
 def test_allow_overlaps_and_replace_cancels(env):
     core, ops, clock = env
-    allow = core.create_schedule(sched("Allow", name="allow"))["id"]
-    replace = core.create_schedule(sched("Replace", name="replace"))["id"]
+    allow = core.schedules.create(sched("Allow", name="allow"))["id"]
+    replace = core.schedules.create(sched("Replace", name="replace"))["id"]
     run_until(core, clock, 1020.5)
     a, r = runs(core, allow), runs(core, replace)
     assert len(a) == 2 and {core.get(j["id"])["state"] for j in a} <= {"PLACING", "RUNNING"}
@@ -135,12 +135,12 @@ def test_allow_overlaps_and_replace_cancels(env):
 
 def test_pause_stops_runs_resume_starts_after_now_and_restart_keeps_schedules(env):
     core, ops, clock = env
-    sid = core.create_schedule(sched(resources={"gpus": 0, "cpus": 0.1}))["id"]
-    core.pause_schedule(sid)
+    sid = core.schedules.create(sched(resources={"gpus": 0, "cpus": 0.1}))["id"]
+    core.schedules.pause(sid)
     run_until(core, clock, 1045.0)
-    assert runs(core, sid) == [] and core.get_schedule(sid)["paused"]
-    core.resume_schedule(sid)
-    assert core.get_schedule(sid)["next_run_at"] == 1050.0  # missed ticks are not made up
+    assert runs(core, sid) == [] and core.schedules.get(sid)["paused"]
+    core.schedules.resume(sid)
+    assert core.schedules.get(sid)["next_run_at"] == 1050.0  # missed ticks are not made up
     run_until(core, clock, 1050.5)
     assert len(runs(core, sid)) == 1
     # a new Coordinator (restart) finds the schedule and goes on
@@ -150,13 +150,13 @@ def test_pause_stops_runs_resume_starts_after_now_and_restart_keeps_schedules(en
     run_until(again, clock, 1060.5)
     assert len(runs(again, sid)) == 2
     # the same tick again (a stale Coordinator): one run per tick, never two
-    rec = again.schedules.get(sid)
-    job = again._submit_run(rec.model_copy(update={"next_run_at": 1060.0}), clock.t)
+    rec = again.schedules.store.get(sid)
+    job = again.schedules.submit_run(rec.model_copy(update={"next_run_at": 1060.0}), clock.t)
     assert job.id == runs(again, sid)[-1]["id"] and len(runs(again, sid)) == 2
-    again.delete_schedule(sid)
+    again.schedules.delete(sid)
     with pytest.raises(JobNotFound):
-        again.get_schedule(sid)
-    assert again.list_schedules() == []
+        again.schedules.get(sid)
+    assert again.schedules.list() == []
 
 
 def test_a_spec_with_a_schedule_is_not_a_job(env):
@@ -165,9 +165,9 @@ def test_a_spec_with_a_schedule_is_not_a_job(env):
         core.submit(sched())
     assert exc.value.field == "schedule" and "/schedules" in exc.value.message
     with pytest.raises(InvalidJobSpec) as exc:
-        core.create_schedule({"name": "x", "entrypoint": "jobs.toy:noop"})
+        core.schedules.create({"name": "x", "entrypoint": "jobs.toy:noop"})
     assert exc.value.field == "schedule"
-    assert core.list() == [] and core.list_schedules() == []
+    assert core.list() == [] and core.schedules.list() == []
 
 
 def test_deadlines_in_the_loop(env):
@@ -194,14 +194,14 @@ def test_a_schedules_packages_stay_pinned_while_it_exists(env, monkeypatch):
 
     core, ops, clock = env
     uri = "gcs://_ray_pkg_0123456789abcdef.zip"
-    sid = core.create_schedule(sched(runtime_env={"working_dir": uri}))["id"]
+    sid = core.schedules.create(sched(runtime_env={"working_dir": uri}))["id"]
     assert ops.pinned and uri in ops.pinned[-1][0]  # at once
-    core.pause_schedule(sid)  # (no runs: a paused schedule's packages are kept too, it may resume)
+    core.schedules.pause(sid)  # (no runs: a paused schedule's packages are kept too, it may resume)
     ops.pinned.clear()
     clock.t += C.PACKAGE_PIN_S  # long after: still renewed, though no run is unfinished
     core.reconcile_once()
     assert any(uri in uris for uris, _s in ops.pinned)
-    core.delete_schedule(sid)
+    core.schedules.delete(sid)
     ops.pinned.clear()
     clock.t += C.PACKAGE_PIN_S
     core.reconcile_once()
@@ -212,12 +212,12 @@ def test_a_retried_create_makes_one_schedule(env):
     from raycluster.errors import IdempotencyKeyReused
 
     core, _ops, _clock = env
-    a = core.create_schedule(sched(), "key-1")
-    b = core.create_schedule(sched(), "key-1")
-    assert a["id"] == b["id"] and len(core.list_schedules()) == 1
+    a = core.schedules.create(sched(), "key-1")
+    b = core.schedules.create(sched(), "key-1")
+    assert a["id"] == b["id"] and len(core.schedules.list()) == 1
     with pytest.raises(IdempotencyKeyReused) as exc:
-        core.create_schedule(sched(name="other"), "key-1")
-    assert exc.value.field == "idempotency_key" and len(core.list_schedules()) == 1
+        core.schedules.create(sched(name="other"), "key-1")
+    assert exc.value.field == "idempotency_key" and len(core.schedules.list()) == 1
 
 
 def test_a_job_that_cannot_finish_by_its_deadline_never_starts_on_a_free_gpu(env):
