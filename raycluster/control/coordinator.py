@@ -84,7 +84,7 @@ class Coordinator:
 
     def rank_started(self, job_id: str, attempt: int, rank: int) -> None:
         """Called by rank 0 as it starts: move the job to RUNNING now rather than at the next tick."""
-        self.core.wake()
+        self.core.rank_started(job_id, attempt)
 
     def cost(self) -> dict:
         return self.core.cost()

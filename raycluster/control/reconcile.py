@@ -124,6 +124,7 @@ class Reconciler(SharingMixin, HealthMixin):
         self._last_pin = 0.0
         self._last_fair = 0.0
         self._freed_at = float("-inf")  # when a gang's placement group was last removed
+        self._rank_started: dict[tuple[str, int], float] = {}  # (job, attempt) -> when its rank 0 started
         self._init_sharing()
         self.gate = SubmitGate(ops=ops, nodes=self.nodes, tenants=self.tenants.current, bundles_of=self._bundles,
                                elastic_nodes=self.elastic_nodes, elastic_nodes_for=self.elastic_nodes_for,
@@ -143,6 +144,12 @@ class Reconciler(SharingMixin, HealthMixin):
     # ------------------------------------------------------------------ loop
     def wake(self) -> None:
         self._wake.set()
+
+    def rank_started(self, job_id: str, attempt: int) -> None:
+        """(From rank 0 as it starts.) Move the job to RUNNING now, not at the next tick; its rented
+        nodes are charged from this moment (a job done before the loop saw it placed still ran)."""
+        self._rank_started.setdefault((job_id, int(attempt)), self.clock())
+        self.wake()
 
     def wait(self, timeout_s: float) -> None:
         self._wake.wait(timeout_s)
@@ -419,8 +426,9 @@ class Reconciler(SharingMixin, HealthMixin):
             self._guard(f"nodes of {job.id}", self._note_nodes, att)
             if job.started_at is None:  # its first start
                 self.submit_to_running.observe(max(0.0, now - job.submitted_at))
+            since = min(now, self._rank_started.pop((job.id, att.attempt), now))
             if self.ledger.elastic:
-                self._guard(f"usage of {job.id}", self._record_usage, job, att, now)
+                self._guard(f"usage of {job.id}", self._record_usage, job, att, since)
         else:  # REQUEUE, PREEMPT, SUCCEED, RECOVER, FAIL: the attempt is over
             att = self.attempts.pop(job.id, None)
             if att is not None:
@@ -485,6 +493,7 @@ class Reconciler(SharingMixin, HealthMixin):
         self.ops.watch(refs, self.wake)
 
     def _teardown(self, att: Attempt) -> None:
+        self._rank_started.pop((att.job_id, att.attempt), None)
         if att.placed:
             self._guard(f"usage of {att.job_id}", self.ledger.ended, att.job_id, att.attempt, self.clock())
         if att.refs:

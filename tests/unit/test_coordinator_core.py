@@ -641,3 +641,22 @@ def test_one_submit_gate_for_jobs_batches_and_schedules_in_its_order(tmp_path):
     assert exc.value.field == "jobs[1].spec.num_workers"
     assert asked == ["jobs.nope:train", "jobs.toy:noop"]  # a success is cached: asked once
     assert core.list() == []  # nothing stored by any refusal
+
+
+def test_a_job_done_before_the_loop_saw_it_placed_is_still_charged_from_its_start(tmp_path):
+    """Seen in the budget burst test: a short job placed and finished between two passes was marked
+    RUNNING and SUCCEEDED in one pass, its usage opened and closed at the same instant: cost 0."""
+    core, ops, clock, _store = _elastic_core(tmp_path)
+    ops.auto_ready = False
+    jid = core.submit(spec("short"))["id"]
+    tick(core, clock, 0.1)
+    core.rank_started(jid, core.get(jid)["attempt"])  # rank 0 starts as soon as the group is placed...
+    for pg in ops.pgs.values():
+        pg.ready = True
+    clock.t += 30.0  # ... and the loop looks 30 s later: the job is already done
+    ops.finish(core.attempts[jid].refs)
+    tick(core, clock, 0.1)
+    job = core.get(jid)
+    assert job["state"] == "SUCCEEDED"
+    assert job["cost_usd"] == pytest.approx(0.16 * 30.1 / 3600, rel=0.01)  # one spot node, 30 s
+    assert core._rank_started == {}
