@@ -131,7 +131,14 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
         wait_for(lambda: client.get(solo)["state"] == "RUNNING", 180, "the solo job to run on an on-demand node")
         live = sorted((r.kind, r.gpu_type) for r in store.list() if r.market == "local")
         assert live == [("on_demand", "A10"), ("spot", "T4"), ("spot", "T4")], live
-        assert any(e["action"] == "fallback" and "no spot node offered" in e["reason"] for e in store.events(1000))
+        events = store.events(1000)
+        # the A10 is rented for the solo job as an on-demand fallback (no spot left) — or, just before it
+        # asked, as headroom (the pair keeps both GPUs busy, nothing waits, no spot left: the headroom
+        # rule rents the cheapest type it can, the same A10); both are the policy's, which comes first is
+        # timing (seen once in four runs)
+        assert any((e["action"] == "fallback" and "no spot node offered" in e["reason"])
+                   or (e["action"] == "scale_up" and e["reason"].startswith("util ") and e["node_type"] == "gpu_ondemand")
+                   for e in events), events
         assert client.checkpoints(solo) == []
         set_price(elastic.state_dir, "T4", "spot", 0.40)  # 2 x 0.40 + 0.53 = 1.33 > 1.20
         wait_for(lambda: any(e["action"] == "shed" for e in store.events(1000)), 10, "a shed within a pass")
