@@ -26,13 +26,13 @@ from raycluster.store.trials import TrialStore
 class SweepRun:
     """One attempt of a sweep: the trials not yet taken, and how its bundles started."""
 
-    def __init__(self, attempt: int, bundles: int, per_bundle: int, pending: list, durations: tuple[float, int]):
+    def __init__(self, attempt: int, bundles: int, per_bundle: int, pending: list, durations: tuple[float, int],
+                 launched_at: float):
         self.attempt, self.bundles, self.per_bundle = attempt, bundles, per_bundle
         self.pending = collections.deque(pending)
         self.started = 0
-        self.launched_at: float | None = None
+        self.launched_at = launched_at
         self.working_since: float | None = None  # the first request for work
-        self.start_s: float | None = None  # launch -> first request, of the first bundle
         self.total_s, self.finished = durations
         self.asked: dict[int, tuple[float, int]] = {}  # rank -> when it last asked, and how many it got
         self.share_s = self.share_n = 0.0  # its shares' times: a bundle back for more has run its last
@@ -45,14 +45,13 @@ class SweepRun:
             mean = self.share_s / self.share_n
         else:
             mean = self.total_s / self.finished / self.per_bundle if self.finished else None
-        return SweepView(self.bundles, self.started, len(self.pending), mean, self.start_s, self.working_since,
+        start_s = None if self.working_since is None else max(0.0, self.working_since - self.launched_at)
+        return SweepView(self.bundles, self.started, len(self.pending), mean, start_s, self.working_since,
                          C.SWEEP_STAGED_START)
 
     def claim(self, rank: int, now: float) -> list:
         if self.working_since is None:
             self.working_since = now
-            if self.launched_at is not None:
-                self.start_s = max(0.0, now - self.launched_at)
         last = self.asked.get(rank)
         if last is not None and last[1]:
             self.share_s, self.share_n = self.share_s + now - last[0], self.share_n + last[1]
@@ -87,14 +86,13 @@ class Sweeps:
             return range(spec.num_workers)
         done = self.trials.done(job_id)
         pending = [[i, c] for i, c in enumerate(spec.trials.expand()) if i not in done]
+        now = self._clock()
         run = SweepRun(attempt, spec.num_workers, spec.trials.per_bundle_for(spec.resources), pending,
-                       self.trials.durations(job_id))
+                       self.trials.durations(job_id), now)
+        run.started = bundles_to_start(run.view(), now, C.SWEEP_ASSUMED_START_S)
         with self._lock:
             self._runs[job_id] = run
-            run.launched_at = self._clock()
-            n = bundles_to_start(run.view(), run.launched_at, C.SWEEP_ASSUMED_START_S)
-            run.started = n
-        return range(n)
+        return range(run.started)
 
     def grow(self, job, att, now: float) -> None:
         """Start more of a running sweep's bundles once they would pay off (``policy/sweeps.py``)."""

@@ -138,24 +138,17 @@ def _json_safe(value: Any) -> Any:
         return repr(value)
 
 
-def _trials(sweep: dict[str, Any], claim: Callable[[], list] | None):
-    """The bundle's trials: the list it was given, or asked for from the Coordinator as it goes."""
-    if "trials" in sweep:
-        yield from sweep["trials"]
-        return
-    while claim is not None:
-        got = claim()
-        if not got:
-            return
+def _trials(claim: Callable[[], list]):
+    """The bundle's trials, asked for from the Coordinator as it goes until none are left."""
+    while got := claim():
         yield from got
 
 
 def run_bundle(fn: Callable, sweep: dict[str, Any], make_ctx: Callable[[int, dict], TrialContext],
-               send: Callable[[list[dict]], None], claim: Callable[[], list] | None = None) -> dict[str, Any]:
-    """Run the bundle's trials (``[index, own config values]``: ``sweep["trials"]``, or asked for
-    through ``claim`` until it returns []) K at a time, each with the job's ``sweep["base_config"]``
-    under its own values; send each finished one through ``send`` (batched). Returns this bundle's
-    counts."""
+               send: Callable[[list[dict]], None], claim: Callable[[], list]) -> dict[str, Any]:
+    """Run the bundle's trials (``[index, own config values]``, asked for through ``claim`` until it
+    returns []) K at a time, each with the job's ``sweep["base_config"]`` under its own values; send
+    each finished one through ``send`` (batched). Returns this bundle's counts."""
     base = sweep.get("base_config") or {}
     k = max(1, int(sweep.get("per_bundle") or 1))
     flusher = _Flusher(send)
@@ -168,12 +161,12 @@ def run_bundle(fn: Callable, sweep: dict[str, Any], make_ctx: Callable[[int, dic
 
     try:
         if k == 1:
-            for i, own in _trials(sweep, claim):
+            for i, own in _trials(claim):
                 done(_one(fn, i, {**base, **own}, make_ctx))
         else:  # K at a time; each recorded as it finishes, the next taken as one ends
             with ThreadPoolExecutor(max_workers=k, thread_name_prefix="trial") as pool:
                 running: set = set()
-                for i, own in _trials(sweep, claim):
+                for i, own in _trials(claim):
                     if len(running) >= k:
                         finished, running = wait(running, return_when=FIRST_COMPLETED)
                         for fut in finished:

@@ -85,12 +85,18 @@ def make_ctx(trial, config):
                         checkpoint_root=None, checkpoint_policy={})
 
 
+def handed(trials):
+    """A bundle's ``claim`` that hands out ``trials`` in one share, then nothing."""
+    shares = [trials]
+    return lambda: shares.pop() if shares else []
+
+
 @pytest.mark.parametrize("k", [1, 8])
 def test_bundle_isolates_a_failing_trial(k):
     sent: list[list[dict]] = []
     trials = [[i, {"lr": 0.01 * (i % 50 + 1)}] for i in range(200)]
-    counts = run_bundle(toy_trial, {"trials": trials, "per_bundle": k, "base_config": {"fail_trial": 17}},
-                        make_ctx, sent.append)
+    counts = run_bundle(toy_trial, {"per_bundle": k, "base_config": {"fail_trial": 17}},
+                        make_ctx, sent.append, handed(trials))
     rows = [r for batch in sent for r in batch]
     assert counts == {"ran": 200, "succeeded": 199, "failed": 1, "per_bundle": k}
     assert sorted(r["trial"] for r in rows) == list(range(200))  # each once
@@ -106,7 +112,7 @@ def test_bundle_fails_when_results_cannot_be_recorded():
         raise ConnectionError("coordinator gone")
 
     with pytest.raises(ConnectionError):
-        run_bundle(toy_trial, {"trials": [[0, {}]], "per_bundle": 1}, make_ctx, send)
+        run_bundle(toy_trial, {"per_bundle": 1}, make_ctx, send, handed([[0, {}]]))
 
 
 def test_trial_checkpoint_round_trip(tmp_path):
