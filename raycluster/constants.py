@@ -131,6 +131,9 @@ HEALTH_GPU_WEIGHT = _env_float("HEALTH_GPU_WEIGHT", 3.0)
 # A gang on an unhealthy or drained node is asked to checkpoint now, then moved once it has (or
 # after this long, from its newest checkpoint).
 HEALTH_EVACUATE_WAIT_S = _env_float("HEALTH_EVACUATE_WAIT_S", 30.0)
+# How often a gang being moved (preemption, health, drain; control/evacuation.py) is checked for
+# a newer complete checkpoint.
+EVACUATE_CHECK_INTERVAL_S = _env_float("EVACUATE_CHECK_INTERVAL_S", 1.0)
 # An unhealthy node is used again once it has been healthy this long (not one drained by hand).
 HEALTH_RECOVER_S = _env_float("HEALTH_RECOVER_S", 60.0)
 

@@ -44,7 +44,7 @@ def scrape_at_scale(jobs: int, nodes: int) -> dict:
     ops, clock = FakeOps(nodes=nodes), Clock()
     ops.total = {f"n{i}": {"CPU": 64.0, "GPU": 4.0} for i in range(nodes)}
     core = CoordinatorCore(Path(tempfile.mkdtemp(prefix="rc-bench-health-")), ops, clock=clock)
-    core.health_enabled = True
+    core.health.enabled = True
     specs = [{"name": f"j{i}", "entrypoint": "jobs.toy:noop", "resources": {"cpus": 1, "gpus": 0}} for i in range(jobs)]
     for i in range(0, jobs, 1000):
         core.submit_many([{"spec": s} for s in specs[i:i + 1000]])
@@ -52,7 +52,7 @@ def scrape_at_scale(jobs: int, nodes: int) -> dict:
         clock.t += 0.5
         core.reconcile_once()
     for i in range(nodes):
-        core.heartbeat({"node_id": f"n{i}", "at": clock.t, "cpu_pct": 30, "load1": 4, "cpus": 64, "mem_pct": 40,
+        core.health.heartbeat({"node_id": f"n{i}", "at": clock.t, "cpu_pct": 30, "load1": 4, "cpus": 64, "mem_pct": 40,
                         "disk_free_pct": 60, "gpus": [{"index": g, "util_pct": 80, "mem_used_mb": 30000,
                                                        "mem_total_mb": 80000, "temp_c": 60} for g in range(4)]})
     clock.t += 1

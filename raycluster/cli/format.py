@@ -87,6 +87,12 @@ def job_details(job: dict) -> str:
     out = [jobs_table([job])]
     if job.get("state") == JobState.PENDING.value and job.get("waiting"):
         out.append(f"waiting: {job['waiting']}")
+    moving = job.get("moving")
+    if moving and job.get("state") == JobState.RUNNING.value:  # a move off where it runs (checkpoint first)
+        past = moving.get("before_step")
+        out.append(f"moving ({moving.get('cause')}): {moving.get('reason')}; asked to checkpoint at "
+                   f"{time.strftime('%H:%M:%S', time.localtime(moving.get('since') or 0))}, waits for a checkpoint "
+                   f"{'newer than step ' + str(past) if past is not None else 'to complete'}")
     if job.get("cause"):
         out.append(f"cause: {job['cause']}")
     if job.get("cost_usd") is not None:

@@ -52,3 +52,27 @@ class CheckpointManager:
 
     def list(self, job_id: str) -> list[dict[str, Any]]:
         return self._reg.list(job_id)
+
+
+class CheckpointLookup:
+    """The Coordinator's one way to ask the CheckpointManager about a job's checkpoints (None
+    handle: no manager, as in unit tests with a fake Ray — nothing is ever checkpointed)."""
+
+    def __init__(self, handle: Any = None, timeout_s: float = 30.0):
+        self.handle = handle
+        self.timeout_s = timeout_s
+
+    def newest(self, job_id: str) -> dict | None:
+        """The job's newest complete checkpoint (step, created_at, ...), None if it has none."""
+        if self.handle is None:
+            return None
+        found = ray.get(self.handle.candidates.remote(job_id), timeout=self.timeout_s)
+        return found[0] if found else None
+
+    def newest_step(self, job_id: str) -> int | None:
+        found = self.newest(job_id)
+        return None if found is None else int(found["step"])
+
+    def newest_at(self, job_id: str) -> float | None:
+        found = self.newest(job_id)
+        return float(found.get("created_at") or 0.0) or None if found else None

@@ -33,7 +33,7 @@ class Coordinator:
         cm = checkpoint_manager if checkpoint_manager is not None else get_handle(C.CHECKPOINT_MANAGER_NAME)
         me = ray.get_runtime_context().current_actor
         self.core = CoordinatorCore(Path(state_dir), RayOps(), cm, me, storage_uri)
-        self.core._guard("startup sweep", self.core.sweep_placement_groups)
+        self.core._guard("startup sweep", self.core.housekeeping.sweep_placement_groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
@@ -96,16 +96,16 @@ class Coordinator:
         return self.core.metrics_snapshot()
 
     def heartbeat(self, sample: dict) -> None:
-        self.core.heartbeat(sample)
+        self.core.health.heartbeat(sample)
 
     def health(self) -> list[dict]:
-        return self.core.health_view()
+        return self.core.health.health_view()
 
     def drain(self, node_id: str, reason: str | None = None) -> dict:
-        return self.core.drain(node_id, reason)
+        return self.core.health.drain(node_id, reason)
 
     def undrain(self, node_id: str) -> dict:
-        return self.core.undrain(node_id)
+        return self.core.health.undrain(node_id)
 
     def sweep_claim(self, job_id: str, attempt: int, rank: int) -> list:
         return self.core.sweeps.claim(job_id, attempt, rank)
@@ -155,11 +155,11 @@ class Coordinator:
     def preempt(self, node: str, notice_s: float | None = None) -> dict:
         return self.core.preempt(node, notice_s)
 
-    def checkpoint_now(self, rental_id: str, reason: str) -> dict:
-        return self.core.checkpoint_now(rental_id, reason)
+    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget") -> dict:
+        return self.core.checkpoint_now(rental_id, reason, cause)
 
     def checkpoint_wanted(self, job_id: str, attempt: int) -> bool:
-        return self.core.checkpoint_wanted(job_id, attempt)
+        return self.core.evacuations.checkpoint_wanted(job_id, attempt)
 
     def checkpoint_pending(self, asked: dict) -> list[str]:
         return self.core.checkpoint_pending(asked)

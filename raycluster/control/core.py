@@ -19,7 +19,7 @@ from raycluster import constants as C
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
-from raycluster.policy.steps import moved_step
+from raycluster.policy.evacuation import MoveKind
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
@@ -164,7 +164,7 @@ class CoordinatorCore(Reconciler):
 
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         self.store.get(job_id)
-        self._flush_metrics()
+        self.reports.flush()
         return self.store.metrics_history(job_id, limit)
 
     def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
@@ -199,42 +199,39 @@ class CoordinatorCore(Reconciler):
     def set_budget_reasons(self, reasons: dict[str, str]) -> None:
         """Why no node is rented for these waiting jobs (budget, max_workers); shown as their reason."""
         with self._lock:
-            self.budget_reasons = dict(reasons)
-            self.budget_version += 1
-            self.queue.forget()
-            # a gang being placed again (its node shed, say) waits for the budget too: say so on its row
-            placing = {j for j, att in self.attempts.items() if not att.placed}
-            now = {j: why for j, why in reasons.items() if j in placing}
-            changed = {j: now.get(j) for j in (set(now) | set(self._placing_waiting)) & placing
-                       if now.get(j) != self._placing_waiting.get(j)}
-            self._placing_waiting = now
-            self._guard("record waiting reasons of placing gangs", self.store.set_waiting, changed, JobState.PLACING)
+            self.admission.set_budget_reasons(reasons, {j for j, att in self.attempts.items() if not att.placed})
         self.wake()
 
-    # ------------------------------------------------------------------ checkpoint now
-    def checkpoint_now(self, rental_id: str, reason: str) -> dict[str, list]:
-        """Ask every gang running on the rented node ``rental_id`` to checkpoint at its next chance
-        (its ``ctx.should_checkpoint`` answers yes once): {job id: [attempt, its newest complete
-        checkpoint step before, or None]}, for ``checkpoint_pending``."""
-        for job_id, attempt in list(self._ckpt_wanted):  # asks of attempts that ended unasked: forget
-            att = self.attempts.get(job_id)
-            if att is None or att.attempt != attempt:
-                self._ckpt_wanted.pop((job_id, attempt), None)
+    def tenants_view(self) -> dict:
+        """Each tenant's quota, what it holds now, its decayed usage and fair-share factor."""
+        with self._lock:
+            gangs = self._gangs_holding()
+            queued = [j.tenant for j in self.queue.ordered()]
+        return self.tenancy.view(gangs, queued)
+
+    # ------------------------------------------------------------------ moves asked by the BudgetAutoscaler
+    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget") -> dict[str, list]:
+        """Start moving every gang running on the rented node ``rental_id`` (``control/evacuation.py``,
+        a move its asker ends with ``move_off`` once the node is drained): each is asked to
+        checkpoint at its next chance. {job id: [attempt, its newest complete checkpoint step
+        before, or None]}, for ``checkpoint_pending``."""
+        cause_ = Cause(cause)
         out: dict[str, list] = {}
-        found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
-        for job_id, attempt in found:
-            att = self.attempts.get(job_id)
-            if att is None or att.attempt != attempt:
-                continue
-            self._ckpt_wanted[(job_id, attempt)] = reason
-            out[job_id] = [attempt, self._newest_step(job_id)]
-        if out:
-            log.info("checkpoint now (%s): %s", reason, ", ".join(sorted(out)))
+        with self._lock:
+            found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
+            for job_id, attempt in found:
+                rec, att = self._active.get(job_id), self.attempts.get(job_id)
+                if rec is None or att is None or att.attempt != attempt or rec.state != JobState.RUNNING:
+                    continue
+                move = self.evacuations.ask(rec, cause_, reason, C.SHED_CHECKPOINT_WAIT_S, MoveKind.HOLD,
+                                            self.clock())
+                if move is not None:
+                    out[job_id] = [move.attempt, move.before_step]
         return out
 
     def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
         """(The BudgetAutoscaler, giving a busy rented node back: after its gangs checkpointed and
-        Ray stopped placing there.) Move every gang running on ``rental_id`` now — RUNNING →
+        Ray stopped placing there.) End the move of every gang running on ``rental_id`` now — RUNNING →
         RECOVERING with ``cause`` (``budget``, ``node_unhealthy``), no restart spent — so that
         releasing the node costs none of them a restart. The jobs moved."""
         cause_ = Cause(cause)
@@ -246,33 +243,19 @@ class CoordinatorCore(Reconciler):
                 att = self.attempts.get(job_id)
                 if rec is None or att is None or att.attempt != attempt or rec.state != JobState.RUNNING:
                     continue
-                self._ckpt_wanted.pop((job_id, attempt), None)
-                step = moved_step(rec, cause_, f"{reason}; its node {rental_id} is given back: resumes from its "
-                                  "newest checkpoint (no restart spent)")
-                if self._guard(f"move {job_id}", self.apply, rec, step, self.clock()):
+                if self._guard(f"move {job_id}", self.evacuations.move_now, rec, cause_,
+                               f"{reason}; its node {rental_id} is given back", self.clock()):
                     moved.append(job_id)
         if moved:
             log.info("moved off %s (%s): %s", rental_id, cause, ", ".join(moved))
             self.wake()
         return moved
 
-    def checkpoint_wanted(self, job_id: str, attempt: int) -> bool:
-        """(Asked by rank 0 of a running gang.) Whether to checkpoint now; answers yes once per ask."""
-        return self._ckpt_wanted.pop((job_id, int(attempt)), None) is not None
-
     def checkpoint_pending(self, asked: dict[str, list]) -> list[str]:
         """The jobs of ``asked`` (as ``checkpoint_now`` answered) still running that attempt without
         a newer complete checkpoint."""
-        out = []
-        for job_id, (attempt, before) in asked.items():
-            att = self.attempts.get(job_id)
-            if att is None or att.attempt != attempt:
-                self._ckpt_wanted.pop((job_id, int(attempt)), None)  # never asked for it: forget
-                continue  # ended or moved on: nothing to wait for
-            step = self._newest_step(job_id)
-            if step is None or (before is not None and step <= before):
-                out.append(job_id)
-        return out
+        with self._lock:
+            return self.evacuations.pending(asked)
 
     # ------------------------------------------------------------------ rentals (elastic clusters)
     def rentals(self, include_released: bool = False) -> list[dict]:
@@ -318,9 +301,10 @@ class CoordinatorCore(Reconciler):
         used = tot - sum(f.get(key, 0) for f in free.values())
         out = {"at": self.clock(), "jobs_by_state": self.store.count_by_state(),
                "queue_by_priority": self.store.queue_depth_by_priority(), "jobs": jobs,
-               "submit_to_running": self.submit_to_running.snapshot(), "nodes": self.health_view(),
+               "submit_to_running": self.submit_to_running.snapshot(), "nodes": self.health.health_view(),
                "utilization_pct": round(100.0 * used / tot, 2) if tot else 0.0, "events_by_action": {},
-               "queue_oldest_wait_s": max((self.clock() - r.queued_at for r in self._pending.values()), default=0.0)}
+               "queue_oldest_wait_s": max((self.clock() - r.queued_at for r in self._pending.values()), default=0.0),
+               "loop_parts": self.timings.view()}
         if self.ledger.elastic:
             try:
                 c = self.cost()
@@ -357,14 +341,10 @@ class CoordinatorCore(Reconciler):
             rec = self.store.transition(job_id, rec.state, JobState.CANCELLED, cause=Cause.CANCELLED,
                                         reason="cancelled by user", finished_at=self.clock())
             self._note(rec)
-            att = self.attempts.pop(job_id, None)
-            if att is not None:
-                self._teardown(att)
-            else:
+            if self.gangs.end(job_id) is None:
                 self.ops.remove_pg_by_name(pg_name(job_id, rec.attempt))
         log.info("cancelled %s", job_id)
         return rec.to_dict()
 
     def report(self, job_id: str, attempt: int, step: int | None, metrics: dict[str, Any]) -> None:
-        with self._metrics_lock:
-            self._metrics.append((job_id, attempt, self.clock(), step, metrics))
+        self.reports.report(job_id, attempt, step, metrics)

@@ -65,6 +65,7 @@ class JobView:
     started_at: float | None = None
     attempt_started_at: float | None = None
     placement_timeouts: int = 0
+    preempted: int = 0
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class JobRecord(BaseModel):
     preempted: int = Field(0, description="times it was stopped for a higher-priority job (checkpointed first, "
                                           "queued again, no restart spent)")
     schedule_id: str | None = Field(None, description="the schedule this job is a run of")
+    moving: dict[str, Any] | None = Field(None, description="a move off where it runs in progress (checkpoint "
+                                                            "first): since, why, the checkpoint step it waits past "
+                                                            "(``policy.evacuation.Move``); cleared by any transition")
     rev: int = Field(0, description="row version: grows with every insert and state change of any job "
                                     "(not with metric reports or waiting reasons)")
 
@@ -290,7 +293,7 @@ class JobStore:
             raise IllegalTransition(f"job {job_id}: {src.value} -> {dst.value} is not a legal transition")
         now = time.time() if now is None else now
         sets = JOBS.encode({"state": dst, "updated_at": now, "reason": reason, "cause": cause,
-                            "waiting": None, **fields})
+                            "waiting": None, "moving": None, **fields})
 
         def write(conn: sqlite3.Connection) -> None:
             cur = conn.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in sets)}, rev={_NEXT_REV} "
@@ -313,6 +316,23 @@ class JobStore:
             self._write(lambda conn: conn.executemany(
                 "UPDATE jobs SET waiting=? WHERE id=? AND state=?",
                 [(why, jid, state.value) for jid, why in reasons.items()]))
+
+    def set_moving(self, job_id: str, attempt: int, move: dict[str, Any] | None) -> bool:
+        """Record (or clear, None) the move in progress of a RUNNING job's attempt; only while it is
+        still in that state and attempt (a conditional update). True if the row changed."""
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE jobs SET moving=? WHERE id=? AND state=? AND attempt=?",
+                                (None if move is None else json.dumps(move), job_id, JobState.RUNNING.value,
+                                 int(attempt))).rowcount
+
+        return self._write(write) == 1
+
+    def moving(self) -> list[dict[str, Any]]:
+        """The moves recorded on RUNNING jobs (read once when a Coordinator starts)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT moving FROM jobs WHERE state=? AND moving IS NOT NULL",
+                                      (JobState.RUNNING.value,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def record_metrics(self, rows: list[tuple[str, int, float, int | None, dict]]) -> None:
         """Append metric reports and update each job's last_metrics (merged) in one transaction."""

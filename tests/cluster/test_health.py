@@ -195,7 +195,7 @@ def test_a_gpu_fault_moves_the_job_checkpoint_first_with_the_same_result(cluster
     final, base, late = client.wait([victim, baseline, other], timeout_s=200)
     assert final["state"] == base["state"] == late["state"] == "SUCCEEDED", (final["error"], base["error"], late["error"])
     moved = [t for t in final["transitions"] if t["cause"] == "node_unhealthy"]
-    assert len(moved) == 1 and "XID error 79" in moved[0]["reason"] and "resumes from step" in moved[0]["reason"]
+    assert len(moved) == 1 and "XID error 79" in moved[0]["reason"] and "resumes from its checkpoint at step" in moved[0]["reason"]
     assert final["system_restarts"] == 0 and final["attempt"] == 2
     assert final["result"]["weights_sha256"] == base["result"]["weights_sha256"]
     assert final["result"]["final_loss"] == base["result"]["final_loss"]

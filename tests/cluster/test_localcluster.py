@@ -115,7 +115,9 @@ def test_local_cluster_lifecycle(tmp_path):
         every_pid.update(victim_procs)
         killed = lc.kill_node(victim.name)
         assert killed.name == victim.name and not killed.alive
-        assert _live(victim_procs) == []
+        # gone within moments (a SIGKILLed process that is not our child is seen running until the
+        # kernel has torn it down: seen once on a loaded 2-core box)
+        _poll(lambda: _live(victim_procs) == [], 5, "the killed node's processes to be gone")
         assert not next(n for n in lc.nodes() if n.name == victim.name).alive
         t_kill = time.monotonic()
         _poll(lambda: not _ray_nodes_by_id()[victim.ray_node_id]["Alive"], DEAD_POLL_DEADLINE_S,

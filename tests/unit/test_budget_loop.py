@@ -78,7 +78,7 @@ class FakeOps:
         self.release(rental_id, reason, ray_node_id, busy=True)
         return []
 
-    def checkpoint_now(self, rental_id, reason):
+    def checkpoint_now(self, rental_id, reason, cause="budget"):
         self.checkpointed.append(rental_id)
         return {}
 

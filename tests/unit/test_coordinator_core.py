@@ -659,4 +659,4 @@ def test_a_job_done_before_the_loop_saw_it_placed_is_still_charged_from_its_star
     job = core.get(jid)
     assert job["state"] == "SUCCEEDED"
     assert job["cost_usd"] == pytest.approx(0.16 * 30.1 / 3600, rel=0.01)  # one spot node, 30 s
-    assert core._rank_started == {}
+    assert core.gangs._rank_started == {}

@@ -21,7 +21,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "HEALTH_RECOVER_S", 10.0)
     ops, clock = FakeOps(), Clock()
     core = CoordinatorCore(tmp_path, ops, clock=clock)
-    core.health_enabled = True
+    core.health.enabled = True
     return core, ops, clock
 
 
@@ -29,7 +29,7 @@ def beat(core, clock, nodes=("n0", "n1", "n2"), **fault):
     for n in nodes:
         gpus = [{"index": 0, "util_pct": 10, "mem_used_mb": 100, "mem_total_mb": 1000, "temp_c": 50,
                  **({"xids": [fault["xid"]]} if "xid" in fault and n == fault.get("node") else {})}]
-        core.heartbeat({"node_id": n, "at": clock.t, "cpu_pct": 5, "load1": 0.1, "cpus": 2, "mem_pct": 30,
+        core.health.heartbeat({"node_id": n, "at": clock.t, "cpu_pct": 5, "load1": 0.1, "cpus": 2, "mem_pct": 30,
                         "disk_free_pct": 60, "gpus": gpus})
 
 
@@ -43,7 +43,7 @@ def run(core, clock, seconds, dt=0.5, **beat_kw):
 
 
 def states(core):
-    return {v["node_id"]: v["state"] for v in core.health_view()}
+    return {v["node_id"]: v["state"] for v in core.health.health_view()}
 
 
 def test_monitors_verdicts_and_a_silent_node(env):
@@ -53,13 +53,13 @@ def test_monitors_verdicts_and_a_silent_node(env):
     beat(core, clock)
     run(core, clock, 1)
     assert states(core) == {"n0": "healthy", "n1": "healthy", "n2": "healthy"}
-    view = {v["node_id"]: v for v in core.health_view()}
+    view = {v["node_id"]: v for v in core.health.health_view()}
     assert view["n0"]["score"] == pytest.approx(5 + 10 * 3) and view["n0"]["sample"]["gpus"][0]["mem_pct"] == 10.0
     # n2 goes silent: unhealthy within two intervals (4 s here), excluded from admission
     run(core, clock, 4.0, nodes=("n0", "n1"))
     assert states(core)["n2"] == "unhealthy"
-    assert "no heartbeat" in {v["node_id"]: v for v in core.health_view()}["n2"]["reasons"][0]
-    assert core.excluded_nodes() == {"n2"}
+    assert "no heartbeat" in {v["node_id"]: v for v in core.health.health_view()}["n2"]["reasons"][0]
+    assert core.health.excluded() == {"n2"}
     jid = core.submit({"name": "j", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
     run(core, clock, 1, nodes=("n0", "n1"))
     assert ops.pgs[f"rc-{jid}-a1"].exclude == ["n2"]  # Ray keeps its bundles off n2 too
@@ -73,7 +73,7 @@ def test_a_fault_moves_the_gang_checkpoint_first_without_spending_a_restart(env)
     assert core.get(jid)["state"] == "RUNNING" and core.attempts[jid].nodes == ["n0"]
     run(core, clock, 1, nodes=("n0", "n1", "n2"), xid=79, node="n0")  # an XID on n0: unhealthy at once
     assert states(core)["n0"] == "unhealthy" and core.get(jid)["state"] == "RUNNING"
-    assert core.checkpoint_wanted(jid, 1)  # its ctx.should_checkpoint says yes once
+    assert core.evacuations.checkpoint_wanted(jid, 1)  # its ctx.should_checkpoint says yes once
     run(core, clock, 4, nodes=("n0", "n1", "n2"), xid=79, node="n0")  # no newer checkpoint came: moved at the wait
     job = core.get(jid)
     moved = [t for t in job["transitions"] if t["cause"] == "node_unhealthy"]
@@ -86,34 +86,34 @@ def test_drain_and_undrain_by_hand_are_kept(env):
     core, ops, clock = env
     beat(core, clock)
     run(core, clock, 1, nodes=("n0", "n1", "n2"))
-    out = core.drain("n1", "maintenance")
+    out = core.health.drain("n1", "maintenance")
     assert out["drained"] and out["excluded"] and out["drain_reason"] == "maintenance"
     again = CoordinatorCore(core.state_dir, FakeOps(), clock=clock)  # a restart keeps it
-    assert again.excluded_nodes() == {"n1"}
+    assert again.health.excluded() == {"n1"}
     with pytest.raises(JobNotFound):
-        core.drain("nope")
-    core.undrain("n1")
-    assert core.excluded_nodes() == set()
-    assert CoordinatorCore(core.state_dir, FakeOps(), clock=clock).excluded_nodes() == set()
+        core.health.drain("nope")
+    core.health.undrain("n1")
+    assert core.health.excluded() == set()
+    assert CoordinatorCore(core.state_dir, FakeOps(), clock=clock).health.excluded() == set()
 
 
 def test_an_unhealthy_node_is_used_again_once_healthy_for_a_while(env):
     core, ops, clock = env
     beat(core, clock)
     run(core, clock, 1, nodes=("n0", "n1", "n2"))
-    core.heartbeat({"node_id": "n1", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
+    core.health.heartbeat({"node_id": "n1", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
     clock.t += 0.5
     core.reconcile_once()
     assert states(core)["n1"] == "degraded"  # one failed check
     for _ in range(2):
         clock.t += 0.5
-        core.heartbeat({"node_id": "n1", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
+        core.health.heartbeat({"node_id": "n1", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
         core.reconcile_once()
-    assert states(core)["n1"] == "unhealthy" and "n1" in core.excluded_nodes()
+    assert states(core)["n1"] == "unhealthy" and "n1" in core.health.excluded()
     run(core, clock, 5, nodes=("n0", "n1", "n2"))
-    assert states(core)["n1"] == "healthy" and "n1" in core.excluded_nodes()  # not yet: HEALTH_RECOVER_S
+    assert states(core)["n1"] == "healthy" and "n1" in core.health.excluded()  # not yet: HEALTH_RECOVER_S
     run(core, clock, 6, nodes=("n0", "n1", "n2"))
-    assert "n1" not in core.excluded_nodes()
+    assert "n1" not in core.health.excluded()
 
 
 def test_a_silent_nodes_gang_moves_at_once(env):
@@ -126,12 +126,12 @@ def test_a_silent_nodes_gang_moves_at_once(env):
     job = core.get(jid)
     moved = [t for t in job["transitions"] if t["cause"] == "node_unhealthy"]
     assert len(moved) == 1 and "no heartbeat" in moved[0]["reason"] and job["system_restarts"] == 0
-    assert not core.checkpoint_wanted(jid, 1)  # nobody waited for a checkpoint that cannot come
+    assert not core.evacuations.checkpoint_wanted(jid, 1)  # nobody waited for a checkpoint that cannot come
 
 
 def host_beat(core, clock, nodes=("n0", "n1", "n2"), **over):
     for n in nodes:
-        core.heartbeat({"node_id": n, "at": clock.t, "cpu_pct": 100, "load1": 0.1, "cpus": 2, "mem_pct": 30,
+        core.health.heartbeat({"node_id": n, "at": clock.t, "cpu_pct": 100, "load1": 0.1, "cpus": 2, "mem_pct": 30,
                         "disk_free_pct": 60, "gpus": [{"index": 0, "temp_c": 50}], **over})
 
 
@@ -146,9 +146,9 @@ def test_a_busy_shared_host_moves_nothing_and_is_shown_once_as_the_hosts(env):
         clock.t += 0.5
         host_beat(core, clock, load1=8.9, mem_pct=99, disk_free_pct=0.5)
         core.reconcile_once()
-    view = {v["node_id"]: v for v in core.health_view()}
+    view = {v["node_id"]: v for v in core.health.health_view()}
     assert {n: v["state"] for n, v in view.items()} == {"n0": "healthy", "n1": "healthy", "n2": "healthy"}
-    assert core.excluded_nodes() == set() and core.get(jid)["state"] == "RUNNING"
+    assert core.health.excluded() == set() and core.get(jid)["state"] == "RUNNING"
     assert not [t for t in core.get(jid)["transitions"] if t["cause"] in ("node_unhealthy", "node_drained")]
     assert view["n0"]["host_shared"] and any("busy: load 8.9" in r for r in view["n0"]["host_reasons"])
     assert any("memory 99%" in r for r in view["n0"]["host_reasons"])
@@ -164,7 +164,7 @@ def test_a_node_alone_on_its_host_is_judged_on_its_memory(env):
         host_beat(core, clock, nodes=("n0", "n2"))
         host_beat(core, clock, nodes=("n1",), mem_pct=99, load1=30)
         core.reconcile_once()
-    assert states(core)["n1"] == "unhealthy" and core.excluded_nodes() == {"n1"}
+    assert states(core)["n1"] == "unhealthy" and core.health.excluded() == {"n1"}
     assert states(core)["n0"] == "healthy"
 
 
@@ -180,11 +180,11 @@ def test_no_evacuation_to_nowhere_then_it_moves_once_there_is_room(env):
     run(core, clock, 6, nodes=("n0", "n1", "n2"), xid=79, node="n0")  # n0 unhealthy: nowhere to go
     assert states(core)["n0"] == "unhealthy"
     assert core.get(on_n0)["state"] == "RUNNING" and core.get(on_n0)["attempt"] == 1  # stays
-    assert not core.checkpoint_wanted(on_n0, 1)  # not even asked to checkpoint
+    assert not core.evacuations.checkpoint_wanted(on_n0, 1)  # not even asked to checkpoint
     other = next(j for j in ids if j != on_n0)
     ops.finish(core.attempts[other].refs)  # a GPU frees up: now it moves, checkpoint first
     run(core, clock, 1, nodes=("n0", "n1", "n2"), xid=79, node="n0")
-    assert core.get(other)["state"] == "SUCCEEDED" and core.checkpoint_wanted(on_n0, 1)
+    assert core.get(other)["state"] == "SUCCEEDED" and core.evacuations.checkpoint_wanted(on_n0, 1)
     run(core, clock, 4, nodes=("n0", "n1", "n2"), xid=79, node="n0")
     job = core.get(on_n0)
     assert [t["cause"] for t in job["transitions"]].count("node_unhealthy") == 1 and job["system_restarts"] == 0
@@ -194,12 +194,12 @@ def test_a_gang_being_placed_gets_a_new_placement_group_when_the_exclusion_chang
     """Issue 20: a group made while a node was excluded kept that exclusion after the node recovered."""
     core, ops, clock = env
     ops.total = {"n0": {"CPU": 2.0, "GPU": 1.0}}  # one node: while it is excluded nothing can be placed
-    core.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
+    core.health.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
     for _ in range(3):
         clock.t += 0.5
-        core.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
+        core.health.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "temp_c": 97}]})
         core.reconcile_once()
-    assert core.excluded_nodes() == {"n0"}
+    assert core.health.excluded() == {"n0"}
     ops.auto_ready = False
     jid = core.submit({"name": "j", "entrypoint": "jobs.toy:noop", "resources": {"gpus": 1, "cpus": 1}})["id"]
     core.reconcile_once()
@@ -210,7 +210,7 @@ def test_a_gang_being_placed_gets_a_new_placement_group_when_the_exclusion_chang
     old = core.attempts[jid].pg
     assert old.exclude == ["n0"]
     run(core, clock, 11, nodes=("n0",))  # healthy again for HEALTH_RECOVER_S: used again
-    assert core.excluded_nodes() == set()
+    assert core.health.excluded() == set()
     run(core, clock, 0.5, nodes=("n0",))  # the next pass sees its group wait on a stale exclusion
     new = core.attempts[jid].pg
     assert new is not old and old.removed and new.exclude == [] and core.get(jid)["state"] == "PLACING"
@@ -229,7 +229,7 @@ def test_a_rank_that_died_with_its_node_makes_the_verdict_at_once(env):
     ops.finish(core.attempts[jid].refs, RankStatus.SYSTEM_ERROR)  # NodeDiedError; Ray still says alive
     clock.t += 0.1
     core.reconcile_once()
-    view = {v["node_id"]: v for v in core.health_view()}
+    view = {v["node_id"]: v for v in core.health.health_view()}
     assert view[node]["alive"] and view[node]["state"] == "unhealthy"
     assert any("NodeDiedError" in r for r in view[node]["reasons"])
 
@@ -284,6 +284,6 @@ def test_a_rented_node_given_back_on_purpose_reads_released_and_a_lost_one_does_
              "labels": {RENTAL_LABEL: r}, "resources_total": {}, "resources_free": {}} for r in ("rent-idle", "rent-lost")]
     ops.nodes = lambda: dead
     core = CoordinatorCore(tmp_path, ops, clock=clock)
-    view = {v["node_id"]: v for v in core.health_view()}
+    view = {v["node_id"]: v for v in core.health.health_view()}
     assert view["n-rent-idle"]["state"] == "released" and view["n-rent-idle"]["reasons"] == ["released: idle for 60 s"]
     assert view["n-rent-lost"]["state"] != "released"  # lost unasked: a fault, it pages

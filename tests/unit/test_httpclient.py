@@ -308,3 +308,16 @@ def test_status_of_a_waiting_job_says_why():
              transitions=[{"from": None, "to": "PENDING", "ts": 0.0, "reason": "submitted", "cause": "submitted"}])
     text = job_details(j)
     assert "waiting: capacity reserved for job-big" in text and "[submitted]" in text
+
+
+def test_status_of_a_job_being_moved_says_why_and_what_it_waits_for():
+    from raycluster.cli.format import job_details
+
+    j = job(state="RUNNING")
+    j.update(moving={"cause": "node_drained", "reason": "moved off node n1 drained (maintenance)", "since": 0.0,
+                     "before_step": 40}, transitions=[])
+    text = job_details(j)
+    assert "moving (node_drained): moved off node n1 drained (maintenance)" in text
+    assert "newer than step 40" in text
+    j.update(state="RECOVERING")  # a move ends with its transition: nothing shown as moving
+    assert "moving" not in job_details(j)

@@ -58,6 +58,17 @@ def test_families_and_values():
     assert m[("raycluster_queue_oldest_wait_seconds", ())] == 42
     assert m[("raycluster_autoscaling_events_total", (("action", "scale_up"),))] == 3
     assert m[("raycluster_worker_utilization_percent", ())] == 50
+    assert ("raycluster_loop_part_seconds_total", (("part", "health"),)) not in m  # none reported: no series
+
+
+def test_loop_part_timings_are_exported():
+    parts = {"health": {"calls": 3, "total_s": 0.25, "max_s": 0.2, "last_s": 0.01, "failures": 1},
+             "admission": {"calls": 3, "total_s": 0.01, "max_s": 0.005, "last_s": 0.001, "failures": 0}}
+    _text, m = scrape(snapshot(loop_parts=parts))
+    assert m[("raycluster_loop_part_seconds_total", (("part", "health"),))] == 0.25
+    assert m[("raycluster_loop_part_failures_total", (("part", "health"),))] == 1
+    assert m[("raycluster_loop_part_failures_total", (("part", "admission"),))] == 0
+    assert m[("raycluster_loop_part_max_seconds", (("part", "admission"),))] == 0.005
 
 
 def test_dead_nodes_and_finished_jobs_leave_no_series():

@@ -155,8 +155,8 @@ def test_the_coordinator_notifies_a_failed_job_and_an_unhealthy_node(tmp_path, m
         clock.t += C.FAILURE_SETTLE_S
         core.reconcile_once()
     assert core.get(jid)["state"] == "FAILED"
-    core.health_enabled = True
-    core.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "xids": [48]}]})
+    core.health.enabled = True
+    core.health.heartbeat({"node_id": "n0", "at": clock.t, "gpus": [{"index": 0, "xids": [48]}]})
     clock.t += 5
     core.reconcile_once()
     core.notifier.deliver_due()

@@ -267,7 +267,7 @@ def test_loop_fair_share_puts_a_later_team_ahead_of_a_flood(env, monkeypatch):
     assert fs["team-b"] > fs["team-a"]
     # usage survives a Coordinator restart
     again = CoordinatorCore(core.state_dir, FakeOps(), clock=clock)
-    assert again._usage["team-a"] == pytest.approx(core._usage["team-a"])
+    assert again.tenancy.usage["team-a"] == pytest.approx(core.tenancy.usage["team-a"])
 
 
 def test_loop_preempts_lowest_priority_checkpoint_first(env, monkeypatch):
@@ -282,10 +282,10 @@ def test_loop_preempts_lowest_priority_checkpoint_first(env, monkeypatch):
     assert {core.get(j)["state"] for j in (keep, lo, mid)} == {"RUNNING"}
     hi = core.submit(spec("hi", priority=90))["id"]
     tick(core, clock, 3)
-    assert core.get(hi)["state"] == "PENDING" and not core.preempting
+    assert core.get(hi)["state"] == "PENDING" and not core.preemption.in_flight
     tick(core, clock, 6, dt=1.0)  # waited past PREEMPT_AFTER_S
-    assert set(core.preempting) == {lo}
-    assert core.checkpoint_wanted(lo, core.get(lo)["attempt"])  # its ctx.should_checkpoint says yes once
+    assert set(core.preemption.in_flight) == {lo}
+    assert core.evacuations.checkpoint_wanted(lo, core.get(lo)["attempt"])  # its ctx.should_checkpoint says yes once
     assert core.get(lo)["state"] == "RUNNING"
     tick(core, clock, 4, dt=1.0)  # no newer checkpoint came (no checkpoint manager): stopped at the wait
     job = core.get(lo)

@@ -95,7 +95,8 @@ class BudgetLoop:
             if r.preempt_deadline is not None and r.id not in self._noticed:
                 self._noticed.add(r.id)  # taken back soon: its gangs save what they can now
                 try:
-                    self.ops.checkpoint_now(r.id, "preemption notice")
+                    self.ops.checkpoint_now(r.id, "its spot node was taken back by the market (notice)",
+                                            "spot_preempted")
                 except Exception:
                     log.exception("asking the gangs on %s to checkpoint failed", r.id)
         self._noticed &= {r.id for r in rentals}

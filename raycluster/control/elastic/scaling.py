@@ -118,7 +118,7 @@ class ScalingOps:
         wait_s = C.SHED_CHECKPOINT_WAIT_S if wait_s is None else wait_s
         pending: list[str] = []
         try:
-            asked = self.checkpoint_now(rental_id, reason)
+            asked = self.checkpoint_now(rental_id, reason, cause)
             pending = list(asked)
             deadline = time.monotonic() + wait_s
             while pending and time.monotonic() < deadline:
@@ -144,13 +144,14 @@ class ScalingOps:
             return []
         return ray.get(self.coordinator.move_off.remote(rental_id, cause, reason), timeout=60)
 
-    def checkpoint_now(self, rental_id: str, reason: str) -> dict[str, list]:
-        """Ask the gangs on a rented node to checkpoint now ({job: [attempt, step before]})."""
+    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget") -> dict[str, list]:
+        """Start moving the gangs on a rented node (with ``cause``): each is asked to checkpoint now
+        ({job: [attempt, step before]}); ``move_off`` ends the moves."""
         import ray
 
         if self.coordinator is None:
             return {}
-        return ray.get(self.coordinator.checkpoint_now.remote(rental_id, reason), timeout=30)
+        return ray.get(self.coordinator.checkpoint_now.remote(rental_id, reason, cause), timeout=30)
 
     def checkpoint_pending(self, asked: dict[str, list]) -> list[str]:
         import ray

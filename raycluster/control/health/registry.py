@@ -1,5 +1,5 @@
-"""The Coordinator's side of node health, a mixin of the Reconciler: heartbeats in, verdicts out,
-drain state, and auto-heal.
+"""The Coordinator's side of node health, a part of its loop (``Health``): heartbeats in, verdicts
+out, drain state, and auto-heal.
 
 Owns:
 * the registry — each node's newest sample and heartbeat time (``heartbeat``, called by its
@@ -10,12 +10,13 @@ Owns:
   operator drained (``drain``/``undrain``, kept in SQLite): admission leaves them out of its free view
   and every placement group is created with a label selector that keeps its bundles off them
   (``ray.io/node-id: !in(...)``), so neither we nor Ray place a gang there;
-* evacuation — a running gang on an excluded (but alive) node is asked to checkpoint now (its
-  ``ctx.should_checkpoint`` answers yes once), then moved: RUNNING → RECOVERING (cause
-  ``node_unhealthy`` / ``node_drained``, no restart spent) once its newer checkpoint is complete or
-  after ``HEALTH_EVACUATE_WAIT_S``; it is placed again off the excluded nodes and resumes. Only
-  where there is somewhere to go: a gang that would not fit on the healthy nodes' free room stays
-  (a silent node's gangs move at once: it is presumed dead).
+* which gangs to evacuate — a running gang on an excluded (but alive) node is moved through the one
+  move mechanism (``control/evacuation.py``: asked to checkpoint now, then RUNNING → RECOVERING,
+  cause ``node_unhealthy`` / ``node_drained``, no restart spent, once its newer checkpoint is
+  complete or after ``HEALTH_EVACUATE_WAIT_S``); it is placed again off the excluded nodes and
+  resumes. Only where there is somewhere to go: a gang that would not fit on the healthy nodes'
+  free room stays (a silent node's gangs move at once: it is presumed dead). A gang whose node is
+  healthy again (or undrained) before it moved is no longer moved.
 * hosts — nodes with one address share a machine: its memory, disk and load are the host's
   (``policy.health``), shown once per host and never a reason to move work.
 * the node-died signal — a rank that failed with NodeDiedError marks its node (``node_died``) until a
@@ -27,16 +28,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from raycluster import constants as C
 from raycluster.errors import InvalidJobSpec
 from raycluster.policy.health import (GpuSample, HealthContext, HealthState, HealthThresholds, HealthVerdict,
                                       NodeSample, failed_checks, verdict)
-from raycluster.policy.placement import place
-from raycluster.policy.steps import Action, Step
+from raycluster.policy.evacuation import MoveKind
 from raycluster.labels import rental_of
-from raycluster.store.lifecycle import Cause, JobState
+from raycluster.control.evacuation import Evacuations
+from raycluster.store.jobs import JobRecord
+from raycluster.store.lifecycle import Cause
 from raycluster.store.nodes import NodeHealthStore
 
 log = logging.getLogger("raycluster.health")
@@ -67,8 +70,22 @@ def to_sample(d: dict[str, Any]) -> NodeSample:
 _NONE = HealthVerdict("", HealthState.HEALTHY, 0.0, (), 0)
 
 
-class HealthMixin:
-    def _init_health(self) -> None:
+class Health:
+    """Node health, a part of the Coordinator's loop (see the module docstring). Handed: the node
+    cache, the ops that start monitors, the move mechanism, the placed gangs with their nodes and
+    a room check — not the loop."""
+
+    def __init__(self, state_dir: Path, *, nodes, ops, handle, clock: Callable[[], float], notifier,
+                 evacuations: Evacuations, placed_gangs: Callable[[], list[tuple[JobRecord, list[str]]]],
+                 room_elsewhere: Callable[[str, set[str]], bool], excluded_changed: Callable[[], None],
+                 wake: Callable[[], None], lock, guard: Callable[..., bool]):
+        self.state_dir = Path(state_dir)
+        self.nodes, self.ops, self.handle, self.clock, self.notifier = nodes, ops, handle, clock, notifier
+        self.evacuations = evacuations
+        self._placed_gangs = placed_gangs
+        self._room_elsewhere = room_elsewhere
+        self._excluded_changed_cb = excluded_changed
+        self.wake, self._lock, self._guard = wake, lock, guard
         self.node_health = NodeHealthStore(self.state_dir / "jobs.db")
         self._drained = {n: r["drain_reason"] or "drained" for n, r in self.node_health.all().items() if r["drained"]}
         self._samples: dict[str, NodeSample] = {}
@@ -79,15 +96,14 @@ class HealthMixin:
         self._unhealthy: dict[str, float] = {}  # node -> since when it is excluded for its health
         self._healthy_since: dict[str, float] = {}
         self._monitors: dict[str, Any] = {}
-        self._evacuating: dict[str, tuple[int, float, int | None, str, Cause]] = {}
         self._stays: dict[str, str] = {}  # job -> why it is not moved (nowhere to go), logged once
         self._shared: set[str] = set()  # alive nodes on a host with other alive nodes
         self._died_at: dict[str, float] = {}  # node -> when a rank of ours died with it (NodeDiedError)
-        self._last_health = 0.0
+        self._last_pass = 0.0
         self._health_lock = threading.Lock()  # heartbeats arrive on the actor's threads
         # judged only where monitors run (the Coordinator actor); a unit test turns it on itself
-        self.health_enabled = self.handle is not None
-        self._excluded_key: frozenset = frozenset(self._drained)
+        self.enabled = handle is not None
+        self.excluded_key: frozenset = frozenset(self._drained)
 
     # ------------------------------------------------------------------ calls
     def heartbeat(self, sample: dict[str, Any]) -> None:
@@ -105,10 +121,10 @@ class HealthMixin:
         if node_id not in self._died_at:
             log.warning("node %s: a rank died with it (NodeDiedError)", node_id)
             self._died_at[node_id] = now
-            self._last_health = 0.0  # the health pass runs in this same reconcile pass
+            self._last_pass = 0.0  # the health pass runs in this same reconcile pass
             self.nodes.forget()
 
-    def excluded_nodes(self) -> set[str]:
+    def excluded(self) -> set[str]:
         return set(self._unhealthy) | set(self._drained)
 
     def drain(self, node_id: str, reason: str | None = None) -> dict:
@@ -181,7 +197,7 @@ class HealthMixin:
                 "address": node.get("address"), "rental_id": rental,
                 "state": state, "score": v.score if v else None, "reasons": reasons,
                 "host_shared": node_id in self._shared, "host_reasons": list(v.host_reasons) if v else [],
-                "excluded": node_id in self.excluded_nodes(), "drained": node_id in self._drained,
+                "excluded": node_id in self.excluded(), "drained": node_id in self._drained,
                 "drain_reason": self._drained.get(node_id),
                 "last_heartbeat_s_ago": round(self.clock() - hb, 1) if hb else None,
                 "sample": None if s is None else {
@@ -190,9 +206,12 @@ class HealthMixin:
                               "temp_c": g.temp_c} for g in s.gpus]}}
 
     # ------------------------------------------------------------------ loop
-    def _health_pass(self, now: float) -> None:
-        if not self.health_enabled:
+    def tick(self, now: float) -> None:
+        """Every ``HEALTH_PASS_INTERVAL_S`` (at once after a rank died with its node): judge every
+        node, start missing monitors, move the gangs off excluded nodes."""
+        if not self.enabled or now - self._last_pass < C.HEALTH_PASS_INTERVAL_S:
             return
+        self._last_pass = now
         th = thresholds()
         nodes = self.nodes.nodes(C.HEALTH_NODES_TTL_S)
         by_host: dict[str, list[str]] = {}
@@ -253,70 +272,44 @@ class HealthMixin:
                 self._healthy_since.pop(nid, None)
 
     def _excluded_changed(self) -> None:
-        key = frozenset(self.excluded_nodes())
-        if key != self._excluded_key:
-            self._excluded_key = key
-            self.queue.forget()  # the free view changed
+        key = frozenset(self.excluded())
+        if key != self.excluded_key:
+            self.excluded_key = key
+            self._excluded_changed_cb()  # the free view changed
 
     def _evacuate(self, now: float) -> None:
-        """Move the gangs running on excluded alive nodes, checkpoint first."""
-        excluded = self.excluded_nodes()
-        for jid in [j for j in self._evacuating if j not in self._active]:
-            self._evacuating.pop(jid, None)
-        for jid in [j for j in self._stays if j not in self._active]:
-            self._stays.pop(jid, None)
-        if not excluded:
-            self._evacuating.clear()
-            return
-        alive = {n["id"] for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S) if n["alive"]}
-        for jid, att in list(self.attempts.items()):
-            rec = self._active.get(jid)
-            if rec is None or rec.state != JobState.RUNNING or not att.placed:
-                continue
-            bad = [n for n in (att.nodes or []) if n in excluded and n in alive]
+        """Move the gangs running on excluded alive nodes, checkpoint first (``control/evacuation.py``);
+        stop moving those no longer on one (healthy again, undrained)."""
+        excluded = self.excluded()
+        alive = {n["id"] for n in self.nodes.nodes(C.NODE_TOTALS_TTL_S) if n["alive"]} if excluded else set()
+        gangs = self._placed_gangs()
+        here = {rec.id for rec, _nodes in gangs}
+        self._stays = {j: w for j, w in self._stays.items() if j in here}
+        for rec, nodes in gangs:
+            jid = rec.id
+            bad = [n for n in nodes if n in excluded and n in alive]
             if not bad:
-                self._evacuating.pop(jid, None)
+                self.evacuations.cancel(jid, _HEALTH_CAUSES)
                 continue
             drained = [n for n in bad if n in self._drained]
             cause = Cause.NODE_DRAINED if drained else Cause.NODE_UNHEALTHY
-            why = (f"node {bad[0]} drained ({self._drained[drained[0]]})" if drained else
-                   f"node {bad[0]} unhealthy: {'; '.join(self._verdicts[bad[0]].reasons) if bad[0] in self._verdicts else ''}")
-            ev = self._evacuating.get(jid)
+            why = (f"moved off node {bad[0]} drained ({self._drained[drained[0]]})" if drained else
+                   f"moved off node {bad[0]} unhealthy: "
+                   f"{'; '.join(self._verdicts[bad[0]].reasons) if bad[0] in self._verdicts else ''}")
+            moving = self.evacuations.moves.get(jid)
             silent = [n for n in bad if any(r.startswith("no heartbeat") for r in self._verdicts.get(n, _NONE).reasons)]
-            if not silent and ev is None and not self._room_elsewhere(jid, excluded):
+            if not silent and moving is None and not self._room_elsewhere(jid, excluded):
                 why_stay = f"stays on {bad[0][:16]}: no healthy node has room for it now"
                 if self._stays.get(jid) != why_stay:
                     self._stays[jid] = why_stay
-                    log.warning("%s: on %s; %s", jid, why, why_stay)
+                    log.warning("%s: %s; %s", jid, why, why_stay)
                 continue
             self._stays.pop(jid, None)
             if silent:  # presumed dead: no checkpoint will come, move it now
-                self._evacuating.pop(jid, None)
-                self.apply(rec, Step(jid, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, Cause.NODE_UNHEALTHY,
-                                     f"moved off node {silent[0]}: no heartbeat (presumed dead); resumes from its "
-                                     "newest checkpoint"), now)
-                continue
-            if ev is None or ev[0] != att.attempt:
-                self._ckpt_wanted[(jid, att.attempt)] = why
-                self._evacuating[jid] = (att.attempt, now, self._newest_step(jid), why, cause)
-                log.info("%s: on %s; asked to checkpoint now, then moved", jid, why)
-                continue
-            _attempt, asked_at, before, why, cause = ev
-            step = self._newest_step(jid)
-            saved = step is not None and (before is None or step > before)
-            if not saved and now - asked_at < C.HEALTH_EVACUATE_WAIT_S:
-                continue
-            self._evacuating.pop(jid, None)
-            self._ckpt_wanted.pop((jid, att.attempt), None)
-            where = f"resumes from step {step}" if step is not None else "no checkpoint: starts over"
-            self.apply(rec, Step(jid, Action.RECOVER, JobState.RUNNING, JobState.RECOVERING, cause,
-                                 f"moved off {why}; {where}"), now)
+                self.evacuations.move_now(rec, Cause.NODE_UNHEALTHY, f"moved off node {silent[0]}: no heartbeat",
+                                          now, "presumed dead")
+            elif moving is None:
+                self.evacuations.ask(rec, cause, why, C.HEALTH_EVACUATE_WAIT_S, MoveKind.RECOVER, now)
 
-    def _room_elsewhere(self, job_id: str, excluded: set[str]) -> bool:
-        """Whether the gang would fit now on the free room of the nodes that are not excluded."""
-        spec = self._specs.get(job_id)
-        if spec is None:
-            return True
-        _total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
-        free = {n: r for n, r in free.items() if n not in excluded}
-        return place(self._bundles(spec), free, spec.placement_strategy.value) is not None
+
+_HEALTH_CAUSES = frozenset({Cause.NODE_UNHEALTHY, Cause.NODE_DRAINED})

@@ -126,6 +126,21 @@ def families(snap: dict[str, Any], ckpt: dict[str, Any] | None) -> Iterable:
                           "none) held by jobs")
     u.add_metric([], snap.get("utilization_pct", 0.0))
     yield u
+    parts = snap.get("loop_parts") or {}
+    if parts:
+        lt = CounterMetricFamily("raycluster_loop_part_seconds", "Time the Coordinator's loop spent in each part",
+                                 labels=["part"])
+        lf = CounterMetricFamily("raycluster_loop_part_failures", "Passes in which a part of the Coordinator's "
+                                 "loop raised (logged; the loop went on)", labels=["part"])
+        lm = GaugeMetricFamily("raycluster_loop_part_max_seconds", "The slowest call of each loop part",
+                               labels=["part"])
+        for name, t in sorted(parts.items()):
+            lt.add_metric([name], t["total_s"])
+            lf.add_metric([name], t["failures"])
+            lm.add_metric([name], t["max_s"])
+        yield lt
+        yield lf
+        yield lm
     ev = CounterMetricFamily("raycluster_autoscaling_events", "Scaling decisions by action", labels=["action"])
     for action, n in sorted(snap.get("events_by_action", {}).items()):
         ev.add_metric([action], n)
