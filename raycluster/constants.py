@@ -1,7 +1,11 @@
-"""All tunable constants of raycluster in one place.
+"""All tunable constants of raycluster in one place: each declared once, with its default.
 
-Every constant can be overridden by an environment variable named ``RAYCLUSTER_<NAME>``
-(for example ``RAYCLUSTER_RECONCILE_INTERVAL_S=0.5``). Units are part of the names.
+Every tunable can be overridden by an environment variable named ``RAYCLUSTER_<NAME>``
+(for example ``RAYCLUSTER_RECONCILE_INTERVAL_S=0.5``). Units are part of the names. The same
+tunables form one typed object, ``raycluster.settings.Settings`` (made from ``DECLARED``), that
+``start_runtime`` hands to every runtime actor, HealthMonitor and rank: each puts it in force in its
+own process (``Settings.install``), so the runtime's settings are the ones it was started with, not
+whatever environment a node happens to have. Code reads ``C.<NAME>`` at call time, never at import.
 """
 
 from __future__ import annotations
@@ -10,17 +14,25 @@ import os
 from pathlib import Path
 
 
+# Every tunable below as (type, default), in declaration order: ``raycluster.settings.Settings`` is
+# made from it (one typed field each), so each default and its comment has this one home.
+DECLARED: dict[str, tuple[type, object]] = {}
+
+
 def _env_float(name: str, default: float) -> float:
+    DECLARED[name] = (float, float(default))
     raw = os.environ.get(f"RAYCLUSTER_{name}")
     return float(raw) if raw not in (None, "") else default
 
 
 def _env_int(name: str, default: int) -> int:
+    DECLARED[name] = (int, default)
     raw = os.environ.get(f"RAYCLUSTER_{name}")
     return int(raw) if raw not in (None, "") else default
 
 
 def _env_bool(name: str, default: bool) -> bool:
+    DECLARED[name] = (bool, default)
     raw = os.environ.get(f"RAYCLUSTER_{name}")
     if raw in (None, ""):
         return default
@@ -31,7 +43,9 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"RAYCLUSTER_{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
 
 
-def _env_str(name: str, default: str) -> str:
+def _env_str(name: str, default: str, declare: bool = True) -> str:
+    if declare:
+        DECLARED[name] = (str, default)
     raw = os.environ.get(f"RAYCLUSTER_{name}")
     return raw if raw not in (None, "") else default
 
@@ -49,7 +63,7 @@ HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 def state_dir() -> Path:
     """Where SQLite databases, checkpoints, tokens and local-cluster records live."""
-    return Path(_env_str("STATE_DIR", str(Path.home() / ".raycluster"))).expanduser().resolve()
+    return Path(_env_str("STATE_DIR", str(Path.home() / ".raycluster"), declare=False)).expanduser().resolve()
 
 
 # --- control loop -------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ log = logging.getLogger("raycluster.api")
 API_APP_NAME = "raycluster-api"
 
 
-def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int = C.API_PORT,
+def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int | None = None,
                token: str | None = None, *, num_replicas: int | None = None,
                actor_timeout_s: float | None = None, direct_ingress: bool | None = None) -> dict:
     """Deploy the API on the connected cluster (on the head node); idempotent.
@@ -66,7 +66,7 @@ def deploy_api(state_dir: Path | str, host: str = "127.0.0.1", port: int = C.API
                            status_cache_s=C.API_STATUS_CACHE_S)
     replicas = num_replicas or C.API_NUM_REPLICAS
     direct = (C.API_DIRECT_INGRESS if direct_ingress is None else direct_ingress) and replicas == 1
-    port = int(port)
+    port = int(C.API_PORT if port is None else port)
     serve_env = direct_ingress_env(port) if direct else {}
     settings.version = _version(settings, replicas, serve_env)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

@@ -8,18 +8,20 @@ be shipped by value (cloudpickle), so state kept on it would live in a copy of t
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from raycluster import constants as C
 
 
 class ApiSettings(BaseModel):
     token_sha256: str
-    actor_timeout_s: float = C.API_ACTOR_TIMEOUT_S
-    submit_timeout_s: float = max(C.API_ACTOR_TIMEOUT_S, C.ENTRYPOINT_CHECK_TIMEOUT_S + 10)
-    max_body_bytes: int = C.API_MAX_BODY_BYTES
-    retry_after_s: int = C.API_RETRY_AFTER_S
-    status_cache_s: float = C.API_STATUS_CACHE_S
+    # (defaults read when a deployment is made, from the settings in force then)
+    actor_timeout_s: float = Field(default_factory=lambda: C.API_ACTOR_TIMEOUT_S)
+    submit_timeout_s: float = Field(default_factory=lambda: max(C.API_ACTOR_TIMEOUT_S,
+                                                                C.ENTRYPOINT_CHECK_TIMEOUT_S + 10))
+    max_body_bytes: int = Field(default_factory=lambda: C.API_MAX_BODY_BYTES)
+    retry_after_s: int = Field(default_factory=lambda: C.API_RETRY_AFTER_S)
+    status_cache_s: float = Field(default_factory=lambda: C.API_STATUS_CACHE_S)
     # A digest of everything above, the deployment options and the API package's code (deploy_api
     # sets it), shown by /healthz so that deploying again can tell whether the running API is this one.
     version: str = ""

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from raycluster.constants import SUBMIT_BATCH_MAX
+from raycluster import constants as C
 from raycluster.errors import ClusterUnavailable, InvalidJobSpec
 from raycluster.client.packages import needs_packaging, package_runtime_env
 from raycluster.spec import JobSpec, parse_spec, read_spec_file
@@ -119,14 +119,15 @@ class ClientBase:
         return spec
 
     def submit_many(self, specs: list, idempotency_keys: list[str] | None = None,
-                    batch_size: int = SUBMIT_BATCH_MAX) -> list[dict]:
+                    batch_size: int | None = None) -> list[dict]:
         """Submit many specs in batches of ``batch_size`` (one call and one transaction each, all or
         none per batch), answering the jobs in order. A key per spec (made here when not given, the
         same on every retry of a batch) makes retries safe from duplicates."""
         if idempotency_keys is not None and len(idempotency_keys) != len(specs):
             raise InvalidJobSpec("one idempotency key per spec", field="idempotency_keys")
-        if not 1 <= batch_size <= SUBMIT_BATCH_MAX:
-            raise InvalidJobSpec(f"batch_size must be 1-{SUBMIT_BATCH_MAX}", field="batch_size")
+        batch_size = C.SUBMIT_BATCH_MAX if batch_size is None else batch_size
+        if not 1 <= batch_size <= C.SUBMIT_BATCH_MAX:
+            raise InvalidJobSpec(f"batch_size must be 1-{C.SUBMIT_BATCH_MAX}", field="batch_size")
         prefix = f"{self.key_prefix}-{uuid.uuid4().hex}"
         items = []
         for i, spec in enumerate(specs):

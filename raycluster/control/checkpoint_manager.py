@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class CheckpointManager:
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, settings: dict | None = None):
+        from raycluster.settings import of
+
+        of(settings).install()
         (Path(state_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
         self._reg = CheckpointRegistry(Path(state_dir) / "checkpoints.db")
         # what a shard's save took (write + register, in the rank's writer thread) and its bytes

@@ -26,13 +26,19 @@ log = logging.getLogger("raycluster.coordinator")
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
 class Coordinator:
-    def __init__(self, state_dir: str, storage_uri: str | None = None, checkpoint_manager=None):
+    def __init__(self, state_dir: str, storage_uri: str | None = None, checkpoint_manager=None,
+                 settings: dict | None = None):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from raycluster.control.handles import get_handle
+        from raycluster.settings import of
+
+        self.settings = of(settings)  # (None: a runtime started before settings were passed: the env's)
+        self.settings.install()
 
         cm = checkpoint_manager if checkpoint_manager is not None else get_handle(C.CHECKPOINT_MANAGER_NAME)
         me = ray.get_runtime_context().current_actor
-        self.core = CoordinatorCore(Path(state_dir), RayOps(), cm, me, storage_uri)
+        settings_dict = self.settings.model_dump()
+        self.core = CoordinatorCore(Path(state_dir), RayOps(settings_dict), cm, me, storage_uri, settings=settings_dict)
         self.core._guard("startup sweep", self.core.housekeeping.sweep_placement_groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)

@@ -79,7 +79,11 @@ class GangOps(Protocol):
 
 
 class RayOps:
-    """Ray calls for nodes, placement groups and rank tasks."""
+    """Ray calls for nodes, placement groups and rank tasks. ``settings`` (every field, as a dict):
+    the Coordinator's, handed to the HealthMonitors it starts."""
+
+    def __init__(self, settings: dict | None = None):
+        self.settings = settings
 
     # ------------------------------------------------------------- nodes
     def nodes(self) -> list[dict[str, Any]]:
@@ -99,7 +103,7 @@ class RayOps:
     def ensure_monitor(self, node_id: str, coordinator: Any, disk_path: str) -> Any:
         from raycluster.control.health.monitor import ensure_monitor
 
-        return ensure_monitor(node_id, coordinator, disk_path)
+        return ensure_monitor(node_id, coordinator, disk_path, self.settings)
 
     def get_pg(self, name: str) -> PlacementGroup | None:
         try:

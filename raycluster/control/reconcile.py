@@ -72,7 +72,7 @@ class Reconciler:
     (``control/sweeps.py``), the demand told to Ray's autoscaler (``control/elastic/demand.py``)."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
-                 storage_uri: str | None = None, clock=time.time):
+                 storage_uri: str | None = None, clock=time.time, settings: dict | None = None):
         self.state_dir = Path(state_dir)
         self.store = JobStore(self.state_dir / "jobs.db")
         self.ops = ops
@@ -139,7 +139,8 @@ class Reconciler:
                            first_ranks=lambda jid, spec, attempt: self.sweeps.first_ranks(jid, spec, attempt),
                            ledger=self.ledger, nodes=self.nodes, clock=clock, wake=self.wake, guard=self._guard,
                            launch_with={"checkpoint_root": self.checkpoint_root, "log_dir": self.log_dir,
-                                        "checkpoint_manager": checkpoint_manager, "coordinator": self_handle})
+                                        "checkpoint_manager": checkpoint_manager, "coordinator": self_handle,
+                                        "settings": settings})  # (every rank runs with the Coordinator's)
         self.attempts = self.gangs.attempts  # (read by the parts' views and the API)
         self.sweeps = Sweeps(TrialStore(self.state_dir / "jobs.db"), clock=clock, wake=self.wake,
                              launch_ranks=self.gangs.launch_ranks, cancel=self.ops.cancel)

@@ -91,14 +91,14 @@ def worker_start_argv() -> list[str]:
 
 
 def common_args(name: str, temp_dir: Path, labels: Mapping[str, str], object_store_bytes: int, *,
-                node_ip: str = C.LOCAL_NODE_IP, make_dir: bool = True) -> list[str]:
+                node_ip: str | None = None, make_dir: bool = True) -> list[str]:
     """Arguments of every node we start (head or worker); ``make_dir``: create ``temp_dir`` here
     (not for a node on another host)."""
     if make_dir:
         temp_dir.mkdir(parents=True, exist_ok=True)
     return [
         "--block",
-        f"--node-ip-address={node_ip}",
+        f"--node-ip-address={C.LOCAL_NODE_IP if node_ip is None else node_ip}",
         f"--node-name={name}",
         f"--labels={','.join(f'{k}={v}' for k, v in labels.items())}",
         # Several nodes share this host. Ports whose default is a fixed number (worker ports

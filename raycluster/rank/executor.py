@@ -121,6 +121,10 @@ def _run_rank(launch: dict[str, Any]) -> dict[str, Any]:
     from raycluster import constants as C
     from raycluster.rank.context import TrainContext
 
+    if launch.get("settings") is not None:  # the Coordinator's, in force in this (reused) worker process
+        from raycluster.settings import of
+
+        of(launch["settings"]).install()
     rank, world = launch["rank"], launch["world_size"]
     if rank == 0 and launch.get("coordinator") is not None:
         launch["coordinator"].rank_started.remote(launch["job_id"], launch["attempt"], rank)

@@ -5,6 +5,14 @@ import pytest
 
 
 def pytest_collection_modifyitems(items):
+    from tests.conftest import SHARED_MODULES
+
     for item in items:
         if "/tests/cluster/" in str(item.fspath):
             item.add_marker(pytest.mark.cluster)
+    # the modules on the one shared cluster run last, one after another: it is started for the
+    # first of them and stopped at the end of the session, so it idles beside no other cluster
+    def key(item):
+        name = item.fspath.basename
+        return SHARED_MODULES.index(name) + 1 if "/tests/cluster/" in str(item.fspath) and name in SHARED_MODULES else 0
+    items[:] = sorted(items, key=key)  # (stable: the order within a module and of the others is kept)

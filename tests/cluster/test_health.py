@@ -28,7 +28,7 @@ import ray
 
 from raycluster import constants as C
 from raycluster.control.health.monitor import monitor_name
-from tests.conftest import runtime_at_defaults, wait_for
+from tests.conftest import runtime_on_shared, wait_for
 
 pytestmark = [pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,10 +37,15 @@ CPUS = os.cpu_count() or 2
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(shared_cluster, tmp_path_factory):
+    """The shared cluster (started with no knob in its environment) and the runtime on it with every
+    setting at its default: nodes are judged exactly as on a user's cluster."""
+    from raycluster.client.ray_client import Client
+    from raycluster.settings import Settings
+
     state_dir = Path(tmp_path_factory.mktemp("rc-health"))
-    with runtime_at_defaults(state_dir, num_workers=3, cpus_per_worker=2, gpus_per_worker=1) as (lc, client):
-        yield {"lc": lc, "state_dir": state_dir, "client": client}
+    with runtime_on_shared(shared_cluster, state_dir, Settings.defaults()) as coord:
+        yield {"lc": shared_cluster, "state_dir": state_dir, "client": Client(coord)}
 
 
 @pytest.fixture

@@ -16,22 +16,23 @@ from pathlib import Path
 import pytest
 
 from raycluster.errors import InvalidJobSpec
-from tests.conftest import local_runtime, wait_for
+from tests.conftest import runtime_on_shared, settings_for_tests, wait_for
 
 pytestmark = [pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parents[2]
 
-ENV = {"RAYCLUSTER_FAIRSHARE_INTERVAL_S": "0.5", "RAYCLUSTER_PREEMPT_AFTER_S": "4",
-       "RAYCLUSTER_PREEMPT_CHECK_INTERVAL_S": "0.5", "RAYCLUSTER_CHECKPOINT_ASK_INTERVAL_S": "0.5"}
+# (for speed: fair share, preemption and its checkpoint ask within seconds, not minutes)
+SHARING = {"FAIRSHARE_INTERVAL_S": 0.5, "PREEMPT_AFTER_S": 4, "PREEMPT_CHECK_INTERVAL_S": 0.5,
+           "CHECKPOINT_ASK_INTERVAL_S": 0.5}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(shared_cluster, tmp_path_factory):
     state_dir = Path(tmp_path_factory.mktemp("rc-sharing"))
     (state_dir / "tenants.yaml").write_text(
         "tenants:\n  team-q:\n    max_gpus: 1\n    per_job: {max_workers: 1}\n")
-    with local_runtime(state_dir, num_workers=3, env=ENV) as (lc, coord):
-        yield {"lc": lc, "state_dir": state_dir, "coord": coord}
+    with runtime_on_shared(shared_cluster, state_dir, settings_for_tests(**SHARING)) as coord:
+        yield {"lc": shared_cluster, "state_dir": state_dir, "coord": coord}
 
 
 @pytest.fixture

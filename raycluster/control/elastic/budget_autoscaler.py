@@ -226,7 +226,10 @@ class BudgetLoop:
 class BudgetAutoscaler:
     """Named, detached, restartable, on the head; runs ``BudgetLoop.step`` every BUDGET_INTERVAL_S."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, settings: dict | None = None):
+        from raycluster.settings import of
+
+        of(settings).install()
         self.state_dir = state_dir
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from raycluster.control.handles import get_handle

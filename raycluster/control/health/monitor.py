@@ -113,7 +113,10 @@ def sample_node(node_id: str, disk_path: str, nvml: Nvml | None) -> dict[str, An
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class HealthMonitor:
-    def __init__(self, node_id: str, coordinator, disk_path: str, interval_s: float):
+    def __init__(self, node_id: str, coordinator, disk_path: str, interval_s: float, settings: dict | None = None):
+        from raycluster.settings import of
+
+        of(settings).install()  # the Coordinator's settings, not this node's environment
         self.node_id, self.coord, self.disk_path, self.interval_s = node_id, coordinator, disk_path, interval_s
         self.nvml = Nvml()
         self.fault: dict[str, Any] | None = None
@@ -165,15 +168,18 @@ class HealthMonitor:
         self._stop.set()
 
 
+MONITOR_PREFIX = "health-"
+
+
 def monitor_name(node_id: str) -> str:
-    return f"health-{node_id[:16]}"
+    return f"{MONITOR_PREFIX}{node_id[:16]}"
 
 
-def ensure_monitor(node_id: str, coordinator, disk_path: str):
+def ensure_monitor(node_id: str, coordinator, disk_path: str, settings: dict | None = None):
     """The node's HealthMonitor (created if missing): pinned to the node, gone with it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return HealthMonitor.options(
         name=monitor_name(node_id), namespace=C.NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote(node_id, coordinator, disk_path, C.HEALTH_INTERVAL_S)
+    ).remote(node_id, coordinator, disk_path, C.HEALTH_INTERVAL_S, settings)

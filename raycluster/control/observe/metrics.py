@@ -221,7 +221,10 @@ def _app(registry, token: str | None):
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class MetricsCollector:
-    def __init__(self, state_dir: str, port: int, host: str):
+    def __init__(self, state_dir: str, port: int, host: str, settings: dict | None = None):
+        from raycluster.settings import of
+
+        of(settings).install()
         from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, make_server
 

@@ -47,7 +47,7 @@ class LocalCluster:
     """A Ray head + worker nodes on this machine, persisted under ``<state_dir>/local-cluster``."""
 
     def __init__(self, state_dir: Path | str, num_workers: int = 2, cpus_per_worker: int = 2,
-                 gpus_per_worker: int = 1, head_cpus: int = 0, object_store_bytes: int = C.LOCAL_OBJECT_STORE_BYTES,
+                 gpus_per_worker: int = 1, head_cpus: int = 0, object_store_bytes: int | None = None,
                  env: dict[str, str] | None = None, *, gpu_mode: str = "auto", gpu_ids: Sequence[str] | None = None,
                  auth_mode: str | None = None, elastic: ElasticConfig | None = None):
         """``gpu_mode``: "auto" (physical GPUs if NVML sees any, else logical), "physical" or
@@ -71,7 +71,7 @@ class LocalCluster:
         self.cpus_per_worker = int(cpus_per_worker)
         self.gpus_per_worker = int(gpus_per_worker)
         self.head_cpus = int(head_cpus)
-        self.object_store_bytes = int(object_store_bytes)
+        self.object_store_bytes = int(C.LOCAL_OBJECT_STORE_BYTES if object_store_bytes is None else object_store_bytes)
         self.env = dict(env or {})
         self.gpu_mode = gpu_mode
         self.gpu_ids = [str(g) for g in gpu_ids] if gpu_ids is not None else None

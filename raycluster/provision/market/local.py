@@ -81,7 +81,7 @@ class LocalMarket:
 
     def __init__(self, db_path: Path | str, work_dir: Path | str, *, gpu_types: Any = None,
                  preemption_rate_per_hour: float = 0.0, preemption_notice_s: float = 30.0,
-                 object_store_bytes: int = C.LOCAL_OBJECT_STORE_BYTES, auth_mode: str = "disabled",
+                 object_store_bytes: int | None = None, auth_mode: str = "disabled",
                  auth_token_path: str | None = None, seed: int | None = None, node_temp_dir: str | None = None):
         """``node_temp_dir``: where nodes keep Ray's session dirs (short: Ray's socket paths must fit
         in 107 bytes; default ``work_dir/nodes``)."""
@@ -91,7 +91,7 @@ class LocalMarket:
         self.preemption_notice_s = float(preemption_notice_s)
         self.work_dir = Path(work_dir)
         self.node_temp_dir = Path(node_temp_dir) if node_temp_dir else self.work_dir / "nodes"
-        self.object_store_bytes = object_store_bytes
+        self.object_store_bytes = C.LOCAL_OBJECT_STORE_BYTES if object_store_bytes is None else object_store_bytes
         self.auth_mode, self.auth_token_path = auth_mode, auth_token_path
         self._rng = random.Random(seed)
         self._conn = connect(Path(db_path))

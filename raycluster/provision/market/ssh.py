@@ -79,11 +79,11 @@ class SshMarket:
 
     def __init__(self, db_path: Path | str, *, hosts: Any, auth_mode: str = "disabled",
                  auth_token_path: str | None = None, connect_timeout_s: float = 10.0,
-                 object_store_bytes: int = C.LOCAL_OBJECT_STORE_BYTES, stop_grace_s: float = 3.0):
+                 object_store_bytes: int | None = None, stop_grace_s: float = 3.0):
         self.hosts = parse_hosts(hosts)
         self.auth_mode, self.auth_token_path = auth_mode, auth_token_path
         self.connect_timeout_s = connect_timeout_s
-        self.object_store_bytes = object_store_bytes
+        self.object_store_bytes = C.LOCAL_OBJECT_STORE_BYTES if object_store_bytes is None else object_store_bytes
         self.stop_grace_s = stop_grace_s
         self._conn = connect(Path(db_path))
         self._lock = threading.Lock()
