@@ -33,12 +33,17 @@ def bring_up(state_dir: Path, make_cluster: Callable[[], Any], *, storage_uri: s
                             "up_s": round(time.monotonic() - t0, 1)}
     connect(lc.address, state_dir)
     start_runtime(state_dir, storage_uri=storage_uri)
+    from raycluster.api.record import remove_record, write_record
+
     if api_port:
         from raycluster.api.deploy import deploy_api
 
         api = deploy_api(state_dir, port=api_port)
         info.update(api_url=api["url"], api_token_path=str(api["token_path"]) if api["token_path"] else None,
                     api_direct_ingress=api["direct_ingress"])
+        write_record(state_dir, api["url"], api["direct_ingress"])  # the CLI talks HTTP from now on
+    else:
+        remove_record(state_dir)
     return info
 
 

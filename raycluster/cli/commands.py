@@ -85,7 +85,10 @@ def cmd_ray_head(args) -> int:
 def cmd_down(args) -> int:
     from raycluster.provision.local.cluster import LocalCluster
 
+    from raycluster.api.record import remove_record
+
     lc = LocalCluster.load(Path(args.state_dir))
+    remove_record(args.state_dir)
     if lc is None:
         print("no local cluster recorded; nothing to stop")
         return EXIT_OK

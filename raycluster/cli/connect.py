@@ -1,14 +1,17 @@
 """How a CLI command reaches the cluster, and the CLI's own error for an argument that cannot work.
 
-Owns: ``client_for(args)`` — ``--address`` as a Ray address (``client.ray_client.Client``, a Ray
-driver) or ``http(s)://host:port`` of the HTTP control API (``client.http_client.HttpClient``,
-which never imports Ray; token from ``--token-file``, ``RAYCLUSTER_API_TOKEN`` or
-``<state_dir>/api_token``, in that order) — and ``BadArgument`` (exit code 2). Every command module
-takes both from here.
+Owns: ``client_for(args)`` — the HTTP control API whenever one is up (``--address http(s)://...``,
+or, with no ``--address`` and no ``RAY_ADDRESS``, the API recorded in the state dir by ``raycluster
+up`` / ``ray up`` that answers now: ``client.http_client.HttpClient``, which never imports Ray — a
+call costs milliseconds and adds no driver to Ray's dashboard), else Ray (``client.ray_client.Client``,
+a Ray driver: ``--address`` of the Ray cluster, ``RAY_ADDRESS`` or the local cluster); token from
+``--token-file``, ``RAYCLUSTER_API_TOKEN`` or ``<state_dir>/api_token``, in that order — and
+``BadArgument`` (exit code 2). Every command module takes both from here.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -16,17 +19,32 @@ class BadArgument(Exception):
     """A command-line argument that cannot work (exit code 2)."""
 
 
-def client_for(args):
+def client_for(args, ray_only: bool = False):
+    """The client of this command's cluster. ``ray_only``: the command needs Ray itself (it runs a
+    task, or asks an actor the API does not front)."""
     from raycluster.api.token import resolve_token
     from raycluster.client.http_client import HttpClient, is_http_address
 
-    if is_http_address(args.address):
+    address = args.address
+    if address is None and not ray_only and not os.environ.get("RAY_ADDRESS"):
+        address = recorded_api(args.state_dir)
+    if is_http_address(address) and not ray_only:
         try:
             token = resolve_token(args.token_file, args.state_dir)
         except OSError as exc:
             raise BadArgument(f"cannot read the API token: {exc}") from None
-        return HttpClient(args.address, token)
+        return HttpClient(address, token)
+    if is_http_address(address):
+        raise BadArgument("this command needs a Ray connection (--address of the Ray cluster, not its HTTP API)")
     from raycluster.client.ray_client import Client, connect
 
-    connect(args.address, Path(args.state_dir))
+    connect(address, Path(args.state_dir))
     return Client()
+
+
+def recorded_api(state_dir) -> str | None:
+    """The URL of the API recorded in ``state_dir`` if it answers now, else None."""
+    from raycluster.api.record import answers, read_record
+
+    rec = read_record(state_dir)
+    return rec["url"] if rec is not None and answers(rec["url"]) else None

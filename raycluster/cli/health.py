@@ -77,7 +77,7 @@ def cmd_metrics(args) -> int:
     from raycluster.cli.connect import client_for
     from raycluster.control.handles import get_handle
 
-    client_for(args)  # connects (Ray client only: the collector is an actor)
+    client_for(args, ray_only=True)  # connects (the collector is an actor)
     out = ray.get(get_handle(C.METRICS_COLLECTOR_NAME).address.remote(), timeout=30)
     if args.json:
         print_json(out)
@@ -158,9 +158,7 @@ def cmd_run(args) -> int:
         argv = argv[1:]
     if not argv:
         raise BadArgument("run needs a command: raycluster run -- CMD [ARGS...]")
-    client = client_for(args)
-    if not hasattr(client, "_h"):
-        raise BadArgument("raycluster run needs a Ray connection (--address of the Ray cluster, not its HTTP API)")
+    client = client_for(args, ray_only=True)
     node = best_node(client.health())
     if node is None:
         raise BadArgument("no healthy node to run on (raycluster health says why)")

@@ -31,7 +31,8 @@ from urllib.parse import quote
 import requests
 
 from raycluster.client.base import ClientBase
-from raycluster.errors import ClusterUnavailable, IllegalTransition, RayClusterError, Unauthorized, error_for_status
+from raycluster.errors import (ClusterUnavailable, IllegalTransition, NotElastic, RayClusterError, Unauthorized,
+                               error_for_status)
 from raycluster.store.lifecycle import JobState
 
 _RETRY_STATUSES = (502, 503, 504)
@@ -197,6 +198,20 @@ class HttpClient(ClientBase):
 
     def tenants(self) -> dict:
         return self._get("/tenants")
+
+    def rentals(self, include_released: bool = False) -> list[dict]:
+        """The rented nodes of an elastic cluster ([] for a fixed one, as over Ray)."""
+        try:
+            return self._get("/rentals", all="true" if include_released else None)["rentals"]
+        except NotElastic:
+            return []
+
+    def events(self, limit: int = 100) -> list[dict]:
+        """The newest scaling decisions ([] for a fixed cluster)."""
+        try:
+            return self._get("/events", limit=limit)["events"]
+        except NotElastic:
+            return []
 
     def trials(self, job_id: str, limit: int = 1000, offset: int = 0, failed_only: bool = False) -> dict:
         return self._get(self._job_path(job_id, "/trials"), limit=limit, offset=offset,

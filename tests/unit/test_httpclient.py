@@ -321,3 +321,42 @@ def test_status_of_a_job_being_moved_says_why_and_what_it_waits_for():
     assert "newer than step 40" in text
     j.update(state="RECOVERING")  # a move ends with its transition: nothing shown as moving
     assert "moving" not in job_details(j)
+
+
+def test_cli_talks_to_the_recorded_api_without_ray_and_falls_back_when_it_is_gone(server, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """`raycluster up` records its API (api.json): later commands use it — no Ray driver — while it
+    answers; a stale record (the API gone) costs one refused probe, then the Ray path as before."""
+    import subprocess
+    import sys
+
+    from raycluster.api.record import read_record, remove_record, write_record
+    from raycluster.cli.connect import recorded_api
+
+    monkeypatch.delenv("RAYCLUSTER_API_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "api_token").write_text(TOKEN + "\n")
+    server.on("GET", "/healthz", (200, {"status": "ok"}))
+    server.on("GET", "/jobs", (200, {"jobs": [job(state="RUNNING")], "limit": 1000, "offset": 0, "next_offset": None}))
+    server.on("GET", "/rentals", (409, err("not_elastic", "the cluster rents no nodes")))
+    assert recorded_api(tmp_path) is None  # nothing recorded
+    write_record(tmp_path, server.url, True)
+    assert read_record(tmp_path)["url"] == server.url and recorded_api(tmp_path) == server.url
+    assert cli.main(["--state-dir", str(tmp_path), "--json", "jobs"]) == errors.EXIT_OK
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "job-1"
+    assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    from raycluster.client.http_client import HttpClient
+
+    assert HttpClient(server.url, TOKEN).rentals() == []  # a fixed cluster rents nothing (as over Ray)
+    # a whole CLI process on the recorded API imports no Ray at all
+    code = ("import sys; from raycluster import cli; rc = cli.main(['--state-dir', sys.argv[1], '--json', 'jobs']); "
+            "sys.exit(rc if rc else (3 if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 0))")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True).returncode == 0
+    # a command that needs Ray itself refuses an HTTP address clearly
+    assert cli.main(["--state-dir", str(tmp_path), "--address", server.url, "metrics"]) == errors.EXIT_INVALID
+    assert "needs a Ray connection" in capsys.readouterr().err
+    # the API gone (its port closed), the record stale: not used
+    write_record(tmp_path, "http://127.0.0.1:1", True)
+    assert recorded_api(tmp_path) is None
+    remove_record(tmp_path)
+    assert read_record(tmp_path) is None
