@@ -18,7 +18,6 @@ While the rank runs, its Python output is teed into its rank log (``rank/logs.py
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import sys
@@ -28,6 +27,7 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from raycluster.rank.logs import RankLogCapture, local_spool_path, rank_log_path
+from raycluster.util.files import json_safe
 from raycluster.util.ports import free_port
 
 log = logging.getLogger(__name__)
@@ -91,14 +91,6 @@ def _init_distributed(job_id: str, attempt: int, rank: int, world_size: int, bac
                             timeout=timedelta(seconds=timeout_s))
     if rank == 0:
         _internal_kv_del(key, namespace=_KV_NAMESPACE)
-
-
-def _json_safe(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def _log_capture_of(launch: dict[str, Any]) -> RankLogCapture:
@@ -165,7 +157,7 @@ def _run_rank(launch: dict[str, Any]) -> dict[str, Any]:
         _destroy_pg()
         return {**out, "status": "system_error", "error": traceback.format_exc()}
     _destroy_pg()
-    return {**out, "status": "ok", "result": _json_safe(result) if rank == 0 else None}
+    return {**out, "status": "ok", "result": json_safe(result) if rank == 0 else None}
 
 
 def _run_sweep(fn: Callable, launch: dict[str, Any], ctx, out: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from raycluster import constants as C
 from raycluster.store import storage
+from raycluster.util.files import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,8 @@ def _one(fn: Callable, trial: int, config: dict, make_ctx: Callable[[int, dict],
         result = {"value": result}
     if ok and ctx.metrics:
         result = {**ctx.metrics, **result}
-    return {"trial": trial, "ok": ok, "config": config, "result": _json_safe(result), "error": error,
+    return {"trial": trial, "ok": ok, "config": config, "result": json_safe(result), "error": error,
             "duration_s": time.perf_counter() - t0}
-
-
-def _json_safe(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def _trials(claim: Callable[[], list]):

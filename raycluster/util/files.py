@@ -2,7 +2,8 @@
 
 Owns: writing a file so that a reader (or a crash) never sees half of it — temp file in the same
 directory, fsync, rename (or hard link, to never overwrite), fsync of the directory — with the mode
-set before the data is visible; reading the end of a text file; hashing a file.
+set before the data is visible; reading the end of a text file; hashing a file; what JSON can
+write of a value (`json_safe`).
 """
 
 from __future__ import annotations
@@ -87,3 +88,12 @@ def sha256_file(path: Path | str) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` if JSON can write it, else its repr (a result a job returned, say)."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
