@@ -263,9 +263,38 @@ def cmd_env(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    job = client_for(args).cancel(args.job_id)
-    print_json(job) if args.json else print(f"{job['id']} {job['state']}")
-    return EXIT_OK
+    """Cancel each job named (or, with --all, each unfinished one matching the filters); one line per
+    job, a refusal (not found, already finished) on stderr; the exit code of the first refusal."""
+    from raycluster.errors import RayClusterError, exit_code
+    from raycluster.store.lifecycle import ACTIVE_STATES, JobState
+
+    if args.all == bool(args.job_ids):
+        raise BadArgument("cancel takes job ids, or --all with --state/--tenant (not both)")
+    if (args.state or args.tenant) and not args.all:
+        raise BadArgument("--state/--tenant select jobs for --all")
+    if args.all and not (args.state or args.tenant):
+        raise BadArgument("cancel --all needs --state or --tenant (say which jobs: e.g. --state PENDING)")
+    client = client_for(args)
+    ids = list(dict.fromkeys(args.job_ids))
+    if args.all:
+        states = args.state or [s.value for s in (JobState.PENDING, *ACTIVE_STATES)]
+        ids = [j["id"] for j in client.list(states=states, tenant=args.tenant)]
+    done, code = [], EXIT_OK
+    for jid in ids:
+        try:
+            job = client.cancel(jid)
+        except RayClusterError as exc:
+            print(f"{jid}: {exc}", file=sys.stderr)
+            code = code or exit_code(exc)
+            continue
+        done.append(job)
+        if not args.json:
+            print(f"{job['id']} {job['state']}")
+    if args.json:
+        print_json(done)
+    elif args.all and not ids:
+        print("no unfinished job matches", file=sys.stderr)
+    return code
 
 
 def cmd_demo(args) -> int:

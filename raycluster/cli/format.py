@@ -55,17 +55,19 @@ def text_table(cols, rows) -> str:
 
 
 def progress_printer(every_s: float = 5.0):
-    """Print a job's line when its state changes, or its progress at most every ``every_s``."""
-    last: dict[str, tuple[str, float]] = {}
+    """Print a job's line when its state changes, or its progress (attempt, step, loss) at most
+    every ``every_s`` — never the same line twice."""
+    last: dict[str, tuple[tuple, float]] = {}
 
     def show(jobs: list[dict]) -> None:
         now = time.monotonic()
         for j in jobs:
-            prev = last.get(j["id"])
-            if prev is not None and prev[0] == j["state"] and now - prev[1] < every_s:
-                continue
-            last[j["id"]] = (j["state"], now)
             m = j.get("last_metrics") or {}
+            key = (j["state"], j["attempt"], m.get("step"), m.get("loss"))
+            prev = last.get(j["id"])
+            if prev is not None and (prev[0] == key or (prev[0][0] == j["state"] and now - prev[1] < every_s)):
+                continue
+            last[j["id"]] = (key, now)
             print(f"{time.strftime('%H:%M:%S')} {j['id']} {j['name']:<22} {j['state']:<10} attempt={j['attempt']} "
                   f"step={_fmt_num(m.get('step'))} loss={_fmt_num(m.get('loss'))}", flush=True)
     return show

@@ -113,8 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("checkpoints", help="a job's checkpoints: step, attempt, state, size, when")
     sp.add_argument("job_id")
     sp.set_defaults(fn=commands.cmd_checkpoints)
-    sp = sub.add_parser("cancel", help="cancel a job")
-    sp.add_argument("job_id")
+    sp = sub.add_parser("cancel", help="cancel jobs: their ids, or --all of a --state/--tenant")
+    sp.add_argument("job_ids", nargs="*", metavar="JOB", help="job ids")
+    sp.add_argument("--all", action="store_true",
+                    help="every unfinished job that matches --state/--tenant (one of them is required)")
+    sp.add_argument("--state", action="append", choices=[s.value for s in JobState if not s.terminal],
+                    help="with --all: only jobs in this state (repeatable)")
+    sp.add_argument("--tenant", help="with --all: only this tenant's jobs")
     sp.set_defaults(fn=commands.cmd_cancel)
     sp = sub.add_parser("logs", help="last lines of each rank's log of a job (per attempt)")
     sp.add_argument("job_id")

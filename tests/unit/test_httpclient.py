@@ -360,3 +360,50 @@ def test_cli_talks_to_the_recorded_api_without_ray_and_falls_back_when_it_is_gon
     assert recorded_api(tmp_path) is None
     remove_record(tmp_path)
     assert read_record(tmp_path) is None
+
+
+def test_cancel_takes_several_ids_or_all_of_a_state_and_reports_each(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAYCLUSTER_API_TOKEN", raising=False)
+    (tmp_path / "api_token").write_text(TOKEN + "\n")
+    base = ["--state-dir", str(tmp_path), "--address", server.url]
+    server.on("DELETE", "/jobs/job-1", (200, job(id="job-1", state="CANCELLED")))
+    server.on("DELETE", "/jobs/job-2", (409, err("illegal_transition", "job job-2 is already SUCCEEDED")))
+    server.on("DELETE", "/jobs/job-3", (200, job(id="job-3", state="CANCELLED")))
+    assert cli.main([*base, "cancel", "job-1", "job-2", "job-3", "job-1"]) == errors.EXIT_ILLEGAL
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["job-1 CANCELLED", "job-3 CANCELLED"]  # each once, the others go on
+    assert "job-2: job job-2 is already SUCCEEDED" in out.err
+    assert len(server.calls("DELETE", "/jobs/job-1")) == 1
+    # --all of a state: what the list says, each cancelled
+    server.on("GET", "/jobs", (200, {"jobs": [job(id="job-1", state="PENDING"), job(id="job-3", state="PENDING")],
+                                     "limit": 1000, "offset": 0, "next_offset": None}))
+    assert cli.main([*base, "--json", "cancel", "--all", "--state", "PENDING"]) == errors.EXIT_OK
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == ["job-1", "job-3"]
+    assert server.calls("GET", "/jobs")[-1]["query"]["state"] == ["PENDING"]
+    # refused before anything is cancelled: no ids, --all without a filter, ids and --all, a filter without --all
+    n = len(server.requests)
+    for argv in (["cancel"], ["cancel", "--all"], ["cancel", "job-1", "--all", "--state", "PENDING"],
+                 ["cancel", "job-1", "--tenant", "team-a"]):
+        assert cli.main([*base, *argv]) == errors.EXIT_INVALID, argv
+    assert len(server.requests) == n
+
+
+def test_progress_lines_only_when_something_changed(capsys, monkeypatch):
+    from raycluster.cli import format as fmt
+
+    clock = [0.0]
+    monkeypatch.setattr(fmt.time, "monotonic", lambda: clock[0])
+    show = fmt.progress_printer(every_s=5.0)
+    running = job(state="RUNNING")
+    for t in (0.0, 6.0, 12.0):  # nothing changes: one line
+        clock[0] = t
+        show([running])
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    clock[0] = 3.0
+    show([{**running, "last_metrics": {"step": 10}}])  # progress within every_s of the last line: not yet
+    clock[0] = 6.0
+    show([{**running, "last_metrics": {"step": 20}}])
+    clock[0] = 6.5
+    show([{**running, "state": "SUCCEEDED", "last_metrics": {"step": 20}}])  # a new state: at once
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "step=20" in lines[0] and "SUCCEEDED" in lines[1]
