@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from fastapi import Header, Path as PathParam, Query, Request
@@ -329,9 +329,12 @@ class ControlAPI:
                         state: list[JobState] | None = Query(None, description="filter; repeatable"),
                         tenant: str | None = Query(None, max_length=64),
                         limit: int = Query(100, ge=1, le=1000),
-                        offset: int = Query(0, ge=0, le=1_000_000_000)) -> dict:
+                        offset: int = Query(0, ge=0, le=1_000_000_000),
+                        order: Literal["oldest", "newest"] = Query("oldest", description="by submission time: "
+                                                                   "oldest first (the queue's order) or newest first")
+                        ) -> dict:
         states = [s.value for s in state] if state else None
-        jobs = await self._coord("list", states, tenant, limit + 1, offset)
+        jobs = await self._coord("list", states, tenant, limit + 1, offset, order == "newest")
         more = len(jobs) > limit
         return {"jobs": jobs[:limit], "limit": limit, "offset": offset,
                 "next_offset": offset + limit if more else None, "total": None}

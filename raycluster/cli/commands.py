@@ -138,10 +138,12 @@ def cmd_jobs(args) -> int:
     if args.limit < 1 or args.offset < 0:
         raise BadArgument("--limit must be >= 1 and --offset >= 0")
     client = client_for(args)
+    newest = not args.oldest_first
     if args.all:
-        jobs, more = client.list(states=args.state or None, tenant=args.tenant), False
+        jobs, more = client.list(states=args.state or None, tenant=args.tenant, newest_first=newest), False
     else:
-        jobs = client.list(states=args.state or None, tenant=args.tenant, limit=args.limit + 1, offset=args.offset)
+        jobs = client.list(states=args.state or None, tenant=args.tenant, limit=args.limit + 1, offset=args.offset,
+                           newest_first=newest)
         more, jobs = len(jobs) > args.limit, jobs[:args.limit]
     if args.json:
         print_json(jobs)

@@ -147,12 +147,12 @@ class HttpClient(ClientBase):
         return self._get(self._job_path(job_id))
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
-             offset: int = 0) -> list[dict]:
+             offset: int = 0, newest_first: bool = False) -> list[dict]:
         out: list[dict] = []
         while limit is None or len(out) < limit:
             page = _API_MAX_PAGE if limit is None else min(_API_MAX_PAGE, limit - len(out))
             ans = self._get("/jobs", state=list(states) if states else None, tenant=tenant, limit=page,
-                            offset=offset)
+                            offset=offset, order="newest" if newest_first else None)
             out.extend(ans["jobs"])
             if ans.get("next_offset") is None or not ans["jobs"]:
                 break

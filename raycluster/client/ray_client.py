@@ -93,8 +93,8 @@ class Client(ClientBase):
         return self._call("get", job_id)
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
-             offset: int = 0) -> list[dict]:
-        return self._call("list", states, tenant, limit, offset)
+             offset: int = 0, newest_first: bool = False) -> list[dict]:
+        return self._call("list", states, tenant, limit, offset, newest_first)
 
     def cancel(self, job_id: str) -> dict:
         return self._call("cancel", job_id)

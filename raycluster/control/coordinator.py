@@ -73,8 +73,8 @@ class Coordinator:
         return self.core.get(job_id)
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
-             offset: int = 0) -> list[dict]:
-        return self.core.list(states, tenant, limit, offset)
+             offset: int = 0, newest_first: bool = False) -> list[dict]:
+        return self.core.list(states, tenant, limit, offset, newest_first)
 
     def cancel(self, job_id: str) -> dict:
         return self.core.cancel(job_id)

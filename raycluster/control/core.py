@@ -145,9 +145,9 @@ class CoordinatorCore(Reconciler):
         return self.sweeps.page(job_id, spec, limit, offset, failed_only)
 
     def list(self, states: list[str] | None = None, tenant: str | None = None, limit: int | None = None,
-             offset: int = 0) -> list[dict]:
+             offset: int = 0, newest_first: bool = False) -> list[dict]:
         st = [JobState(s) for s in states] if states else None
-        out = [r.to_dict() for r in self.store.list(st, tenant, limit, offset)]
+        out = [r.to_dict() for r in self.store.list(st, tenant, limit, offset, newest_first)]
         if self.ledger.elastic and out:
             costs = self._costs([j["id"] for j in out])
             for j in out:

@@ -160,7 +160,8 @@ class JobStore:
         return out
 
     def list(self, states: Iterable[JobState] | None = None, tenant: str | None = None,
-             limit: int | None = None, offset: int = 0) -> list[JobRecord]:
+             limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[JobRecord]:
+        """Jobs in submission order (``newest_first``: the other way round), a page at a time."""
         sql = f"SELECT {JOBS.select_list} FROM jobs"
         where, args = [], []
         if states is not None:
@@ -172,7 +173,7 @@ class JobStore:
             args.append(tenant)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY submitted_at, id"
+        sql += " ORDER BY submitted_at DESC, id DESC" if newest_first else " ORDER BY submitted_at, id"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args.extend([limit, offset])

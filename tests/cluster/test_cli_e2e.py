@@ -87,11 +87,13 @@ def test_cli_lifecycle(tmp_path):
         lid = rc(state, "submit", str(long), check_code=0).stdout.strip()
         assert rc(state, "cancel", lid, check_code=0).stdout.split() == [lid, "CANCELLED"]
         assert len(json.loads(rc(state, "--json", "jobs", check_code=0).stdout)) == 2  # the bad spec added nothing
-        # pages: oldest first, a hint to the next page, and every job with --all
+        # pages: newest first, a hint to the next page, and every job with --all
         page1 = rc(state, "jobs", "--limit", "1", check_code=0)
-        assert jid in page1.stdout and lid not in page1.stdout and "--offset 1" in page1.stderr
+        assert lid in page1.stdout and jid not in page1.stdout and "--offset 1" in page1.stderr
         page2 = rc(state, "jobs", "--limit", "1", "--offset", "1", check_code=0)
-        assert lid in page2.stdout and jid not in page2.stdout and "--offset" not in page2.stderr
+        assert jid in page2.stdout and lid not in page2.stdout and "--offset" not in page2.stderr
+        oldest = rc(state, "jobs", "--limit", "1", "--oldest-first", check_code=0)
+        assert jid in oldest.stdout and lid not in oldest.stdout
         assert len(json.loads(rc(state, "--json", "jobs", "--all", check_code=0).stdout)) == 2
         assert "--limit must be" in rc(state, "jobs", "--limit", "0", check_code=2).stderr
 

@@ -407,3 +407,25 @@ def test_progress_lines_only_when_something_changed(capsys, monkeypatch):
     show([{**running, "state": "SUCCEEDED", "last_metrics": {"step": 20}}])  # a new state: at once
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "step=20" in lines[0] and "SUCCEEDED" in lines[1]
+
+
+def test_jobs_lists_newest_first_unless_asked(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAYCLUSTER_API_TOKEN", raising=False)
+    (tmp_path / "api_token").write_text(TOKEN + "\n")
+    base = ["--state-dir", str(tmp_path), "--address", server.url]
+    server.on("GET", "/jobs", (200, {"jobs": [job()], "limit": 101, "offset": 0, "next_offset": None}))
+    assert cli.main([*base, "jobs"]) == errors.EXIT_OK
+    assert server.calls("GET", "/jobs")[-1]["query"]["order"] == ["newest"]
+    assert cli.main([*base, "jobs", "--oldest-first"]) == errors.EXIT_OK
+    assert "order" not in server.calls("GET", "/jobs")[-1]["query"]  # the API's default: the queue's order
+    capsys.readouterr()
+
+
+def test_the_store_lists_newest_first_when_asked(tmp_path):
+    from raycluster.store.jobs import JobStore
+
+    store = JobStore(tmp_path / "jobs.db")
+    ids = [store.insert(name=f"j{i}", spec={}, priority=0, tenant=None, now=float(i)).id for i in range(5)]
+    assert [r.id for r in store.list()] == ids
+    assert [r.id for r in store.list(newest_first=True)] == ids[::-1]
+    assert [r.id for r in store.list(limit=2, offset=1, newest_first=True)] == [ids[3], ids[2]]
