@@ -137,7 +137,7 @@ def cmd_jobs(args) -> int:
     """One page of jobs (``--limit``/``--offset``), or ``--all``; says how to get the next page."""
     if args.limit < 1 or args.offset < 0:
         raise BadArgument("--limit must be >= 1 and --offset >= 0")
-    client = client_for(args)
+    client = client_for(args, offline_ok=True)
     newest = not args.oldest_first
     if args.all:
         jobs, more = client.list(states=args.state or None, tenant=args.tenant, newest_first=newest), False
@@ -156,7 +156,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_checkpoints(args) -> int:
-    client = client_for(args)
+    client = client_for(args, offline_ok=True)
     client.get(args.job_id)  # JobNotFound (exit 4) rather than an empty list
     rows = client.checkpoints(args.job_id)
     if args.json:
@@ -207,7 +207,7 @@ def cmd_tenants(args) -> int:
 
 
 def cmd_status(args) -> int:
-    client = client_for(args)
+    client = client_for(args, offline_ok=bool(args.job_id))  # (one job's history outlives the cluster)
     if args.job_id:
         job = client.get(args.job_id)
         if args.json:
@@ -228,7 +228,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    logs = client_for(args).logs(args.job_id, args.tail)
+    logs = client_for(args, offline_ok=True).logs(args.job_id, args.tail)
     if args.json:
         print_json(logs)
         return EXIT_OK

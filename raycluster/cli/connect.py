@@ -19,9 +19,10 @@ class BadArgument(Exception):
     """A command-line argument that cannot work (exit code 2)."""
 
 
-def client_for(args, ray_only: bool = False):
+def client_for(args, ray_only: bool = False, offline_ok: bool = False):
     """The client of this command's cluster. ``ray_only``: the command needs Ray itself (it runs a
-    task, or asks an actor the API does not front)."""
+    task, or asks an actor the API does not front). ``offline_ok``: a history command — with no
+    cluster up it answers from the state on disk (``client/offline.py``), saying so on stderr."""
     from raycluster.api.token import resolve_token
     from raycluster.client.http_client import HttpClient, is_http_address
 
@@ -38,7 +39,20 @@ def client_for(args, ray_only: bool = False):
         raise BadArgument("this command needs a Ray connection (--address of the Ray cluster, not its HTTP API)")
     from raycluster.client.ray_client import Client, connect
 
-    connect(address, Path(args.state_dir))
+    from raycluster.errors import ClusterUnavailable
+
+    try:
+        connect(address, Path(args.state_dir))
+    except ClusterUnavailable as exc:
+        if not offline_ok or address is not None or not (Path(args.state_dir) / "jobs.db").exists():
+            raise
+        import sys
+
+        from raycluster.client.offline import OfflineClient
+
+        print(f"raycluster: no cluster is up ({exc}); answering from the state on disk in {args.state_dir}",
+              file=sys.stderr)
+        return OfflineClient(args.state_dir)
     return Client()
 
 

@@ -115,6 +115,10 @@ def test_cli_lifecycle(tmp_path):
         rc(state, "down", timeout=120)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert "no local cluster" in rc(state, "down", check_code=0).stdout  # idempotent
+    # the history outlives the cluster: read from the state on disk, saying so
+    hist = rc(state, "--json", "jobs", check_code=0)
+    assert jid in hist.stdout and "state on disk" in hist.stderr
+    assert "==> attempt 1 rank 0 <==" in rc(state, "logs", jid, "--tail", "5", check_code=0).stdout
 
 
 @pytest.mark.timeout(200)

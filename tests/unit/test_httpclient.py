@@ -429,3 +429,38 @@ def test_the_store_lists_newest_first_when_asked(tmp_path):
     assert [r.id for r in store.list()] == ids
     assert [r.id for r in store.list(newest_first=True)] == ids[::-1]
     assert [r.id for r in store.list(limit=2, offset=1, newest_first=True)] == [ids[3], ids[2]]
+
+
+def test_history_outlives_the_cluster(tmp_path, monkeypatch, capsys):
+    """No cluster up (never started, or `down`): jobs, status JOB, logs and checkpoints answer from
+    the state on disk, saying so; what needs a live cluster still exits 3."""
+    from pathlib import Path
+
+    from raycluster.rank.logs import rank_log_path
+    from raycluster.store.jobs import JobStore
+    from raycluster.store.lifecycle import Cause, JobState
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAYCLUSTER_STORAGE_URI", raising=False)
+    store = JobStore(tmp_path / "jobs.db")
+    old = store.insert(name="old", spec={"entrypoint": "jobs.toy:noop"}, priority=0, tenant=None, now=1.0)
+    new = store.insert(name="new", spec={"entrypoint": "jobs.toy:noop"}, priority=0, tenant=None, now=2.0)
+    store.transition(new.id, JobState.PENDING, JobState.CANCELLED, cause=Cause.CANCELLED, reason="cancelled by user")
+    log = Path(rank_log_path(str(tmp_path / "logs"), old.id, 1, 0))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("epoch 1 loss 0.5\nepoch 2 loss 0.25\n")
+    base = ["--state-dir", str(tmp_path)]
+    assert cli.main([*base, "--json", "jobs"]) == errors.EXIT_OK
+    out = capsys.readouterr()
+    assert [j["id"] for j in json.loads(out.out)] == [new.id, old.id]  # newest first
+    assert "answering from the state on disk" in out.err
+    assert cli.main([*base, "status", new.id]) == errors.EXIT_OK
+    assert "cancelled by user" in capsys.readouterr().out
+    assert cli.main([*base, "logs", old.id, "--tail", "1"]) == errors.EXIT_OK
+    assert capsys.readouterr().out.splitlines() == ["==> attempt 1 rank 0 <==", "epoch 2 loss 0.25"]
+    assert cli.main([*base, "--json", "checkpoints", old.id]) == errors.EXIT_OK
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main([*base, "status", "job-000000000000"]) == errors.EXIT_NOT_FOUND
+    assert cli.main([*base, "status"]) == errors.EXIT_UNAVAILABLE  # the cluster's status needs a cluster
+    assert cli.main([*base, "cancel", old.id]) == errors.EXIT_UNAVAILABLE  # nothing changes offline
+    assert store.get(old.id).state == JobState.PENDING
