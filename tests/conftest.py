@@ -124,8 +124,9 @@ def settings_for_tests(**more):
 
 
 # The test modules that share one cluster (below), run last (tests/cluster/conftest.py orders them)
-# in this order: test_health first, while no node of the shared cluster has been killed yet.
-SHARED_MODULES = ("test_health.py", "test_cluster_integration.py", "test_sharing.py")
+# in this order: test_api and test_health first, while no node of the shared cluster has been
+# killed yet (they count nodes).
+SHARED_MODULES = ("test_api.py", "test_health.py", "test_cluster_integration.py", "test_sharing.py")
 SHARED_WORKERS = 3
 
 

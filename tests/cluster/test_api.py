@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from raycluster.util.ports import free_port
-from tests.conftest import coordinator_restarted, local_runtime, wait_for
+from tests.conftest import coordinator_restarted, runtime_on_shared, settings_for_tests, wait_for
 
 pytestmark = [pytest.mark.cluster]
 
@@ -36,13 +36,15 @@ def counter_spec(name, steps=20, sleep=0.0, **extra):
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    """Head (no CPUs) + 2 workers, runtime actors, and the API deployed on a free port."""
+def api(shared_cluster, tmp_path_factory):
+    """The shared cluster (head + 3 workers of 2 CPUs, 1 logical GPU), the runtime on it with
+    TEST_SETTINGS, and the API deployed on a free port."""
     from raycluster.api.deploy import deploy_api
 
     state_dir = Path(tmp_path_factory.mktemp("rc-api"))
     (state_dir / "tenants.yaml").write_text(TENANTS)
-    with local_runtime(state_dir, num_workers=2) as (lc, coord):
+    lc = shared_cluster
+    with runtime_on_shared(lc, state_dir, settings_for_tests()) as coord:
         info = deploy_api(state_dir, port=free_port("127.0.0.1"), actor_timeout_s=ACTOR_TIMEOUT_S)
         token_path = Path(info["token_path"])
         assert token_path.stat().st_mode & 0o777 == 0o600
@@ -133,11 +135,11 @@ def test_job_round_trip_and_cancel(api):
     _assert_error(api.s.delete(f"{api.url}/jobs/{long}", timeout=HTTP_TIMEOUT_S), 409, "illegal_transition")
 
     status = _get(api, "/cluster/status").json()
-    assert status["nodes"] == 3 and status["gpus"]["total"] == 2 and status["cpus"]["total"] == 4
+    assert status["nodes"] == 4 and status["gpus"]["total"] == 3 and status["cpus"]["total"] == 6
     assert status["runtime"]["coordinator"]["ok"] and status["runtime"]["checkpoint_manager"]["ok"]
     assert status["jobs_by_state"]["SUCCEEDED"] >= 1 and status["jobs_by_state"]["CANCELLED"] >= 1
     nodes = _get(api, "/nodes").json()["nodes"]
-    assert len([n for n in nodes if n["alive"]]) == 3 and sum(n["is_head"] for n in nodes) == 1
+    assert len([n for n in nodes if n["alive"]]) == 4 and sum(n["is_head"] for n in nodes) == 1
     for n in nodes:
         assert not any("_group_" in k or k.startswith("node:") for k in n["resources_total"]), n
     worker = next(n for n in nodes if not n["is_head"])
