@@ -161,8 +161,8 @@ class Coordinator:
     def preempt(self, node: str, notice_s: float | None = None) -> dict:
         return self.core.preempt(node, notice_s)
 
-    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget") -> dict:
-        return self.core.checkpoint_now(rental_id, reason, cause)
+    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget", ray_node_id: str | None = None) -> dict:
+        return self.core.checkpoint_now(rental_id, reason, cause, ray_node_id)
 
     def checkpoint_wanted(self, job_id: str, attempt: int) -> bool:
         return self.core.evacuations.checkpoint_wanted(job_id, attempt)
@@ -170,5 +170,5 @@ class Coordinator:
     def checkpoint_pending(self, asked: dict) -> list[str]:
         return self.core.checkpoint_pending(asked)
 
-    def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
-        return self.core.move_off(rental_id, cause, reason)
+    def move_off(self, rental_id: str, cause: str, reason: str, ray_node_id: str | None = None) -> list[str]:
+        return self.core.move_off(rental_id, cause, reason, ray_node_id)

@@ -210,7 +210,18 @@ class CoordinatorCore(Reconciler):
         return self.tenancy.view(gangs, queued)
 
     # ------------------------------------------------------------------ moves asked by the BudgetAutoscaler
-    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget") -> dict[str, list]:
+    def _gangs_on(self, rental_id: str, ray_node_id: str | None) -> list[tuple[str, int]]:
+        """(job, attempt) of every gang on a rented node: by the usage ledger's attribution, and by
+        the Ray node id its placement group sits on (a gang placed just as the node joined may not be
+        attributed to its rental yet)."""
+        found = list(self.ledger.usage.open_on(rental_id)) if self.ledger.elastic else []
+        if ray_node_id:
+            found += [(jid, att.attempt) for jid, att in self.attempts.items()
+                      if att.placed and ray_node_id in (att.nodes or ())]
+        return list(dict.fromkeys(found))
+
+    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget",
+                       ray_node_id: str | None = None) -> dict[str, list]:
         """Start moving every gang running on the rented node ``rental_id`` (``control/evacuation.py``,
         a move its asker ends with ``move_off`` once the node is drained): each is asked to
         checkpoint at its next chance. {job id: [attempt, its newest complete checkpoint step
@@ -218,7 +229,7 @@ class CoordinatorCore(Reconciler):
         cause_ = Cause(cause)
         out: dict[str, list] = {}
         with self._lock:
-            found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
+            found = self._gangs_on(rental_id, ray_node_id)
             for job_id, attempt in found:
                 rec, att = self._active.get(job_id), self.attempts.get(job_id)
                 if rec is None or att is None or att.attempt != attempt or rec.state != JobState.RUNNING:
@@ -229,7 +240,7 @@ class CoordinatorCore(Reconciler):
                     out[job_id] = [move.attempt, move.before_step]
         return out
 
-    def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
+    def move_off(self, rental_id: str, cause: str, reason: str, ray_node_id: str | None = None) -> list[str]:
         """(The BudgetAutoscaler, giving a busy rented node back: after its gangs checkpointed and
         Ray stopped placing there.) End the move of every gang running on ``rental_id`` now — RUNNING →
         RECOVERING with ``cause`` (``budget``, ``node_unhealthy``), no restart spent — so that
@@ -237,7 +248,7 @@ class CoordinatorCore(Reconciler):
         cause_ = Cause(cause)
         moved = []
         with self._lock:
-            found = self.ledger.usage.open_on(rental_id) if self.ledger.elastic else []
+            found = self._gangs_on(rental_id, ray_node_id)
             for job_id, attempt in found:
                 rec = self._active.get(job_id)
                 att = self.attempts.get(job_id)

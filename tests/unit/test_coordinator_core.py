@@ -660,3 +660,19 @@ def test_a_job_done_before_the_loop_saw_it_placed_is_still_charged_from_its_star
     assert job["state"] == "SUCCEEDED"
     assert job["cost_usd"] == pytest.approx(0.16 * 30.1 / 3600, rel=0.01)  # one spot node, 30 s
     assert core.gangs._rank_started == {}
+
+
+def test_a_gang_not_yet_attributed_to_its_rental_is_still_found_by_its_ray_node(tmp_path):
+    """A gang placed just as its rented node joined may not be in the usage ledger under that rental
+    yet: the BudgetAutoscaler also names the node's Ray id, and the gang is asked to checkpoint and
+    moved all the same (seen once: a shed node's gang never asked to checkpoint)."""
+    core, ops, clock, _store = _elastic_core(tmp_path)
+    jid = core.submit(spec("new-node"))["id"]
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running")
+    node = core.attempts[jid].nodes[0]
+    assert core.checkpoint_now("rent-unknown", "over budget") == {}  # not by the ledger
+    asked = core.checkpoint_now("rent-unknown", "over budget", "budget", node)
+    assert list(asked) == [jid] and core.evacuations.checkpoint_wanted(jid, asked[jid][0])
+    assert core.move_off("rent-unknown", "budget", "over budget", node) == [jid]
+    job = core.get(jid)
+    assert job["state"] == "RECOVERING" and job["cause"] == "budget" and job["system_restarts"] == 0

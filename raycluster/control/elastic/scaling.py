@@ -118,7 +118,7 @@ class ScalingOps:
         wait_s = C.SHED_CHECKPOINT_WAIT_S if wait_s is None else wait_s
         pending: list[str] = []
         try:
-            asked = self.checkpoint_now(rental_id, reason, cause)
+            asked = self.checkpoint_now(rental_id, reason, cause, ray_node_id)
             pending = list(asked)
             deadline = time.monotonic() + wait_s
             while pending and time.monotonic() < deadline:
@@ -130,28 +130,29 @@ class ScalingOps:
             log.warning("releasing %s: %s did not checkpoint within %.0fs", rental_id, ", ".join(pending), wait_s)
         self._drain(rental_id, reason, ray_node_id, busy=True)
         try:
-            self.move_off(rental_id, cause, reason)
+            self.move_off(rental_id, cause, reason, ray_node_id)
         except Exception:  # not moved: its ranks die with the node and it recovers the usual way
             log.exception("moving the gangs off %s failed", rental_id)
         self.provider.release(rental_id, reason)
         return pending
 
-    def move_off(self, rental_id: str, cause: str, reason: str) -> list[str]:
+    def move_off(self, rental_id: str, cause: str, reason: str, ray_node_id: str | None = None) -> list[str]:
         """Ask the Coordinator to move the gangs on a rented node now (cause ``budget`` ...)."""
         import ray
 
         if self.coordinator is None:
             return []
-        return ray.get(self.coordinator.move_off.remote(rental_id, cause, reason), timeout=60)
+        return ray.get(self.coordinator.move_off.remote(rental_id, cause, reason, ray_node_id), timeout=60)
 
-    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget") -> dict[str, list]:
+    def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget",
+                       ray_node_id: str | None = None) -> dict[str, list]:
         """Start moving the gangs on a rented node (with ``cause``): each is asked to checkpoint now
         ({job: [attempt, step before]}); ``move_off`` ends the moves."""
         import ray
 
         if self.coordinator is None:
             return {}
-        return ray.get(self.coordinator.checkpoint_now.remote(rental_id, reason, cause), timeout=30)
+        return ray.get(self.coordinator.checkpoint_now.remote(rental_id, reason, cause, ray_node_id), timeout=30)
 
     def checkpoint_pending(self, asked: dict[str, list]) -> list[str]:
         import ray
