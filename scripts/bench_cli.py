@@ -58,6 +58,8 @@ def main() -> None:
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="rc-bench-cli-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYCLUSTER_") and k != "RAY_ADDRESS"}
+    # (not a tuning knob: a private state dir, so the bench never touches the user's ~/.raycluster;
+    # every RAYCLUSTER_* setting is left at its default)
     env["RAYCLUSTER_STATE_DIR"] = str(state)
     log(f"raycluster up --local (state dir {state}) ...")
     t0 = time.monotonic()
