@@ -43,6 +43,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,  # max global grad norm; 0 disables clipping
     "sleep_per_step_s": 0.0,  # pacing for demos/tests (excluded from samples_per_s)
     "report_every": 10,
+    "log_every": 100,  # rank 0 prints a progress line at the first report after every N steps (0 = quiet)
     "num_threads": 1,  # torch intra-op threads; >1 may change float reduction order
     "deterministic": True,  # torch.use_deterministic_algorithms
     "num_train": 2048,  # synthetic training samples (all ranks together)
@@ -59,6 +60,7 @@ COMMON_MINIMUMS: dict[str, float] = {
     "grad_clip": 0.0,
     "sleep_per_step_s": 0.0,
     "report_every": 1,
+    "log_every": 0,
     "num_threads": 1,
     "num_train": 1,
     "num_eval": 1,
@@ -358,6 +360,11 @@ def _train(ctx, job, cfg, build, device, rank, world) -> dict[str, Any]:
         # steps_per_epoch), which is what the checkpoint recorded when the sharding is unchanged.
         step = int(state["step"])
     start_step = step
+    print(f"{job}: rank {rank}/{world} on {device.type}: "
+          + (f"resuming at step {step} of {total}" if step else f"starting, {total} steps")
+          + f" (batch {bs} per worker)", flush=True)
+    log_every = cfg["log_every"]
+    next_log = (step // log_every + 1) * log_every if log_every else None
 
     net = make_ddp(model, ctx)
     train_x, train_y = task.train_x.to(device), task.train_y.to(device)
@@ -427,6 +434,11 @@ def _train(ctx, job, cfg, build, device, rank, world) -> dict[str, Any]:
         if report is not None and rank == 0:
             report["samples_per_s"] = _throughput(step - start_step, bs * world, t0, slept, device)
             ctx.report(**report)
+            if next_log is not None and (step >= next_log or step == total):
+                print(f"{job}: step {step}/{total} loss {report['loss']:.4f} {task.metric_name} "
+                      f"{report[task.metric_name]:.4f} lr {report['lr']:.2e} "
+                      f"{report['samples_per_s']:.0f} samples/s", flush=True)
+                next_log = (step // log_every + 1) * log_every
 
         if cfg["sleep_per_step_s"] > 0:
             time.sleep(cfg["sleep_per_step_s"])
@@ -445,6 +457,8 @@ def _train(ctx, job, cfg, build, device, rank, world) -> dict[str, Any]:
     }
     if rank == 0:
         ctx.report(step=step, final_loss=final_loss, **{f"final_{task.metric_name}": final_metric})
+        print(f"{job}: done after {step} steps: eval loss {final_loss:.4f}, {task.metric_name} {final_metric:.4f}",
+              flush=True)
     return result
 
 

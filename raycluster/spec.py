@@ -206,6 +206,76 @@ def _field_of(err: dict) -> str:
     return ".".join(str(p) for p in err.get("loc", ())) or "spec"
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The spec model whose fields sit at ``loc`` (() = JobSpec), or None (a free-form dict)."""
+    import typing
+
+    model: type[BaseModel] = JobSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _did_you_mean(err: dict) -> str:
+    """", did you mean 'x'?" for an unknown field close to a known one at the same place."""
+    import difflib
+
+    loc = tuple(err.get("loc", ()))
+    model = _model_at(loc[:-1]) if loc else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)" if close else ""
+
+
+def apply_overrides(spec: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``spec`` with each ``KEY=VALUE`` of ``submit --set`` applied: KEY dotted for nested fields
+    (``config.lr``), VALUE read as YAML (``4`` an int, ``[1, 2]`` a list, ``abc`` a string)."""
+    import copy
+
+    out = copy.deepcopy(spec)
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise InvalidJobSpec(f"--set {item!r}: expected KEY=VALUE (e.g. config.lr=0.01)", field="--set")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise InvalidJobSpec(f"--set {item!r}: the value is not YAML: {exc}", field="--set") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InvalidJobSpec(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping", field=key)
+        node[parts[-1]] = value
+    return out
+
+
+_PACKAGE_PLACEHOLDER = "gcs://_ray_pkg_0000000000000000.zip"
+
+
+def check_before_packaging(spec: dict[str, Any]) -> JobSpec:
+    """Validate a spec whose runtime_env may still name local directories (to be packaged and
+    uploaded after this): the whole spec is checked first, so a typo costs no upload."""
+    env = spec.get("runtime_env")
+    if isinstance(env, dict):
+        env = dict(env)
+        if is_local_path(env.get("working_dir")):
+            env["working_dir"] = _PACKAGE_PLACEHOLDER
+        if isinstance(env.get("py_modules"), list):
+            env["py_modules"] = [_PACKAGE_PLACEHOLDER if is_local_path(m) else m for m in env["py_modules"]]
+        spec = {**spec, "runtime_env": env}
+    return parse_spec(spec)
+
+
 def parse_spec(data: Any) -> JobSpec:
     """Validate a dict (or JSON string) into a JobSpec, raising InvalidJobSpec naming the field."""
     if isinstance(data, (str, bytes)):
@@ -227,7 +297,7 @@ def parse_spec(data: Any) -> JobSpec:
         for err in errors:
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = "unknown field"
+                msg = "unknown field" + _did_you_mean(err)
             elif err["type"] == "missing":
                 msg = "required field is missing"
             parts.append(f"{_field_of(err)}: {msg}")
@@ -279,7 +349,11 @@ def check_runtime_env(runtime_env: dict[str, Any]) -> None:
     for key, value in runtime_env.items():
         field = f"runtime_env.{key}"
         if key not in known:
-            raise InvalidJobSpec(f"{field}: unknown runtime_env key (Ray knows {sorted(known)})", field=field)
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InvalidJobSpec(f"{field}: unknown runtime_env key ({hint}Ray knows {sorted(known)})", field=field)
         if key in _URI_KEYS:
             for item in (value if key == "py_modules" and isinstance(value, list) else [value]):
                 if is_local_path(item):

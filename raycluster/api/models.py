@@ -49,7 +49,8 @@ class Job(JobRecord):
                                                      "(elastic clusters; 0 on nodes that are not rented)")
     sweep: dict[str, Any] | None = Field(None, description="a sweep's counts and best trial so far (GET /jobs/{id})")
     ranks: list[dict[str, Any]] | None = Field(None, description="the node of each rank of the current attempt, "
-                                                                 "once placed (GET /jobs/{id})")
+                                                                 "once placed (GET /jobs/{id}): rank, node_id (Ray's),"
+                                                                 " rental (the rented node's id, else null)")
 
 
 class JobBatch(BaseModel):
@@ -163,6 +164,8 @@ class RankLog(BaseModel):
     rank: int
     lines: list[str]
     error: str | None = Field(None, description="why a listed log could not be read (storage unreachable)")
+    offset: int | None = Field(None, description="bytes of this log read so far: pass back as since=a<attempt>-"
+                                                 "r<rank>:<offset> to get only what is written after")
 
 
 class LogList(BaseModel):
@@ -184,6 +187,8 @@ class Rental(BaseModel):
     preempt_deadline: float | None = None
     reason: str | None = None
     cost_usd: float = Field(..., description="USD billed so far (from the request to the release)")
+    ray_node_id: str | None = Field(None, description="the Ray node it is, once it joined (the node id in the "
+                                                      "Ray dashboard, `raycluster health`, a job's ranks)")
 
 
 class RentalList(BaseModel):

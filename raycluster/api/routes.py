@@ -11,7 +11,7 @@ Owns the routes (all JSON)::
     GET    /jobs                      ?state=..&state=..&tenant=..&limit=100&offset=0
     GET    /jobs/{job_id}             one job with its transitions (and why it waits, while PENDING)
     DELETE /jobs/{job_id}             cancel; 409 if it already finished
-    GET    /jobs/{job_id}/checkpoints | /metrics | /logs?tail=N
+    GET    /jobs/{job_id}/checkpoints | /metrics | /logs?tail=N (or ?since=a0-r0:OFFSET,... to follow)
 
 It holds no job state: every answer comes from the Coordinator / CheckpointManager actors (found by
 name, awaited with a timeout: 503 + Retry-After when they restart or are slow) except ``/nodes``,
@@ -411,7 +411,17 @@ class ControlAPI:
         return {"job_id": job_id, "metrics": await self._coord("metrics", job_id, limit)}
 
     @app.get("/jobs/{job_id}/logs", response_model=LogList, tags=["jobs"],
-             responses={**COMMON, **NOT_FOUND, 501: {**E, "description": "the running Coordinator has no logs()"}})
+             responses={**COMMON, **NOT_FOUND, 422: {**E, "description": "a bad since"}, 501: {**E, "description": "the running Coordinator has no logs()"}})
     async def job_logs(self, job_id: str = PathParam(..., pattern=_JOB_ID),
-                       tail: int = Query(200, ge=1, le=10_000, description="last N lines of each rank's log")) -> dict:
-        return {"job_id": job_id, "logs": await self._coord("logs", job_id, tail)}
+                       tail: int = Query(200, ge=1, le=10_000, description="last N lines of each rank's log"),
+                       since: str | None = Query(None, max_length=20_000, description=(
+                           "follow: a<attempt>-r<rank>:<byte offset>,... (the offsets a previous answer "
+                           "gave): only the whole lines written after them (a log not named: from its "
+                           "start); tail is then ignored"))) -> dict:
+        from raycluster.rank.logs import parse_since
+
+        try:
+            offsets = parse_since(since)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc), field="since") from None
+        return {"job_id": job_id, "logs": await self._coord("logs", job_id, tail, offsets)}

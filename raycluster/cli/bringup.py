@@ -28,7 +28,9 @@ def bring_up(state_dir: Path, make_cluster: Callable[[], Any], *, storage_uri: s
         lc = make_cluster()
         lc.start()
         started = True
+    ray_token = lc.auth_token_path if lc.auth_mode == "token" else None
     info: dict[str, Any] = {"address": lc.address, "dashboard_url": getattr(lc, "dashboard_url", None),
+                            "ray_auth_token_path": str(ray_token) if ray_token else None,
                             "state_dir": str(state_dir), "started": started,
                             "up_s": round(time.monotonic() - t0, 1)}
     connect(lc.address, state_dir)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from raycluster.cli.connect import BadArgument, client_for
-from raycluster.cli.format import finish, job_details, jobs_table, print_json, progress_printer, text_table
+from raycluster.cli.format import bringup_summary, finish, job_details, jobs_table, print_json, progress_printer, text_table
 from raycluster.errors import EXIT_INVALID, EXIT_OK, ClusterUnavailable
 from raycluster.store import storage
 
@@ -62,10 +62,7 @@ def cmd_up(args) -> int:
         print(f"local cluster up in {info['up_s']:.1f}s: head + {args.workers} workers at {info['address']}")
     else:
         print(f"local cluster already running at {info['address']}")
-    print(f"runtime actors up · dashboard {info['dashboard_url']} · state in {state_dir}")
-    if info.get("api_url"):
-        print(f"HTTP API {info['api_url']} · token in {info['api_token_path'] or '$RAYCLUSTER_API_TOKEN'}")
-    print("submit a job:  raycluster submit configs/jobs/cnn.yaml")
+    print(bringup_summary(info))
     return EXIT_OK
 
 
@@ -76,9 +73,9 @@ def cmd_ray_head(args) -> int:
     if args.json:
         print_json(info)
     else:
-        print(("started" if info["started"] else "already running") + f": elastic cluster at {info['address']} · "
-              f"dashboard {info['dashboard_url']} · state in {info['state_dir']}"
-              + (f" · HTTP API {info['api_url']}" if info.get("api_url") else ""))
+        print(("started" if info["started"] else "already running") + f": elastic cluster at {info['address']}"
+              " (Ray's autoscaler rents worker nodes through raycluster's node provider as jobs need them)")
+        print(bringup_summary(info, stop="ray down ray-cluster.yaml -y"))
     return EXIT_OK
 
 
@@ -98,9 +95,13 @@ def cmd_down(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from raycluster.spec import parse_spec, read_spec_file
+    from raycluster.spec import apply_overrides, parse_spec, read_spec_file
 
     raw = read_spec_file(args.file)
+    if args.overrides:
+        if not isinstance(raw, dict):
+            parse_spec(raw)  # (the error naming what it is)
+        raw = apply_overrides(raw, args.overrides)
     overrides = {}
     if args.priority is not None:
         overrides["priority"] = args.priority
@@ -127,10 +128,18 @@ def cmd_submit(args) -> int:
     if not args.wait:
         print_json(job) if args.json else print(job["id"])
         return EXIT_OK
-    if not args.json:
-        print(f"submitted {job['id']}; waiting")
-    final = client.wait([job["id"]], timeout_s=args.timeout, on_poll=None if args.json else progress_printer())
-    return finish(final, args.json)
+    if args.json:
+        return finish(client.wait([job["id"]], timeout_s=args.timeout), True)
+    print(f"submitted {job['id']}; waiting (rank 0's output follows)", flush=True)
+    from raycluster.cli.follow import LogFollower
+
+    follower, progress = LogFollower(client, job["id"], ranks={0}), progress_printer()
+
+    def on_poll(jobs: list[dict]) -> None:
+        progress(jobs)
+        follower.poll()
+
+    return finish(client.wait([job["id"]], timeout_s=args.timeout, poll_s=1.0, on_poll=on_poll), False)
 
 
 def cmd_jobs(args) -> int:
@@ -228,7 +237,23 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    logs = client_for(args, offline_ok=True).logs(args.job_id, args.tail)
+    client = client_for(args, offline_ok=True)
+    if args.follow:
+        if args.json:
+            raise BadArgument("--follow prints lines as they come; --json takes a snapshot (drop one of them)")
+        from raycluster.cli.follow import LogFollower, follow_until_done
+        from raycluster.client.offline import OfflineClient
+
+        follower = LogFollower(client, args.job_id, tail=args.tail)
+        if isinstance(client, OfflineClient):  # nothing will write to the logs: what is there, then stop
+            follower.poll()
+            print("(no cluster is up: not following)", file=sys.stderr)
+            return EXIT_OK
+        job = follow_until_done(client, args.job_id, follower)
+        print(f"({job['id']} {job['state']}" + (f": {job['reason']})" if job.get("reason") else ")"),
+              file=sys.stderr)
+        return EXIT_OK
+    logs = client.logs(args.job_id, args.tail)
     if args.json:
         print_json(logs)
         return EXIT_OK

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from raycluster.errors import EXIT_JOB_FAILED, EXIT_OK
@@ -101,7 +102,8 @@ def job_details(job: dict) -> str:
         out.append(f"cost: {job['cost_usd']:.4f} USD over {job.get('attempt', 0)} attempt(s), "
                    f"{job.get('preemptions', 0)} preemption(s)")
     if job.get("ranks"):
-        out.append("ranks: " + ", ".join(f"{r['rank']}@{r['node_id'][:16]}" for r in job["ranks"]))
+        out.append("ranks: " + ", ".join(f"{r['rank']}@{r['node_id'][:16]}"
+                                         + (f" ({r['rental']})" if r.get("rental") else "") for r in job["ranks"]))
     sweep = job.get("sweep")
     if sweep:
         out.append(f"sweep: {sweep['trials']} trials: {sweep['succeeded']} succeeded, {sweep['failed']} failed, "
@@ -120,3 +122,25 @@ def job_details(job: dict) -> str:
         out.append(f"  {time.strftime('%H:%M:%S', time.localtime(t['ts']))} {t['from'] or '-':>10} -> {t['to']:<10}"
                    f"{cause} {t['reason'] or ''}".rstrip())
     return "\n".join(out)
+
+
+def bringup_summary(info: dict, stop: str = "raycluster down") -> str:
+    """What ``raycluster up`` and ``ray up``'s head command end with: where the dashboard and the API
+    are, the token files each needs, the state dir, and the next commands."""
+    from raycluster import constants as C
+
+    token = info.get("ray_auth_token_path")
+    lines = [f"Ray dashboard  {info.get('dashboard_url')}"
+             + (f"   (sign in with the token in {token}; Ray's CLI: eval \"$(raycluster env)\")" if token else "")]
+    if info.get("api_url"):
+        lines.append(f"HTTP API       {info['api_url']}   (bearer token in "
+                     f"{info.get('api_token_path') or '$RAYCLUSTER_API_TOKEN'}; the raycluster CLI uses it)")
+    lines.append(f"state dir      {info['state_dir']}")
+    if Path(info["state_dir"]).resolve() != C.state_dir():
+        lines.append(f"               (not this shell's default {C.state_dir()}: export "
+                     f"RAYCLUSTER_STATE_DIR={info['state_dir']}, or pass --state-dir, to reach it)")
+    lines += ["next           raycluster submit configs/jobs/cnn.yaml --wait   (then: raycluster jobs, "
+              "raycluster dashboard, raycluster logs -f JOB)",
+              f"stop           {stop}"]
+    return "\n".join(lines)
+

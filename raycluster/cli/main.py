@@ -57,12 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=commands.cmd_up)
     sp = sub.add_parser("down", help="stop the local cluster started by `up`")
     sp.set_defaults(fn=commands.cmd_down)
-    sp = sub.add_parser("submit", help="submit a job spec (YAML or JSON)")
-    sp.add_argument("file")
-    sp.add_argument("--priority", type=int)
-    sp.add_argument("--name")
-    sp.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it SUCCEEDED")
-    sp.add_argument("--timeout", type=float, default=3600)
+    sp = sub.add_parser("submit", help="submit a job spec (YAML or JSON); prints the job id",
+                        description="Submit a job spec (YAML or JSON; its fields: docs/jobs.md). The whole spec is "
+                                    "checked before any local code is packaged or uploaded.")
+    sp.add_argument("file", help="the spec file, e.g. configs/jobs/cnn.yaml")
+    sp.add_argument("--priority", type=int, help="the spec's priority instead (higher runs first)")
+    sp.add_argument("--name", help="the spec's name instead")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one spec field, dotted for nested ones, the value read as YAML "
+                         "(repeatable): --set config.lr=0.01 --set num_workers=4")
+    sp.add_argument("--wait", action="store_true",
+                    help="wait for the job, printing its progress and rank 0's output; exit 0 only if it SUCCEEDED")
+    sp.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
+                    help="with --wait: stop waiting after this many seconds (the job goes on; default %(default)s)")
     sp.set_defaults(fn=commands.cmd_submit)
     sp = sub.add_parser("jobs", help="list jobs")
     sp.add_argument("--state", action="append", choices=[s.value for s in JobState])
@@ -122,9 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --all: only jobs in this state (repeatable)")
     sp.add_argument("--tenant", help="with --all: only this tenant's jobs")
     sp.set_defaults(fn=commands.cmd_cancel)
-    sp = sub.add_parser("logs", help="last lines of each rank's log of a job (per attempt)")
+    sp = sub.add_parser("logs", help="last lines of each rank's log of a job (per attempt); -f follows them")
     sp.add_argument("job_id")
     sp.add_argument("--tail", type=int, default=200, help="lines per rank log (default %(default)s)")
+    sp.add_argument("-f", "--follow", action="store_true",
+                    help="then print new lines as the ranks write them, until the job ends (Ctrl-C stops)")
     sp.set_defaults(fn=commands.cmd_logs)
     sp = sub.add_parser("env", help="shell exports for `ray job submit` & co. against the local cluster "
                                     "(eval \"$(raycluster env)\")")

@@ -23,8 +23,9 @@ def cmd_nodes(args) -> int:
     if args.json:
         print_json(rows)
         return EXIT_OK
-    cols = ("NODE", "TYPE", "MARKET", "KIND", "GPU", "USD/H", "STATE", "AGE", "COST_USD", "REASON")
-    table = [(r["id"], r["node_type"], r["market"], "-" if r["market"] == "head" else r["kind"], r["gpu_type"] or "-",
+    cols = ("NODE", "RAY_NODE", "TYPE", "MARKET", "KIND", "GPU", "USD/H", "STATE", "AGE", "COST_USD", "REASON")
+    table = [(r["id"], (r.get("ray_node_id") or "-")[:16], r["node_type"], r["market"],
+              "-" if r["market"] == "head" else r["kind"], r["gpu_type"] or "-",
               f"{r['usd_per_hour']:.4f}", r["state"], _fmt_age(r["created_at"]), f"{r['cost_usd']:.4f}",
               r["reason"] or "") for r in rows]
     print(text_table(cols, table))

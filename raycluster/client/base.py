@@ -18,7 +18,7 @@ from typing import Callable
 from raycluster import constants as C
 from raycluster.errors import ClusterUnavailable, InvalidJobSpec
 from raycluster.client.packages import needs_packaging, package_runtime_env
-from raycluster.spec import JobSpec, parse_spec, read_spec_file
+from raycluster.spec import JobSpec, check_before_packaging, parse_spec, read_spec_file
 from raycluster.store.lifecycle import JobState
 
 
@@ -104,6 +104,7 @@ class ClientBase:
         if isinstance(spec, Path):
             spec = read_spec_file(spec)
         if isinstance(spec, dict) and needs_packaging(spec.get("runtime_env")):
+            check_before_packaging(spec)  # a bad spec costs no upload
             env, self.last_uploaded = package_runtime_env(spec["runtime_env"], self.package_store(), base_dir)
             spec = {**spec, "runtime_env": env}
         else:

@@ -176,10 +176,15 @@ class HttpClient(ClientBase):
     def checkpoints(self, job_id: str) -> list[dict]:
         return self._get(self._job_path(job_id, "/checkpoints"))["checkpoints"]
 
-    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+    def logs(self, job_id: str, tail_lines: int = 200, since: dict[str, int] | None = None) -> list[dict]:
+        from raycluster.rank.logs import format_since
+
         n = int(tail_lines)
-        logs = self._get(self._job_path(job_id, "/logs"), tail=min(max(n, 1), _API_MAX_TAIL))["logs"]
-        return [{**e, "lines": []} for e in logs] if n <= 0 else logs
+        params = {"tail": min(max(n, 1), _API_MAX_TAIL)}
+        if since is not None:
+            params["since"] = format_since(since)
+        logs = self._get(self._job_path(job_id, "/logs"), **params)["logs"]
+        return [{**e, "lines": []} for e in logs] if n <= 0 and since is None else logs
 
     def cluster_status(self) -> dict:
         """The API's status, plus the flat keys of ``Coordinator.cluster_status`` (gpus_total, ...)."""

@@ -45,11 +45,11 @@ class OfflineClient:
         st = [JobState(s) for s in states] if states else None
         return [r.to_dict() for r in self._jobs().list(st, tenant, limit, offset, newest_first)]
 
-    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
+    def logs(self, job_id: str, tail_lines: int = 200, since: dict[str, int] | None = None) -> list[dict]:
         from raycluster.rank.logs import read_rank_logs
 
         self._jobs().get(job_id)  # JobNotFound
-        return read_rank_logs(storage.join(self.storage_uri, "logs"), job_id, tail_lines)
+        return read_rank_logs(storage.join(self.storage_uri, "logs"), job_id, tail_lines, since)
 
     def checkpoints(self, job_id: str) -> list[dict]:
         from raycluster.store.checkpoints import CheckpointRegistry

@@ -102,9 +102,10 @@ class Client(ClientBase):
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         return self._call("metrics", job_id, limit)
 
-    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
-        """Last lines of each rank's log: ``[{"attempt", "rank", "lines"}, ...]``."""
-        return self._call("logs", job_id, tail_lines)
+    def logs(self, job_id: str, tail_lines: int = 200, since: dict[str, int] | None = None) -> list[dict]:
+        """Last lines of each rank's log: ``[{"attempt", "rank", "lines", "offset"}, ...]`` (with ``since``,
+        the lines after those offsets)."""
+        return self._call("logs", job_id, tail_lines, since)
 
     def cluster_status(self) -> dict:
         return self._call("cluster_status")

@@ -82,8 +82,8 @@ class Coordinator:
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         return self.core.metrics(job_id, limit)
 
-    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
-        return self.core.logs(job_id, tail_lines)
+    def logs(self, job_id: str, tail_lines: int = 200, since: dict[str, int] | None = None) -> list[dict]:
+        return self.core.logs(job_id, tail_lines, since)
 
     def report(self, job_id: str, attempt: int, step: int | None, metrics: dict) -> None:
         self.core.report(job_id, attempt, step, metrics)

@@ -19,6 +19,7 @@ from raycluster import constants as C
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
+from raycluster.labels import rental_of
 from raycluster.policy.evacuation import MoveKind
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
@@ -131,7 +132,12 @@ class CoordinatorCore(Reconciler):
         out["cost_usd"] = self._costs([job_id])[job_id]
         att = self.attempts.get(job_id)
         if att is not None and att.nodes and att.attempt == rec.attempt:  # where each rank of this attempt runs
-            out["ranks"] = [{"rank": i, "node_id": n} for i, n in enumerate(att.nodes)]
+            try:
+                rentals = {n["id"]: rental_of(n) for n in self.nodes.nodes(5.0)}
+            except Exception:  # (the node table unreadable for a moment: the ranks without their rentals)
+                log.warning("reading Ray's nodes for %s's ranks failed", job_id, exc_info=True)
+                rentals = {}
+            out["ranks"] = [{"rank": i, "node_id": n, "rental": rentals.get(n)} for i, n in enumerate(att.nodes)]
         if rec.spec.get("trials"):  # a sweep: its counts and best trial so far
             out["sweep"] = self.sweeps.summary(job_id, self._specs.get(job_id) or JobSpec.model_validate(rec.spec))
         return out
@@ -167,10 +173,11 @@ class CoordinatorCore(Reconciler):
         self.reports.flush()
         return self.store.metrics_history(job_id, limit)
 
-    def logs(self, job_id: str, tail_lines: int = 200) -> list[dict]:
-        """The last ``tail_lines`` lines of every rank log of the job (attempts, then ranks)."""
+    def logs(self, job_id: str, tail_lines: int = 200, since: dict[str, int] | None = None) -> list[dict]:
+        """The last ``tail_lines`` lines of every rank log of the job (attempts, then ranks), or with
+        ``since`` the lines written after those byte offsets (``rank.logs.read_rank_logs``)."""
         self.store.get(job_id)  # JobNotFound
-        return read_rank_logs(self.log_dir, job_id, tail_lines)
+        return read_rank_logs(self.log_dir, job_id, tail_lines, since)
 
     # ------------------------------------------------------------------ the BudgetAutoscaler's view
     def budget_queue(self) -> list[dict]:

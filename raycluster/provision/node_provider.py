@@ -26,6 +26,7 @@ a market bills us for that is not a rental we know is released (no leaked rental
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -269,11 +270,21 @@ class MarketNodeProvider(NodeProvider):
 
     @staticmethod
     def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
-        """``ray up``/``ray down`` read the config: our keys are checked before anything is made."""
-        from raycluster.provision.rayup import validate
+        """``ray up``/``ray down`` read the config: our keys are checked before anything is made, a
+        bad one refused in one line naming its path (exit 2: Ray's CLI would print the exception as
+        a traceback), and the state dir used written in (``rayup.resolve``)."""
+        from raycluster.provision.rayup import resolve
 
-        validate(cluster_config)
-        return cluster_config
+        try:
+            config, note = resolve(cluster_config)
+        except MarketConfigError as exc:
+            msg, field = getattr(exc, "message", str(exc)), getattr(exc, "field", None)
+            print(f"raycluster: invalid cluster config: {msg if not field or field in msg else f'{field}: {msg}'}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        return config
 
     def terminate_node(self, node_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -353,19 +364,33 @@ class MarketNodeProvider(NodeProvider):
                         self._release(r.id, "preempted")
             except Exception:
                 log.exception("provider: reconciling with market %s failed; going on", name)
-        if self.join_timeout_s > 0 and self.dashboard_url:
-            self._release_never_joined(now, live)
+        if self.dashboard_url:
+            nodes = self._note_ray_node_ids(live)
+            if self.join_timeout_s > 0:
+                self._release_never_joined(now, live, nodes)
         return rows, self._changes != version
+
+    def _note_ray_node_ids(self, live: list[RentalRecord]) -> dict[str, dict] | None:
+        """Record on each running rental the Ray node it is, once it joined: one identity for the CLI,
+        the API and the dashboard. Ray's node table (by node name) when it was read, else None."""
+        if not any(r.state == RentalState.RUNNING and not r.ray_node_id for r in live):
+            return None
+        nodes = self._ray_nodes()
+        for r in live:
+            node = nodes.get(rented_node_name(r.id)) if r.state == RentalState.RUNNING and not r.ray_node_id else None
+            if node and node.get("node_id"):
+                self.store.update(r.id, ray_node_id=str(node["node_id"]))
+        return nodes
 
     def _ray_nodes(self) -> dict[str, dict]:
         entries = raystart.state_api_nodes(self.dashboard_url, self.auth_token_path) if self.dashboard_url else None
         return {e.get("node_name"): e for e in entries or []}
 
-    def _release_never_joined(self, now: float, live: list[RentalRecord]) -> None:
+    def _release_never_joined(self, now: float, live: list[RentalRecord], nodes: dict[str, dict] | None) -> None:
         late = [r for r in live if r.state == RentalState.RUNNING and now - r.created_at > self.join_timeout_s]
         if not late:
             return
-        nodes = self._ray_nodes()
+        nodes = self._ray_nodes() if nodes is None else nodes
         if not nodes:  # the dashboard does not answer: decide nothing
             return
         for r in late:

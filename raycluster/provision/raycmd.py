@@ -2,7 +2,8 @@
 
 Owns: ``LocalCommandRunner`` (Ray's ``CommandRunnerInterface`` for an external provider): a command
 is run with ``bash -c`` here, its output written to a log file (never a pipe a daemon could keep
-open), files "synced up" are copied. ``ray down`` sends ``ray stop`` — which would stop every Ray
+open) and, once it ends, shown on ``ray up``'s terminal (as Ray's SSH runner shows a remote command's
+output: the head start command's API/dashboard URLs and token paths), files "synced up" are copied. ``ray down`` sends ``ray stop`` — which would stop every Ray
 process of the user on this machine, other clusters included — so that one command is replaced by
 ``raycluster down`` for the cluster's state dir: it stops exactly the processes we started and gives
 back every rental.
@@ -53,9 +54,17 @@ class LocalCommandRunner(CommandRunnerInterface):
         with open(self.log_path, "ab") as log:
             log.write(f"\n$ {cmd}\n".encode())
             log.flush()
+            start = log.tell()
             proc = subprocess.run(["bash", "-c", self._rewrite(cmd)], env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE if with_output else log, stderr=log,
                                   timeout=max(timeout, 600))
+        if not with_output:  # shown as Ray's SSH runner shows a remote command's output (the head's URLs)
+            with open(self.log_path, "rb") as log:
+                log.seek(start)
+                out = log.read().decode(errors="replace")
+            if out.strip():
+                sys.stdout.write(out if out.endswith("\n") else out + "\n")
+                sys.stdout.flush()
         if proc.returncode != 0:
             if exit_on_fail:
                 sys.exit(proc.returncode)

@@ -6,13 +6,16 @@ not a number → the error names the key), ``elastic_config`` (the Ray config �
 cluster it describes). What the config's head start command (``python -m raycluster.cli ray-head
 --config ~/ray_bootstrap_config.yaml``) does on the head — start (or find) that cluster with Ray's
 autoscaler over our provider, the runtime actors and the HTTP API — is ``cli/bringup.py``'s (the one
-bring-up path, shared with ``raycluster up``). The head is the machine ``ray up`` runs on; ``ray down``'s ``ray stop`` becomes
+bring-up path, shared with ``raycluster up``). The state dir: ``provider.raycluster_state_dir`` when the YAML sets it,
+else RAYCLUSTER_STATE_DIR / ~/.raycluster as for every raycluster command (``resolve`` writes it into
+the config Ray caches and copies to the head). The head is the machine ``ray up`` runs on; ``ray down``'s ``ray stop`` becomes
 ``raycluster down`` (``provision/raycmd.py``), which gives back every rental and stops exactly our
 processes.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,34 @@ from raycluster.provision.market.registry import check_markets, provider_state_d
 from raycluster.store import storage
 
 
+def state_dir_of(provider: dict[str, Any]) -> Path:
+    """The raycluster state dir of a cluster config: ``provider.raycluster_state_dir`` when the YAML
+    sets it, else the one every raycluster command uses (RAYCLUSTER_STATE_DIR, else ~/.raycluster)."""
+    from raycluster import constants as C
+
+    given = provider.get("raycluster_state_dir")
+    return Path(given).expanduser().resolve() if given else C.state_dir()
+
+
+def resolve(config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``ray up``/``ray down``'s config (the provider's ``bootstrap_config``): checked, with the state
+    dir it uses written in (so the head, the autoscaler and ``ray down`` agree on it); and a line to
+    show when the YAML's state dir is not RAYCLUSTER_STATE_DIR's (else None)."""
+    provider = dict(config.get("provider") or {})
+    env = os.environ.get("RAYCLUSTER_STATE_DIR")
+    note = None
+    if provider.get("raycluster_state_dir") and env and state_dir_of(provider) != state_dir_of(
+            {"raycluster_state_dir": env}):
+        note = (f"raycluster: using the config's provider.raycluster_state_dir {state_dir_of(provider)}, not "
+                f"RAYCLUSTER_STATE_DIR={env} (remove the key from the YAML to follow the environment)")
+    provider["raycluster_state_dir"] = str(state_dir_of(provider))
+    config = {**config, "provider": provider}
+    validate(config)
+    return config, note
+
+
 def validate(config: dict[str, Any]) -> None:
     provider = config.get("provider") or {}
-    if not provider.get("raycluster_state_dir") and not provider.get("state_dir"):
-        raise MarketConfigError("provider.raycluster_state_dir is required (e.g. ~/.raycluster)",
-                                field="provider.raycluster_state_dir")
     sold = check_markets(provider)
     cap = provider.get("max_hourly_budget_usd")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap < 0):
@@ -88,6 +114,6 @@ def elastic_config(config: dict[str, Any], head_node_id: str | None) -> tuple[El
         update_interval_s=float(provider.get("update_interval_s", 5)), join_timeout_s=float(provider.get("join_timeout_s", 300)),
         provider_state_dir=str(provider_state_dir(provider)), head_node_id=head_node_id,
         max_hourly_budget_usd=provider.get("max_hourly_budget_usd"), budget=dict(provider.get("budget") or {}))
-    state_dir = Path(provider.get("raycluster_state_dir") or "~/.raycluster").expanduser()
+    state_dir = state_dir_of(provider)
     head_cpus = int((config["available_node_types"][head].get("resources") or {}).get("CPU", 1))
     return elastic, state_dir, head_cpus

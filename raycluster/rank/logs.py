@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _LOG_NAME_RE = re.compile(r"^a(\d+)-r(\d+)\.log$")
 MAX_LOG_TAIL_LINES = 100_000
+TAIL_MAX_BYTES = 8 << 20  # a tail reads at most the log's last 8 MiB
+MAX_FOLLOW_BYTES = 4 << 20  # one follow poll hands over at most 4 MiB per log
 
 
 def rank_log_path(log_dir: str | Path, job_id: str, attempt: int, rank: int) -> str:
@@ -158,9 +160,57 @@ class RankLogCapture:
 
 
 
-def read_rank_logs(log_dir: str | Path, job_id: str, tail_lines: int = 200) -> list[dict[str, Any]]:
-    """The last ``tail_lines`` lines of every rank log of a job:
-    ``[{"attempt": a, "rank": r, "lines": [...]}, ...]``, attempts then ranks ascending."""
+def log_key(attempt: int, rank: int) -> str:
+    """A rank log's name in ``since`` maps: ``a<attempt>-r<rank>``."""
+    return f"a{attempt}-r{rank}"
+
+
+def parse_since(text: str | None) -> dict[str, int] | None:
+    """``"a0-r0:1234,a1-r0:0"`` (the API's ``since`` query) as ``{log_key: byte offset}``; ValueError
+    naming the bad item."""
+    if text is None:
+        return None
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, _, off = item.partition(":")
+        if not re.fullmatch(r"a\d+-r\d+", key) or not off.isdigit():
+            raise ValueError(f"since: {item!r} is not a<attempt>-r<rank>:<byte offset>")
+        out[key] = int(off)
+    return out
+
+
+def format_since(offsets: dict[str, int]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in sorted(offsets.items()))
+
+
+def _read_new(path: str, offset: int) -> tuple[list[str], int]:
+    """Whole lines written to a log since byte ``offset`` (at most MAX_FOLLOW_BYTES of them), and
+    the offset after them; a line still being written waits for its newline."""
+    size = storage.size_of(path)
+    if offset > size:  # not the log we read before (truncated/replaced): start again
+        offset = 0
+    data = storage.read_range(path, offset, min(size, offset + MAX_FOLLOW_BYTES))
+    cut = data.rfind(b"\n") + 1
+    if cut == 0 and len(data) >= MAX_FOLLOW_BYTES:  # one huge line: hand it over as it is
+        cut = len(data)
+    return data[:cut].decode("utf-8", errors="replace").splitlines(), offset + cut
+
+
+def _read_tail(path: str, n: int) -> tuple[list[str], int]:
+    """The last ``n`` lines of a log and its size then (where following it goes on from)."""
+    size = storage.size_of(path)
+    if n <= 0:
+        return [], size
+    data = storage.read_range(path, max(0, size - TAIL_MAX_BYTES), size)
+    return data.decode("utf-8", errors="replace").splitlines()[-n:], size
+
+
+def read_rank_logs(log_dir: str | Path, job_id: str, tail_lines: int = 200,
+                   since: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Every rank log of a job, attempts then ranks ascending: ``[{"attempt": a, "rank": r, "lines":
+    [...], "offset": bytes read up to}, ...]``. Without ``since``, the last ``tail_lines`` lines of each;
+    with it (``{log_key: offset}``, a log not named there from its start), the lines written since —
+    what ``logs --follow`` polls with, handing back the offsets it was given."""
     n = max(0, min(int(tail_lines), MAX_LOG_TAIL_LINES))
     job_dir = storage.join(log_dir, job_id)
     found = []
@@ -171,9 +221,12 @@ def read_rank_logs(log_dir: str | Path, job_id: str, tail_lines: int = 200) -> l
     out = []
     for attempt, rank, path in sorted(found):
         try:
-            text = storage.tail_text(path, lines=n)
+            if since is None:
+                lines, offset = _read_tail(path, n)
+            else:
+                lines, offset = _read_new(path, since.get(log_key(attempt, rank), 0))
         except (OSError, StorageError) as exc:  # listed but unreadable: say so rather than hide the rank
             out.append({"attempt": attempt, "rank": rank, "lines": [], "error": f"{type(exc).__name__}: {exc}"})
             continue
-        out.append({"attempt": attempt, "rank": rank, "lines": text.splitlines() if n else []})
+        out.append({"attempt": attempt, "rank": rank, "lines": lines, "offset": offset})
     return out

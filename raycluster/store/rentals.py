@@ -70,6 +70,7 @@ class RentalRecord(BaseModel):
     reason: str | None = None  # why it was released (idle, preempted, never joined, lost, leaked...)
     # every price it has had, [since, USD/hour] oldest first, once its price moved ([]: usd_per_hour all along)
     prices: list[tuple[float, float]] = Field(default_factory=list)
+    ray_node_id: str | None = None  # the Ray node it is, once it joined (the provider notes it)
 
     def cost_usd(self, now: float, since: float | None = None) -> float:
         """USD from its request (or ``since``) to its release (or ``now``), each price for its stretch."""

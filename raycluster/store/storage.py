@@ -2,7 +2,7 @@
 
 Owns: turning a location (a plain path, ``file:///abs/path``, ``s3://bucket/prefix`` or any other
 fsspec protocol whose package is installed) into one small set of blob operations — write
-atomically, read, hash, tail, list, delete a tree — and checking a URI before anything uses it.
+atomically, read (whole or a byte range), hash, list, delete a tree — and checking a URI before anything uses it.
 
 Atomicity: on a local disk a blob is written to a temp file, fsynced and renamed
 (``util.files.atomic_write``); on an object store one PUT is all-or-nothing, so a reader never sees
@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from raycluster.errors import InvalidStorage, StorageError
-from raycluster.util.files import atomic_write, sha256_file, tail
+from raycluster.util.files import atomic_write, sha256_file
 
 _LOCAL = ("", "file", "local")
 # the package each remote protocol needs (what to tell a user who lacks it)
@@ -139,18 +139,27 @@ def sha256(uri: str | Path) -> str | None:
         return None
 
 
-def tail_text(uri: str | Path, lines: int, max_bytes: int = 8 << 20) -> str:
-    """The last ``lines`` lines of a text blob (at most its last ``max_bytes`` read)."""
+def size_of(uri: str | Path) -> int:
+    """The blob's size in bytes; FileNotFoundError when there is none."""
     uri = str(uri)
     if is_local(uri):
-        return tail(local_path(uri), lines=lines)
-    if lines <= 0:
-        return ""
+        return local_path(uri).stat().st_size
     r = _Remote(uri)
     r.fs.invalidate_cache(r.path)
-    size = r.call("sizing", r.fs.size, r.path)
-    data = r.call("reading", r.fs.cat_file, r.path, start=max(0, size - max_bytes))
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
+    return int(r.call("sizing", r.fs.size, r.path))
+
+
+def read_range(uri: str | Path, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of the blob (fewer when it is shorter)."""
+    uri = str(uri)
+    if end <= start:
+        return b""
+    if is_local(uri):
+        with open(local_path(uri), "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    r = _Remote(uri)
+    return r.call("reading", r.fs.cat_file, r.path, start=start, end=end)
 
 
 def list_names(uri: str | Path) -> list[str]:

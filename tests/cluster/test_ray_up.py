@@ -24,8 +24,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 def _config(tmp: Path, **changes) -> Path:
-    cfg = yaml.safe_load((ROOT / "ray-cluster.yaml").read_text())
-    cfg["provider"]["raycluster_state_dir"] = str(tmp / "state")
+    cfg = yaml.safe_load((ROOT / "ray-cluster.yaml").read_text())  # (its state dir: RAYCLUSTER_STATE_DIR, below)
     cfg["provider"]["update_interval_s"] = 1
     cfg["idle_timeout_minutes"] = 0.1
     cfg["head_start_ray_commands"] = [c + " --api-port 0" for c in cfg["head_start_ray_commands"]]
@@ -38,7 +37,7 @@ def _config(tmp: Path, **changes) -> Path:
 
 def _ray(tmp: Path, *args, timeout=300):
     (tmp / "home").mkdir(exist_ok=True)
-    env = {**os.environ, "HOME": str(tmp / "home"), "TMPDIR": str(tmp)}
+    env = {**os.environ, "HOME": str(tmp / "home"), "TMPDIR": str(tmp), "RAYCLUSTER_STATE_DIR": str(tmp / "state")}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([RAY, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -65,8 +64,14 @@ def test_ray_up_rents_for_a_gpu_job_is_idempotent_and_ray_down_leaves_nothing(tm
     try:
         up = _ray(tmp_path, "up", str(cfg), "-y", "--no-config-cache")
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        # ray up ends with what raycluster up prints: the dashboard, its token, the state dir, what next
+        assert "Ray dashboard  http://127.0.0.1:" in up.stdout and f"state dir      {tmp_path / 'state'}" in up.stdout
+        assert "raycluster submit" in up.stdout and "ray down ray-cluster.yaml" in up.stdout
+        assert "will not launch any workers" not in up.stdout + up.stderr
         record = json.loads((tmp_path / "state" / "local-cluster" / "cluster.json").read_text())
         head_pid = next(n["pid"] for n in record["nodes"] if n["role"] == "head")
+        if record["auth_mode"] == "token":  # (the default) the dashboard's token file is named
+            assert f"sign in with the token in {record['auth_token_path']}" in up.stdout
         job = tmp_path / "job.yaml"
         job.write_text(yaml.safe_dump({"name": "gpu-counter", "entrypoint": "jobs.toy:counter",
                                        "resources": {"gpus": 1, "cpus": 1},
@@ -98,5 +103,6 @@ def test_ray_up_refuses_a_bad_config_naming_the_key(tmp_path):
     cfg = _config(tmp_path, preemption_notice_s="soon")
     up = _ray(tmp_path, "up", str(cfg), "-y", "--no-config-cache")
     assert up.returncode != 0
-    assert "provider.markets.local.preemption_notice_s" in up.stdout + up.stderr
+    assert "raycluster: invalid cluster config: provider.markets.local.preemption_notice_s" in up.stderr
+    assert "Traceback" not in up.stdout + up.stderr  # one clear line, not Ray's CLI's traceback
     assert not (tmp_path / "state" / "local-cluster" / "cluster.json").exists() and not _our_pids(tmp_path)

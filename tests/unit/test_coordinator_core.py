@@ -676,3 +676,14 @@ def test_a_gang_not_yet_attributed_to_its_rental_is_still_found_by_its_ray_node(
     assert core.move_off("rent-unknown", "budget", "over budget", node) == [jid]
     job = core.get(jid)
     assert job["state"] == "RECOVERING" and job["cause"] == "budget" and job["system_restarts"] == 0
+
+
+def test_a_running_jobs_ranks_name_their_ray_node_and_rental(tmp_path):
+    """One node identity: status JOB / GET /jobs/{id} show each rank's Ray node id and, on a rented
+    node, its rental (the id `raycluster nodes` lists)."""
+    core, ops, clock, store = _elastic_core(tmp_path)
+    jid = core.submit(spec("placed", workers=2))["id"]
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running")
+    ranks = core.get(jid)["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["rental"] == f"rent-{r['node_id']}" and store.get(r["rental"]) is not None for r in ranks)

@@ -291,3 +291,33 @@ def test_cnn_ddp_two_ranks_identical_weights(tmp_path: Path) -> None:
     # A 2-rank run differs from a 1-rank run (each step sees 2x the samples).
     single = _train("cnn", FakeContext(config))
     assert single["weights_sha256"] != r0["plain"]["weights_sha256"]
+
+
+def test_docs_jobs_md_shows_the_shipped_example_and_names_every_field_and_ctx_member():
+    import re
+    from pathlib import Path
+
+    from raycluster.rank.context import TrainContext
+    from raycluster.rank.sweep import TrialContext
+    from raycluster.spec import JobSpec
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "jobs.md").read_text()
+    block = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    assert block == (root / "jobs" / "example.py").read_text()  # the doc's example is the file that runs
+    for field in JobSpec.model_fields:
+        assert f"| `{field}` |" in doc, field
+    public = {n for n in [*vars(TrainContext), *vars(TrainContext(job_id="j", attempt=0, rank=0, world_size=1,
+                                                                  config={}, checkpoint_root=None,
+                                                                  checkpoint_policy={}))]
+              if not n.startswith("_") and n != "flush"}  # (flush: the runtime's, not the job's)
+    for name in public | {n for n in vars(TrialContext) if not n.startswith("_")}:
+        assert f"ctx.{name}" in doc, name
+
+
+def test_the_documented_example_trains():
+    from jobs.example import train
+    from raycluster.rank.context import BareContext
+
+    out = train(BareContext({"steps": 120}))
+    assert abs(out["w"] - 3) < 0.01 and abs(out["b"] - 1) < 0.01 and out["resumed_from"] is None

@@ -337,3 +337,23 @@ def test_the_local_market_moves_a_price_for_offers_and_refuses_bad_ones(tmp_path
     assert m.prices()[("T4", "spot")] == 0.16
     m.close()
     other.close()
+
+
+def test_a_rental_learns_the_ray_node_it_became_once_it_joins(tmp_path, monkeypatch):
+    """One node identity: `raycluster nodes`/GET /rentals show each rented node's Ray node id, noted
+    by the provider from Ray's node table (node name rc-<rental>) — once, not read again after."""
+    from raycluster.labels import rented_node_name
+
+    p, market = provider(tmp_path, dashboard_url="http://127.0.0.1:9")
+    a, b = p.create_node({"market": "fake", "kind": "spot"}, dict(WORKER_TAGS), 2)
+    joined: dict[str, dict] = {}
+    reads = []
+    monkeypatch.setattr(p, "_ray_nodes", lambda: reads.append(1) or dict(joined))  # Ray's node table (boundary)
+    p.non_terminated_nodes({})
+    assert p.store.get(a).ray_node_id is None and len(reads) == 1  # not joined yet
+    joined[rented_node_name(a)] = {"node_id": "abc123", "node_name": rented_node_name(a)}
+    joined[rented_node_name(b)] = {"node_id": "def456", "node_name": rented_node_name(b)}
+    p.non_terminated_nodes({})
+    assert (p.store.get(a).ray_node_id, p.store.get(b).ray_node_id) == ("abc123", "def456")
+    p.non_terminated_nodes({})
+    assert len(reads) == 2  # every running rental knows its node: the table is not read again

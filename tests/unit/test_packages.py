@@ -69,3 +69,41 @@ def test_a_path_that_is_no_directory_is_named(tmp_path, env, field):
     with pytest.raises(InvalidJobSpec) as e:
         package_runtime_env(env, store, base_dir=tmp_path)
     assert e.value.field == field and store.puts == 0
+
+
+class _SubmitRecorder:
+    """A client whose server is a list: what ClientBase hands it after validation and packaging."""
+
+    def __new__(cls, store):
+        from raycluster.client.base import ClientBase
+
+        class Recorder(ClientBase):
+            def __init__(self):
+                self.sent = []
+
+            def package_store(self):
+                return store
+
+            def _submit(self, spec, idempotency_key):
+                self.sent.append(spec)
+                return {"id": "job-x", **spec}
+
+        return Recorder()
+
+
+@pytest.mark.parametrize("typo, field", [({"num_worker": 2}, "num_workers"),
+                                         ({"resources": {"gpu": 1}}, "resources.gpus"),
+                                         ({"runtime_env_": {}}, "runtime_env")])
+def test_a_spec_with_a_typo_is_refused_before_its_directory_is_uploaded(tmp_path, monkeypatch, typo, field):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "m.py").write_text("def train(ctx):\n    return 1\n")
+    store = DictStore()
+    client = _SubmitRecorder(store)
+    spec = {"name": "t", "entrypoint": "m:train", "runtime_env": {"working_dir": str(tmp_path / "proj")}, **typo}
+    with pytest.raises(InvalidJobSpec) as err:
+        client.submit(spec)
+    assert f"did you mean '{field}'" in str(err.value)
+    assert store.puts == 0 and client.sent == []  # nothing uploaded, nothing submitted
+    spec = {k: v for k, v in spec.items() if k not in typo}
+    client.submit(spec)  # the corrected spec: uploaded, then submitted with the package's URI
+    assert store.puts == 1 and client.sent[0]["runtime_env"]["working_dir"].startswith("gcs://_ray_pkg_")

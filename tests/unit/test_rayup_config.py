@@ -58,7 +58,6 @@ _DELETE = object()
     ("available_node_types.gpu_spot.node_config.gpu_type", "H100",
      "available_node_types.gpu_spot.node_config.gpu_type"),
     ("available_node_types.gpu_spot.resources.GPU", "one", "available_node_types.gpu_spot.resources.GPU"),
-    ("provider.raycluster_state_dir", _DELETE, "provider.raycluster_state_dir"),
     ("provider.storage_uri", "nosuch://bucket/x", "provider.storage_uri"),
     ("provider.max_hourly_budget_usd", "eight", "provider.max_hourly_budget_usd"),
     ("provider.max_hourly_budget_usd", -1, "provider.max_hourly_budget_usd"),
@@ -69,3 +68,39 @@ def test_a_bad_key_is_refused_naming_it(path, value, field):
     with pytest.raises(MarketConfigError) as err:
         validate(_with(path, value))
     assert err.value.field == field
+
+
+def test_the_state_dir_follows_the_environment_unless_the_yaml_sets_one(tmp_path, monkeypatch):
+    from raycluster.provision.rayup import resolve
+
+    monkeypatch.setenv("RAYCLUSTER_STATE_DIR", str(tmp_path / "env"))
+    assert "raycluster_state_dir" not in CONFIG["provider"]  # the repo's config follows the environment
+    config, note = resolve(CONFIG)
+    assert config["provider"]["raycluster_state_dir"] == str(tmp_path / "env") and note is None
+    assert elastic_config(config, None)[1] == tmp_path / "env"
+    assert "raycluster_state_dir" not in CONFIG["provider"]  # (the caller's dict is left alone)
+    config, note = resolve(_with("provider.raycluster_state_dir", str(tmp_path / "yaml")))
+    assert config["provider"]["raycluster_state_dir"] == str(tmp_path / "yaml")
+    assert str(tmp_path / "yaml") in note and "RAYCLUSTER_STATE_DIR" in note  # said, not silently ignored
+
+
+def test_ray_up_refuses_a_bad_key_in_one_line_without_a_traceback(capsys):
+    from raycluster.provision.node_provider import MarketNodeProvider
+
+    with pytest.raises(SystemExit) as exit_:
+        MarketNodeProvider.bootstrap_config(_with("provider.markets.locl", {}))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("raycluster: invalid cluster config: provider.markets.locl: unknown market 'locl', "
+                          "did you mean 'local'?")
+    MarketNodeProvider.bootstrap_config(CONFIG)  # a good one passes
+
+
+@pytest.mark.parametrize("path, value, says", [
+    ("provider.markets.local.preemption_notice", 3, "did you mean 'preemption_notice_s'?"),
+    ("provider.markets.moon", {}, "provider.markets.moon: unknown market 'moon' (known: local, ssh, http)"),
+])
+def test_unknown_market_keys_are_named_with_their_path(path, value, says):
+    with pytest.raises(MarketConfigError) as err:
+        validate(_with(path, value))
+    assert says in err.value.message

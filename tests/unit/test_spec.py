@@ -94,3 +94,44 @@ def test_shipped_example_specs_are_valid():
     assert len(specs) >= 3
     priorities = {load_spec(p).priority for p in specs}
     assert len(priorities) >= 3  # the demo's jobs have different priorities
+
+
+@pytest.mark.parametrize("items, want", [
+    (["config.lr=0.01"], {"config": {"lr": 0.01, "depth": 2}}),
+    (["num_workers=4", "name=other"], {"num_workers": 4, "name": "other"}),
+    (["resources.gpus=0.5"], {"resources": {"gpus": 0.5}}),
+    (["config.layers=[64, 32]", "config.note=a=b"], {"config": {"layers": [64, 32], "note": "a=b", "depth": 2}}),
+])
+def test_submit_set_overrides_spec_fields(items, want):
+    from raycluster.spec import apply_overrides
+
+    base = {"name": "j", "entrypoint": "m:f", "config": {"depth": 2}}
+    out = apply_overrides(base, items)
+    assert {k: out[k] for k in want} == want
+    assert base["config"] == {"depth": 2}  # the file's spec is left as it was
+    parse_spec(out)
+
+
+@pytest.mark.parametrize("item, says", [("lr", "expected KEY=VALUE"), ("=3", "expected KEY=VALUE"),
+                                        ("config..lr=1", "expected KEY=VALUE"), ("name.x=1", "name is not a mapping"),
+                                        ("config.lr=[1", "not YAML")])
+def test_submit_set_refuses_bad_items_by_name(item, says):
+    from raycluster.spec import apply_overrides
+
+    with pytest.raises(InvalidJobSpec, match=says):
+        apply_overrides({"name": "j", "entrypoint": "m:f", "config": {}}, [item])
+
+
+@pytest.mark.parametrize("patch, says", [
+    ({"num_worker": 2}, "num_worker: unknown field (did you mean 'num_workers'?)"),
+    ({"checkpoint": {"every_step": 2}}, "checkpoint.every_step: unknown field (did you mean 'checkpoint.every_steps'?)"),
+    ({"trials": {"config": [{}]}}, "did you mean 'trials.configs'?"),
+    ({"runtime_env": {"env_var": {}}}, "did you mean 'env_vars'?"),
+    ({"zzzz": 1}, "zzzz: unknown field"),
+])
+def test_unknown_fields_say_what_was_meant(patch, says):
+    with pytest.raises(InvalidJobSpec) as err:
+        parse_spec({"name": "j", "entrypoint": "m:f", **patch})
+    assert says in str(err.value)
+    if "did you mean" not in says:
+        assert "did you mean" not in str(err.value)

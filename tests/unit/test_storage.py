@@ -44,7 +44,9 @@ def test_blob_operations_are_the_same_everywhere(base):
     storage.write_bytes(a, b"one\ntwo\nthree\nfour\n")  # replaced whole
     assert storage.read_bytes(a) == b"one\ntwo\nthree\nfour\n"
     assert storage.sha256(a) == hashlib.sha256(b"one\ntwo\nthree\nfour\n").hexdigest()
-    assert storage.tail_text(a, 2) == "three\nfour" and storage.tail_text(a, 0) == ""
+    assert storage.size_of(a) == 19
+    assert storage.read_range(a, 4, 8) == b"two\n" and storage.read_range(a, 14, 100) == b"four\n"
+    assert storage.read_range(a, 5, 5) == b""
     assert sorted(storage.list_names(storage.join(base, "job"))) == ["a.txt", "b.txt"]
     assert storage.parent(a) == storage.join(base, "job")
     storage.remove_tree(storage.join(base, "job"))

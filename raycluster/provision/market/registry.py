@@ -23,6 +23,13 @@ MARKET_KEYS = {
 }
 
 
+def _did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
 def _settings(cfg: dict) -> dict[str, dict]:
     """``provider.markets``, each market known and taking only its own keys (errors name the key)."""
     raw = cfg.get("markets") or {"local": {}}
@@ -33,13 +40,16 @@ def _settings(cfg: dict) -> dict[str, dict]:
     for name, settings in raw.items():
         where = f"provider.markets.{name}"
         if name not in MARKET_KEYS:
-            raise MarketConfigError(f"unknown market {name!r} (known: {', '.join(MARKET_KEYS)})", field=where)
+            raise MarketConfigError(f"{where}: unknown market {name!r}{_did_you_mean(name, MARKET_KEYS)} (known: "
+                                    f"{', '.join(MARKET_KEYS)})", field=where)
         settings = settings or {}
         if not isinstance(settings, dict):
             raise MarketConfigError(f"{where} must be a mapping", field=where)
         unknown = set(settings) - MARKET_KEYS[name]
         if unknown:
-            raise MarketConfigError(f"{where}: unknown key(s) {sorted(unknown)}", field=f"{where}.{sorted(unknown)[0]}")
+            first = sorted(unknown)[0]
+            raise MarketConfigError(f"{where}: unknown key(s) {sorted(unknown)}{_did_you_mean(first, MARKET_KEYS[name])} "
+                                    f"(known: {sorted(MARKET_KEYS[name])})", field=f"{where}.{first}")
         out[name] = settings
     return out
 
