@@ -8,7 +8,8 @@
   ``marker_dir`` leaves one file per run of a trial (tests count reruns with it).
 * ``counter``  — a deterministic checkpointing loop: sums pseudo-random numbers drawn from the
   global RNGs for ``steps`` steps, sleeping ``sleep_per_step_s``; the result depends on every
-  RNG draw, so a resume that loses RNG state or data position gives a different ``total``.
+  RNG draw, so a resume that loses RNG state or data position gives a different ``total``; it prints
+  a line every ``print_every`` steps (0 = never).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def counter(ctx):
     import torch
 
     cfg = {"steps": 20, "sleep_per_step_s": 0.0, "seed": 0, "fail_at_step": None, "fail_sleep_s": 0.0,
-           **ctx.config}
+           "print_every": 0, **ctx.config}
     random.seed(cfg["seed"] + ctx.rank)
     np.random.seed(cfg["seed"] + ctx.rank)
     torch.manual_seed(cfg["seed"] + ctx.rank)
@@ -78,6 +79,8 @@ def counter(ctx):
             dist.all_reduce(t)
             total = float(t) / ctx.world_size
         ctx.report(step=step, total=total)
+        if cfg["print_every"] and step % cfg["print_every"] == 0:
+            print(f"counter rank {ctx.rank} step {step} total {total:.4f}", flush=True)
         if step == cfg["fail_at_step"] and ctx.attempt == 1:
             time.sleep(cfg["fail_sleep_s"])
             raise RuntimeError(f"deliberate failure at step {step}")

@@ -11,8 +11,14 @@ trap 'rm -f "$log"' EXIT
 step() {  # run quietly; show the log only when it fails
   if ! "$@" >"$log" 2>&1; then echo "setup failed: $*" >&2; tail -40 "$log" >&2; exit 1; fi
 }
+say() { echo "setup: $*" >&2; }
+say "pip (in .venv)"
 step .venv/bin/python -m pip install --upgrade pip
-.venv/bin/python -c 'import torch' 2>/dev/null || step .venv/bin/python -m pip install torch==2.13.0
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  say "torch 2.13.0, CPU build (the first time: a minute or two)"
+  step .venv/bin/python -m pip install torch==2.13.0
+fi
+say "raycluster and its dependencies: ray[default,serve], pydantic, asyncssh, ... (pip install -e '.[test]')"
 step .venv/bin/python -m pip install -e '.[test]'
 # NVML comes from nvidia-ml-py (`import pynvml`); the deprecated `pynvml` shim package, if an older
 # install left it, shadows it and prints a FutureWarning into every rank log
@@ -21,6 +27,7 @@ step .venv/bin/python -m pip uninstall -y pynvml
 # Prometheus and promtool (Debian's package, unpacked into .tools/ without installing or starting a
 # service): the tests check the alert rules with promtool and run a real Prometheus on loopback
 if [ ! -x .tools/prometheus/usr/bin/promtool ]; then
+  say "Prometheus and promtool into .tools/ (for the tests)"
   dl=$(mktemp -d)
   ( cd "$dl" && step apt-get download prometheus )
   mkdir -p .tools/prometheus && step dpkg-deb -x "$dl"/prometheus_*.deb .tools/prometheus

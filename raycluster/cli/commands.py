@@ -325,7 +325,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Start a local cluster, run the three example jobs at once, show them finish, stop."""
+    """Start a local cluster too small for the three example jobs at once, submit them together, show
+    the queue run them by priority (the CNN first, the others waiting), show them finish, stop."""
     from raycluster.client.ray_client import Client, connect
     from raycluster.control.actors import start_runtime
     from raycluster.provision.local.cluster import LocalCluster
@@ -345,13 +346,16 @@ def cmd_demo(args) -> int:
         connect(lc.address, state_dir)
         client = Client(start_runtime(state_dir))
         print(f"cluster at {lc.address}; dashboard {getattr(lc, 'dashboard_url', None)}")
-        ids = []
-        for rel in DEMO_SPECS:
-            spec = load_spec(root / rel)
-            job = client.submit(spec)
-            ids.append(job["id"])
-            print(f"submitted {job['id']} {spec.name} (priority {spec.priority}, {spec.num_workers} worker(s), "
-                  f"{spec.resources.gpus:g} GPU each)")
+        specs = sorted((load_spec(root / rel) for rel in DEMO_SPECS), key=lambda s: s.priority)
+        gpus = args.workers * args.gpus_per_worker
+        need = sum(s.num_workers * s.resources.gpus for s in specs)
+        print(f"submitting {len(specs)} jobs together, lowest priority first: they need {need:g} GPUs, the cluster "
+              f"has {gpus}" + (" — the queue runs the higher priorities first, the rest wait" if need > gpus else ""))
+        jobs = client.submit_many(specs)  # one batch: the queue, not the order of submission, decides
+        ids = [j["id"] for j in jobs]
+        for spec, job in zip(specs, jobs):
+            print(f"  {job['id']} {spec.name}: priority {spec.priority}, {spec.num_workers} worker(s) x "
+                  f"{spec.resources.gpus:g} GPU")
         final = client.wait(ids, timeout_s=args.timeout, on_poll=progress_printer())
         code = finish(final, args.json)
         for j in final:

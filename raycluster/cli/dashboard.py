@@ -136,6 +136,14 @@ def render(v: dict[str, Any]):
     return Group(*parts)
 
 
+def terminal_width() -> int:
+    """The terminal's width (COLUMNS when set); piped with neither, 120 columns — wide enough for
+    job ids, narrow enough to read — never wider than the terminal."""
+    import shutil
+
+    return max(60, shutil.get_terminal_size(fallback=(120, 40)).columns)
+
+
 def cmd_dashboard(args) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -148,7 +156,7 @@ def cmd_dashboard(args) -> int:
         return EXIT_OK
     import sys
 
-    console = Console(width=None if sys.stdout.isatty() else 200)  # piped: wide enough for ids, not 80 columns
+    console = Console(width=terminal_width())
     if args.once:
         console.print(render(view(client)))
         return EXIT_OK

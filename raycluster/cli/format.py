@@ -64,13 +64,16 @@ def progress_printer(every_s: float = 5.0):
         now = time.monotonic()
         for j in jobs:
             m = j.get("last_metrics") or {}
-            key = (j["state"], j["attempt"], m.get("step"), m.get("loss"))
+            key = (j["state"], j["attempt"], m.get("step"), m.get("loss"), j.get("waiting"))
             prev = last.get(j["id"])
             if prev is not None and (prev[0] == key or (prev[0][0] == j["state"] and now - prev[1] < every_s)):
                 continue
             last[j["id"]] = (key, now)
-            print(f"{time.strftime('%H:%M:%S')} {j['id']} {j['name']:<22} {j['state']:<10} attempt={j['attempt']} "
-                  f"step={_fmt_num(m.get('step'))} loss={_fmt_num(m.get('loss'))}", flush=True)
+            if j["state"] == JobState.PENDING.value:
+                what = f"waiting: {j.get('waiting') or 'queued'}"
+            else:
+                what = f"attempt={j['attempt']} step={_fmt_num(m.get('step'))} loss={_fmt_num(m.get('loss'))}"
+            print(f"{time.strftime('%H:%M:%S')} {j['id']} {j['name']:<22} {j['state']:<10} {what}", flush=True)
     return show
 
 

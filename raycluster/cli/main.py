@@ -38,10 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)  # type: ignore[method-assign]
 
-    def cluster_shape(sp):
-        sp.add_argument("--workers", type=int, default=3, help="worker nodes (default %(default)s)")
-        sp.add_argument("--cpus-per-worker", type=float, default=2)
-        sp.add_argument("--gpus-per-worker", type=int, default=1)
+    def cluster_shape(sp, workers=3):
+        sp.add_argument("--workers", type=int, default=workers, help="worker nodes (default %(default)s)")
+        sp.add_argument("--cpus-per-worker", type=float, default=2, help="CPUs of each (default %(default)s)")
+        sp.add_argument("--gpus-per-worker", type=int, default=1,
+                        help="GPUs of each (default %(default)s; logical ones when the machine has none)")
 
     sp = sub.add_parser("up", help="start a cluster and the runtime actors")
     sp.add_argument("--local", action="store_true", help="embedded local cluster on this machine")
@@ -184,10 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True, help="the cluster config (ray up copies it to ~/ray_bootstrap_config.yaml)")
     sp.add_argument("--api-port", type=int, default=C.API_PORT, help="HTTP API port (0 = no API)")
     sp.set_defaults(fn=commands.cmd_ray_head)
-    sp = sub.add_parser("demo", help="local cluster + three example jobs at once, then stop")
-    cluster_shape(sp)
+    sp = sub.add_parser("demo", help="a local cluster too small for three example jobs at once: the queue runs "
+                                     "them by priority; then stop")
+    cluster_shape(sp, workers=2)
     sp.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
-    sp.add_argument("--timeout", type=float, default=900)
+    sp.add_argument("--timeout", type=float, default=900, metavar="SECONDS", help="give up waiting after this long")
     sp.set_defaults(fn=commands.cmd_demo)
     return p
 

@@ -91,9 +91,10 @@ def cmd_events(args) -> int:
         return EXIT_OK
     if not rows:
         print("no scaling events yet", file=sys.stderr)
-    for e in rows:
-        ts = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-        print(f"{ts}  {e['source']:<8} {e['action']:<11} {e['reason']}")
+    table = [(time.strftime("%m-%d %H:%M:%S", time.localtime(e["ts"])), e["source"], e["action"],
+              str(e["count"]) if e.get("count") else "-", e.get("node_type") or "-", e["reason"]) for e in rows]
+    if rows:
+        print(text_table(("TIME", "SOURCE", "ACTION", "COUNT", "NODE_TYPE", "REASON"), table))
     return EXIT_OK
 
 

@@ -66,7 +66,9 @@ def cmd_simulate(args) -> int:
     market = replace(market, launch_delay_s=args.launch_delay_s, checkpoint_every_s=args.checkpoint_every_s,
                      **({"preemption_rate_per_hour": args.preemption_rate} if args.preemption_rate is not None else {}))
     out = compare(trace, market, cfg, types, tick_s=args.tick_s, seed=args.seed)
-    out["trace"] = str(args.trace)
+    out.update(trace=str(args.trace), config=str(args.config), max_hourly_budget_usd=cfg.max_hourly_budget_usd,
+               tick_s=args.tick_s, launch_delay_s=args.launch_delay_s,
+               preemption_rate_per_hour=market.preemption_rate_per_hour, seed=args.seed)
     if args.json:
         print_json(out)
         return EXIT_OK
@@ -79,7 +81,7 @@ def compare(trace, market, cfg, types, *, tick_s: float = 60.0, seed: int = 0) -
     elastic run's peak; the offline lower bound of the accepted jobs."""
     from dataclasses import replace
 
-    from raycluster.policy.simulate import accepted, lower_bound_usd, simulate
+    from raycluster.policy.simulate import accepted, lower_bound_usd, never_runs, simulate
 
     t0 = time.perf_counter()
     elastic = simulate(trace, market, cfg, tick_s=tick_s, seed=seed)
@@ -98,22 +100,52 @@ def compare(trace, market, cfg, types, *, tick_s: float = 60.0, seed: int = 0) -
            "saved_vs_fixed_pool": round(1 - elastic.cost_usd / fixed.cost_usd, 4) if fixed and fixed.cost_usd else None,
            "lower_bound_usd": round(bound, 4),
            "over_lower_bound": round(elastic.cost_usd / bound - 1, 4) if bound else None,
-           "replay_s": round(replay_s, 3), "jobs_per_s": round(len(trace) / replay_s, 1) if replay_s else None}
+           "replay_s": round(replay_s, 3), "jobs_per_s": round(len(trace) / replay_s, 1) if replay_s else None,
+           "never_run": [{"job_id": j.job_id, "workers": j.workers, "gpus": j.gpus, "spot": j.spot, "why": why}
+                         for j, why in never_runs(trace, market, cfg)]}
+
+
+def duration(seconds: float | None) -> str:
+    """``95`` -> ``1m35s``; ``7260`` -> ``2h01m``: a wait as people read it."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def show(out: dict[str, Any]) -> None:
-    from types import SimpleNamespace
+    from raycluster.cli.format import text_table
 
-    e = SimpleNamespace(**out["elastic"])
-    fixed = SimpleNamespace(**out["fixed_pool"]) if out["fixed_pool"] else None
-    bound = out["lower_bound_usd"]
-    print(f"{out['jobs']} jobs replayed in {out['replay_s']:.2f}s ({out['jobs_per_s']} jobs/s); "
-          f"{e.rejected} could never run on this config (refused at submit)")
-    print(f"elastic   cost {e.cost_usd:9.2f} USD  wait p50 {e.wait_p50_s:7.0f}s p99 {e.wait_p99_s:7.0f}s  "
-          f"util {e.utilisation:.2f}  preemptions {e.preemptions}  peak {e.peak_nodes} nodes")
-    if fixed:
-        print(f"fixed     cost {fixed.cost_usd:9.2f} USD  wait p50 {fixed.wait_p50_s:7.0f}s p99 {fixed.wait_p99_s:7.0f}s  "
-              f"util {fixed.utilisation:.2f}  ({out['fixed_pool_nodes']}, on-demand, held throughout)")
-        print(f"saved {100 * out['saved_vs_fixed_pool']:.1f}% against the fixed pool")
-    print(f"lower bound {bound:.2f} USD (every job's GPU-hours at the cheapest price it may use); "
+    cap = out.get("max_hourly_budget_usd")
+    print(f"simulated {out['trace']} on {out['config']}: budget "
+          + (f"{cap:g} USD/h" if cap is not None else "uncapped")
+          + f", budget policy every {duration(out['tick_s'])}, launch delay {duration(out['launch_delay_s'])}, "
+          f"{out['preemption_rate_per_hour']:g} spot preemptions per node-hour, seed {out['seed']}")
+    print(f"{out['jobs']} jobs replayed in {out['replay_s']:.2f}s ({out['jobs_per_s']} jobs/s)\n")
+
+    def row(name: str, r: dict, extra: str) -> tuple:
+        return (name, f"{r['cost_usd']:.2f}", duration(r["wait_p50_s"]), duration(r["wait_p99_s"]),
+                f"{r['utilisation']:.2f}", str(r["preemptions"]), str(r["peak_nodes"]), extra)
+
+    rows = [row("elastic", out["elastic"], "rented as jobs wait, given back when idle")]
+    if out["fixed_pool"]:
+        pool = ", ".join(f"{n} x{c}" for n, c in (out["fixed_pool_nodes"] or {}).items())
+        rows.append(row("fixed pool", out["fixed_pool"], f"{pool} on-demand, held throughout"))
+    print(text_table(("RUN", "COST_USD", "WAIT_P50", "WAIT_P99", "UTIL", "PREEMPTIONS", "PEAK_NODES", ""), rows))
+    if out.get("saved_vs_fixed_pool") is not None:
+        print(f"\nelastic saves {100 * out['saved_vs_fixed_pool']:.1f}% against the fixed pool; ", end="")
+    else:
+        print()
+    print(f"lower bound {out['lower_bound_usd']:.2f} USD (every job's GPU-hours at the cheapest price it may use): "
           f"elastic is {100 * (out['over_lower_bound'] or 0):.1f}% above it")
+    never = out.get("never_run") or []
+    if never:
+        print(f"\n{len(never)} job(s) could never run on this config (a submit refuses them):")
+        print(text_table(("JOB", "WORKERS", "GPUS", "SPOT", "WHY"),
+                         [(n["job_id"], str(n["workers"]), f"{n['gpus']:g}", n["spot"], n["why"]) for n in never]))
+    else:
+        print("every job could run on this config")

@@ -107,7 +107,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     rng = random.Random(seed)
     jobs = sorted(trace, key=lambda j: (j.arrival_s, j.job_id))
     total = len(jobs)
-    jobs = [j for j in jobs if _feasible(j, market, config, fixed_pool)]  # refused at submit, as live
+    jobs = [j for j in jobs if why_never(j, market, config, fixed_pool) is None]  # refused at submit, as live
     by_id = {j.job_id: j for j in jobs}
     types = {t.name: t for t in market.types}
     queue = AdmissionQueue(starvation_threshold_s=1800.0, aging_s=3600.0)
@@ -322,10 +322,17 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
 def accepted(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig,
              fixed_pool: dict[str, int] | None = None) -> list[TraceJob]:
     """The jobs a submit would accept (the rest could never run: too big, or past the budget)."""
-    return [j for j in trace if _feasible(j, market, config, fixed_pool)]
+    return [j for j in trace if why_never(j, market, config, fixed_pool) is None]
 
 
-def _feasible(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool: dict[str, int] | None) -> bool:
+def never_runs(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig) -> list[tuple[TraceJob, str]]:
+    """The jobs a submit would refuse, each with why (the complement of ``accepted``)."""
+    return [(j, why) for j in trace if (why := why_never(j, market, config, None)) is not None]
+
+
+def why_never(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool: dict[str, int] | None) -> str | None:
+    """Why ``j`` could never run on this market/config (too big for every node type and the
+    worker limits, or cheaper nowhere than the cap), or None when it could."""
     from raycluster.policy.budget import cheapest_gang_usd_per_hour
     from raycluster.policy.placement import infeasible_reason
 
@@ -334,14 +341,19 @@ def _feasible(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool
         totals = {f"{name}#{i}": {"GPU": float(types[name].gpus), "CPU": float(types[name].cpus),
                                   KIND_RESOURCE[types[name].kind]: KIND_RESOURCE_UNITS}
                   for name, count in fixed_pool.items() for i in range(count)}
-        return infeasible_reason(with_kind([{"GPU": j.gpus, "CPU": j.cpus}] * j.workers, j.spot), j.strategy,
-                                 totals) is None
+        return infeasible_reason(with_kind([{"GPU": j.gpus, "CPU": j.cpus}] * j.workers, j.spot), j.strategy, totals)
     gang = Gang(j.job_id, j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD", spot=j.spot)
     limited = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus, t.available,
                              min(t.max_workers, t.available, config.max_workers)) for t in market.types)
     rate = cheapest_gang_usd_per_hour(limited, gang, config.spot_fallback_preemptions)
+    if rate is None:
+        kinds = {"only": "spot ", "never": "on-demand "}.get(j.spot, "")
+        return (f"no {kinds}node types can hold {j.workers} x {j.gpus:g} GPU" + (" (strictly spread)" if
+                j.strategy == "STRICT_SPREAD" else "") + f" within max_workers {config.max_workers}")
     cap = config.max_hourly_budget_usd
-    return rate is not None and (cap is None or rate <= cap + 1e-9)
+    if cap is not None and rate > cap + 1e-9:
+        return f"costs at least {rate:.2f} USD/h, over the {cap:g} USD/h cap"
+    return None
 
 
 def lower_bound_usd(trace: Iterable[TraceJob], types: Iterable[NodeType]) -> float:

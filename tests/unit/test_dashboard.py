@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
+
 from raycluster.cli.dashboard import render, view
 
 
@@ -66,3 +68,18 @@ def test_run_picks_the_best_scored_healthy_worker():
     assert best_node(nodes)["node_id"] == "idle"
     assert best_node(nodes[:1])["node_id"] == "head"
     assert best_node(nodes[3:]) is None
+
+
+@pytest.mark.parametrize("columns", ["80", "100", "160"])
+def test_the_dashboard_fits_the_terminal_and_keeps_job_ids_whole(columns, monkeypatch):
+    from rich.console import Console
+
+    from raycluster.cli.dashboard import terminal_width
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert terminal_width() == int(columns)
+    out = io.StringIO()
+    Console(file=out, width=terminal_width(), force_terminal=False).print(render(view(StandIn())))
+    lines = out.getvalue().splitlines()
+    assert max(len(ln) for ln in lines) <= int(columns)
+    assert "job-run" in out.getvalue() and "job-wait" in out.getvalue()

@@ -96,3 +96,25 @@ def test_raycluster_simulate_on_the_shipped_trace(tmp_path):
     err = subprocess.run([sys.executable, "-m", "raycluster.cli", "simulate", str(bad)], cwd=ROOT,
                          capture_output=True, text=True, timeout=100)
     assert err.returncode == 2 and "bad.jsonl:1.arrival_s: must be >= 0.0" in err.stderr
+
+
+def test_the_jobs_that_could_never_run_are_listed_with_why():
+    from raycluster.policy.simulate import never_runs
+
+    trace = [TraceJob("ok", 0, 600), TraceJob("huge", 0, 600, workers=40, strategy="STRICT_SPREAD"),
+             TraceJob("pricey", 0, 600, workers=20, spot="never")]
+    assert [(j.job_id, why) for j, why in never_runs(trace, MARKET, CFG)] == [
+        ("huge", "no node types can hold 40 x 1 GPU (strictly spread) within max_workers 32"),
+        ("pricey", "costs at least 10.60 USD/h, over the 6 USD/h cap")]
+
+
+def test_raycluster_simulate_prints_a_table_naming_its_config_with_waits_as_durations(capsys):
+    from raycluster.cli.main import main
+    from raycluster.cli.simulate import duration
+
+    assert [duration(s) for s in (0, 59.6, 95, 3599, 7260)] == ["0s", "1m00s", "1m35s", "59m59s", "2h01m"]
+    assert main(["simulate", str(ROOT / "configs/traces/day.jsonl"), "--config", str(ROOT / "configs/sim-day.yaml"),
+                 "--budget", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "sim-day.yaml: budget 0.5 USD/h" in out and "WAIT_P50" in out and "could never run" in out
+    assert "over the 0.5 USD/h cap" in out and "{" not in out  # a table, not a Python dict

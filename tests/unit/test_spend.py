@@ -87,3 +87,21 @@ def test_one_check_of_a_cap_for_the_config_the_cli_and_the_api(value, ok):
     assert e.value.field == "max_hourly_budget_usd" and "must be a number >= 0" in str(e.value)
     with pytest.raises(BudgetConfigError):  # the config's cap: the same check
         BudgetConfig(max_hourly_budget_usd=value)
+
+
+def test_events_print_a_table_with_counts_and_node_types_and_ray_node_ids_show_in_nodes(tmp_path, capsys):
+    from raycluster.cli.main import main
+
+    store = _elastic(tmp_path)
+    store.add_event("budget", "scale_up", "2 gangs wait for GPUs", node_type="gpu_spot", count=2)
+    store.add_event("budget", "blocked", "budget: 0.50 USD/h would pass the 0.40 cap")
+    _rent(store, "rent-a", "spot", 0.2, time.time() - 60)
+    store.update("rent-a", ray_node_id="f" * 56)
+    store.close()
+    assert main(["--state-dir", str(tmp_path), "events"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["TIME", "SOURCE", "ACTION", "COUNT", "NODE_TYPE", "REASON"]
+    assert lines[1].split()[3:6] == ["scale_up", "2", "gpu_spot"] and lines[2].split()[3:6] == ["blocked", "-", "-"]
+    assert main(["--state-dir", str(tmp_path), "nodes"]) == 0
+    out = capsys.readouterr().out
+    assert "RAY_NODE" in out and "rent-a" in out and "f" * 16 in out  # one identity: rental -> Ray node
