@@ -154,8 +154,6 @@ def cmd_dashboard(args) -> int:
     if args.json:
         print_json(view(client))
         return EXIT_OK
-    import sys
-
     console = Console(width=terminal_width())
     if args.once:
         console.print(render(view(client)))
