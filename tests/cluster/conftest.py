@@ -10,6 +10,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/cluster/" in str(item.fspath):
             item.add_marker(pytest.mark.cluster)
+            # under pytest-xdist (scripts/test.sh: -n 2 --dist loadgroup) a module's tests stay on one
+            # worker (its cluster is started once), and the shared cluster's modules all on one
+            name = item.fspath.basename
+            item.add_marker(pytest.mark.xdist_group("shared" if name in SHARED_MODULES else name))
     # the modules on the one shared cluster run last, one after another: it is started for the
     # first of them and stopped at the end of the session, so it idles beside no other cluster
     def key(item):
