@@ -116,8 +116,13 @@ def test_job_round_trip_and_cancel(api):
     else:
         assert logs.status_code == 200, logs.text
         for entry in logs.json()["logs"]:
-            assert set(entry) == {"attempt", "rank", "lines", "error"} and len(entry["lines"]) <= 5
+            assert set(entry) == {"attempt", "rank", "lines", "error", "offset"} and len(entry["lines"]) <= 5
             assert entry["error"] is None  # (set when a listed log cannot be read from the storage)
+        # following: from the offsets handed back, nothing new once the job ended; a bad since is named
+        since = ",".join(f"a{e['attempt']}-r{e['rank']}:{e['offset']}" for e in logs.json()["logs"])
+        after = _get(api, f"/jobs/{jid}/logs", params={"since": since}).json()["logs"]
+        assert after and all(e["lines"] == [] for e in after)
+        _assert_error(_get(api, f"/jobs/{jid}/logs", params={"since": "a1-r0:x"}), 422, "invalid_request")
 
     # filters and paging
     done = _get(api, "/jobs", params=[("state", "SUCCEEDED"), ("state", "FAILED")]).json()["jobs"]

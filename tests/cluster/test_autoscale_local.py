@@ -128,12 +128,21 @@ def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elas
     import json
 
     job = client.submit({"name": "needs-a-gpu", "entrypoint": "jobs.toy:counter",
-                         "config": {"steps": 5, "sleep_per_step_s": 0.5},
+                         "config": {"steps": 10, "sleep_per_step_s": 0.5},
                          "resources": {"gpus": 1, "cpus": 1}})
+    # one node identity: the running rank names its Ray node and the rental that node is ...
+    wait_for(lambda: (client.get(job["id"]).get("ranks") or [{}])[0].get("rental"), 180, "the rank on a rented node")
+    rank = client.get(job["id"])["ranks"][0]
     wait_for(lambda: client.get(job["id"])["state"] == "SUCCEEDED", 180, "the GPU job to succeed on a rented node")
-    out = _cli(elastic, "--json", "nodes", "--all")
-    assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+
+    def nodes():
+        out = _cli(elastic, "--json", "nodes", "--all")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+    # ... and the rental names that Ray node (noted by the provider at its next tick)
+    wait_for(lambda: any(r["id"] == rank["rental"] and r["ray_node_id"] == rank["node_id"] for r in nodes()), 60,
+             "the rental to carry its Ray node id")
+    rows = nodes()
     assert any(r["market"] == "local" and r["kind"] == "spot" and r["usd_per_hour"] == SPOT_USD_PER_HOUR
                and r["cost_usd"] >= 0 for r in rows), rows
     bad = _cli(elastic, "market", "preempt", "rent-nosuchnode")

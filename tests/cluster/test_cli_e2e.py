@@ -77,10 +77,10 @@ def test_cli_lifecycle(tmp_path):
         done = rc(state, "submit", str(spec), "--wait", check_code=0)
         assert "SUCCEEDED" in done.stdout
         # the documented example, a field changed on the command line; --wait shows rank 0's output
-        ex = rc(state, "submit", "configs/jobs/example.yaml", "--wait", "--set", "config.steps=40",
+        ex = rc(state, "submit", "configs/jobs/example.yaml", "--wait", "--set", "config.steps=120",
                 "--set", "resources.cpus=0.5", check_code=0)
-        assert "==> attempt 1 rank 0 <==" in ex.stdout and "step 40 loss" in ex.stdout, ex.stdout[-2000:]
-        assert "step 60 loss" not in ex.stdout and "rank 1/2" not in ex.stdout  # steps=40; rank 0's only
+        assert "==> attempt 1 rank 0 <==" in ex.stdout and "step 120 loss" in ex.stdout, ex.stdout[-2000:]
+        assert "step 140 loss" not in ex.stdout and "rank 1/2" not in ex.stdout  # steps=120; rank 0's only
         assert "did you mean 'config.steps'" not in ex.stderr
         jobs = json.loads(rc(state, "--json", "jobs", "--oldest-first", check_code=0).stdout)
         assert [j["state"] for j in jobs] == ["SUCCEEDED"] * 2 and jobs[0]["result"]["steps"] == 20

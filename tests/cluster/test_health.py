@@ -183,7 +183,8 @@ def test_a_gpu_fault_moves_the_job_checkpoint_first_with_the_same_result(cluster
              90, "the victim training")
     node = pg_nodes(victim, 1)[0]
     shown = cli(cluster, "status", victim, "--json")  # (a global option after the subcommand)
-    assert shown.returncode == 0 and json.loads(shown.stdout)["ranks"] == [{"rank": 0, "node_id": node}]
+    assert shown.returncode == 0 and json.loads(shown.stdout)["ranks"] == [{"rank": 0, "node_id": node,
+                                                                                              "rental": None}]
     ray.get(monitor(node).inject.remote({"xid": 79}), timeout=30)
     t0 = time.monotonic()
     wait_for(lambda: by_node(client)[node]["state"] == "unhealthy", 30, "the node unhealthy")
