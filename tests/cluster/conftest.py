@@ -1,6 +1,8 @@
 """Every test in tests/cluster/ runs against real local Ray clusters: mark them ``cluster``
 (``pytest -m "not cluster"`` or ``pytest tests/unit`` skips them)."""
 
+import os
+
 import pytest
 
 
@@ -14,9 +16,15 @@ def pytest_collection_modifyitems(items):
             # worker (its cluster is started once), and the shared cluster's modules all on one
             name = item.fspath.basename
             item.add_marker(pytest.mark.xdist_group("shared" if name in SHARED_MODULES else name))
-    # the modules on the one shared cluster run last, one after another: it is started for the
-    # first of them and stopped at the end of the session, so it idles beside no other cluster
+    # the modules on the one shared cluster run one after another: in one process, last (the cluster
+    # is started for the first of them and stopped at the end of the session, so it idles beside no
+    # other cluster); under pytest-xdist, first (their group is the longest: one worker runs it while
+    # the other runs the rest, rather than it starting when everything else is done)
+    first = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
     def key(item):
         name = item.fspath.basename
-        return SHARED_MODULES.index(name) + 1 if "/tests/cluster/" in str(item.fspath) and name in SHARED_MODULES else 0
+        if "/tests/cluster/" in str(item.fspath) and name in SHARED_MODULES:
+            return SHARED_MODULES.index(name) + 1 - (100 if first else 0)
+        return 0
     items[:] = sorted(items, key=key)  # (stable: the order within a module and of the others is kept)
