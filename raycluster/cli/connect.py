@@ -41,6 +41,7 @@ def client_for(args, ray_only: bool = False, offline_ok: bool = False):
 
     from raycluster.errors import ClusterUnavailable
 
+    ray_messages_to_stderr()
     try:
         connect(address, Path(args.state_dir))
     except ClusterUnavailable as exc:
@@ -54,6 +55,27 @@ def client_for(args, ray_only: bool = False, offline_ok: bool = False):
               file=sys.stderr)
         return OfflineClient(args.state_dir)
     return Client()
+
+
+def ray_messages_to_stderr() -> None:
+    """A Ray driver prints the cluster's error messages ("node ... has been marked dead", a worker
+    killed) to *stdout* from a background thread, whatever ``log_to_driver`` says
+    (``ray._private.worker.listen_error_messages``). A CLI command's stdout is its answer — ``--json``
+    output is parsed by scripts — so this process sends them to stderr instead. Idempotent; a no-op
+    if Ray's internals moved (the messages then stay where Ray puts them)."""
+    try:
+        import ray._private.worker as worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_raycluster_to_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        return original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._raycluster_to_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def recorded_api(state_dir) -> str | None:

@@ -6,7 +6,8 @@ import os
 import pytest
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group marks: this
+def pytest_collection_modifyitems(items):  # conftest may load before it (`pytest tests/cluster/x.py`)
     from tests.conftest import SHARED_MODULES
 
     for item in items:

@@ -27,3 +27,19 @@ def test_drain_needs_a_node(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["drain"])
     assert exc.value.code == 2 and "node" in capsys.readouterr().err
+
+
+def test_ray_drivers_cluster_messages_go_to_stderr_not_the_answer(capsys, monkeypatch):
+    """A node killed while `raycluster --json health` ran through a Ray driver put Ray's "node marked
+    dead" message on stdout after the JSON (seen in the suite): the CLI moves them to stderr."""
+    import ray._private.worker as worker
+
+    from raycluster.cli.connect import ray_messages_to_stderr
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored after the test
+    ray_messages_to_stderr()
+    ray_messages_to_stderr()  # idempotent: wrapped once
+    worker.print_to_stdstream({"lines": ["node abc has been marked dead"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    out = capsys.readouterr()
+    assert "marked dead" not in out.out and out.err.count("marked dead") == 1
