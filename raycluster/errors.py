@@ -86,6 +86,12 @@ class Unauthorized(RayClusterError):
     code, http_status, exit_code = "unauthorized", 401, EXIT_UNAUTHORIZED
 
 
+class Forbidden(Unauthorized):
+    """The token is valid but its role or tenant does not allow this (HTTP 403; the message names what
+    was refused and which role would allow it). Retrying with the same token will not help."""
+    code, http_status = "forbidden", 403
+
+
 class ApiDeployError(RayClusterError):
     """The HTTP API could not be deployed or is not reachable where it should be (e.g. its port is
     taken by another program, or a Serve instance started with other options is running)."""
@@ -136,8 +142,6 @@ def error_for_status(status: int, code: str | None, message: str, field: str | N
     """The typed exception for an HTTP error answer: the class with this ``code`` when it answers with
     this status, else the most general class answering with the status, else RayClusterError."""
     classes = [c for c in _all_classes() if c is not RayClusterError]
-    if status == 403:
-        status = 401
     if status in (502, 504):
         status = 503
     cls = next((c for c in classes if c.code == code and c.http_status == status), None)

@@ -58,8 +58,9 @@ app = _App(
     title="raycluster control API",
     version="1",
     description="Submit, list, follow and cancel training jobs; cluster and node status. "
-                "Every route except /healthz needs `Authorization: Bearer <token>` (the token is in "
-                "`<state_dir>/api_token`). Errors: `{\"error\": {\"code\", \"message\", \"field\"?, \"retryable\"}}`.",
+                "Every route except /healthz needs `Authorization: Bearer <token>`: the operator's token "
+                "(`<state_dir>/api_token`, an admin) or a per-user token (`raycluster tokens create`: one "
+                "tenant, a role — admin, member or viewer). Errors: `{\"error\": {\"code\", \"message\", \"field\"?, \"retryable\"}}`.",
     docs_url="/docs",
     redoc_url=None,
     default_response_class=SafeJSONResponse,
@@ -68,7 +69,8 @@ app = _App(
 
 E = {"model": ErrorResponse}
 AUTH = {401: {**E, "description": "missing or wrong bearer token",
-               "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}}}
+               "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}},
+        403: {**E, "description": "the token's role or tenant does not allow this (the message says which would)"}}
 UNAVAILABLE = {503: {**E, "description": "the runtime is restarting or unreachable; retry after Retry-After",
                       "headers": {"Retry-After": {"schema": {"type": "string"}}}},
                 500: {**E, "description": "unexpected server error (no details are sent)"}}

@@ -17,21 +17,21 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-Item = tuple[Any, str]  # (spec data, idempotency key)
+Item = tuple[Any, str, str | None]  # (spec data, idempotency key, who submits it)
 
 
 class SubmitBatcher:
-    def __init__(self, submit_many: Callable[[list[dict]], Awaitable[list[Any]]],
-                 submit_one: Callable[[Any, str], Awaitable[Any]], max_batch: int):
+    def __init__(self, submit_many: Callable[[list[dict], list[str | None]], Awaitable[list[Any]]],
+                 submit_one: Callable[[Any, str, str | None], Awaitable[Any]], max_batch: int):
         self._many, self._one = submit_many, submit_one
         self.max_batch = max(1, max_batch)
         self._waiting: list[tuple[Item, asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
         self.calls = self.batched = 0  # Coordinator calls made; requests that shared one
 
-    async def submit(self, data: Any, key: str) -> Any:
+    async def submit(self, data: Any, key: str, by: str | None = None) -> Any:
         fut = asyncio.get_running_loop().create_future()
-        self._waiting.append(((data, key), fut))
+        self._waiting.append(((data, key, by), fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await fut
@@ -46,14 +46,15 @@ class SubmitBatcher:
     async def _send(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         self.calls += 1
         if len(batch) == 1:
-            (data, key), fut = batch[0]
-            await _settle(fut, self._one(data, key))
+            (data, key, by), fut = batch[0]
+            await _settle(fut, self._one(data, key, by))
             return
         self.batched += len(batch)
-        keys = [key for (_d, key), _f in batch]
+        keys = [key for (_d, key, _b), _f in batch]
         if len(set(keys)) == len(keys):  # (a key twice in one batch is refused: send those alone)
             try:
-                results = await self._many([{"spec": d, "idempotency_key": k} for (d, k), _f in batch])
+                results = await self._many([{"spec": d, "idempotency_key": k} for (d, k, _b), _f in batch],
+                                           [b for (_d, _k, b), _f in batch])
             except Exception as exc:
                 if getattr(exc, "retryable", False):  # the Coordinator is away: so it is for each of them
                     for _item, fut in batch:
@@ -66,9 +67,9 @@ class SubmitBatcher:
                     if not fut.done():
                         fut.set_result(result)
                 return
-        for (data, key), fut in batch:
+        for (data, key, by), fut in batch:
             self.calls += 1
-            await _settle(fut, self._one(data, key))
+            await _settle(fut, self._one(data, key, by))
 
 
 async def _settle(fut: asyncio.Future, call: Awaitable[Any]) -> None:

@@ -1,9 +1,12 @@
 """The API's ASGI middleware: bearer-token auth, the request-body limit, the last-resort 500.
 
 Owns: every route except the public ones (``/healthz``) — ``/openapi.json`` and ``/docs`` included —
-needing ``Authorization: Bearer <token>`` (401 + ``WWW-Authenticate: Bearer`` otherwise; the replica
-holds only the token's sha256 and compares ``hmac.compare_digest(sha256(presented), expected)``;
-headers are never logged); 413 for a body over ``max_body_bytes`` (checked on Content-Length and
+needing ``Authorization: Bearer <token>`` (401 + ``WWW-Authenticate: Bearer`` otherwise; headers are
+never logged) and who the token is, put in ``request.state.identity`` for the routes to authorize
+(``policy.access``): the operator's token (the replica holds only its sha256 and compares
+``hmac.compare_digest``) is ``OPERATOR``, an admin; any other is looked up by its sha256 through the
+replica's access part (``api/settings.py: access``: the Coordinator's token store, cached at most a
+second, so a rotation or revocation takes effect at once); unknown or revoked → 401; 413 for a body over ``max_body_bytes`` (checked on Content-Length and
 while streaming); a 500 in the one error shape, logged here with its traceback, never sent.
 """
 
@@ -15,7 +18,9 @@ import logging
 
 from raycluster import constants as C
 from raycluster.api.errors import error_response, retry_after
-from raycluster.api.settings import current
+from raycluster.api.errors import ApiError
+from raycluster.api.settings import access, current
+from raycluster.policy.access import OPERATOR
 from raycluster.errors import BodyTooLarge
 
 log = logging.getLogger("raycluster.api")
@@ -61,9 +66,21 @@ class Guard:
                 auth = v
             elif k == b"content-length":
                 content_length = v
-        if path not in PUBLIC_PATHS and not _token_ok(auth, settings.token_sha256):
-            return await reply(error_response(401, "unauthorized", "missing or invalid bearer token",
-                                               headers={"WWW-Authenticate": "Bearer"}))
+        if path not in PUBLIC_PATHS:
+            sha = _presented_sha256(auth)
+            identity = None
+            if sha is not None and hmac.compare_digest(sha, settings.token_sha256):
+                identity = OPERATOR
+            elif sha is not None and access() is not None:
+                try:
+                    identity = await access().identity(sha)
+                except ApiError as exc:  # the token store unreachable: 503, retry
+                    return await reply(error_response(exc.status, exc.code, exc.message, exc.field, exc.retryable,
+                                                      exc.headers))
+            if identity is None:
+                return await reply(error_response(401, "unauthorized", "missing, invalid or revoked bearer token",
+                                                   headers={"WWW-Authenticate": "Bearer"}))
+            scope.setdefault("state", {})["identity"] = identity
         limit = C.API_MAX_PACKAGE_BYTES if path.startswith(PACKAGE_PATH) else settings.max_body_bytes
         if content_length is not None:
             try:
@@ -96,10 +113,11 @@ def _too_large(limit: int):
     return error_response(BodyTooLarge.http_status, BodyTooLarge.code, f"request body is larger than {limit} bytes")
 
 
-def _token_ok(header: bytes | None, expected_sha256: str) -> bool:
+def _presented_sha256(header: bytes | None) -> str | None:
+    """The sha256 (hex) of a ``Bearer`` token, None when there is none."""
     if not header:
-        return False
+        return None
     scheme, _, token = header.partition(b" ")
     if scheme.lower() != b"bearer" or not token.strip():
-        return False
-    return hmac.compare_digest(hashlib.sha256(token.strip()).hexdigest(), expected_sha256)
+        return None
+    return hashlib.sha256(token.strip()).hexdigest()

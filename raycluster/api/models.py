@@ -307,3 +307,44 @@ class PreemptNotice(BaseModel):
 
 class Package(BaseModel):
     uri: str = Field(..., description="the package's URI, for runtime_env.working_dir / py_modules (gcs://...)")
+
+
+class Token(BaseModel):
+    id: str
+    name: str = Field(..., description="who holds it")
+    tenant: str | None = Field(None, description="the tenant it acts as (None: an admin of every tenant)")
+    role: str = Field(..., description="admin, member or viewer")
+    created_at: float
+    rotated_at: float | None = None
+    revoked_at: float | None = None
+    revoked: bool = False
+    created_by: str | None = None
+    token: str | None = Field(None, description="the token itself: only in the answer that creates or rotates "
+                                                "it, never again (only its sha256 is kept)")
+
+
+class TokenList(BaseModel):
+    tokens: list[Token]
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, max_length=64, description="who will hold it (a user or a service)")
+    tenant: str | None = Field(None, max_length=64, description="the tenant it acts as (required but for admins)")
+    role: str = Field(..., description="admin, member or viewer")
+
+
+class AuditEntry(BaseModel):
+    seq: int
+    ts: float
+    token_id: str
+    who: str = Field(..., description="name@tenant (operator: the cluster's own token)")
+    tenant: str | None = None
+    role: str
+    action: str = Field(..., description="the route called, e.g. DELETE /jobs/{job_id}")
+    target: str | None = Field(None, description="what it acted on")
+    status: int
+
+
+class AuditList(BaseModel):
+    entries: list[AuditEntry]

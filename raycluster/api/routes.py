@@ -12,6 +12,10 @@ Owns the routes (all JSON)::
     GET    /jobs/{job_id}             one job with its transitions (and why it waits, while PENDING)
     DELETE /jobs/{job_id}             cancel; 409 if it already finished
     GET    /jobs/{job_id}/checkpoints | /metrics | /logs?tail=N (or ?since=a0-r0:OFFSET,... to follow)
+    (and ``api/access_routes.py``: /tokens and /audit, for admins)
+
+Who may call what: the caller's ``Identity`` (``api/access.py``, from the bearer token) and the pure
+rules of ``policy/access.py``, applied by each route before it calls anything.
 
 It holds no job state: every answer comes from the Coordinator / CheckpointManager actors (found by
 name, awaited with a timeout: 503 + Retry-After when they restart or are slow) except ``/nodes``,
@@ -37,6 +41,8 @@ from ray import serve
 
 from raycluster import constants as C
 from raycluster.api._serve_compat import serve_listener_reuses_address
+from raycluster.api import access_routes
+from raycluster.api.access import Access
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.bodies import json_body as _json_body, json_body_doc as _json_body_doc
@@ -44,20 +50,32 @@ from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList,
                                    LogList, MetricList, Node, NodeHealth, NodeHealthList, NodeList, Package,
                                    PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList)
-from raycluster.api.settings import configure
+from raycluster.api.settings import configure, set_access
 from raycluster.control.handles import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
 from raycluster.errors import ClusterUnavailable, IdempotencyKeyReused, RayClusterError
+from raycluster.policy import access as A
 from raycluster.policy.budget_types import BudgetConfigError, check_cap
 from raycluster.spec import parse_spec
 from raycluster.store.lifecycle import JobState
 from raycluster.util.ttlcache import TTLCache
 
 log = logging.getLogger("raycluster.api")
+assert access_routes.app is app  # (imported for its routes: /tokens and /audit, on this app)
 _JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NODE_ID = r"^[A-Za-z0-9_-]{1,128}$"
 _PACKAGE_NAME = r"^_ray_pkg_[0-9a-f]{8,128}\.zip$"  # content-addressed, as Ray names them
 _PACKAGE_MEDIA = ("application/zip", "application/octet-stream", "application/x-zip-compressed")
+
+
+def _as_tenant(who: A.Identity, data: Any, field: str) -> Any:
+    """A spec as ``who`` may submit it: its tenant the token's (a member naming another tenant is
+    refused, 403 naming ``field``); an admin's as written. Anything but a mapping is left to the
+    spec's own validation."""
+    if not isinstance(data, dict):
+        return data
+    tenant = A.submit_tenant(who, data.get("tenant"), field)
+    return data if tenant == data.get("tenant") else {**data, "tenant": tenant}
 
 
 def _usage(total: float, free: float) -> dict:
@@ -79,9 +97,11 @@ class ControlAPI:
         self._cache = TTLCache()
         self._nodes_cache = NodeCache(read_nodes)
         self._submits = SubmitBatcher(
-            lambda items: self._coord("submit_many", items, timeout_s=self.s.submit_timeout_s),
-            lambda data, key: self._coord("submit", data, key, timeout_s=self.s.submit_timeout_s),
+            lambda items, bys: self._coord("submit_many", items, bys, timeout_s=self.s.submit_timeout_s),
+            lambda data, key, by: self._coord("submit", data, key, by, timeout_s=self.s.submit_timeout_s),
             C.API_SUBMIT_BATCH_MAX)
+        self.access = Access(self._coord)  # who calls: per-user tokens, ownership, the audit trail
+        set_access(self.access)
 
     # ------------------------------------------------------------------ actor calls
     async def _handle(self, name: str):
@@ -181,14 +201,20 @@ class ControlAPI:
     @app.post("/nodes/{node_id}/drain", response_model=NodeHealth, tags=["cluster"],
               responses={**COMMON, 404: {**E, "description": "unknown node"}},
               summary="no new gangs there; its gangs checkpoint and move (kept until undrained)")
-    async def drain_node(self, node_id: str = PathParam(..., pattern=_NODE_ID),
+    async def drain_node(self, request: Request, node_id: str = PathParam(..., pattern=_NODE_ID),
                          reason: str | None = Query(None, max_length=200)) -> dict:
-        return await self._coord("drain", node_id, reason)
+        A.authorize(self.access.who(request), A.DRAIN)
+        out = await self._coord("drain", node_id, reason)
+        self.access.audit(request, node_id)
+        return out
 
     @app.post("/nodes/{node_id}/undrain", response_model=NodeHealth, tags=["cluster"],
               responses={**COMMON, 404: {**E, "description": "unknown node"}}, summary="use a drained node again")
-    async def undrain_node(self, node_id: str = PathParam(..., pattern=_NODE_ID)) -> dict:
-        return await self._coord("undrain", node_id)
+    async def undrain_node(self, request: Request, node_id: str = PathParam(..., pattern=_NODE_ID)) -> dict:
+        A.authorize(self.access.who(request), A.DRAIN)
+        out = await self._coord("undrain", node_id)
+        self.access.audit(request, node_id)
+        return out
 
     @app.get("/rentals", response_model=RentalList, tags=["cluster"],
              responses={**COMMON, 409: {**E, "description": "the cluster rents no nodes (not elastic)"}},
@@ -220,6 +246,7 @@ class ControlAPI:
                  "application/json": {"schema": {"$ref": "#/components/schemas/BudgetRequest"}}}}},
              summary="change the hard cap on the spend rate (nodes held over it are shed within a pass)")
     async def put_budget(self, request: Request) -> dict:
+        A.authorize(self.access.who(request), A.SET_BUDGET)
         data = await _json_body(request)
         if not isinstance(data, dict) or set(data) != {"max_hourly_budget_usd"}:
             raise ApiError(422, "invalid_request", 'the body must be {"max_hourly_budget_usd": <USD/h or null>}',
@@ -228,7 +255,9 @@ class ControlAPI:
             cap = check_cap(data["max_hourly_budget_usd"])
         except BudgetConfigError as exc:
             raise ApiError(422, "invalid_request", f"{exc} (or null)", field=exc.field) from None
-        return await self._coord("set_budget", cap)
+        out = await self._coord("set_budget", cap)
+        self.access.audit(request, f"max_hourly_budget_usd={cap}")
+        return out
 
     @app.post("/rentals/{node_id}/preempt", response_model=PreemptNotice, tags=["cluster"],
               responses={**COMMON, 404: {**E, "description": "no such rented node"},
@@ -238,6 +267,7 @@ class ControlAPI:
                   "application/json": {"schema": {"$ref": "#/components/schemas/PreemptRequest"}}}}},
               summary="the local market takes a spot node back: a notice now, the node stopped at the deadline")
     async def preempt(self, request: Request, node_id: str = PathParam(..., pattern=_NODE_ID)) -> dict:
+        A.authorize(self.access.who(request), A.MARKET)
         raw = await request.body()
         data = await _json_body(request) if raw.strip() else {}
         if not isinstance(data, dict) or set(data) - {"notice_s"}:
@@ -247,7 +277,9 @@ class ControlAPI:
                                      or not 0 <= notice_s <= 86400):
             raise ApiError(422, "invalid_request", "notice_s must be a number of seconds in [0, 86400]",
                            field="notice_s")
-        return await self._coord("preempt", node_id, notice_s)
+        out = await self._coord("preempt", node_id, notice_s)
+        self.access.audit(request, node_id)
+        return out
 
     # ------------------------------------------------------------------ code packages
     @app.get("/api/packages/{protocol}/{name}", response_model=Package, tags=["jobs"],
@@ -276,6 +308,7 @@ class ControlAPI:
 
         from ray._private.runtime_env.packaging import pin_runtime_env_uri, upload_package_to_gcs
 
+        A.authorize(self.access.who(request), A.UPLOAD_PACKAGE)
         declared = request.headers.get("content-type")
         media = (declared or "application/zip").split(";", 1)[0].strip().lower()
         if media not in _PACKAGE_MEDIA:
@@ -288,6 +321,7 @@ class ControlAPI:
         await asyncio.to_thread(upload_package_to_gcs, uri, data)
         await asyncio.to_thread(pin_runtime_env_uri, uri, expiration_s=C.PACKAGE_PIN_S)
         log.info("package %s uploaded (%d bytes)", uri, len(data))
+        self.access.audit(request, uri)
         return {"uri": uri}
 
     @app.post("/jobs", status_code=201, response_model=Job, tags=["jobs"],
@@ -300,14 +334,18 @@ class ControlAPI:
     async def submit(self, request: Request,
                      idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1,
                                                           max_length=255)) -> dict:
-        data = await _json_body(request)
+        who = self.access.who(request)
+        A.require_role(who, A.SUBMIT)
+        data = _as_tenant(who, await _json_body(request), "tenant")
         parse_spec(data)  # InvalidJobSpec naming the field -> 422
         key = idempotency_key or f"api-{uuid.uuid4().hex}"
         try:
-            return await self._submits.submit(data, key)  # concurrent submits share a Coordinator call
+            job = await self._submits.submit(data, key, who.who)  # concurrent submits share a Coordinator call
         except IdempotencyKeyReused as exc:  # the same key with another spec: a client bug, nothing created
             raise IdempotencyKeyReused(exc.message.replace("idempotency key", "Idempotency-Key", 1),
                                        field="Idempotency-Key") from None
+        self.access.audit(request, job["id"], 201)
+        return job
 
     @app.post("/jobs/batch", status_code=201, response_model=JobBatch, tags=["jobs"],
               responses={**COMMON, 409: {**E, "description": "an idempotency_key reused with a different spec"},
@@ -317,15 +355,24 @@ class ControlAPI:
               openapi_extra=_json_body_doc("JobBatchRequest"),
               summary="submit many jobs in one request: all or none, each idempotent under its idempotency_key")
     async def submit_batch(self, request: Request) -> dict:
+        who = self.access.who(request)
+        A.require_role(who, A.SUBMIT)
         data = await _json_body(request)
         if not isinstance(data, dict) or set(data) != {"jobs"}:
             raise ApiError(422, "invalid_spec", 'the body must be {"jobs": [{"spec": ..., "idempotency_key": ...}]}',
                            field="jobs")
+        items = data["jobs"]
+        if isinstance(items, list):
+            items = [{**it, "spec": _as_tenant(who, it["spec"], f"jobs[{i}].spec.tenant")}
+                     if isinstance(it, dict) and "spec" in it else it for i, it in enumerate(items)]
         # every item is validated by the Coordinator (errors name jobs[i].<field>), all or none
-        return {"jobs": await self._coord("submit_many", data["jobs"], timeout_s=self.s.submit_timeout_s)}
+        jobs = await self._coord("submit_many", items, who.who, timeout_s=self.s.submit_timeout_s)
+        for job in jobs:
+            self.access.audit(request, job["id"], 201)
+        return {"jobs": jobs}
 
     @app.get("/jobs", response_model=JobList, responses=COMMON, tags=["jobs"])
-    async def list_jobs(self,
+    async def list_jobs(self, request: Request,
                         state: list[JobState] | None = Query(None, description="filter; repeatable"),
                         tenant: str | None = Query(None, max_length=64),
                         limit: int = Query(100, ge=1, le=1000),
@@ -334,26 +381,31 @@ class ControlAPI:
                                                                    "oldest first (the queue's order) or newest first")
                         ) -> dict:
         states = [s.value for s in state] if state else None
+        tenant = A.visible_tenant(self.access.who(request), tenant)  # a member or viewer: its tenant's only
         jobs = await self._coord("list", states, tenant, limit + 1, offset, order == "newest")
         more = len(jobs) > limit
         return {"jobs": jobs[:limit], "limit": limit, "offset": offset,
                 "next_offset": offset + limit if more else None, "total": None}
 
     @app.get("/jobs/{job_id}", response_model=Job, responses={**COMMON, **NOT_FOUND}, tags=["jobs"])
-    async def get_job(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._coord("get", job_id)
+    async def get_job(self, request: Request, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self.access.job(request, job_id, A.READ_JOBS) or await self._coord("get", job_id)
 
     @app.delete("/jobs/{job_id}", response_model=Job, tags=["jobs"], summary="cancel a job",
                 responses={**COMMON, **NOT_FOUND, 409: {**E, "description": "the job already finished"}})
-    async def cancel_job(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._coord("cancel", job_id)
+    async def cancel_job(self, request: Request, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        await self.access.job(request, job_id, A.CANCEL)
+        out = await self._coord("cancel", job_id, self.access.who(request).who)
+        self.access.audit(request, job_id)
+        return out
 
     @app.get("/jobs/{job_id}/trials", response_model=TrialList, tags=["jobs"],
              responses={**COMMON, **NOT_FOUND, 422: {**E, "description": "the job is not a sweep"}},
              summary="a sweep's per-trial results (trial order) and its summary with the best trial")
-    async def job_trials(self, job_id: str = PathParam(..., pattern=_JOB_ID),
+    async def job_trials(self, request: Request, job_id: str = PathParam(..., pattern=_JOB_ID),
                          limit: int = Query(1000, ge=1, le=10000), offset: int = Query(0, ge=0, le=1_000_000_000),
                          failed: bool = Query(False, description="only the trials that raised")) -> dict:
+        await self.access.job(request, job_id, A.READ_JOBS)
         return await self._coord("list_trials", job_id, limit, offset, failed)
 
     @app.post("/schedules", status_code=201, response_model=Schedule, tags=["schedules"],
@@ -365,54 +417,69 @@ class ControlAPI:
     async def create_schedule(self, request: Request,
                               idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1,
                                                                    max_length=255)) -> dict:
-        data = await _json_body(request)
+        who = self.access.who(request)
+        A.require_role(who, A.CHANGE_SCHEDULE)
+        data = _as_tenant(who, await _json_body(request), "tenant")
         parse_spec(data)
         try:
-            return await self._coord("create_schedule", data, idempotency_key, timeout_s=self.s.submit_timeout_s)
+            out = await self._coord("create_schedule", data, idempotency_key, timeout_s=self.s.submit_timeout_s)
         except IdempotencyKeyReused as exc:
             raise IdempotencyKeyReused(exc.message.replace("idempotency key", "Idempotency-Key", 1),
                                        field="Idempotency-Key") from None
+        self.access.audit(request, out["id"], 201)
+        return out
 
     @app.get("/schedules", response_model=ScheduleList, responses=COMMON, tags=["schedules"])
-    async def list_schedules(self) -> dict:
-        return {"schedules": await self._coord("list_schedules")}
+    async def list_schedules(self, request: Request) -> dict:
+        tenant = A.visible_tenant(self.access.who(request), None)
+        return {"schedules": [s for s in await self._coord("list_schedules")
+                              if tenant is None or A.tenant_of(s.get("tenant")) == A.tenant_of(tenant)]}
 
     @app.get("/schedules/{schedule_id}", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
              tags=["schedules"], summary="a schedule and its newest runs")
-    async def get_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+    async def get_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        await self.access.schedule(request, schedule_id, A.READ_JOBS)
         return await self._coord("get_schedule", schedule_id)
 
     @app.post("/schedules/{schedule_id}/pause", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
               tags=["schedules"], summary="submit no more runs until resumed (runs going on are left alone)")
-    async def pause_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._coord("pause_schedule", schedule_id)
+    async def pause_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._schedule_change(request, "pause_schedule", schedule_id)
 
     @app.post("/schedules/{schedule_id}/resume", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
               tags=["schedules"], summary="runs again from the first tick after now (missed ticks are not made up)")
-    async def resume_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._coord("resume_schedule", schedule_id)
+    async def resume_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._schedule_change(request, "resume_schedule", schedule_id)
 
     @app.delete("/schedules/{schedule_id}", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
                 tags=["schedules"], summary="delete a schedule (runs already submitted go on)")
-    async def delete_schedule(self, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._coord("delete_schedule", schedule_id)
+    async def delete_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        return await self._schedule_change(request, "delete_schedule", schedule_id)
+
+    async def _schedule_change(self, request: Request, method: str, schedule_id: str) -> dict:
+        await self.access.schedule(request, schedule_id, A.CHANGE_SCHEDULE)
+        out = await self._coord(method, schedule_id)
+        self.access.audit(request, schedule_id)
+        return out
 
     @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, responses={**COMMON, **NOT_FOUND},
              tags=["jobs"])
-    async def job_checkpoints(self, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+    async def job_checkpoints(self, request: Request, job_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
+        await self.access.job(request, job_id, A.READ_JOBS)
         _job, cps = await asyncio.gather(self._coord("get", job_id),
                                          self._call(C.CHECKPOINT_MANAGER_NAME, "list", job_id))
         return {"job_id": job_id, "checkpoints": cps}
 
     @app.get("/jobs/{job_id}/metrics", response_model=MetricList, responses={**COMMON, **NOT_FOUND},
              tags=["jobs"])
-    async def job_metrics(self, job_id: str = PathParam(..., pattern=_JOB_ID),
+    async def job_metrics(self, request: Request, job_id: str = PathParam(..., pattern=_JOB_ID),
                           limit: int = Query(1000, ge=1, le=100_000)) -> dict:
+        await self.access.job(request, job_id, A.READ_JOBS)
         return {"job_id": job_id, "metrics": await self._coord("metrics", job_id, limit)}
 
     @app.get("/jobs/{job_id}/logs", response_model=LogList, tags=["jobs"],
              responses={**COMMON, **NOT_FOUND, 422: {**E, "description": "a bad since"}, 501: {**E, "description": "the running Coordinator has no logs()"}})
-    async def job_logs(self, job_id: str = PathParam(..., pattern=_JOB_ID),
+    async def job_logs(self, request: Request, job_id: str = PathParam(..., pattern=_JOB_ID),
                        tail: int = Query(200, ge=1, le=10_000, description="last N lines of each rank's log"),
                        since: str | None = Query(None, max_length=20_000, description=(
                            "follow: a<attempt>-r<rank>:<byte offset>,... (the offsets a previous answer "
@@ -424,4 +491,5 @@ class ControlAPI:
             offsets = parse_since(since)
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc), field="since") from None
+        await self.access.job(request, job_id, A.READ_JOBS)
         return {"job_id": job_id, "logs": await self._coord("logs", job_id, tail, offsets)}

@@ -2,7 +2,8 @@
 
 Owns: ``ApiSettings`` (the deployment's init argument: the token's sha256 — never the token —,
 timeouts, limits, and ``version``, the digest ``deploy_api`` computes) and the replica's current
-settings. ``configure``/``current`` are module-level functions on purpose: the deployment class may
+settings, and its access part (``set_access``/``access``: who a per-user token is, the token routes' way to
+the Coordinator). ``configure``/``current`` are module-level functions on purpose: the deployment class may
 be shipped by value (cloudpickle), so state kept on it would live in a copy of this module.
 """
 
@@ -38,3 +39,18 @@ def configure(settings: dict) -> ApiSettings:
 
 def current() -> ApiSettings | None:
     return _settings
+
+
+
+_access = None
+
+
+def set_access(part) -> None:
+    """The replica's access part (``api/access.py: Access``): the middleware asks it who a token other
+    than the operator's is (``await part.identity(sha256)``), the token routes call through it."""
+    global _access
+    _access = part
+
+
+def access():
+    return _access

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from raycluster import constants as C
-from raycluster.cli import commands, dashboard, health, market, schedules, simulate
+from raycluster.cli import commands, dashboard, health, market, schedules, simulate, tokens
 from raycluster.cli.connect import BadArgument
 from raycluster.errors import EXIT_INVALID, RayClusterError, exit_code
 from raycluster.store.lifecycle import JobState
@@ -87,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
                                         "a tenants file (e.g. configs/tenants.yaml), applied without a restart")
     sp.add_argument("--set", metavar="FILE", default=None, help="check FILE and make it the cluster's tenants config")
     sp.set_defaults(fn=commands.cmd_tenants)
+    sp = sub.add_parser("tokens", help="per-user API tokens (admin): list, create NAME --tenant T --role R, rotate ID, "
+                                       "revoke ID; a token is shown once")
+    sp.add_argument("action", nargs="?", choices=["list", "create", "rotate", "revoke"])
+    sp.add_argument("name_or_id", nargs="?", metavar="NAME|ID", help="create: who will hold it; rotate/revoke: its id")
+    sp.add_argument("--tenant", default=None, help="the tenant the token acts as (required but for admins)")
+    sp.add_argument("--role", default="member", choices=["admin", "member", "viewer"],
+                    help="admin: everything; member: submit and act on its tenant's jobs; viewer: read them "
+                         "(default: member)")
+    sp.add_argument("--save", metavar="FILE", default=None, help="write the new token to FILE (mode 0600) "
+                                                                 "instead of printing it")
+    sp.add_argument("--all", action="store_true", help="list: revoked tokens too")
+    sp.set_defaults(fn=tokens.cmd_tokens)
+    sp = sub.add_parser("audit", help="who did what (admin): every state-changing API call, oldest first")
+    sp.add_argument("--limit", type=int, default=100, help="the newest N entries (default 100)")
+    sp.add_argument("--tenant", default=None, help="only calls made by this tenant's tokens")
+    sp.set_defaults(fn=tokens.cmd_audit)
     sp = sub.add_parser("schedules", help="scheduled jobs (`raycluster submit` of a spec with schedule: makes one): "
                                           "list, show ID (its runs), pause ID, resume ID, delete ID")
     sp.add_argument("action", nargs="?", choices=["list", "show", "pause", "resume", "delete"])

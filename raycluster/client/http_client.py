@@ -5,7 +5,8 @@ turning the API's JSON errors (``{"error": {"code", "message", "field"?, "retrya
 raycluster's typed exceptions, and retrying what is safe to retry:
 
 * An error answer becomes the error class with that code and HTTP status (``errors.error_for_status``,
-  the one table): 401/403 → :class:`Unauthorized`, 404 → :class:`JobNotFound`, 409 →
+  the one table): 401 → :class:`Unauthorized`, 403 → :class:`Forbidden` (a valid token whose role or
+  tenant does not allow it), 404 → :class:`JobNotFound`, 409 →
   :class:`IllegalTransition`, 422 → :class:`InvalidJobSpec` (``EntrypointImportError`` /
   ``InfeasibleJob`` by code) with ``field``, 413 → ``BodyTooLarge``; 502/503/504 and connection
   errors → :class:`ClusterUnavailable` once the retries are spent; anything else →
@@ -48,7 +49,7 @@ def error_from_response(status: int, body: Any, text: str = "") -> RayClusterErr
     """The typed exception for an API error answer."""
     err = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
     message = err.get("message") or (text or "").strip()[:500] or f"HTTP {status}"
-    if status in (Unauthorized.http_status, 403):
+    if status == Unauthorized.http_status:
         message = f"the raycluster API refused the token ({message}); pass --token-file or set RAYCLUSTER_API_TOKEN"
     return error_for_status(status, err.get("code"), message, err.get("field"))
 
@@ -235,6 +236,23 @@ class HttpClient(ClientBase):
 
     def undrain(self, node_id: str) -> dict:
         return self._send("POST", f"/nodes/{quote(node_id, safe='')}/undrain")[0]
+
+    # ---------------------------------------------------------------- tokens and audit (admin tokens)
+    def tokens_create(self, name: str, tenant: str | None, role: str) -> dict:
+        """A new token (in the answer's ``token``, this once)."""
+        return self._send("POST", "/tokens", body={"name": name, "tenant": tenant, "role": role})[0]
+
+    def tokens_list(self, include_revoked: bool = False) -> list[dict]:
+        return self._get("/tokens", all="true" if include_revoked else None)["tokens"]
+
+    def tokens_rotate(self, token_id: str) -> dict:
+        return self._send("POST", f"/tokens/{quote(token_id, safe='')}/rotate")[0]
+
+    def tokens_revoke(self, token_id: str) -> dict:
+        return self._send("DELETE", f"/tokens/{quote(token_id, safe='')}")[0]
+
+    def audit_trail(self, limit: int = 100, tenant: str | None = None) -> list[dict]:
+        return self._get("/audit", limit=limit, tenant=tenant)["entries"]
 
     def _call_schedules(self, method: str, *args):
         if method == "create_schedule":

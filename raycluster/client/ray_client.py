@@ -131,6 +131,22 @@ class Client(ClientBase):
     def drain(self, node_id: str, reason: str | None = None) -> dict:
         return self._call("drain", node_id, reason)
 
+    # (through Ray the caller is the cluster's operator: an admin)
+    def tokens_create(self, name: str, tenant: str | None, role: str) -> dict:
+        return self._call("tokens_create", name, tenant, role, "operator")
+
+    def tokens_list(self, include_revoked: bool = False) -> list[dict]:
+        return self._call("tokens_list", include_revoked)
+
+    def tokens_rotate(self, token_id: str) -> dict:
+        return self._call("tokens_rotate", token_id)
+
+    def tokens_revoke(self, token_id: str) -> dict:
+        return self._call("tokens_revoke", token_id)
+
+    def audit_trail(self, limit: int = 100, tenant: str | None = None) -> list[dict]:
+        return self._call("audit_trail", limit, tenant)
+
     def undrain(self, node_id: str) -> dict:
         return self._call("undrain", node_id)
 

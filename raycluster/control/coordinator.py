@@ -39,6 +39,9 @@ class Coordinator:
         me = ray.get_runtime_context().current_actor
         settings_dict = self.settings.model_dump()
         self.core = CoordinatorCore(Path(state_dir), RayOps(settings_dict), cm, me, storage_uri, settings=settings_dict)
+        from raycluster.store.access import TokenStore
+
+        self.access = TokenStore(Path(state_dir) / "jobs.db")  # API tokens and the audit trail
         self.core._guard("startup sweep", self.core.housekeeping.sweep_placement_groups)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
@@ -63,11 +66,11 @@ class Coordinator:
     def ping(self) -> dict:
         return {"ok": True, "uptime_s": time.time() - self.core.started_at, "pid": os.getpid()}
 
-    def submit(self, spec: dict | str, idempotency_key: str | None = None) -> dict:
-        return self.core.submit(spec, idempotency_key)
+    def submit(self, spec: dict | str, idempotency_key: str | None = None, by: str | None = None) -> dict:
+        return self.core.submit(spec, idempotency_key, by)
 
-    def submit_many(self, items: list[dict]) -> list[dict]:
-        return self.core.submit_many(items)
+    def submit_many(self, items: list[dict], by: str | list[str | None] | None = None) -> list[dict]:
+        return self.core.submit_many(items, by)
 
     def get(self, job_id: str) -> dict:
         return self.core.get(job_id)
@@ -76,8 +79,8 @@ class Coordinator:
              offset: int = 0, newest_first: bool = False) -> list[dict]:
         return self.core.list(states, tenant, limit, offset, newest_first)
 
-    def cancel(self, job_id: str) -> dict:
-        return self.core.cancel(job_id)
+    def cancel(self, job_id: str, by: str | None = None) -> dict:
+        return self.core.cancel(job_id, by)
 
     def metrics(self, job_id: str, limit: int = 1000) -> list[dict]:
         return self.core.metrics(job_id, limit)
@@ -160,6 +163,36 @@ class Coordinator:
 
     def preempt(self, node: str, notice_s: float | None = None) -> dict:
         return self.core.preempt(node, notice_s)
+
+    # ------------------------------------------------------------------ tokens and audit (store/access.py)
+    def token_identity(self, sha256: str) -> dict | None:
+        who = self.access.identity(sha256)
+        return who.to_dict() if who is not None else None
+
+    def tokens_create(self, name: str, tenant: str | None, role: str, by: str | None = None) -> dict:
+        rec, token = self.access.create(name, tenant, role, created_by=by)
+        return {**rec, "token": token}
+
+    def tokens_list(self, include_revoked: bool = False) -> list[dict]:
+        return self.access.list(include_revoked)
+
+    def tokens_rotate(self, token_id: str) -> dict:
+        rec, token = self.access.rotate(token_id)
+        return {**rec, "token": token}
+
+    def tokens_revoke(self, token_id: str) -> dict:
+        return self.access.revoke(token_id)
+
+    def audit_many(self, entries: list) -> int:
+        """Record API calls: each (who as a dict, action, target, HTTP status)."""
+        from raycluster.policy.access import Identity
+
+        for who, action, target, status in entries:
+            self.access.audit(Identity.from_dict(who), action, target, status)
+        return len(entries)
+
+    def audit_trail(self, limit: int = 100, tenant: str | None = None) -> list[dict]:
+        return self.access.audit_trail(limit, tenant)
 
     def checkpoint_now(self, rental_id: str, reason: str, cause: str = "budget", ray_node_id: str | None = None) -> dict:
         return self.core.checkpoint_now(rental_id, reason, cause, ray_node_id)

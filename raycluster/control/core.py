@@ -49,10 +49,10 @@ def _located(prefix: str):
 
 class CoordinatorCore(Reconciler):
     # ------------------------------------------------------------------ submit
-    def submit(self, spec_data: dict | str, idempotency_key: str | None = None) -> dict:
-        return self._submit_all([(spec_data, idempotency_key)], lambda i: "")[0]
+    def submit(self, spec_data: dict | str, idempotency_key: str | None = None, by: str | None = None) -> dict:
+        return self._submit_all([(spec_data, idempotency_key)], lambda i: "", [by])[0]
 
-    def submit_many(self, items: list[dict]) -> list[dict]:
+    def submit_many(self, items: list[dict], by: str | list[str | None] | None = None) -> list[dict]:
         """Submit up to SUBMIT_BATCH_MAX jobs, each ``{"spec": ..., "idempotency_key": ...}``, all or
         none: an invalid one fails the batch naming ``jobs[i].<field>`` and nothing is created. An item
         whose key was used before answers the job made then (as a single submit would)."""
@@ -71,11 +71,15 @@ class CoordinatorCore(Reconciler):
                                      "in the batch", field=f"jobs[{i}].idempotency_key")
             seen.add(key)
             pairs.append((it["spec"], key))
-        return self._submit_all(pairs, lambda i: f"jobs[{i}].")
+        bys = by if isinstance(by, list) else [by] * len(pairs)
+        if len(bys) != len(pairs):
+            raise InvalidJobSpec("by: one submitter per job", field="by")
+        return self._submit_all(pairs, lambda i: f"jobs[{i}].", bys)
 
-    def _submit_all(self, pairs: list[tuple[Any, str | None]], where) -> list[dict]:
+    def _submit_all(self, pairs: list[tuple[Any, str | None]], where, bys: list[str | None]) -> list[dict]:
         """Validate every spec (entrypoint importable, gang feasible), then insert the new ones in one
-        transaction; ``where(i)`` prefixes the field an error names."""
+        transaction; ``where(i)`` prefixes the field an error names; ``bys[i]``: who submitted it (the
+        API's caller, for the audit trail in its transitions)."""
         specs = []
         for i, (data, _key) in enumerate(pairs):
             with _located(where(i)):
@@ -96,7 +100,7 @@ class CoordinatorCore(Reconciler):
             with _located(where(i)):
                 self.gate.check(spec)
         rows = [dict(name=spec.name, spec=spec.model_dump(mode="json"), priority=spec.priority, tenant=spec.tenant,
-                     idempotency_key=key) for _i, spec, key in new]
+                     idempotency_key=key, by=bys[i]) for i, spec, key in new]
         try:
             made = self.store.insert_many(rows, now=self.clock())
         except sqlite3.IntegrityError:  # a concurrent retry with one of the keys won the race: one by one
@@ -351,13 +355,13 @@ class CoordinatorCore(Reconciler):
         }
 
     # ------------------------------------------------------------------ writes
-    def cancel(self, job_id: str) -> dict:
+    def cancel(self, job_id: str, by: str | None = None) -> dict:
         with self._lock:
             rec = self.store.get(job_id)
             if rec.state.terminal:
                 raise IllegalTransition(f"job {job_id} is already {rec.state.value}; nothing to cancel")
             rec = self.store.transition(job_id, rec.state, JobState.CANCELLED, cause=Cause.CANCELLED,
-                                        reason="cancelled by user", finished_at=self.clock())
+                                        reason=f"cancelled by {by or 'user'}", finished_at=self.clock())
             self._note(rec)
             if self.gangs.end(job_id) is None:
                 self.ops.remove_pg_by_name(pg_name(job_id, rec.attempt))

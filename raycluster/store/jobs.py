@@ -253,10 +253,10 @@ class JobStore:
     # ----------------------------------------------------------------- writes
     def insert(self, *, name: str, spec: dict, priority: int, tenant: str | None,
                idempotency_key: str | None = None, now: float | None = None,
-               schedule_id: str | None = None) -> JobRecord:
+               schedule_id: str | None = None, by: str | None = None) -> JobRecord:
         """A new PENDING job. Raises sqlite3.IntegrityError when ``idempotency_key`` is taken."""
         return self.insert_many([dict(name=name, spec=spec, priority=priority, tenant=tenant,
-                                      idempotency_key=idempotency_key, schedule_id=schedule_id)], now=now)[0]
+                                      idempotency_key=idempotency_key, schedule_id=schedule_id, by=by)], now=now)[0]
 
     def insert_many(self, jobs: list[dict[str, Any]], now: float | None = None) -> list[JobRecord]:
         """New PENDING jobs (each a dict of name, spec, priority, tenant, idempotency_key), all or
@@ -264,9 +264,12 @@ class JobStore:
         now = time.time() if now is None else now
         # a batch keeps its order in the queue: each job queued a microsecond after the one before
         # (ties would break on the random job ids)
-        recs = [JobRecord(id=new_job_id(), **j, state=JobState.PENDING, submitted_at=now, updated_at=now,
-                          queued_at=now + i * 1e-6, cause=Cause.SUBMITTED, reason="submitted")
-                for i, j in enumerate(jobs)]
+        # ("by": who submitted it, through the API — kept in its reason and first transition)
+        reasons = [f"submitted by {j['by']}" if j.get("by") else "submitted" for j in jobs]
+        recs = [JobRecord(id=new_job_id(), **{k: v for k, v in j.items() if k != "by"}, state=JobState.PENDING,
+                          submitted_at=now, updated_at=now, queued_at=now + i * 1e-6, cause=Cause.SUBMITTED,
+                          reason=reason)
+                for i, (j, reason) in enumerate(zip(jobs, reasons))]
         rows = [JOBS.encode(r.__dict__) for r in recs]
         names = [k for k in rows[0] if k != "rev"] if rows else []
 
@@ -277,7 +280,7 @@ class JobStore:
             conn.executemany(f"INSERT INTO jobs ({', '.join(names)}, rev) VALUES ({','.join('?' * len(names))}, ?)",
                              [(*(row[k] for k in names), rec.rev) for row, rec in zip(rows, recs)])
             conn.executemany("INSERT INTO transitions (job_id, src, dst, ts, reason, cause) VALUES (?,?,?,?,?,?)",
-                             [(rec.id, None, JobState.PENDING.value, now, "submitted", Cause.SUBMITTED.value)
+                             [(rec.id, None, JobState.PENDING.value, now, rec.reason, Cause.SUBMITTED.value)
                               for rec in recs])
 
         if recs:

@@ -669,3 +669,158 @@ def test_schedule_round_trip_through_the_http_client(api):
     assert c.get_schedule(s["id"])["run_jobs"] == []
     assert c.delete_schedule(s["id"])["deleted"] is True
     assert s["id"] not in [x["id"] for x in c.list_schedules()]
+
+
+# ============================================================================ who may do what (tokens, roles)
+ZIP_NAME = "_ray_pkg_0123456789abcdef.zip"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _as(api, token, method, path, **kw):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.request(method, api.url + path, headers=headers, timeout=HTTP_TIMEOUT_S, **kw)
+
+
+@pytest.mark.timeout(150)
+def test_who_may_do_what_on_every_route_and_nothing_changes_on_a_refusal(api, tmp_path):
+    """Every route × {admin (the operator's token), member of the owning tenant, member of another,
+    viewer, no token, a revoked token} → 2xx (or the route's own 4xx past auth) / 401 / 403; each
+    refusal leaves the job, schedule, tokens and budget as they were."""
+    import subprocess
+    import sys
+
+    def make(name, tenant, role):
+        r = _as(api, api.token, "POST", "/tokens", json={"name": name, "tenant": tenant, "role": role})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    alice, bob, vera, gone = (make("alice", "team-a", "member"), make("bob", "team-b", "member"),
+                              make("vera", "team-a", "viewer"), make("gone", "team-a", "member"))
+    assert _as(api, api.token, "DELETE", f"/tokens/{gone['id']}").json()["revoked"] is True
+    _assert_error(_as(api, api.token, "POST", "/tokens", json={"name": "x", "role": "member"}), 422, field="tenant")
+    listed = _as(api, api.token, "GET", "/tokens").json()["tokens"]
+    assert {t["name"] for t in listed} >= {"alice", "bob", "vera"} and "gone" not in {t["name"] for t in listed}
+    assert not any("token" in t and t["token"] for t in listed) and alice["token"] not in json.dumps(listed)
+
+    # alice submits for her tenant (the body names none: the token's tenant is used); a schedule too
+    r = _as(api, alice["token"], "POST", "/jobs", json=counter_spec("acl-a", steps=5000, sleep=0.05))
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["tenant"] == "team-a" and job["transitions"][0]["reason"] == "submitted by alice@team-a"
+    sched = _as(api, alice["token"], "POST", "/schedules",
+                json={**counter_spec("acl-cron"), "schedule": "0 3 1 1 *"}).json()
+    assert sched["tenant"] == "team-a", sched
+
+    op, a, b, v, none, rev = api.token, alice["token"], bob["token"], vera["token"], None, gone["token"]
+    J, S, N = f"/jobs/{job['id']}", f"/schedules/{sched['id']}", "/nodes/" + "0" * 56
+    spec_a = {**counter_spec("acl-new"), "tenant": "team-a"}
+    # (method, path, kwargs, {who: expected status}); 401 for no token and a revoked one everywhere
+    table = [
+        ("GET", J, {}, {op: 200, a: 200, b: 403, v: 200}),
+        ("GET", J + "/logs", {}, {op: 200, a: 200, b: 403, v: 200}),
+        ("GET", J + "/metrics", {}, {op: 200, a: 200, b: 403, v: 200}),
+        ("GET", J + "/checkpoints", {}, {op: 200, a: 200, b: 403, v: 200}),
+        ("GET", J + "/trials", {}, {op: 422, a: 422, b: 403, v: 422}),  # (422: not a sweep — past auth)
+        ("DELETE", J, {}, {b: 403, v: 403}),
+        ("GET", "/jobs?tenant=team-a", {}, {op: 200, a: 200, b: 403, v: 200}),
+        ("POST", "/jobs", {"json": spec_a}, {b: 403, v: 403}),
+        ("POST", "/jobs/batch", {"json": {"jobs": [{"spec": spec_a}]}}, {b: 403, v: 403}),
+        ("POST", "/schedules", {"json": {**spec_a, "schedule": "0 3 1 1 *"}}, {b: 403, v: 403}),
+        ("GET", S, {}, {op: 200, a: 200, b: 403, v: 200}),
+        ("POST", S + "/pause", {}, {b: 403, v: 403}),
+        ("DELETE", S, {}, {b: 403, v: 403}),
+        ("PUT", "/budget", {"json": {"max_hourly_budget_usd": 1.0}}, {a: 403, b: 403, v: 403}),
+        ("POST", N + "/drain", {}, {op: 404, a: 403, v: 403}),
+        ("POST", N + "/undrain", {}, {op: 404, a: 403, v: 403}),
+        ("POST", "/rentals/rent-x/preempt", {}, {a: 403, v: 403}),
+        ("POST", "/tokens", {"json": {"name": "eve", "tenant": "team-a", "role": "admin"}}, {a: 403, v: 403}),
+        ("GET", "/tokens", {}, {op: 200, a: 403, v: 403}),
+        ("POST", f"/tokens/{alice['id']}/rotate", {}, {a: 403, b: 403, v: 403}),
+        ("DELETE", f"/tokens/{alice['id']}", {}, {a: 403, b: 403, v: 403}),
+        ("GET", "/audit", {}, {op: 200, a: 403, v: 403}),
+        ("PUT", f"/api/packages/gcs/{ZIP_NAME}", {"data": b"not a zip"}, {op: 422, a: 422, v: 403}),
+        ("GET", f"/api/packages/gcs/{ZIP_NAME}", {}, {op: 404, a: 404, v: 404}),
+        *[("GET", p, {}, {op: 200, a: 200, b: 200, v: 200})
+          for p in ("/cluster/status", "/nodes", "/health/nodes", "/tenants", "/schedules", "/jobs")],
+        # the shared cluster's books: every role reads them, answered as the operator's (409: not elastic)
+        *[("GET", p, {}, dict.fromkeys((op, a, b, v), _as(api, op, "GET", p).status_code))
+          for p in ("/rentals", "/cost", "/events", N)],
+    ]
+    names = {op: "admin", a: "member", b: "other member", v: "viewer", none: "no token", rev: "revoked"}
+    checked = 0
+    for method, path, kw, want in table:
+        for who, status in {**want, none: 401, rev: 401}.items():
+            r = _as(api, who, method, path, **kw)
+            assert r.status_code == status, (method, path, names[who], r.status_code, r.text)
+            for t in (op, a, b, v, rev):
+                assert t not in r.text  # a token is never in an answer (but the one that makes it)
+            if status == 403:
+                err = _assert_error(r, 403, "forbidden")
+                assert "role" in err["message"] or "tenant" in err["message"], err
+            checked += 1
+    assert checked >= 6 * len(table) - len(table)
+    # a member naming another tenant is refused naming the field; nothing was created or changed
+    err = _assert_error(_as(api, b, "POST", "/jobs", json=spec_a), 403, "forbidden", field="tenant")
+    assert "team-b" in err["message"] and "team-a" in err["message"]
+    _assert_error(_as(api, b, "POST", "/jobs/batch", json={"jobs": [{"spec": spec_a}]}), 403, field="jobs[0].spec.tenant")
+    mine = _get(api, "/jobs", params={"tenant": "team-a"}).json()["jobs"]
+    assert [j["name"] for j in mine if j["name"] == "acl-new"] == [] and _state(api, job["id"]) != "CANCELLED"
+    s_now = _get(api, S).json()
+    assert s_now["paused"] is False and s_now.get("deleted") is not True
+    assert alice["id"] in [t["id"] for t in _as(api, op, "GET", "/tokens").json()["tokens"]]
+    assert _as(api, a, "GET", J).status_code == 200  # (rotate/revoke by others did nothing)
+    # listings show the caller's tenant only
+    seen_b = {j["id"] for j in _as(api, b, "GET", "/jobs").json()["jobs"]}
+    assert job["id"] not in seen_b and all(j["tenant"] == "team-a" for j in _as(api, v, "GET", "/jobs").json()["jobs"])
+    assert sched["id"] not in [s["id"] for s in _as(api, b, "GET", "/schedules").json()["schedules"]]
+    # bob's own submit (no tenant named) runs as team-b
+    rb = _as(api, b, "POST", "/jobs", json=counter_spec("acl-b", steps=3))
+    assert rb.status_code == 201 and rb.json()["tenant"] == "team-b", rb.text
+
+    # the CLI with a member token: its tenant's jobs only; another tenant's cancel → exit 6, untouched
+    tok_file = tmp_path / "bob.token"
+    tok_file.write_text(b + "\n")
+    base = [sys.executable, "-m", "raycluster.cli", "--address", api.url, "--token-file", str(tok_file)]
+    out = subprocess.run([*base, "--json", "jobs"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and job["id"] not in out.stdout and rb.json()["id"] in out.stdout, out.stderr
+    out = subprocess.run([*base, "cancel", job["id"]], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 6 and "team-a" in out.stderr, (out.returncode, out.stdout, out.stderr)
+    assert _state(api, job["id"]) != "CANCELLED"
+
+    # the owner cancels; the audit trail and the job's transitions say who
+    r = _as(api, a, "DELETE", J)
+    assert r.status_code == 200 and r.json()["reason"] == "cancelled by alice@team-a", r.text
+    trail = _as(api, op, "GET", "/audit", params={"limit": 1000}).json()["entries"]
+    done = {(e["who"], e["action"], e["target"]) for e in trail}
+    assert ("alice@team-a", "POST /jobs", job["id"]) in done and ("alice@team-a", "DELETE /jobs/{job_id}", job["id"]) in done
+    assert ("operator", "DELETE /tokens/{token_id}", gone["id"]) in done
+    assert not any(e["status"] == 403 for e in trail)  # refusals changed nothing, so they are not state changes
+    assert a not in json.dumps(trail) and a.encode() not in (api.state_dir / "jobs.db").read_bytes()
+
+    # rotation takes effect at once (at most the replica's one-second cache)
+    new = _as(api, op, "POST", f"/tokens/{alice['id']}/rotate").json()
+    assert new["token"] != a
+    wait_for(lambda: _as(api, a, "GET", "/jobs").status_code == 401, 2, "the old token refused after rotation",
+             poll_s=0.1)
+    assert _as(api, new["token"], "GET", "/jobs").status_code == 200
+    # the admin's CLI: a token saved to a file (0600, not printed), listed without secrets, the audit
+    op_file = tmp_path / "op.token"
+    op_file.write_text(op + "\n")
+    adm = [sys.executable, "-m", "raycluster.cli", "--address", api.url, "--token-file", str(op_file)]
+    carol_file = tmp_path / "carol.token"
+    out = subprocess.run([*adm, "tokens", "create", "carol", "--tenant", "team-a", "--role", "viewer",
+                          "--save", str(carol_file)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    carol = carol_file.read_text().strip()
+    assert out.returncode == 0 and str(carol_file) in out.stdout and carol not in out.stdout, out.stderr
+    assert carol_file.stat().st_mode & 0o777 == 0o600
+    assert _as(api, carol, "GET", J).status_code == 200 and _as(api, carol, "DELETE", J).status_code == 403
+    out = subprocess.run([*adm, "--json", "tokens", "list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and "carol" in out.stdout and carol not in out.stdout, out.stderr
+    out = subprocess.run([*adm, "audit", "--tenant", "team-a"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and "alice@team-a" in out.stdout and "DELETE /jobs/{job_id}" in out.stdout, out.stderr
+    out = subprocess.run([*base, "tokens", "list"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 6 and "admin" in out.stderr, (out.stdout, out.stderr)  # bob is no admin
+    carol_id = next(t["id"] for t in _as(api, op, "GET", "/tokens").json()["tokens"] if t["name"] == "carol")
+    for t in (alice["id"], bob["id"], vera["id"], carol_id):
+        _as(api, op, "DELETE", f"/tokens/{t}")
+    _as(api, op, "DELETE", S)

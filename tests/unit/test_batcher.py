@@ -27,10 +27,10 @@ class FakeCoordinator:
         if key in self.jobs and self.jobs[key]["spec"] != data:
             raise IdempotencyKeyReused(f"{where}key {key} reused", field=f"{where}idempotency_key")
 
-    def _make(self, data, key):
-        return self.jobs.setdefault(key, {"id": f"job-{len(self.jobs)}", "spec": data})
+    def _make(self, data, key, by=None):
+        return self.jobs.setdefault(key, {"id": f"job-{len(self.jobs)}", "spec": data, "by": by})
 
-    async def many(self, items):
+    async def many(self, items, bys):
         self.calls.append(("many", len(items)))
         down = self.down
         await asyncio.sleep(self.delay_s)
@@ -38,16 +38,16 @@ class FakeCoordinator:
             raise unavailable("the Coordinator is not reachable")
         for i, it in enumerate(items):
             self._check(it["spec"], it["idempotency_key"], f"jobs[{i}].")
-        return [self._make(it["spec"], it["idempotency_key"]) for it in items]
+        return [self._make(it["spec"], it["idempotency_key"], by) for it, by in zip(items, bys)]
 
-    async def one(self, data, key):
+    async def one(self, data, key, by=None):
         self.calls.append(("one", 1))
         down = self.down
         await asyncio.sleep(self.delay_s)
         if down:
             raise unavailable("the Coordinator is not reachable")
         self._check(data, key)
-        return self._make(data, key)
+        return self._make(data, key, by)
 
 
 def run(coro):
@@ -142,3 +142,16 @@ def test_batches_never_exceed_the_limit(max_batch):
 
     out = run(burst())
     assert len({o["id"] for o in out}) == 40 and all(n <= max_batch for _k, n in coord.calls)
+
+
+def test_each_submit_keeps_its_submitter_in_a_shared_batch():
+    """Requests of different users share one Coordinator call; each job records who submitted it."""
+    coord = FakeCoordinator(delay_s=0.01)
+    b = SubmitBatcher(coord.many, coord.one, 100)
+
+    async def burst():
+        return await asyncio.gather(*[b.submit({"n": i}, f"k{i}", f"user{i % 3}@t") for i in range(12)])
+
+    out = run(burst())
+    assert [j["by"] for j in out] == [f"user{i % 3}@t" for i in range(12)]
+    assert any(kind == "many" and n > 1 for kind, n in coord.calls), coord.calls  # they did share one

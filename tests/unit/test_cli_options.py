@@ -43,3 +43,13 @@ def test_ray_drivers_cluster_messages_go_to_stderr_not_the_answer(capsys, monkey
                               ignore_prefix=False)
     out = capsys.readouterr()
     assert "marked dead" not in out.out and out.err.count("marked dead") == 1
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["tokens", "rotate"], "needs a token id"),
+    (["tokens", "revoke"], "needs a token id"),
+    (["tokens", "create"], "needs a NAME"),
+])
+def test_tokens_commands_name_what_they_miss_before_connecting(capsys, argv, says):
+    assert main(["--address", "http://127.0.0.1:9", *argv]) == 2  # (nothing listens there: never reached)
+    assert says in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_every_class_round_trips_through_its_http_answer():
 def test_unknown_answers_keep_status_and_code():
     exc = E.error_for_status(418, "teapot", "short and stout")
     assert type(exc) is E.RayClusterError and exc.code == "teapot" and "418" in exc.message
-    assert type(E.error_for_status(403, None, "no")) is E.Unauthorized
+    assert type(E.error_for_status(403, None, "no")) is E.Forbidden and E.Forbidden.exit_code == E.EXIT_UNAUTHORIZED
     assert type(E.error_for_status(504, None, "gateway")) is E.ClusterUnavailable
     assert E.exit_code(ValueError("not ours")) == E.EXIT_JOB_FAILED
 

@@ -12,7 +12,7 @@ import pytest
 
 from raycluster import cli, errors
 from raycluster.errors import (BodyTooLarge, ClusterUnavailable, EntrypointImportError, IllegalTransition, InfeasibleJob,
-                               InvalidJobSpec, JobNotFound, RayClusterError, Unauthorized)
+                               Forbidden, InvalidJobSpec, JobNotFound, RayClusterError, Unauthorized)
 from raycluster.api.token import resolve_token
 from raycluster.client.http_client import HttpClient
 
@@ -115,7 +115,8 @@ def test_token_header_sent_and_answers_unwrapped(server, client):
 
 @pytest.mark.parametrize("status,body,exc_type,field", [
     (401, err("unauthorized", "missing or invalid bearer token"), Unauthorized, None),
-    (403, "Forbidden", Unauthorized, None),
+    (403, "Forbidden", Forbidden, None),
+    (403, err("forbidden", "member tokens may not change the cluster's budget", "body"), Forbidden, "body"),
     (404, err("not_found", "job job-x not found"), JobNotFound, None),
     (409, err("illegal_transition", "job job-x is already SUCCEEDED; nothing to cancel"), IllegalTransition, None),
     (413, err("payload_too_large", "request body is larger than 1048576 bytes"), BodyTooLarge, None),
@@ -134,7 +135,7 @@ def test_error_mapping(server, client, status, body, exc_type, field):
         client.get("job-x")
     assert type(ei.value) is exc_type
     assert ei.value.field == field
-    if isinstance(body, dict) and status not in (401, 403):
+    if isinstance(body, dict) and status != 401:
         assert body["error"]["message"] in ei.value.message
 
 
