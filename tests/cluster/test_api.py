@@ -482,9 +482,12 @@ def test_fuzz_every_operation(api, api_schema):
         headers=auth, checks=checks, timeout=HTTP_TIMEOUT_S)
     assert made.status_code == 201, made.text
     sid = made.json()["id"]
+    tok = by_label["POST /tokens"].Case(body={"name": "fuzz", "tenant": "team-f", "role": "viewer"}).call_and_validate(
+        headers=auth, checks=checks, timeout=HTTP_TIMEOUT_S)
+    assert tok.status_code == 201 and tok.json()["token"], tok.text
     for label, op in sorted(by_label.items(), key=lambda kv: kv[0].startswith("DELETE")):
-        params = {k: v for k, v in (("job_id", jid), ("node_id", node_id), ("schedule_id", sid))
-                  if "{" + k + "}" in op.path}
+        params = {k: v for k, v in (("job_id", jid), ("node_id", node_id), ("schedule_id", sid),
+                                    ("token_id", tok.json()["id"])) if "{" + k + "}" in op.path}
         if op.method.upper() in ("POST", "PUT") or "/api/packages/" in op.path:  # (packages: generated below)
             continue
         query = {"state": ["SUCCEEDED", "RUNNING"], "limit": 2} if label == "GET /jobs" else None
