@@ -87,6 +87,13 @@ class Access:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self.flush())
 
+    async def settle(self) -> None:
+        """Every call recorded so far is written (or kept for later, if the Coordinator is away)."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done() and flusher is not asyncio.current_task():
+            await asyncio.shield(flusher)
+        await self.flush()
+
     async def flush(self) -> int:
         """Write what is queued; returns how many entries were written."""
         written = 0

@@ -15,9 +15,11 @@ resolves these annotations at import).
 """
 
 from fastapi import Path as PathParam, Query, Request
+from pydantic import ValidationError
 
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
-from raycluster.api.errors import unavailable
+from raycluster.api.bodies import json_body
+from raycluster.api.errors import ApiError, unavailable
 from raycluster.api.models import AuditList, Token, TokenList, TokenRequest
 from raycluster.api.settings import access as current_access
 from raycluster.policy import access as A
@@ -33,11 +35,20 @@ def _part():
 
 
 @app.post("/tokens", status_code=201, response_model=Token, tags=["access"], responses=COMMON,
+          openapi_extra={"requestBody": {"required": True, "content": {
+              "application/json": {"schema": TokenRequest.model_json_schema()}}}},
           summary="issue a token for a user: bound to one tenant and a role (the token is in this answer only)")
-async def create_token(request: Request, body: TokenRequest) -> dict:
+async def create_token(request: Request) -> dict:
     part = _part()
     who = part.who(request)
     A.authorize(who, A.MANAGE_TOKENS)
+    data = await json_body(request)  # (parsed by hand: every error in the one shape, 422 naming the field)
+    try:
+        body = TokenRequest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        raise ApiError(422, "invalid_request", f"{field}: {err.get('msg')}", field=field) from None
     out = await part.call("tokens_create", body.name, body.tenant, body.role, who.who)
     part.audit(request, out["id"], 201)
     return out
@@ -79,5 +90,5 @@ async def audit_trail(request: Request, limit: int = Query(100, ge=1, le=10000, 
                       ) -> dict:
     part = _part()
     A.authorize(part.who(request), A.READ_AUDIT)
-    await part.flush()  # (what was just done is in the answer)
+    await part.settle()  # (what was just done is in the answer)
     return {"entries": await part.call("audit_trail", limit, tenant)}

@@ -83,6 +83,6 @@ def cmd_audit(args) -> int:
         print_json(rows)
         return EXIT_OK
     print(text_table(("WHEN", "WHO", "ROLE", "ACTION", "TARGET", "STATUS"),
-                     [(_utc(e["ts"]), e["who"], e["role"], e["action"], e["target"] or "-", e["status"])
+                     [(_utc(e["ts"]), e["who"], e["role"], e["action"], e["target"] or "-", str(e["status"]))
                       for e in rows]))
     return EXIT_OK
