@@ -145,12 +145,27 @@ def shared_cluster(tmp_path_factory):
     lc = LocalCluster(Path(tmp_path_factory.mktemp("rc-shared")), num_workers=SHARED_WORKERS, cpus_per_worker=2,
                       gpus_per_worker=1, env={"RAY_DEDUP_LOGS": "0"})
     lc.start()
-    try:
-        yield lc
-    finally:
+
+    def stop() -> None:
         ray.shutdown()
         lc.stop()
         os.environ.update(saved)
+
+    _SHARED_STOP.append(stop)
+    try:
+        yield lc
+    finally:
+        stop_shared_cluster()
+
+
+_SHARED_STOP: list = []  # how to stop the shared cluster, while it runs
+
+
+def stop_shared_cluster() -> None:
+    """Stop the shared cluster now if it runs (idempotent; tests/cluster/conftest.py calls it after
+    the last module on it, the session's teardown again)."""
+    while _SHARED_STOP:
+        _SHARED_STOP.pop()()
 
 
 @contextlib.contextmanager

@@ -327,31 +327,33 @@ class LocalCluster:
         return {} if self.elastic is None else autoscaling.head_env(self.elastic, self._record["cluster_id"])
 
     def _start_workers(self, shapes: list[dict]) -> list[str]:
-        """Start one worker per shape (keyword arguments of ``_launch_worker``) and wait for all; a
-        worker that fails is replaced LOCAL_NODE_START_RETRIES times. Returns the new nodes' names."""
-        launchers = {}
+        """Start one worker per shape (keyword arguments of ``_launch_worker``) and wait for all; each
+        worker that fails is replaced up to LOCAL_NODE_START_RETRIES times (counted per worker: on a
+        busy box one slow start must not use up another's retry). Returns the new nodes' names."""
+        launchers = {}  # name -> (launcher, shape, tries so far)
         for shape in shapes:
             launcher = self._launch_worker(**shape)
-            launchers[launcher.name] = (launcher, shape)
-        for attempt in range(C.LOCAL_NODE_START_RETRIES + 1):
+            launchers[launcher.name] = (launcher, shape, 1)
+        while True:
             try:
-                self._register({n: lch for n, (lch, _s) in launchers.items()})
+                self._register({n: lch for n, (lch, _s, _t) in launchers.items()})
                 return list(launchers)
             except raystart.NodeStartFailed as exc:
-                if attempt == C.LOCAL_NODE_START_RETRIES or not exc.names:
+                spent = [n for n in exc.names if launchers[n][2] > C.LOCAL_NODE_START_RETRIES]
+                if spent or not exc.names:
                     for name in exc.names:  # leave nothing of a failed start behind
                         stop_launchers([launchers[name][0]], 0.0)
                         self._drop_node(name)
                     raise
                 log.warning("local node(s) %s did not start (try %d/%d), starting them again: %s", exc.names,
-                            attempt + 1, C.LOCAL_NODE_START_RETRIES + 1, exc.message.splitlines()[0])
+                            max(launchers[n][2] for n in exc.names), C.LOCAL_NODE_START_RETRIES + 1,
+                            exc.message.splitlines()[0])
                 for name in exc.names:
-                    launcher, shape = launchers.pop(name)
+                    launcher, shape, tries = launchers.pop(name)
                     stop_launchers([launcher], 0.0)
                     self._drop_node(name)
                     replacement = self._launch_worker(**shape)
-                    launchers[replacement.name] = (replacement, shape)
-        raise AssertionError("unreachable")
+                    launchers[replacement.name] = (replacement, shape, tries + 1)
 
     def _free_gpu_ids(self) -> list[str]:
         used = set()
