@@ -6,6 +6,4 @@ bash scripts/setup.sh
 # two pytest workers (pytest-xdist): a module's tests run on one worker, one after another, and the
 # modules sharing one cluster on one worker (tests/cluster/conftest.py); RAYCLUSTER_TEST_WORKERS=0
 # runs everything in this process
-# (--no-loadscope-reorder: the groups keep the conftest's order, longest first)
-exec .venv/bin/python -m pytest -q -ra --durations=30 -n "${RAYCLUSTER_TEST_WORKERS:-2}" --dist loadgroup \
-  --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -q -ra --durations=30 -n "${RAYCLUSTER_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -6,16 +6,6 @@ import os
 import pytest
 
 
-# Under pytest-xdist the groups go to whichever worker is free, in collection order
-# (scripts/test.sh passes --no-loadscope-reorder: xdist would otherwise order them by test count),
-# so the longest go first (longest-processing-time-first: no long group starts when the rest is
-# done). Rough seconds of each module's own cluster work on the 2-core CI box — an ordering hint
-# only; a module not listed goes after these, the unit tests last.
-GROUP_SECONDS = {"test_cli_e2e.py": 260, "test_budget_local.py": 140, "test_autoscale_local.py": 130,
-                 "test_ray_job_submit.py": 120, "test_soak.py": 116, "test_localcluster.py": 110,
-                 "test_ray_up.py": 90, "test_storage_s3.py": 60, "test_http_market.py": 50, "test_ssh_market.py": 40}
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group marks: this
 def pytest_collection_modifyitems(config, items):  # conftest may load before it (`pytest tests/cluster/x.py`)
     from tests.conftest import SHARED_MODULES
@@ -30,16 +20,16 @@ def pytest_collection_modifyitems(config, items):  # conftest may load before it
     # the modules on the one shared cluster run one after another: in one process, last (the cluster
     # is started for the first of them, so it idles beside no other cluster); under pytest-xdist,
     # first (their group is the longest: one worker runs it while the other runs the rest). Either
-    # way the cluster is stopped when the last of them is done (``stop_the_shared_cluster_after...``)
+    # way the cluster is stopped when the last of them is done (``stop_the_shared_cluster_after...``).
+    # (Ordering the other groups longest-first — --no-loadscope-reorder — was tried: on the saturated
+    # 2-core box it ran the two heaviest groups side by side and took 17 min instead of 14.)
     xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
     def key(item):
         name = item.fspath.basename
-        if "/tests/cluster/" not in str(item.fspath):
-            return 0
-        if name in SHARED_MODULES:
-            return SHARED_MODULES.index(name) + 1 - (1000 if xdist else 0)
-        return -GROUP_SECONDS.get(name, 1) if xdist else 0
+        if "/tests/cluster/" in str(item.fspath) and name in SHARED_MODULES:
+            return SHARED_MODULES.index(name) + 1 - (100 if xdist else 0)
+        return 0
     items[:] = sorted(items, key=key)  # (stable: the order within a module and of the others is kept)
     shared = [i.fspath.basename for i in items
               if "/tests/cluster/" in str(i.fspath) and i.fspath.basename in SHARED_MODULES]
