@@ -27,7 +27,8 @@ from raycluster.policy import access as A
 _TOKEN_ID = r"^tok-[0-9a-f]{1,64}$"
 
 
-def _part():
+def replica_access():
+    """This replica's access part (503 while the replica is starting)."""
     part = current_access()
     if part is None:
         raise unavailable("the API is starting")
@@ -39,7 +40,7 @@ def _part():
               "application/json": {"schema": TokenRequest.model_json_schema()}}}},
           summary="issue a token for a user: bound to one tenant and a role (the token is in this answer only)")
 async def create_token(request: Request) -> dict:
-    part = _part()
+    part = replica_access()
     who = part.who(request)
     A.authorize(who, A.MANAGE_TOKENS)
     data = await json_body(request)  # (parsed by hand: every error in the one shape, 422 naming the field)
@@ -57,7 +58,7 @@ async def create_token(request: Request) -> dict:
 @app.get("/tokens", response_model=TokenList, tags=["access"], responses=COMMON,
          summary="the tokens issued (never the tokens themselves)")
 async def list_tokens(request: Request, all: bool = Query(False, description="revoked ones too")) -> dict:
-    part = _part()
+    part = replica_access()
     A.authorize(part.who(request), A.MANAGE_TOKENS)
     return {"tokens": await part.call("tokens_list", all)}
 
@@ -76,7 +77,7 @@ async def revoke_token(request: Request, token_id: str = PathParam(..., pattern=
 
 
 async def _change(request: Request, method: str, token_id: str) -> dict:
-    part = _part()
+    part = replica_access()
     A.authorize(part.who(request), A.MANAGE_TOKENS)
     out = await part.call(method, token_id)
     part.audit(request, token_id)
@@ -88,7 +89,7 @@ async def _change(request: Request, method: str, token_id: str) -> dict:
 async def audit_trail(request: Request, limit: int = Query(100, ge=1, le=10000, description="the newest N"),
                       tenant: str | None = Query(None, max_length=64, description="calls made by this tenant's tokens")
                       ) -> dict:
-    part = _part()
+    part = replica_access()
     A.authorize(part.who(request), A.READ_AUDIT)
     await part.settle()  # (what was just done is in the answer)
     return {"entries": await part.call("audit_trail", limit, tenant)}

@@ -12,7 +12,8 @@ Owns the routes (all JSON)::
     GET    /jobs/{job_id}             one job with its transitions (and why it waits, while PENDING)
     DELETE /jobs/{job_id}             cancel; 409 if it already finished
     GET    /jobs/{job_id}/checkpoints | /metrics | /logs?tail=N (or ?since=a0-r0:OFFSET,... to follow)
-    (and ``api/access_routes.py``: /tokens and /audit, for admins)
+    (and ``api/access_routes.py``: /tokens and /audit, for admins; ``api/package_routes.py``:
+    GET/PUT /api/packages/gcs/{name}, code packages)
 
 Who may call what: the caller's ``Identity`` (``api/access.py``, from the bearer token) and the pure
 rules of ``policy/access.py``, applied by each route before it calls anything.
@@ -41,14 +42,14 @@ from ray import serve
 
 from raycluster import constants as C
 from raycluster.api._serve_compat import serve_listener_reuses_address
-from raycluster.api import access_routes
+from raycluster.api import access_routes, package_routes
 from raycluster.api.access import Access
 from raycluster.api.app import COMMON, E, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.bodies import json_body as _json_body, json_body_doc as _json_body_doc
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList,
-                                   LogList, MetricList, Node, NodeHealth, NodeHealthList, NodeList, Package,
+                                   LogList, MetricList, Node, NodeHealth, NodeHealthList, NodeList,
                                    PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList)
 from raycluster.api.settings import configure, set_access
 from raycluster.control.handles import get_handle
@@ -61,11 +62,9 @@ from raycluster.store.lifecycle import JobState
 from raycluster.util.ttlcache import TTLCache
 
 log = logging.getLogger("raycluster.api")
-assert access_routes.app is app  # (imported for its routes: /tokens and /audit, on this app)
+assert access_routes.app is package_routes.app is app  # (imported for their routes, on this app)
 _JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NODE_ID = r"^[A-Za-z0-9_-]{1,128}$"
-_PACKAGE_NAME = r"^_ray_pkg_[0-9a-f]{8,128}\.zip$"  # content-addressed, as Ray names them
-_PACKAGE_MEDIA = ("application/zip", "application/octet-stream", "application/x-zip-compressed")
 
 
 def _as_tenant(who: A.Identity, data: Any, field: str) -> Any:
@@ -280,49 +279,6 @@ class ControlAPI:
         out = await self._coord("preempt", node_id, notice_s)
         self.access.audit(request, node_id)
         return out
-
-    # ------------------------------------------------------------------ code packages
-    @app.get("/api/packages/{protocol}/{name}", response_model=Package, tags=["jobs"],
-             responses={**COMMON, 404: {**E, "description": "the cluster has no such package"}},
-             summary="whether the cluster holds a code package (Ray's job-server shape)")
-    async def get_package(self, protocol: str = PathParam(..., pattern="^gcs$"),
-                          name: str = PathParam(..., pattern=_PACKAGE_NAME)) -> dict:
-        from ray._private.runtime_env.packaging import package_exists
-
-        uri = f"gcs://{name}"
-        if not await asyncio.to_thread(package_exists, uri):
-            raise ApiError(404, "not_found", f"no package {uri}")
-        return {"uri": uri}
-
-    @app.put("/api/packages/{protocol}/{name}", response_model=Package, tags=["jobs"],
-             responses={**COMMON, 413: {**E, "description": "larger than API_MAX_PACKAGE_BYTES"},
-                        422: {**E, "description": "not a zip, or a bad name"}},
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-             summary="upload a code package (a zip named by its content's hash) that a spec's runtime_env "
-                     "refers to as gcs://NAME; kept PACKAGE_PIN_S, and while a job using it is unfinished")
-    async def put_package(self, request: Request, protocol: str = PathParam(..., pattern="^gcs$"),
-                          name: str = PathParam(..., pattern=_PACKAGE_NAME)) -> dict:
-        import io
-        import zipfile
-
-        from ray._private.runtime_env.packaging import pin_runtime_env_uri, upload_package_to_gcs
-
-        A.authorize(self.access.who(request), A.UPLOAD_PACKAGE)
-        declared = request.headers.get("content-type")
-        media = (declared or "application/zip").split(";", 1)[0].strip().lower()
-        if media not in _PACKAGE_MEDIA:
-            raise ApiError(415, "unsupported_media_type", f"a package is a zip (Content-Type: application/zip), "
-                                                          f"not {media or 'empty'}", field="Content-Type")
-        data = await request.body()
-        if not data or not zipfile.is_zipfile(io.BytesIO(data)):
-            raise ApiError(422, "invalid_package", "the body is not a zip archive", field="body")
-        uri = f"gcs://{name}"
-        await asyncio.to_thread(upload_package_to_gcs, uri, data)
-        await asyncio.to_thread(pin_runtime_env_uri, uri, expiration_s=C.PACKAGE_PIN_S)
-        log.info("package %s uploaded (%d bytes)", uri, len(data))
-        self.access.audit(request, uri)
-        return {"uri": uri}
 
     @app.post("/jobs", status_code=201, response_model=Job, tags=["jobs"],
               responses={**COMMON, 409: {**E, "description": "Idempotency-Key reused with a different spec"},
