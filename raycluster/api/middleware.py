@@ -6,7 +6,8 @@ never logged) and who the token is, put in ``request.state.identity`` for the ro
 (``policy.access``): the operator's token (the replica holds only its sha256 and compares
 ``hmac.compare_digest``) is ``OPERATOR``, an admin; any other is looked up by its sha256 through the
 replica's access part (``api/settings.py: access``: the Coordinator's token store, cached at most a
-second, so a rotation or revocation takes effect at once); unknown or revoked → 401; 413 for a body over ``max_body_bytes`` (checked on Content-Length and
+second, so a rotation or revocation takes effect at once); unknown or revoked → 401; 413 for a body
+over ``max_body_bytes`` (checked on Content-Length and
 while streaming); a 500 in the one error shape, logged here with its traceback, never sent.
 """
 

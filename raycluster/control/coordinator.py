@@ -187,8 +187,8 @@ class Coordinator:
         """Record API calls: each (who as a dict, action, target, HTTP status)."""
         from raycluster.policy.access import Identity
 
-        for who, action, target, status in entries:
-            self.access.audit(Identity.from_dict(who), action, target, status)
+        self.access.audit_many([(Identity.from_dict(who), action, target, status)
+                                for who, action, target, status in entries])
         return len(entries)
 
     def audit_trail(self, limit: int = 100, tenant: str | None = None) -> list[dict]:

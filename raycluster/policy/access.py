@@ -78,20 +78,18 @@ MANAGE_TOKENS = Action("manage API tokens", Role.ADMIN)
 READ_AUDIT = Action("read the audit trail", Role.ADMIN)
 
 
-def require_role(who: Identity, action: Action) -> None:
+def require_role(who: Identity, action: Action, field: str | None = None) -> None:
     """The role half of ``authorize`` (before the tenant is known): ``Forbidden`` naming the role needed."""
     if who.role.rank < action.least.rank:
         raise Forbidden(f"{who.role.value} tokens may not {action.name}: it needs the {action.least.value} role "
-                        f"or higher")
+                        f"or higher", field=field)
 
 
 def authorize(who: Identity, action: Action, tenant: str | None = None, *, field: str | None = None) -> None:
     """Allow ``who`` to do ``action`` (on ``tenant``'s things, for a tenant-scoped action — None is
     tenant ``default``), or raise ``Forbidden`` saying what was refused and what would allow it.
     ``field``: the request field that named the tenant (a body's ``tenant``), for the error."""
-    if who.role.rank < action.least.rank:
-        raise Forbidden(f"{who.role.value} tokens may not {action.name}: it needs the {action.least.value} role "
-                        f"or higher", field=field)
+    require_role(who, action, field)
     if action.tenant_scoped and who.role is not Role.ADMIN and who.tenant is not None:
         if tenant_of(tenant) != tenant_of(who.tenant):
             raise Forbidden(f"this token may {action.name} of tenant {tenant_of(who.tenant)!r} only, not "

@@ -153,12 +153,27 @@ class TokenStore:
 
     # ---------------------------------------------------------------- audit
     def audit(self, who: Identity, action: str, target: str | None, status: int, now: float | None = None) -> None:
-        rec = AuditRecord(ts=time.time() if now is None else now, token_id=who.token_id, who=who.who,
-                          tenant=who.tenant, role=who.role.value, action=action, target=target, status=status)
-        row = {k: v for k, v in AUDIT.encode(rec.__dict__).items() if k != "seq"}
-        with self._lock:
-            self._conn.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES ({','.join('?' * len(row))})",
-                               tuple(row.values()))
+        self.audit_many([(who, action, target, status)], now)
+
+    def audit_many(self, entries: list[tuple[Identity, str, str | None, int]], now: float | None = None) -> None:
+        """Record calls, each (who, action, target, HTTP status), in one transaction."""
+        ts = time.time() if now is None else now
+        rows = [{k: v for k, v in AUDIT.encode(AuditRecord(
+                    ts=ts, token_id=who.token_id, who=who.who, tenant=who.tenant, role=who.role.value,
+                    action=action, target=target, status=status).__dict__).items() if k != "seq"}
+                for who, action, target, status in entries]
+        if not rows:
+            return
+        with self._lock:  # one transaction for the lot
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(f"INSERT INTO audit ({', '.join(rows[0])}) VALUES "
+                                       f"({','.join('?' * len(rows[0]))})", [tuple(r.values()) for r in rows])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def audit_trail(self, limit: int = 100, tenant: str | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` entries, oldest first."""
