@@ -9,7 +9,9 @@
 * ``counter``  — a deterministic checkpointing loop: sums pseudo-random numbers drawn from the
   global RNGs for ``steps`` steps, sleeping ``sleep_per_step_s``; the result depends on every
   RNG draw, so a resume that loses RNG state or data position gives a different ``total``; it prints
-  a line every ``print_every`` steps (0 = never).
+  a line every ``print_every`` steps (0 = never). ``hold_at_step`` with ``hold_until_file``: after
+  that step (reported, checkpointed) the rank waits until the file exists — a test paces a job by
+  an event it controls (release the file), not by the wall clock; the result does not change.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def counter(ctx):
     import torch
 
     cfg = {"steps": 20, "sleep_per_step_s": 0.0, "seed": 0, "fail_at_step": None, "fail_sleep_s": 0.0,
-           "print_every": 0, **ctx.config}
+           "print_every": 0, "hold_at_step": None, "hold_until_file": None, **ctx.config}
     random.seed(cfg["seed"] + ctx.rank)
     np.random.seed(cfg["seed"] + ctx.rank)
     torch.manual_seed(cfg["seed"] + ctx.rank)
@@ -86,6 +88,11 @@ def counter(ctx):
             raise RuntimeError(f"deliberate failure at step {step}")
         if ctx.should_checkpoint(step):
             ctx.save_checkpoint({"step": step, "total": total}, step)
+        if step == cfg["hold_at_step"] and cfg["hold_until_file"]:
+            import os
+
+            while not os.path.exists(cfg["hold_until_file"]):
+                time.sleep(0.05)
         if cfg["sleep_per_step_s"]:
             time.sleep(cfg["sleep_per_step_s"])
     return {"total": total, "steps": step, "resumed_from": ctx.restored_step, "attempt": ctx.attempt}

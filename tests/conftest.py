@@ -59,37 +59,6 @@ def sampled(read, every_s: float):
 
 
 @contextlib.contextmanager
-def local_runtime(state_dir: Path, num_workers: int, storage_uri: str | None = None,
-                  env: dict[str, str] | None = None):
-    """Head (no CPUs) + ``num_workers`` workers (2 CPUs, 1 logical GPU each) with TEST_ENV, this
-    process connected, runtime actors started: yields ``(LocalCluster, Coordinator handle)``.
-    Afterwards: Serve (if a test started it) shut down, disconnected, exactly our nodes stopped."""
-    import ray
-
-    from raycluster.provision.local.cluster import LocalCluster
-    from raycluster.control.actors import start_runtime
-
-    os.environ.update(TEST_ENV)
-    lc = LocalCluster(state_dir, num_workers=num_workers, cpus_per_worker=2, gpus_per_worker=1,
-                      env={**TEST_ENV, **(env or {})})
-    lc.start()
-    try:
-        lc.connect(namespace="raycluster", log_to_driver=False)
-        from raycluster.settings import Settings
-
-        settings = Settings.from_env({**TEST_ENV, **(env or {})})  # (its RAYCLUSTER_* entries)
-        yield lc, start_runtime(state_dir, storage_uri=storage_uri, settings=settings)
-    finally:
-        if ray.is_initialized():
-            from ray import serve
-
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-        ray.shutdown()
-        lc.stop()
-
-
-@contextlib.contextmanager
 def runtime_at_defaults(state_dir: Path, **cluster_kwargs):
     """A local cluster (``LocalCluster(state_dir, **cluster_kwargs)``) and the runtime actors with no
     knob changed — as ``raycluster up --local`` makes them: none of TEST_ENV, and none of the knobs
@@ -128,6 +97,25 @@ def settings_for_tests(**more):
 # killed yet (they count nodes).
 SHARED_MODULES = ("test_api.py", "test_health.py", "test_cluster_integration.py", "test_sharing.py")
 SHARED_WORKERS = 3
+# The modules sharing the second cluster (``aux_cluster``): those whose nodes need an environment of
+# their own from the start — `ray job submit`'s short package pin, the object store's AWS_* — one
+# cluster instead of one each.
+AUX_MODULES = ("test_ray_job_submit.py", "test_storage_s3.py")
+AUX_WORKERS = 2
+# The modules sharing a head alone (``head_cluster``): the markets', which rent nodes into it through
+# the node provider themselves.
+MARKET_MODULES = ("test_http_market.py", "test_ssh_market.py")
+# each pool of modules sharing one cluster: its xdist group and its modules
+CLUSTER_POOLS = {"shared": SHARED_MODULES, "aux": AUX_MODULES, "markets": MARKET_MODULES}
+# Ray pins an uploaded working_dir for this long (default 600 s); short on the aux cluster so that a
+# package whose only holder was a finished Ray job would be deleted during test_ray_job_submit if the
+# Coordinator did not pin it
+PIN_ENV = {"RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S": "5"}
+
+
+def pool_of(module_basename: str) -> str | None:
+    """The pool (``CLUSTER_POOLS``) whose cluster a test module shares, if any."""
+    return next((pool for pool, mods in CLUSTER_POOLS.items() if module_basename in mods), None)
 
 
 @pytest.fixture(scope="session")
@@ -151,25 +139,76 @@ def shared_cluster(tmp_path_factory):
         lc.stop()
         os.environ.update(saved)
 
-    _SHARED_STOP.append(stop)
+    _POOL_STOP.setdefault("shared", []).append(stop)
     try:
         yield lc
     finally:
-        stop_shared_cluster()
+        stop_pool_cluster("shared")
 
 
-_SHARED_STOP: list = []  # how to stop the shared cluster, while it runs
+@pytest.fixture(scope="session")
+def aux_cluster(tmp_path_factory):
+    """The second shared cluster — head (no CPUs) + 2 workers (2 CPUs, no GPU each), token auth —
+    whose nodes start with TEST_ENV, PIN_ENV and the AWS_* environment of a real S3-compatible
+    server on loopback (moto's; ``tests/s3server.py``), which runs as long as the cluster. Yields
+    ``SimpleNamespace(lc, s3_base, s3_env)``; each module restarts the runtime on it
+    (``runtime_on_shared``)."""
+    import ray
+    from types import SimpleNamespace
+
+    from raycluster.provision.local.cluster import LocalCluster
+    from tests.s3server import s3_server
+
+    stack = contextlib.ExitStack()
+    base, s3_env = stack.enter_context(s3_server())
+    os.environ.update(TEST_ENV)
+    lc = LocalCluster(Path(tmp_path_factory.mktemp("rc-aux")), num_workers=AUX_WORKERS, cpus_per_worker=2,
+                      gpus_per_worker=0, env={**TEST_ENV, **PIN_ENV, **s3_env})
+    stack.callback(lc.stop)
+    stack.callback(ray.shutdown)
+    _POOL_STOP.setdefault("aux", []).append(stack.close)
+    try:
+        lc.start()
+        yield SimpleNamespace(lc=lc, s3_base=base, s3_env=s3_env)
+    finally:
+        stop_pool_cluster("aux")
 
 
-def stop_shared_cluster() -> None:
-    """Stop the shared cluster now if it runs (idempotent; tests/cluster/conftest.py calls it after
+@pytest.fixture(scope="session")
+def head_cluster(tmp_path_factory):
+    """A head alone (1 CPU, no GPU, no workers, not elastic) for the market modules: each starts its
+    market's server and rents nodes into this cluster through the node provider itself."""
+    import ray
+
+    from raycluster.provision.local.cluster import LocalCluster
+
+    lc = LocalCluster(Path(tmp_path_factory.mktemp("rc-markets")), num_workers=0, head_cpus=1)
+
+    def stop() -> None:
+        ray.shutdown()
+        lc.stop()
+
+    _POOL_STOP.setdefault("markets", []).append(stop)
+    try:
+        lc.start()
+        yield lc
+    finally:
+        stop_pool_cluster("markets")
+
+
+_POOL_STOP: dict[str, list] = {}  # how to stop each pool's cluster, while it runs
+
+
+def stop_pool_cluster(pool: str) -> None:
+    """Stop the pool's cluster now if it runs (idempotent; tests/cluster/conftest.py calls it after
     the last module on it, the session's teardown again)."""
-    while _SHARED_STOP:
-        _SHARED_STOP.pop()()
+    stops = _POOL_STOP.get(pool, [])
+    while stops:
+        stops.pop()()
 
 
 @contextlib.contextmanager
-def runtime_on_shared(lc, state_dir: Path, settings):
+def runtime_on_shared(lc, state_dir: Path, settings, workers: int = SHARED_WORKERS, storage_uri: str | None = None):
     """The shared cluster with this process connected, a node killed by an earlier module replaced,
     and the runtime restarted with ``settings`` in ``state_dir`` (which also finds the cluster: its
     ``local-cluster`` record is linked there, for the CLI). Yields the Coordinator handle;
@@ -183,9 +222,9 @@ def runtime_on_shared(lc, state_dir: Path, settings):
     (state_dir / CLUSTER_DIRNAME).symlink_to(cluster_dir(lc.state_dir))
     lc.connect(namespace="raycluster", log_to_driver=False)
     try:
-        for _ in range(SHARED_WORKERS - sum(1 for n in lc.nodes() if n.role == "worker" and n.alive)):
+        for _ in range(workers - sum(1 for n in lc.nodes() if n.role == "worker" and n.alive)):
             lc.add_worker()
-        yield restart_runtime(state_dir, settings)
+        yield restart_runtime(state_dir, settings, storage_uri=storage_uri)
     finally:
         from ray import serve
 

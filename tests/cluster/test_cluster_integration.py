@@ -98,20 +98,23 @@ def test_node_killed_mid_training_resumes_with_identical_result(cluster, client)
 
 
 @pytest.mark.timeout(240)
-def test_coordinator_killed_during_run_loses_nothing(cluster, client):
+def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path):
     coord = cluster["coord"]
-    ids = [client.submit(counter_spec(f"survivor-{i}", steps=200, sleep=0.1, workers=1 + i % 2))["id"]
+    go = tmp_path / "go"  # the survivors hold at step 20 until it exists: mid-run for sure, no pacing
+    ids = [client.submit(counter_spec(f"survivor-{i}", steps=40, workers=1 + i % 2,
+                                      config={"hold_at_step": 20, "hold_until_file": str(go)}))["id"]
            for i in range(3)]
     wait_for(lambda: all(state_of(client, j) == "RUNNING" for j in ids), 60, "all three RUNNING")
-    wait_for(lambda: all(client.get(j)["last_metrics"].get("step", 0) >= 10 for j in ids), 60, "progress")
+    wait_for(lambda: all(client.get(j)["last_metrics"].get("step", 0) >= 20 for j in ids), 60, "step 20")
     pid_before = ray.get(coord.ping.remote())["pid"]
     ray.kill(coord, no_restart=False)
     wait_for(lambda: coordinator_restarted(coord, pid_before), 60, "the Coordinator to restart")
     assert all(not client.get(j)["state"] in ("SUCCEEDED", "FAILED") for j in ids)  # killed mid-run
     queued_during = client.submit(counter_spec("after-restart", steps=5))["id"]
+    go.touch()
     final = client.wait(ids + [queued_during], timeout_s=180)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 4, [(j["state"], j["error"]) for j in final]
-    undisturbed = client.wait([client.submit(counter_spec("undisturbed", steps=200))["id"]], timeout_s=60)[0]
+    undisturbed = client.wait([client.submit(counter_spec("undisturbed", steps=40))["id"]], timeout_s=60)[0]
     for j in final[:3]:
         assert "coordinator restarted" in " ".join(t["reason"] or "" for t in j["transitions"])
         assert j["system_restarts"] == 0  # a control-plane restart is not the job's fault

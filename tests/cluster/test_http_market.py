@@ -24,10 +24,9 @@ TAGS = {TAG_RAY_NODE_KIND: NODE_KIND_WORKER, TAG_RAY_USER_NODE_TYPE: "gpu_http"}
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
+def sim(head_cluster, tmp_path_factory):
+    """The marketplace simulator on a free port, renting into the markets' head (tests/conftest.py)."""
     import ray
-
-    from raycluster.provision.local.cluster import LocalCluster
 
     d = Path(tmp_path_factory.mktemp("rc-http"))
     (d / "key").write_text("test-api-key-123\n")
@@ -36,15 +35,13 @@ def sim(tmp_path_factory):
                                "--api-key-file", str(d / "key"), "--state-dir", str(d / "sim"), "--loading-s", "1"],
                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    lc = LocalCluster(d / "state", num_workers=0, head_cpus=1)
+    lc = head_cluster
     try:
         wait_for(lambda: _up(url), 30, "the marketplace simulator to answer")
-        lc.start()
         lc.connect(log_to_driver=False)
         yield {"url": url, "d": d, "lc": lc, "work": tempfile.mkdtemp(prefix="rch-")}
     finally:
         ray.shutdown()
-        lc.stop()
         server.terminate()  # its shutdown stops every instance it still runs
         try:
             server.wait(15)

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_ENV
+from tests.conftest import AUX_WORKERS, runtime_on_shared, settings_for_tests
 
 pytestmark = [pytest.mark.cluster]
-
-# Ray pins an uploaded working_dir for this long (default 600 s); short here so that a package whose
-# only holder was the finished Ray job would be deleted during the test if the Coordinator did not pin it
-PIN_ENV = {"RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S": "5"}
 
 MYTRAIN = '''
 import time
@@ -42,25 +38,15 @@ def boom(ctx):
 
 
 @pytest.fixture(scope="module")
-def rc(tmp_path_factory):
-    """Head (no CPUs) + 2 workers (2 CPUs each), runtime actors started."""
-    import ray
-
-    from raycluster.provision.local.cluster import LocalCluster
+def rc(aux_cluster, tmp_path_factory):
+    """The aux cluster (head with no CPUs + 2 workers of 2 CPUs, token auth, nodes started with
+    TEST_ENV and PIN_ENV: tests/conftest.py), the runtime on it with TEST_SETTINGS."""
     from raycluster.client.ray_client import Client
-    from raycluster.control.actors import start_runtime
 
-    state_dir = tmp_path_factory.mktemp("rj-state")
-    os.environ.update(TEST_ENV)
-    lc = LocalCluster(state_dir, num_workers=2, cpus_per_worker=2, gpus_per_worker=0, env={**TEST_ENV, **PIN_ENV})
-    lc.start()
-    try:
-        lc.connect(namespace="raycluster", log_to_driver=False)
-        coord = start_runtime(state_dir)
-        yield {"lc": lc, "state_dir": Path(state_dir), "client": Client(coord)}
-    finally:
-        ray.shutdown()
-        lc.stop()
+    state_dir = Path(tmp_path_factory.mktemp("rj-state"))
+    lc = aux_cluster.lc
+    with runtime_on_shared(lc, state_dir, settings_for_tests(), workers=AUX_WORKERS) as coord:
+        yield {"lc": lc, "state_dir": state_dir, "client": Client(coord)}
 
 
 def _ray_cli() -> list[str]:

@@ -24,22 +24,19 @@ USD_PER_HOUR = 0.9
 
 
 @pytest.fixture(scope="module")
-def ssh_env(tmp_path_factory):
+def ssh_env(head_cluster, tmp_path_factory):
+    """The SSH server on loopback, its hosts renting into the markets' head (tests/conftest.py)."""
     import ray
-
-    from raycluster.provision.local.cluster import LocalCluster
 
     d = Path(tmp_path_factory.mktemp("rc-ssh"))
     server, port = sshd.start(d / "sshd")
-    lc = LocalCluster(d / "state", num_workers=0, head_cpus=1)
-    lc.start()
+    lc = head_cluster
     work = Path(tempfile.mkdtemp(prefix="rcs-"))  # short: Ray's socket paths must fit in 107 bytes
     try:
         lc.connect(log_to_driver=False)
         yield {"lc": lc, "port": port, "d": d, "work": work}
     finally:
         ray.shutdown()
-        lc.stop()
         sshd.stop(server)
 
 

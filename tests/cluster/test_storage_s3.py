@@ -1,5 +1,6 @@
-"""Checkpoints and rank logs on an object store: a real local Ray cluster (head + 2 workers) whose
-runtime keeps them under s3://… on a real S3-compatible server on loopback (moto's server mode).
+"""Checkpoints and rank logs on an object store: a real local Ray cluster (the aux cluster: head + 2
+workers, tests/conftest.py) whose runtime keeps them under s3://… on a real S3-compatible server on
+loopback (moto's server mode, its AWS_* environment in the nodes' from their start).
 
 A 2-rank job fails once mid-way, resumes from its checkpoint read back from the store (sha256
 verified) and ends with the same result as an undisturbed run; pruning deletes old shards in the
@@ -9,22 +10,25 @@ log is readable through the Coordinator.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import local_runtime, wait_for
-from tests.s3server import s3_keys, s3_server
+from tests.conftest import AUX_WORKERS, runtime_on_shared, settings_for_tests, wait_for
+from tests.s3server import s3_keys
 
 pytestmark = [pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
-def s3_cluster(tmp_path_factory):
-    pytest.importorskip("s3fs")
-    with s3_server() as (base, env):
-        with local_runtime(tmp_path_factory.mktemp("rc-s3"), num_workers=2, storage_uri=base, env=env) as (lc, coord):
-            from raycluster.client.ray_client import Client
+def s3_cluster(aux_cluster, tmp_path_factory):
+    from raycluster.client.ray_client import Client
 
-            yield {"base": base, "env": env, "client": Client(coord), "state_dir": lc.state_dir}
+    state_dir = Path(tmp_path_factory.mktemp("rc-s3"))
+    base, env = aux_cluster.s3_base, aux_cluster.s3_env
+    with runtime_on_shared(aux_cluster.lc, state_dir, settings_for_tests(), workers=AUX_WORKERS,
+                           storage_uri=base) as coord:
+        yield {"base": base, "env": env, "client": Client(coord), "state_dir": state_dir}
 
 
 def _spec(name, **cfg):

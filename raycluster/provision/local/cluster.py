@@ -43,6 +43,11 @@ WORKER_RESOURCE = "raycluster_worker"
 NODE_LABEL = LOCAL_NODE_LABEL  # (the name tests and older imports use)
 
 
+def last_log_line(message: str) -> str | None:
+    """The last non-empty line of a start failure's message (the tail of the node's log: its error)."""
+    return next((ln.strip() for ln in reversed(message.splitlines()) if ln.strip()), None)
+
+
 class LocalCluster:
     """A Ray head + worker nodes on this machine, persisted under ``<state_dir>/local-cluster``."""
 
@@ -235,7 +240,8 @@ class LocalCluster:
         """Start head + ``num_workers`` workers and wait until all are registered with the GCS.
 
         Raises LocalClusterError (after stopping what it started) if a node does not come up (after
-        LOCAL_NODE_START_RETRIES more tries), or if a live cluster is already recorded here.
+        LOCAL_NODE_START_RETRIES more tries; the head: one more, and none after the same error twice),
+        or if a live cluster is already recorded here.
         """
         with self._locked():
             existing = LocalCluster.load(self.state_dir)
@@ -294,6 +300,7 @@ class LocalCluster:
         name = f"rc-{record['cluster_id']}-head"
         labels = {NODE_LABEL: name, ROLE_LABEL: HEAD_ROLE}
         tries = 2 + C.LOCAL_NODE_START_RETRIES  # a freshly picked port can be taken before Ray binds it
+        last_error = None
         for attempt in range(tries):
             gcs_port, dashboard_port, client_port = free_ports(3)
             record.update(gcs_port=gcs_port, dashboard_port=dashboard_port,
@@ -311,8 +318,10 @@ class LocalCluster:
             except raystart.NodeStartFailed as exc:
                 stop_launchers([launcher], 0.0)
                 self._drop_node(name)
-                if attempt + 1 == tries:
-                    raise
+                error = last_log_line(exc.message)
+                if attempt + 1 == tries or (error is not None and error == last_error):
+                    raise  # (the same error twice — a bad setting, not a taken port or a slow start)
+                last_error = error
                 log.warning("local head node did not start (try %d/%d), starting it again: %s",
                             attempt + 1, tries, exc.message.splitlines()[0])
 
