@@ -338,12 +338,14 @@ class JobStore:
                                       (JobState.RUNNING.value,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def record_metrics(self, rows: list[tuple[str, int, float, int | None, dict]]) -> None:
-        """Append metric reports and update each job's last_metrics (merged) in one transaction."""
+    def record_metrics(self, rows: list[tuple[str, int, float, int | None, dict]],
+                       merge: list[tuple[str, int, float, int | None, dict]] | None = None) -> None:
+        """Append metric reports and update each job's last_metrics (``merge``, default ``rows``,
+        merged in their order) in one transaction."""
         if not rows:
             return
         last: dict[str, dict] = {}
-        for jid, _a, _ts, step, data in rows:
+        for jid, _a, _ts, step, data in rows if merge is None else merge:
             merged = last.setdefault(jid, {})
             merged.update(data)
             if step is not None:

@@ -74,7 +74,10 @@ def test_node_killed_mid_training_resumes_with_identical_result(cluster, client)
     spec = {"name": "cnn-ddp", "entrypoint": "jobs.cnn:train", "num_workers": 2, "placement_strategy": "STRICT_SPREAD",
             "resources": {"gpus": 1, "cpus": 1}, "config": cfg, "checkpoint": {"every_steps": 10, "keep_last": 3},
             "max_restarts": 3}
-    baseline = client.wait([client.submit({**spec, "name": "cnn-ddp-baseline"})["id"]], timeout_s=150)[0]
+    # (the undisturbed run unpaced: the sleep between steps changes no weight, it only keeps the other
+    # run mid-training for the kill)
+    baseline = client.wait([client.submit({**spec, "name": "cnn-ddp-baseline",
+                                           "config": {**cfg, "sleep_per_step_s": 0}})["id"]], timeout_s=150)[0]
     assert baseline["state"] == "SUCCEEDED", baseline["error"]
 
     job = client.submit(spec)
@@ -104,14 +107,16 @@ def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path):
     ids = [client.submit(counter_spec(f"survivor-{i}", steps=40, workers=1 + i % 2,
                                       config={"hold_at_step": 20, "hold_until_file": str(go)}))["id"]
            for i in range(3)]
-    wait_for(lambda: all(state_of(client, j) == "RUNNING" for j in ids), 60, "all three RUNNING")
-    wait_for(lambda: all(client.get(j)["last_metrics"].get("step", 0) >= 20 for j in ids), 60, "step 20")
-    pid_before = ray.get(coord.ping.remote())["pid"]
-    ray.kill(coord, no_restart=False)
-    wait_for(lambda: coordinator_restarted(coord, pid_before), 60, "the Coordinator to restart")
-    assert all(not client.get(j)["state"] in ("SUCCEEDED", "FAILED") for j in ids)  # killed mid-run
-    queued_during = client.submit(counter_spec("after-restart", steps=5))["id"]
-    go.touch()
+    try:
+        wait_for(lambda: all(state_of(client, j) == "RUNNING" for j in ids), 60, "all three RUNNING")
+        wait_for(lambda: all(client.get(j)["last_metrics"].get("step", 0) >= 20 for j in ids), 60, "step 20")
+        pid_before = ray.get(coord.ping.remote())["pid"]
+        ray.kill(coord, no_restart=False)
+        wait_for(lambda: coordinator_restarted(coord, pid_before), 60, "the Coordinator to restart")
+        assert all(not client.get(j)["state"] in ("SUCCEEDED", "FAILED") for j in ids)  # killed mid-run
+        queued_during = client.submit(counter_spec("after-restart", steps=5))["id"]
+    finally:
+        go.touch()  # (also when the test fails: held ranks would keep their resources from later tests)
     final = client.wait(ids + [queued_during], timeout_s=180)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 4, [(j["state"], j["error"]) for j in final]
     undisturbed = client.wait([client.submit(counter_spec("undisturbed", steps=40))["id"]], timeout_s=60)[0]

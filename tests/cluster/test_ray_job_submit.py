@@ -56,6 +56,20 @@ def _ray_cli() -> list[str]:
 
 def ray_job_submit(lc, working_dir: Path, spec: str, *extra: str, follow: bool = True, timeout: float = 150):
     """`ray job submit --working-dir DIR -- python -m raycluster.submit SPEC --follow` as a user runs it."""
+    sid, popen = start_ray_job_submit(lc, working_dir, spec, *extra, follow=follow)
+    return sid, finished(popen, timeout)
+
+
+def finished(popen: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    try:
+        out, err = popen.communicate(timeout=timeout)
+    finally:
+        popen.kill()
+    return subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
+
+
+def start_ray_job_submit(lc, working_dir: Path, spec: str, *extra: str, follow: bool = True):
+    """The same, started (its ``subprocess.Popen``): several run side by side."""
     sid = f"rj-{uuid.uuid4().hex[:10]}"
     env = {**os.environ, **lc.driver_env()}  # RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH: the CLI sends the token
     env.pop("RAY_ADDRESS", None)
@@ -63,8 +77,8 @@ def ray_job_submit(lc, working_dir: Path, spec: str, *extra: str, follow: bool =
             "--working-dir", str(working_dir), "--",
             sys.executable, "-m", "raycluster.submit", spec, *(["--follow"] if follow else []), "--poll", "0.2",
             *extra]
-    proc = subprocess.run(argv, cwd=working_dir, env=env, capture_output=True, text=True, timeout=timeout)
-    return sid, proc
+    return sid, subprocess.Popen(argv, cwd=working_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
 
 
 def job_client(lc):
@@ -155,8 +169,10 @@ def test_invalid_spec_fails_the_ray_job_and_queues_nothing(rc, tmp_path):
     from ray.job_submission import JobStatus
 
     jc = job_client(rc["lc"])
-    for spec, field in (("bad.yaml", "priority"), ("missing.yaml", "entrypoint")):
-        sid, proc = ray_job_submit(rc["lc"], tmp_path, spec)
+    started = [(start_ray_job_submit(rc["lc"], tmp_path, spec), field)  # (side by side)
+               for spec, field in (("bad.yaml", "priority"), ("missing.yaml", "entrypoint"))]
+    for (sid, popen), field in started:
+        proc = finished(popen, 150)
         assert proc.returncode != 0, proc.stdout[-3000:]
         assert jc.get_job_status(sid) == JobStatus.FAILED
         logs = jc.get_job_logs(sid)
