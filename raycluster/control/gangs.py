@@ -158,5 +158,8 @@ class Gangs:
 
     def _record_usage(self, job: JobRecord, att: Attempt, now: float) -> None:
         spec = self._spec(job)
-        self.ledger.placed(job.id, att.attempt, self.ops.pg_nodes(att.pg), spec.resources.bundle(),
-                           self.nodes.nodes(C.NODE_TOTALS_TTL_S), now)
+        bundle_nodes = self.ops.pg_nodes(att.pg)
+        nodes = self.nodes.nodes(C.NODE_TOTALS_TTL_S)
+        if not set(bundle_nodes) <= {n["id"] for n in nodes}:  # a node that joined since the list was read:
+            nodes = self.nodes.nodes(0.0)  # its rental was not found and the job went unbilled
+        self.ledger.placed(job.id, att.attempt, bundle_nodes, spec.resources.bundle(), nodes, now)

@@ -127,7 +127,8 @@ def worker_args(address: str, num_cpus: int, num_gpus: int, resources: Mapping[s
 def node_env(auth_mode: str, auth_token_path: str | None, *, base: Mapping[str, str] | None = None,
              extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a node process: ours without leaked identities, Ray's fast node-death
-    detection, the cluster's explicit auth mode, then ``base`` (cluster-wide) and ``extra``."""
+    detection, a log monitor that globs less often, the cluster's explicit auth mode, then ``base``
+    (cluster-wide) and ``extra``."""
     env = dict(os.environ)
     for key in SCRUBBED_ENV:
         env.pop(key, None)
@@ -136,6 +137,11 @@ def node_env(auth_mode: str, auth_token_path: str | None, *, base: Mapping[str, 
         "RAY_health_check_failure_threshold": str(C.LOCAL_HEALTH_CHECK_FAILURE_THRESHOLD),
         "RAY_USAGE_STATS_ENABLED": "0",
     })
+    # Ray's log monitor (one per node) globs the node's log directory every 0.1 s while it holds under
+    # 1000 files; with several nodes on one host that was a measurable share of an idle local cluster's
+    # CPU (4 nodes: 6.4 % of a core; 3.8 % with this). New log files are then found within 0.5 s;
+    # lines of known ones still every 0.1 s. (A value set by the user is kept.)
+    env.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
     env.update(base or {})
     env.pop("RAY_AUTH_TOKEN", None)
     env["RAY_AUTH_MODE"] = auth_mode

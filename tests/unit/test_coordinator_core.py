@@ -687,3 +687,25 @@ def test_a_running_jobs_ranks_name_their_ray_node_and_rental(tmp_path):
     ranks = core.get(jid)["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["rental"] == f"rent-{r['node_id']}" and store.get(r["rental"]) is not None for r in ranks)
+
+
+def test_a_job_placed_on_a_node_that_joined_after_the_node_list_was_read_is_billed(tmp_path):
+    """The burst test saw a job with cost 0: its group was created for the room the node list showed
+    (n0), Ray placed it on a node that joined just after (n1), and the Coordinator's cached list, read
+    before the join, had no rental for it: the job went unbilled."""
+    from raycluster.store.rentals import RentalRecord, RentalState
+
+    core, ops, clock, store = _elastic_core(tmp_path, nodes=("n0",))
+    ops.auto_ready = False
+    jid = core.submit(spec("moved-by-ray", resources={"gpus": 1, "cpus": 1}))["id"]
+    _until(core, clock, lambda: core.get(jid)["state"] == "PLACING", "placing")
+    store.insert(RentalRecord(id="rent-n1", request_id="r:n1", market="local", node_type="gpu_spot", kind="spot",
+                              gpu_type="T4", usd_per_hour=0.16, state=RentalState.RUNNING, created_at=clock.t,
+                              running_at=clock.t))
+    ops.total["n1"] = {"CPU": 2.0, "GPU": 1.0, "raycluster_spot": 1000.0}  # it joins ...
+    pg = core.attempts[jid].pg
+    pg.ready, pg.nodes = True, ["n1"]  # ... and Ray puts the group there
+    tick(core, clock, 0.1)
+    assert core.get(jid)["state"] == "RUNNING" and core.attempts[jid].nodes == ["n1"]
+    clock.t += 60
+    assert core.ledger.costs([jid])[jid] > 0
