@@ -207,6 +207,21 @@ def stop_pool_cluster(pool: str) -> None:
         stops.pop()()
 
 
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """``reference(entrypoint, config, world_size=1)``: an undisturbed run's result, computed here
+    without Ray once per session (tests/reference.py) — what an "identical result" test compares to
+    instead of running its baseline on the cluster first; ``reference.start(...)``: the same as a
+    Future, computed while the test's job runs."""
+    from tests.reference import References
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # (one per xdist session)
+    refs = References(shared / "reference")
+    yield refs
+    refs.close()
+
+
 @contextlib.contextmanager
 def runtime_on_shared(lc, state_dir: Path, settings, workers: int = SHARED_WORKERS, storage_uri: str | None = None):
     """The shared cluster with this process connected, a node killed by an earlier module replaced,

@@ -175,7 +175,7 @@ def test_a_queued_gpu_job_makes_the_cluster_rent_and_the_cli_shows_the_node(elas
 
 
 @pytest.mark.timeout(420)
-def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_identically(elastic, client):
+def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_identically(elastic, client, reference):
     """A 2-worker STRICT_SPREAD DDP job on two rented spot nodes; the market preempts one of them
     mid-training (3 s notice): the node is drained in Ray (reason PREEMPTION) and killed, its rental
     ends, the job recovers from its checkpoint, a replacement node is rented for the gang, and the job
@@ -185,12 +185,12 @@ def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_iden
 
     from raycluster.provision.market.local import LocalMarket
 
-    cfg = {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.05, "report_every": 5}
+    # (paced: still training when the test sees its checkpoint at step 30 and preempts a node; the pace
+    # changes no weight)
+    cfg = {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.1, "report_every": 5}
     spec = {"name": "cnn-spot", "entrypoint": "jobs.cnn:train", "num_workers": 2, "placement_strategy": "STRICT_SPREAD",
             "resources": {"gpus": 1, "cpus": 1}, "config": cfg, "checkpoint": {"every_steps": 10, "keep_last": 3},
             "max_restarts": 3}
-    baseline = client.wait([client.submit({**spec, "name": "cnn-spot-baseline"})["id"]], timeout_s=240)[0]
-    assert baseline["state"] == "SUCCEEDED", baseline["error"]
     jid = client.submit(spec)["id"]
     wait_for(lambda: any(c["state"] == "COMPLETE" and c["step"] >= 30 for c in client.checkpoints(jid)), 240,
              "a checkpoint at step >= 30")
@@ -199,7 +199,9 @@ def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_iden
     victim = next(n for n in ray.nodes() if n["NodeID"] == victim_node)["Labels"]["raycluster.io/rental"]
     market = LocalMarket(elastic.cluster_dir / "provider" / "market-local.db",
                          elastic.cluster_dir / "provider" / "market-local")
+    assert victim in market.held(), (victim, _provider(elastic).store.get(victim), client.get(jid)["state"])
     notice = market.preempt(victim, notice_s=3)
+    undisturbed = reference.start("jobs.cnn:train", cfg, 2)  # (tests/reference.py: computed meanwhile)
     wait_for(lambda: client.get(jid)["attempt"] >= 2, 120, "the job to be placed again")
     final = client.wait([jid], timeout_s=300)[0]
     assert final["state"] == "SUCCEEDED", final["error"]
@@ -207,11 +209,11 @@ def test_a_spot_node_preempted_mid_training_is_replaced_and_the_job_resumes_iden
     assert [t["cause"] for t in final["transitions"] if t["to"] == "RECOVERING"] == ["spot_preempted"], \
         final["transitions"]
     assert final["system_restarts"] == 0
-    assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
+    assert final["result"]["weights_sha256"] == undisturbed.result(timeout=300)["weights_sha256"]
     # the preemption is counted, and the job paid for both attempts: the time lost with the first too
     from raycluster.store.usage import UsageStore
 
-    assert final["preemptions"] == 1 and final["cost_usd"] > 0 and baseline["preemptions"] == 0
+    assert final["preemptions"] == 1 and final["cost_usd"] > 0
     usage = UsageStore(elastic.state_dir / "jobs.db").rows([jid])
     assert sorted({u["attempt"] for u in usage}) == [1, 2] and all(u["end"] is not None for u in usage)
     assert len([u for u in usage if u["attempt"] == 1]) == 2  # its two spot nodes, the preempted one too

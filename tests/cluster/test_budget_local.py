@@ -110,7 +110,8 @@ def test_a_burst_under_a_budget_never_commits_past_the_cap_and_every_job_finishe
     assert round(bill["jobs_usd"] + bill["unattributed_usd"], 2) == round(bill["spend_usd"], 2)
 
 
-def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_within_a_pass(elastic, client):
+def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_within_a_pass(elastic, client,
+                                                                                            tmp_path):
     """Within a raised cap (1.20 USD/h): a 2-node STRICT_SPREAD gang gets the market's two spot T4s;
     a second gang finds no spot left and gets an on-demand A10 (0.85 held). The spot price rises to
     0.40 (1.33 held > 1.20): within a pass the most expensive node (the A10) is shed — its gang asked
@@ -120,11 +121,13 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
     from raycluster.provision.market.registry import set_price
 
     store = _store(elastic)
+    go = tmp_path / "go"  # the pair holds its two spot nodes at step 4 until the price has fallen again
     client.set_budget(1.2)  # what `raycluster budget --set 1.2` does
     try:
         pair = client.submit(_spec("pair", num_workers=2, placement_strategy="STRICT_SPREAD",
                                    resources={"gpus": 1, "cpus": 1},
-                                   config={"steps": 200, "sleep_per_step_s": 0.25}))["id"]
+                                   config={"steps": 12, "sleep_per_step_s": 0.25, "hold_at_step": 4,
+                                           "hold_until_file": str(go)}))["id"]
         wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
         solo = client.submit(_spec("solo", resources={"gpus": 1, "cpus": 1},
                                    config={"steps": 80, "sleep_per_step_s": 0.25}, max_restarts=3))["id"]
@@ -158,6 +161,7 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
         assert waiting.startswith("budget 0.80/1.20 USD/h"), waiting
         set_price(elastic.state_dir, "T4", "spot", None)  # the price falls back: room for the A10 again
         fell_at = time.time() + 5  # (repriced within a pass)
+        go.touch()
         final = client.wait([pair, solo], timeout_s=240)
         assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
         # checkpoint, move (cause budget), release: no restart spent (issue 20: it ended as node_lost)
@@ -174,5 +178,6 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
         bill = cost(elastic.state_dir)
         assert round(bill["jobs_usd"] + bill["unattributed_usd"], 2) == round(bill["spend_usd"], 2)
     finally:
+        go.touch()
         set_price(elastic.state_dir, "T4", "spot", None)
         client.set_budget(None)

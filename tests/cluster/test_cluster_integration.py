@@ -68,18 +68,12 @@ def test_three_jobs_different_priorities_run_concurrently(client):
 
 
 @pytest.mark.timeout(300)
-def test_node_killed_mid_training_resumes_with_identical_result(cluster, client):
+def test_node_killed_mid_training_resumes_with_identical_result(cluster, client, reference):
     lc = cluster["lc"]
     cfg = {"steps": 120, "batch_size": 16, "sleep_per_step_s": 0.05, "report_every": 5}
     spec = {"name": "cnn-ddp", "entrypoint": "jobs.cnn:train", "num_workers": 2, "placement_strategy": "STRICT_SPREAD",
             "resources": {"gpus": 1, "cpus": 1}, "config": cfg, "checkpoint": {"every_steps": 10, "keep_last": 3},
             "max_restarts": 3}
-    # (the undisturbed run unpaced: the sleep between steps changes no weight, it only keeps the other
-    # run mid-training for the kill)
-    baseline = client.wait([client.submit({**spec, "name": "cnn-ddp-baseline",
-                                           "config": {**cfg, "sleep_per_step_s": 0}})["id"]], timeout_s=150)[0]
-    assert baseline["state"] == "SUCCEEDED", baseline["error"]
-
     job = client.submit(spec)
     jid = job["id"]
     wait_for(lambda: any(c["state"] == "COMPLETE" and c["step"] >= 30 for c in client.checkpoints(jid)), 120,
@@ -89,19 +83,21 @@ def test_node_killed_mid_training_resumes_with_identical_result(cluster, client)
     victim = next(n for n in lc.nodes() if n.ray_node_id == victim_ray_id)
     assert victim.role == "worker"
     lc.kill_node(victim.name)
+    undisturbed = reference.start("jobs.cnn:train", cfg, 2)  # (tests/reference.py: computed meanwhile)
     wait_for(lambda: client.get(jid)["attempt"] >= 2, 90, "the job to be placed again")
     lc.add_worker()  # give the cluster its capacity back for later tests
     final = client.wait([jid], timeout_s=150)[0]
     assert final["state"] == "SUCCEEDED", final["error"]
     states = [t["to"] for t in final["transitions"]]
     assert "RECOVERING" in states and final["system_restarts"] == 1
-    assert final["result"]["weights_sha256"] == baseline["result"]["weights_sha256"]
+    baseline = undisturbed.result(timeout=300)
+    assert final["result"]["weights_sha256"] == baseline["weights_sha256"]
     for key in ("final_loss", "final_accuracy", "steps"):
-        assert final["result"][key] == baseline["result"][key], key
+        assert final["result"][key] == baseline[key], key
 
 
 @pytest.mark.timeout(240)
-def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path):
+def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path, reference):
     coord = cluster["coord"]
     go = tmp_path / "go"  # the survivors hold at step 20 until it exists: mid-run for sure, no pacing
     ids = [client.submit(counter_spec(f"survivor-{i}", steps=40, workers=1 + i % 2,
@@ -119,7 +115,7 @@ def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path):
         go.touch()  # (also when the test fails: held ranks would keep their resources from later tests)
     final = client.wait(ids + [queued_during], timeout_s=180)
     assert [j["state"] for j in final] == ["SUCCEEDED"] * 4, [(j["state"], j["error"]) for j in final]
-    undisturbed = client.wait([client.submit(counter_spec("undisturbed", steps=40))["id"]], timeout_s=60)[0]
+    undisturbed = {"result": reference("jobs.toy:counter", counter_spec("undisturbed", steps=40)["config"])}
     for j in final[:3]:
         assert "coordinator restarted" in " ".join(t["reason"] or "" for t in j["transitions"])
         assert j["system_restarts"] == 0  # a control-plane restart is not the job's fault
@@ -128,7 +124,7 @@ def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_corrupt_latest_checkpoint_falls_back_to_previous(cluster, client):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(cluster, client, reference):
     spec = counter_spec("corrupt", steps=30, config={"fail_at_step": 23, "fail_sleep_s": 4}, max_user_retries=1)
     spec["checkpoint"] = {"every_steps": 10, "keep_last": 3}
     jid = client.submit(spec)["id"]
@@ -143,8 +139,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(cluster, client):
     assert final["user_retries"] == 1 and final["result"]["resumed_from"] == 10
     states = {c["step"]: c["state"] for c in client.checkpoints(jid)}
     assert states[20] in ("CORRUPT", "COMPLETE")  # marked corrupt, then rewritten by the retry
-    plain = client.wait([client.submit(counter_spec("plain", steps=30))["id"]], timeout_s=60)[0]
-    assert final["result"]["total"] == plain["result"]["total"]
+    assert final["result"]["total"] == reference("jobs.toy:counter", counter_spec("plain", steps=30)["config"])["total"]
 
 
 @pytest.mark.timeout(180)
