@@ -6,9 +6,9 @@ deterministic on CPU (``jobs/common.py``: seeds, thread count and algorithms are
 ``reference_result`` runs the job's ``train(ctx)`` in ``world_size`` fresh processes here — a
 ``BareContext`` each (no checkpoints, no reports), a gloo process group over loopback when there are
 several — and returns rank 0's result, as the runtime does. The pacing (sleep between steps, a hold
-at a step) changes no result and is dropped. Results are kept in a file under pytest's base temp directory shared by the
-xdist workers (under a lock), so each distinct (entrypoint, config, world size) is computed once
-per session.
+at a step) changes no result and is dropped. Results are kept in a file under pytest's base temp
+directory shared by the xdist workers (under a lock), so each distinct (entrypoint, config, world
+size) is computed once per session.
 """
 
 from __future__ import annotations
@@ -43,13 +43,12 @@ def _rank(entrypoint: str, config: dict, rank: int, world_size: int, port: int, 
 
 
 def compute(entrypoint: str, config: dict, world_size: int = 1, timeout_s: float = 300) -> dict[str, Any]:
-    """Run the job's ranks in fresh processes here; rank 0's result."""
+    """Run the job's ranks in fresh processes here (``config`` as given: paced if it says so); rank 0's result."""
     from raycluster.util.ports import free_port
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port("127.0.0.1")
-    config = {k: v for k, v in config.items() if k not in PACING_KEYS}
     procs = [ctx.Process(target=_rank, args=(entrypoint, config, r, world_size, port, out), daemon=True)
              for r in range(world_size)]
     for p in procs:
@@ -88,8 +87,8 @@ class References:
 
 def reference_result(cache_dir: Path, entrypoint: str, config: dict, world_size: int = 1) -> dict[str, Any]:
     """``compute``'s result, computed once per session for all xdist workers (``cache_dir``: shared)."""
-    key = json.dumps([entrypoint, {k: v for k, v in config.items() if k not in PACING_KEYS}, world_size],
-                     sort_keys=True)
+    config = {k: v for k, v in config.items() if k not in PACING_KEYS}
+    key = json.dumps([entrypoint, config, world_size], sort_keys=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / "reference-results.json"
     with open(cache_dir / "reference-results.lock", "w") as lock:

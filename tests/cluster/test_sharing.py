@@ -109,8 +109,9 @@ def test_preemption_checkpoints_requeues_and_resumes_with_identical_result(clien
     # six may take a while to be placed on a busy box)
     go = tmp_path / "go"
     cnn = {**CNN, "config": {**CNN["config"], "steps": 240}}
-    high = counter("high", steps=4, priority=95)
-    high = client.submit({**high, "config": {**high["config"], "hold_at_step": 2, "hold_until_file": str(go)}})["id"]
+    held = counter("high", steps=4, priority=95)
+    held["config"].update(hold_at_step=2, hold_until_file=str(go))
+    high = client.submit(held)["id"]
     keep = client.submit(counter("keep", steps=2000, sleep=0.05, priority=5, preemptible=False))["id"]
     victim = client.submit({**cnn, "name": "cnn-victim", "priority": 10})["id"]
     others = [client.submit(counter(f"other{i}", steps=2000, sleep=0.05, priority=20 + i))["id"] for i in range(3)]
