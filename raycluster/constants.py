@@ -111,6 +111,8 @@ FAIRSHARE_INTERVAL_S = _env_float("FAIRSHARE_INTERVAL_S", 10.0)
 FAIRSHARE_WINDOW_S = _env_float("FAIRSHARE_WINDOW_S", 600.0)
 # A CPU held counts this much of a GPU in fair-share usage.
 FAIRSHARE_CPU_WEIGHT = _env_float("FAIRSHARE_CPU_WEIGHT", 0.1)
+# Tenants' spend (for their budgets: max_usd_per_hour, budget_usd) is read from the cost ledger this often.
+TENANT_SPEND_INTERVAL_S = _env_float("TENANT_SPEND_INTERVAL_S", 10.0)
 
 # --- preemption (policy/preemption.py) ------------------------------------------------------------
 # The blocked job may preempt lower-priority running jobs once it has waited this long (0 disables).

@@ -268,10 +268,19 @@ class TenantHolding(BaseModel):
     jobs: int
 
 
+class TenantSpend(BaseModel):
+    usd_per_hour: float = Field(..., description="its jobs' shares of rented nodes, at their prices now")
+    today_usd: float = Field(..., description="what its jobs cost this UTC day")
+    month_usd: float = Field(..., description="what its jobs cost this UTC month")
+
+
 class Tenant(BaseModel):
     tenant: str
     listed: bool = Field(..., description="named in the tenants file (else it has the default's quota)")
-    quota: dict[str, Any] = Field(..., description="max_gpus, max_cpus, max_memory_mb, max_jobs, shares, per_job")
+    quota: dict[str, Any] = Field(..., description="max_gpus, max_cpus, max_memory_mb, max_jobs, shares, "
+                                                   "max_usd_per_hour, budget_usd {day, month}, per_job")
+    spend: TenantSpend = Field(..., description="what its jobs cost (elastic clusters; 0 where nothing is rented)")
+    budget_waiting: str | None = Field(None, description="why its jobs wait on its budget now (None: within it)")
     holding: TenantHolding = Field(..., description="what its PLACING/RUNNING/RECOVERING jobs hold now")
     queued: int
     usage: float = Field(..., description="decayed usage (GPU-seconds + weighted CPU-seconds)")

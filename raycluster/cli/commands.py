@@ -201,17 +201,27 @@ def cmd_tenants(args) -> int:
         return EXIT_OK
     if view.get("error"):
         print(f"warning: {view['error']} (the previous config holds)", file=sys.stderr)
-    cols = ("TENANT", "GPUS", "CPUS", "JOBS", "QUEUED", "SHARES", "USAGE", "FAIR_SHARE")
+    cols = ("TENANT", "GPUS", "CPUS", "JOBS", "QUEUED", "USD/H", "USD_TODAY", "USD_MONTH", "SHARES", "USAGE",
+            "FAIR_SHARE")
 
     def lim(held, q, key):
         return f"{held:g}/{q[key]:g}" if key in q else f"{held:g}"
 
+    def usd(spent, limit):
+        return f"{spent:.2f}" + ("" if limit is None else f"/{limit:.2f}")
+
     rows = [(t["tenant"] + ("" if t["listed"] else "*"), lim(t["holding"]["gpus"], t["quota"], "max_gpus"),
              lim(t["holding"]["cpus"], t["quota"], "max_cpus"), lim(t["holding"]["jobs"], t["quota"], "max_jobs"),
-             str(t["queued"]), f"{t['quota'].get('shares', 1):g}", f"{t['usage']:.1f}", f"{t['fair_share']:.3f}")
+             str(t["queued"]), usd(t["spend"]["usd_per_hour"], t["quota"].get("max_usd_per_hour")),
+             usd(t["spend"]["today_usd"], t["quota"].get("budget_usd", {}).get("day")),
+             usd(t["spend"]["month_usd"], t["quota"].get("budget_usd", {}).get("month")),
+             f"{t['quota'].get('shares', 1):g}", f"{t['usage']:.1f}", f"{t['fair_share']:.3f}")
             for t in view["tenants"]]
     print(text_table(cols, rows))
     print(f"(* not listed in {view['file']}: the default quota)")
+    for t in view["tenants"]:
+        if t.get("budget_waiting"):
+            print(f"{t['tenant']}: its jobs wait — {t['budget_waiting']}")
     return EXIT_OK
 
 

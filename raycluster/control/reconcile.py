@@ -108,7 +108,8 @@ class Reconciler:
         self.demand = Demand(ops.request_resources)  # (elastic clusters: told each pass when it changed)
         self.timings = PartTimings()
         self.notifier = Notifier(self.state_dir, clock)
-        self.tenancy = Tenancy(self.state_dir, clock)
+        self.tenancy = Tenancy(self.state_dir, clock, spend_of=self.ledger.tenant_spend, notify=self.notifier.emit,
+                               prices=tuple((t.usd_per_hour, t.gpus, t.cpus) for t in self.budget_types))
         self.gate = SubmitGate(ops=ops, nodes=self.nodes, tenants=self.tenancy.config, bundles_of=self._bundles,
                                elastic_nodes=self.elastic_nodes, elastic_nodes_for=self.elastic_nodes_for,
                                budget_types=self.budget_types, config_cap_usd_per_hour=self.config_cap_usd_per_hour,

@@ -1,34 +1,47 @@
-"""Sharing one cluster between teams, a part of the Coordinator's loop: quotas and fair share.
+"""Sharing one cluster between teams, a part of the Coordinator's loop: quotas, budgets and fair share.
 The seam between ``policy.tenants`` (pure decisions) and the loop (``control/reconcile.py``).
 
 Owns (rebuilt from SQLite and the job table after a restart):
 * the tenants config as read from its file (``store.tenants.TenantsFile``) and what each tenant's
   holding jobs count against its quota (``quota_view``, per admission pass: a changed view tells
   the loop the queue's last decision may no longer hold);
+* what each tenant's jobs cost (``spend``: read from the cost ledger at most every
+  ``TENANT_SPEND_INTERVAL_S``, when a tenant has a budget) for its budgets in the quota view, and
+  the budget alerts (80 % and 100 % of a day's or month's budget: a ``tenant_budget`` webhook
+  notification, once per tenant, period and level, recorded in SQLite);
 * each tenant's decayed usage (``TenantUsageStore``, saved every ``FAIRSHARE_INTERVAL_S`` by
   ``tick``) and the fair-share boost of its queued jobs (``boost_of``); ``tick`` returns the
   tenants whose boost changed, whose queued jobs the loop re-keys.
 
 What it is handed: the gangs that hold (or are about to hold) resources, as (tenant, bundles)
-pairs, and the queued jobs' tenants — never the loop itself.
+pairs, the queued jobs' tenants, the ledger's ``tenant_spend``, the rented node types' prices and a
+way to emit a notification — never the loop itself.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
 from raycluster import constants as C
-from raycluster.policy.tenants import (Demand, QuotaView, billing_units, boost_s, decay_usage, fair_share_factors,
-                                       tenant_of)
+from raycluster.policy.tenants import (Demand, QuotaView, TenantSpend, billing_units, boost_s, budget_alerts,
+                                       budget_reason, decay_usage, fair_share_factors, tenant_of)
 from raycluster.store.tenants import TenantsFile, TenantUsageStore
 
+log = logging.getLogger("raycluster.coordinator")
 Gangs = Iterable[tuple[str | None, list[dict[str, float]]]]  # (tenant, bundles) of each holding gang
 
 
 class Tenancy:
-    def __init__(self, state_dir: Path, clock: Callable[[], float]):
+    def __init__(self, state_dir: Path, clock: Callable[[], float], *,
+                 spend_of: Callable[[float], dict[str, TenantSpend]] = lambda now: {},
+                 prices: tuple[tuple[float, float, float], ...] = (),
+                 notify: Callable[..., object] = lambda *a, **k: 0):
         self.tenants = TenantsFile(state_dir)
+        self._spend_of, self.prices, self._notify = spend_of, tuple(prices), notify
+        self.spend: dict[str, TenantSpend] = {}
+        self._spend_at: float | None = None
         self.usage_store = TenantUsageStore(Path(state_dir) / "jobs.db")
         loaded = self.usage_store.load()
         self.usage: dict[str, float] = {t: u for t, (u, _at) in loaded.items()}
@@ -58,10 +71,29 @@ class Tenancy:
             self._quota_key = None
             return None, False
         used = self.holding(gangs)
-        key = (self.tenants.version, tuple(sorted(used.items())))
+        if config.has_budgets:
+            self.refresh_spend(self.clock())
+        key = (self.tenants.version, tuple(sorted(used.items())), tuple(sorted(self.spend.items())))
         changed = key != self._quota_key
         self._quota_key = key
-        return QuotaView(config, used), changed
+        return QuotaView(config, used, dict(self.spend), self.prices), changed
+
+    def refresh_spend(self, now: float, force: bool = False) -> None:
+        """Read what each tenant's jobs cost (at most every ``TENANT_SPEND_INTERVAL_S``) and fire the
+        budget alerts it crossed; an unreadable ledger keeps the last reading (logged)."""
+        if not force and self._spend_at is not None and now - self._spend_at < C.TENANT_SPEND_INTERVAL_S:
+            return
+        self._spend_at = now
+        try:
+            self.spend = self._spend_of(now)
+        except Exception:
+            log.exception("tenants' spend: cannot read the cost ledger (the last reading holds)")
+            return
+        config = self.tenants.current()
+        for tenant, period, level, message in budget_alerts(config, self.spend, now, self.usage_store.alerts_fired()):
+            if self.usage_store.alert_fired(tenant, period, level, now):
+                self._notify("tenant_budget", {"tenant": tenant, "period": period, "level": f"{level:.0%}"},
+                             f"tenant {tenant} at {level:.0%} of its budget", message)
 
     def boost_of(self, tenant: str | None) -> float:
         """The tenant's fair-share boost; one not seen by a fair-share pass yet gets its factor now
@@ -109,13 +141,19 @@ class Tenancy:
         queued: dict[str, int] = {}
         for tenant in queued_tenants:
             queued[tenant_of(tenant)] = queued.get(tenant_of(tenant), 0) + 1
-        names = sorted(set(config.tenants) | set(used) | set(queued) | set(self.usage))
+        if config.has_budgets:
+            self.refresh_spend(self.clock())
+        names = sorted(set(config.tenants) | set(used) | set(queued) | set(self.usage) | set(self.spend))
         out = []
         for t in names:
             q = config.quota(None if t == "default" else t)
             u = used.get(t, Demand(jobs=0))
+            s = self.spend.get(t, TenantSpend())
             out.append({"tenant": t, "listed": t in config.tenants,
                         "quota": q.model_dump(mode="json", exclude_none=True),
+                        "spend": {"usd_per_hour": round(s.usd_per_hour, 6), "today_usd": round(s.today_usd, 6),
+                                  "month_usd": round(s.month_usd, 6)},
+                        "budget_waiting": budget_reason(t, q, s),
                         "holding": {"gpus": u.gpus, "cpus": u.cpus, "memory_mb": u.memory_mb, "jobs": u.jobs},
                         "queued": queued.get(t, 0), "usage": round(self.usage.get(t, 0.0), 3),
                         "fair_share": round(self.fair_share.get(t, 1.0), 4)})

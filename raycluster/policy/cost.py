@@ -49,12 +49,15 @@ def overlap_h(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0)) / 3600.0
 
 
-def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -> Attribution:
-    """``usage``: rows of ``store.usage`` (job_id, rental_id, share, start, end)."""
+def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float,
+              since: float = -float("inf")) -> Attribution:
+    """``usage``: rows of ``store.usage`` (job_id, rental_id, share, start, end); only the time from
+    ``since`` on is billed (a day's or a month's spend)."""
     by_id = {r.id: r for r in rentals}
     out = Attribution()
     for r in by_id.values():
-        out.total_usd += usd_between(r.usd_per_hour, r.prices, r.start, min(r.end if r.end is not None else now, now))
+        out.total_usd += usd_between(r.usd_per_hour, r.prices, max(r.start, since),
+                                     min(r.end if r.end is not None else now, now))
     for u in usage:
         r = by_id.get(u["rental_id"])
         if r is None:
@@ -62,7 +65,7 @@ def attribute(usage: Iterable[Mapping], rentals: Iterable[Rental], now: float) -
         r_end = r.end if r.end is not None else now
         u_end = u["end"] if u["end"] is not None else now
         share = max(0.0, min(1.0, float(u["share"])))
-        usd = share * usd_between(r.usd_per_hour, r.prices, max(u["start"], r.start), min(u_end, r_end))
+        usd = share * usd_between(r.usd_per_hour, r.prices, max(u["start"], r.start, since), min(u_end, r_end))
         out.by_job_usd[u["job_id"]] = out.by_job_usd.get(u["job_id"], 0.0) + usd
     out.unattributed_usd = out.total_usd - sum(out.by_job_usd.values())
     return out

@@ -12,6 +12,14 @@ pass one waits with the reason ``tenant quota team-a 8/8 GPU`` (what it holds / 
 ``raycluster status`` shows ``waiting: tenant quota team-a 8/8 GPU``):
 it is not "blocked" for the queue (it reserves no capacity, lower jobs of other tenants go on).
 
+**Budgets** (per tenant, on an elastic cluster: what its jobs' shares of rented nodes cost, from the
+cost ledger): ``max_usd_per_hour`` (its committed share of rented nodes now, plus the job's at the
+cheapest price a node of the cluster's types offers) and ``budget_usd: {day, month}`` (spend so far
+in the UTC day or month). A job over one waits with the reason ``tenant budget team-a 4.10/4.00 USD
+today`` and, like a quota-held job, no node is rented for it; the cluster-wide cap holds as ever.
+``budget_alerts`` says when a tenant's spend crosses 80 % and 100 % of a budget (one webhook alert
+each per period).
+
 **Per-job limits** (``per_job``: ``max_workers``, ``max_gpus`` (whole gang), ``max_cpus``,
 ``max_runtime_s``, ``min_priority``/``max_priority``): a job over one is refused at submit naming the
 spec field (HTTP 422, exit 2).
@@ -29,7 +37,9 @@ comes first (with aging, a window of ``W`` seconds is worth ``W / AGING_S`` prio
 
 from __future__ import annotations
 
+import calendar
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,12 +61,19 @@ class PerJobLimits(_Strict):
     max_priority: int | None = Field(None, description="priority, at most")
 
 
+class TenantBudget(_Strict):
+    day: float | None = Field(None, ge=0, description="USD its jobs may cost per UTC day")
+    month: float | None = Field(None, ge=0, description="USD its jobs may cost per UTC month")
+
+
 class TenantQuota(_Strict):
     max_gpus: float | None = Field(None, ge=0)
     max_cpus: float | None = Field(None, ge=0)
     max_memory_mb: float | None = Field(None, ge=0)
     max_jobs: int | None = Field(None, ge=0, description="jobs holding resources at once")
     shares: float = Field(1.0, gt=0, description="its fair share of the cluster, relative to the others'")
+    max_usd_per_hour: float | None = Field(None, ge=0, description="its committed share of rented nodes, at most")
+    budget_usd: TenantBudget = Field(default_factory=TenantBudget, description="USD per day / month, at most")
     per_job: PerJobLimits = Field(default_factory=PerJobLimits)
 
 
@@ -77,7 +94,12 @@ class TenantsConfig(_Strict):
     @property
     def has_quotas(self) -> bool:
         return any(q.max_gpus is not None or q.max_cpus is not None or q.max_memory_mb is not None
-                   or q.max_jobs is not None for q in [*self.tenants.values(), self.default])
+                   or q.max_jobs is not None for q in [*self.tenants.values(), self.default]) or self.has_budgets
+
+    @property
+    def has_budgets(self) -> bool:
+        return any(q.max_usd_per_hour is not None or q.budget_usd.day is not None or q.budget_usd.month is not None
+                   for q in [*self.tenants.values(), self.default])
 
 
 def parse_tenants(data: Any, where: str = "tenants config") -> TenantsConfig:
@@ -128,11 +150,12 @@ def _num(x: float) -> str:
 
 
 QUOTA_REASON_PREFIX = "tenant quota "
+BUDGET_REASON_PREFIX = "tenant budget "
 
 
 def held_by_quota(waiting: str | None) -> bool:
-    """Whether a waiting reason is a tenant quota's (no node is rented for such a job)."""
-    return bool(waiting) and waiting.startswith(QUOTA_REASON_PREFIX)
+    """Whether a waiting reason is a tenant quota's or budget's (no node is rented for such a job)."""
+    return bool(waiting) and waiting.startswith((QUOTA_REASON_PREFIX, BUDGET_REASON_PREFIX))
 
 
 def quota_reason(tenant: str, quota: TenantQuota, used: Demand, job: Demand) -> str | None:
@@ -144,22 +167,117 @@ def quota_reason(tenant: str, quota: TenantQuota, used: Demand, job: Demand) -> 
     return None
 
 
+# ---------------------------------------------------------------------------------------------- budgets
+@dataclass(frozen=True)
+class TenantSpend:
+    """What a tenant's jobs cost: their shares of rented nodes now, and so far this UTC day and month."""
+
+    usd_per_hour: float = 0.0
+    today_usd: float = 0.0
+    month_usd: float = 0.0
+
+
+def _usd(x: float) -> str:
+    return f"{x:.2f}" if x == 0 or abs(x) >= 0.1 else f"{x:.2g}"
+
+
+def budget_reason(tenant: str, quota: TenantQuota, spend: TenantSpend, job_usd_per_hour: float = 0.0) -> str | None:
+    """Why a job of ``tenant`` cannot start now under its budgets (None: it can): a day or month
+    budget spent, or its committed rate plus the job's (estimated) at or over ``max_usd_per_hour``."""
+    b = quota.budget_usd
+    for limit, spent, when in ((b.day, spend.today_usd, "today"), (b.month, spend.month_usd, "this month")):
+        if limit is not None and spent >= limit - 1e-12:
+            return f"{BUDGET_REASON_PREFIX}{tenant} {_usd(spent)}/{_usd(limit)} USD {when}"
+    cap = quota.max_usd_per_hour
+    if cap is not None and (spend.usd_per_hour >= cap - 1e-12 or spend.usd_per_hour + job_usd_per_hour > cap + 1e-9):
+        return f"{BUDGET_REASON_PREFIX}{tenant} {_usd(spend.usd_per_hour)}/{_usd(cap)} USD/hour"
+    return None
+
+
+def job_usd_per_hour(demand: Demand, prices: tuple[tuple[float, float, float], ...]) -> float:
+    """What a job holding ``demand`` costs per hour on rented nodes, at the cheapest of ``prices``
+    ((USD/hour, GPUs, CPUs) of each node type; its share of a node is its GPUs over the node's, or
+    its CPUs for a job without GPUs). 0 when there are no prices (nothing is rented)."""
+    best = None
+    for usd, gpus, cpus in prices:
+        if demand.gpus > 0:
+            share = demand.gpus / gpus if gpus > 0 else None
+        else:
+            share = demand.cpus / cpus if cpus > 0 else 0.0
+        if share is not None:
+            best = share * usd if best is None else min(best, share * usd)
+    return best or 0.0
+
+
+ALERT_LEVELS = (0.8, 1.0)
+
+
+def period_keys(now: float) -> dict[str, str]:
+    """The UTC day and month ``now`` falls in, as keys an alert fires once per."""
+    t = time.gmtime(now)
+    return {"day": f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", "month": f"{t.tm_year:04d}-{t.tm_mon:02d}"}
+
+
+def period_starts(now: float) -> tuple[float, float]:
+    """(the UTC day's start, the UTC month's start) of ``now``."""
+    t = time.gmtime(now)
+    return (float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))),
+            float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))))
+
+
+def budget_alerts(config: TenantsConfig, spend: dict[str, TenantSpend], now: float,
+                  fired: set[tuple[str, str, float]]) -> list[tuple[str, str, float, str]]:
+    """The budget crossings not alerted yet: (tenant, period key, level, message) for each tenant
+    whose spend this day/month reached 80 % or 100 % of its budget (``fired``: (tenant, period key,
+    level) already alerted; only the highest level reached is new when both are)."""
+    keys = period_keys(now)
+    out = []
+    for t, s in sorted(spend.items()):
+        b = config.quota(None if t == DEFAULT_TENANT else t).budget_usd
+        for period, limit, spent in (("day", b.day, s.today_usd), ("month", b.month, s.month_usd)):
+            if not limit:
+                continue
+            reached = [lv for lv in ALERT_LEVELS if spent >= lv * limit - 1e-12]
+            if not reached:
+                continue
+            key = f"{period} {keys[period]}"
+            level = reached[-1]
+            if (t, key, level) in fired or (level < 1.0 and (t, key, 1.0) in fired):
+                continue
+            out.append((t, key, level, f"tenant {t} spent {_usd(spent)} of its {_usd(limit)} USD budget for the "
+                                       f"{period} {keys[period]} ({spent / limit:.0%})"))
+    return out
+
+
 @dataclass
 class QuotaView:
     """The tenants' quotas and what their jobs hold now, for one admission pass: ``refuse`` says why
     a job may not start (None: it may), ``take`` counts a started one (so quotas only shrink during a
-    pass, like free resources: a lane of one tenant's identical gangs is dropped at its first refusal)."""
+    pass, like free resources: a lane of one tenant's identical gangs is dropped at its first refusal).
+    ``spend`` (tenants' budgets) and ``prices`` (``job_usd_per_hour``) are the budget side; a started
+    job adds its estimated rate to its tenant's."""
 
     config: TenantsConfig
     used: dict[str, Demand] = field(default_factory=dict)
+    spend: dict[str, TenantSpend] = field(default_factory=dict)
+    prices: tuple[tuple[float, float, float], ...] = ()
 
     def refuse(self, tenant: str | None, demand: Demand) -> str | None:
         t = tenant_of(tenant)
-        return quota_reason(t, self.config.quota(tenant), self.used.get(t, Demand(jobs=0)), demand)
+        quota = self.config.quota(tenant)
+        why = quota_reason(t, quota, self.used.get(t, Demand(jobs=0)), demand)
+        if why is None and (quota.max_usd_per_hour is not None or quota.budget_usd.day is not None
+                            or quota.budget_usd.month is not None):
+            why = budget_reason(t, quota, self.spend.get(t, TenantSpend()), job_usd_per_hour(demand, self.prices))
+        return why
 
     def take(self, tenant: str | None, demand: Demand) -> None:
         t = tenant_of(tenant)
         self.used[t] = self.used.get(t, Demand(jobs=0)) + demand
+        if self.prices:
+            s = self.spend.get(t, TenantSpend())
+            self.spend[t] = TenantSpend(s.usd_per_hour + job_usd_per_hour(demand, self.prices), s.today_usd,
+                                        s.month_usd)
 
 
 def check_job_limits(config: TenantsConfig, tenant: str | None, num_workers: int, gpus_per_worker: float,

@@ -3,8 +3,10 @@
 Owns: where the tenants config lives (``<state dir>/tenants.yaml``, or ``RAYCLUSTER_TENANTS_FILE``),
 reading it (re-read when its modification time changes, so an operator's edit applies without a
 restart; a file that does not parse keeps the last good config and says why), installing one
-checked and atomically (``raycluster tenants set FILE``), and the ``tenant_usage`` table in
-``jobs.db`` (tenant, decayed usage, as of when) so fair share survives a Coordinator restart.
+checked and atomically (``raycluster tenants set FILE``), the ``tenant_usage`` table in ``jobs.db``
+(tenant, decayed usage, as of when) so fair share survives a Coordinator restart, and the
+``tenant_budget_alerts`` table (tenant, period, level) so a budget alert fires once per period, a
+restart neither losing nor repeating it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ class TenantUsageStore:
         with self._lock:
             self._conn.execute("CREATE TABLE IF NOT EXISTS tenant_usage (tenant TEXT PRIMARY KEY, "
                                "usage REAL NOT NULL, updated_at REAL NOT NULL)")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS tenant_budget_alerts (tenant TEXT NOT NULL, "
+                               "period TEXT NOT NULL, level REAL NOT NULL, at REAL NOT NULL, "
+                               "PRIMARY KEY (tenant, period, level))")
+
+    def alerts_fired(self) -> set[tuple[str, str, float]]:
+        """(tenant, period, level) of every budget alert already fired."""
+        with self._lock:
+            return {(t, p, float(lv)) for t, p, lv in self._conn.execute(
+                "SELECT tenant, period, level FROM tenant_budget_alerts")}
+
+    def alert_fired(self, tenant: str, period: str, level: float, now: float) -> bool:
+        """Record a budget alert; False when it was recorded before (another pass fired it)."""
+        with self._lock:
+            cur = self._conn.execute("INSERT OR IGNORE INTO tenant_budget_alerts(tenant, period, level, at) "
+                                     "VALUES (?, ?, ?, ?)", (tenant, period, level, now))
+            return cur.rowcount == 1
 
     def load(self) -> dict[str, tuple[float, float]]:
         """tenant -> (usage, as of)."""

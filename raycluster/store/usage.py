@@ -68,5 +68,15 @@ class UsageStore:
         keys = ("job_id", "attempt", "rental_id", "share", "start", "end")
         return [dict(zip(keys, r)) for r in rows]
 
+    def rows_with_tenant(self, since: float) -> list[dict[str, Any]]:
+        """The rows still open or ended at or after ``since``, each with its job's tenant (the
+        ``jobs`` table of the same database; None for a job with none)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT u.job_id, u.attempt, u.rental_id, u.share, u.start, u.end, j.tenant FROM usage u "
+                "LEFT JOIN jobs j ON j.id = u.job_id WHERE u.end IS NULL OR u.end >= ?", (since,)).fetchall()
+        keys = ("job_id", "attempt", "rental_id", "share", "start", "end", "tenant")
+        return [dict(zip(keys, r)) for r in rows]
+
     def close(self) -> None:
         self._conn.close()

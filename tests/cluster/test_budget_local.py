@@ -181,3 +181,60 @@ def test_spot_first_on_demand_when_no_spot_is_left_and_a_spot_price_rise_sheds_w
         go.touch()
         set_price(elastic.state_dir, "T4", "spot", None)
         client.set_budget(None)
+
+
+def test_a_tenant_over_its_daily_budget_waits_with_the_reason_while_another_tenants_job_runs(elastic, client,
+                                                                                            tmp_path):
+    """Tenants' budgets on rented nodes: team-a's day budget (0.0001 USD — a few seconds of half a
+    spot T4) is spent by its first job (the ledger's real spend, read back through the tenants
+    view); its next job then waits, saying so, with nothing rented for it, while team-b's job runs
+    and finishes; the webhook gets team-a's 100 % alert. The cluster-wide cap (0.35) holds as ever."""
+    import json
+
+    from raycluster.store.tenants import install_tenants_file, tenants_path
+    from tests.unit.test_notify import Receiver
+
+    budget = 0.0001
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(json.dumps({"tenants": {"team-a": {"budget_usd": {"day": budget}}, "team-b": {}}}))
+    install_tenants_file(elastic.state_dir, tenants)  # what `raycluster tenants --set FILE` does
+    hook = Receiver()
+    notify = elastic.state_dir / "notify.yaml"
+    notify.write_text(json.dumps({"webhooks": [{"url": hook.url, "events": ["tenant_budget"]}]}))
+    go = tmp_path / "go"
+    store = _store(elastic)
+    try:
+        with sampled(store.committed_usd_per_hour, 0.25) as samples:
+            first = client.submit(_spec("a-first", tenant="team-a",
+                                        config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
+
+            def team_a():
+                return next((t for t in client.tenants()["tenants"] if t["tenant"] == "team-a"), None)
+
+            # its spend as the ledger books it (re-read by the Coordinator every 10 s, the default)
+            row = wait_for(lambda: (t := team_a()) and t["spend"]["today_usd"] >= budget and t, 120,
+                           "team-a's first job to spend its day budget")
+            assert row["budget_waiting"].startswith("tenant budget team-a ") and row["quota"]["budget_usd"]["day"] == budget
+            go.touch()
+            second = client.submit(_spec("a-second", tenant="team-a"))["id"]
+            other = client.submit(_spec("b-job", tenant="team-b"))["id"]
+            final = client.wait([first, other], timeout_s=180)
+            assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
+            waiting = client.get(second)
+            assert waiting["state"] == "PENDING", waiting["transitions"]
+            assert waiting["waiting"].startswith("tenant budget team-a ") and waiting["waiting"].endswith(
+                f"/{budget:.2g} USD today"), waiting["waiting"]
+            alerts = wait_for(lambda: [b for _p, b in hook.bodies if b["commonLabels"].get("level") == "100%"], 30,
+                              "team-a's 100 % budget alert")
+            assert alerts[0]["commonLabels"]["alertname"] == "raycluster_tenant_budget"
+            assert alerts[0]["commonLabels"]["tenant"] == "team-a"
+        assert samples and max(samples) <= 0.35 + 1e-9, max(samples)
+        assert client.get(second)["state"] == "PENDING"
+        # the BudgetAutoscaler was never asked to rent for it (a quota- or budget-held job is no demand)
+        assert not [e for e in store.events(1000) if second in e["reason"]]
+    finally:
+        go.touch()
+        tenants_path(elastic.state_dir).unlink(missing_ok=True)
+        notify.unlink(missing_ok=True)
+        hook.close()
+    client.cancel(second)

@@ -4,7 +4,9 @@ attempt ended because one of them was preempted, and what each job has cost.
 Owns: recording an attempt's share of each rented node when its gang is placed (from the placement
 group's bundle → node map and the nodes' ``raycluster.io/rental`` labels) and closing it when the
 attempt ends (``store.usage``); reading the provider's rentals (``rentals.db``) to price it
-(``policy.cost.attribute``). On a cluster that rents nothing it records nothing and every job costs 0.
+(``policy.cost.attribute``), and what each tenant's jobs cost (``tenant_spend``: now per hour, this
+UTC day and month, for tenants' budgets). On a cluster that rents nothing it records nothing and
+every job costs 0.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from raycluster.policy.cost import Attribution, Rental, attribute
 from raycluster.labels import rental_of
+from raycluster.policy.cost import Attribution, Rental, attribute
+from raycluster.policy.tenants import TenantSpend, period_starts, tenant_of
 from raycluster.store.usage import UsageStore
 
 log = logging.getLogger(__name__)
@@ -75,13 +78,43 @@ class JobLedger:
             log.exception("cannot tell whether %s attempt %d was preempted", job_id, attempt)
         return False
 
+    def _priced_rentals(self) -> list[Rental]:
+        return [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at, tuple(map(tuple, r.prices)))
+                for r in self._rentals().list(None) if r.market != "head"]
+
+    def tenant_spend(self, now: float | None = None) -> dict[str, TenantSpend]:
+        """Per tenant: what its jobs' open shares of rented nodes cost per hour now, and what its
+        jobs cost this UTC day and month ({} on a cluster that rents nothing)."""
+        now = self.clock() if now is None else now
+        if not self.elastic:
+            return {}
+        day0, month0 = period_starts(now)
+        rows = self.usage.rows_with_tenant(month0)
+        if not rows:
+            return {}
+        rentals = self._priced_rentals()
+        tenant = {r["job_id"]: tenant_of(r["tenant"]) for r in rows}
+        price = {r.id: r.usd_per_hour for r in rentals if r.end is None}
+        month = attribute(rows, rentals, now, since=month0).by_job_usd
+        day = attribute(rows, rentals, now, since=day0).by_job_usd
+        rate: dict[str, float] = {}
+        for r in rows:
+            if r["end"] is None:
+                rate[tenant[r["job_id"]]] = rate.get(tenant[r["job_id"]], 0.0) + r["share"] * price.get(r["rental_id"], 0.0)
+        out: dict[str, list[float]] = {}
+        for j, t in tenant.items():
+            acc = out.setdefault(t, [0.0, 0.0, 0.0])
+            acc[1] += day.get(j, 0.0)
+            acc[2] += month.get(j, 0.0)
+        for t, r in rate.items():
+            out.setdefault(t, [0.0, 0.0, 0.0])[0] = r
+        return {t: TenantSpend(round(a, 9), round(b, 9), round(c, 9)) for t, (a, b, c) in out.items()}
+
     def attribution(self, job_ids: list[str] | None = None, now: float | None = None) -> Attribution:
         now = self.clock() if now is None else now
         if not self.elastic:
             return Attribution()
-        rentals = [Rental(r.id, r.usd_per_hour, r.created_at, r.released_at, tuple(map(tuple, r.prices)))
-                   for r in self._rentals().list(None) if r.market != "head"]
-        return attribute(self.usage.rows(job_ids), rentals, now)
+        return attribute(self.usage.rows(job_ids), self._priced_rentals(), now)
 
     def rates(self, job_ids: list[str]) -> dict[str, float]:
         """USD/hour each of ``job_ids`` costs now: its open shares of rented nodes at their current prices."""

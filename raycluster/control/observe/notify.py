@@ -11,7 +11,8 @@ marking a row delivered only on a 2xx answer, retrying others with exponential b
 Webhook URLs carry secrets: logs and errors name a webhook by its host only.
 
 Events: ``job_failed`` (a job FAILED), ``job_preempted`` (stopped for a higher-priority job or by a spot
-preemption), ``node_unhealthy`` and ``node_recovered`` (its verdict back to healthy).
+preemption), ``node_unhealthy`` and ``node_recovered`` (its verdict back to healthy), ``tenant_budget``
+(a tenant's spend reached 80 % or 100 % of its day's or month's budget).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from raycluster.util.watched import WatchedFile
 
 log = logging.getLogger("raycluster.notify")
 
-EVENTS = ("job_failed", "job_preempted", "node_unhealthy", "node_recovered")
+EVENTS = ("job_failed", "job_preempted", "node_unhealthy", "node_recovered", "tenant_budget")
 FORMATS = ("alertmanager", "slack")
 
 
