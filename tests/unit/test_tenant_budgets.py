@@ -215,3 +215,30 @@ def test_a_bad_budget_in_the_tenants_file_is_refused_naming_the_field():
         parse_tenants({"tenants": {"a": {"budget_usd": {"week": 1}}}})
     with pytest.raises(ValueError, match="max_usd_per_hour"):
         parse_tenants({"tenants": {"a": {"max_usd_per_hour": "lots"}}})
+
+
+def test_the_cli_shows_each_tenants_spend_against_its_budgets(capsys, monkeypatch):
+    """`raycluster tenants`: spend / budget columns, and why a tenant's jobs wait on its budget."""
+    from raycluster.cli import commands
+    from raycluster.cli.main import main
+
+    quota = {"shares": 1.0, "max_usd_per_hour": 0.5, "budget_usd": {"day": 4.0}, "per_job": {}}
+    row = {"tenant": "team-a", "listed": True, "quota": quota, "queued": 1, "usage": 10.0, "fair_share": 0.9,
+           "holding": {"gpus": 1.0, "cpus": 1.0, "memory_mb": 0.0, "jobs": 1},
+           "spend": {"usd_per_hour": 0.16, "today_usd": 4.1, "month_usd": 12.5},
+           "budget_waiting": "tenant budget team-a 4.10/4.00 USD today"}
+    free = {**row, "tenant": "team-b", "quota": {"shares": 1.0, "budget_usd": {}, "per_job": {}},
+            "spend": {"usd_per_hour": 0.0, "today_usd": 0.0, "month_usd": 0.0}, "budget_waiting": None}
+
+    class FakeClient:
+        def tenants(self):
+            return {"file": "/x/tenants.yaml", "error": None, "tenants": [row, free]}
+
+    monkeypatch.setattr(commands, "client_for", lambda args, **kw: FakeClient())
+    assert main(["tenants"]) == 0
+    out = capsys.readouterr().out
+    a_line = next(ln for ln in out.splitlines() if ln.startswith("team-a "))
+    assert "0.16/0.50" in a_line and "4.10/4.00" in a_line and "12.50" in a_line
+    b_line = next(ln for ln in out.splitlines() if ln.startswith("team-b "))
+    assert "0.00" in b_line and "/" not in b_line.split()[5]
+    assert "team-a: its jobs wait — tenant budget team-a 4.10/4.00 USD today" in out
