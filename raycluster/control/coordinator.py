@@ -152,6 +152,9 @@ class Coordinator:
     def budget_queue(self) -> list[dict]:
         return self.core.budget_queue()
 
+    def budget_running(self) -> list[dict]:
+        return self.core.budget_running()
+
     def set_budget_reasons(self, reasons: dict[str, str]) -> None:
         self.core.set_budget_reasons(reasons)
 

@@ -21,6 +21,7 @@ from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
 from raycluster.labels import rental_of
 from raycluster.policy.evacuation import MoveKind
+from raycluster.policy.spot_return import expected_remaining_s
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
@@ -205,6 +206,42 @@ class CoordinatorCore(Reconciler):
                 # a job held by its tenant's quota would not start on a rented node either
                 if rec is not None and rec.waiting is not None and q.bundles and not held_by_quota(rec.waiting):
                     out.append(gang(rec))
+        return out
+
+    def budget_running(self) -> list[dict]:
+        """The gangs running on rented nodes, for spot return: shape and spot choice, the rentals
+        they hold shares of (the ledger's open rows), what they cost per hour now, how long each is
+        expected to run still (``policy.spot_return.expected_remaining_s``), its moves for cost in
+        the last hour and whether it may be moved."""
+        if not self.ledger.elastic:
+            return []
+        now = self.clock()
+        with self._lock:
+            recs = [rec for jid, att in self.attempts.items()
+                    if att.placed and (rec := self._active.get(jid)) is not None and rec.state == JobState.RUNNING]
+            specs = {rec.id: self._spec(rec) for rec in recs}
+        if not recs:
+            return []
+        ids = [rec.id for rec in recs]
+        rentals: dict[str, list[str]] = {}
+        for row in self.ledger.usage.rows(ids):
+            if row["end"] is None:
+                rentals.setdefault(row["job_id"], []).append(row["rental_id"])
+        rates = self.ledger.rates(ids)
+        moves = self.store.count_transitions(ids, Cause.SPOT_RETURN, now - 3600.0)
+        out = []
+        for rec in recs:
+            if rec.id not in rentals:
+                continue
+            spec = specs[rec.id]
+            b = spec.resources.bundle()
+            elapsed = now - (rec.started_at if rec.started_at is not None else now)
+            out.append({"job_id": rec.id, "bundles": spec.num_workers, "gpus": float(b.get("GPU", 0)),
+                        "cpus": float(b.get("CPU", 0)), "spot": spec.spot, "preemptions": rec.preemptions,
+                        "strict_spread": spec.placement_strategy.value == "STRICT_SPREAD",
+                        "rentals": rentals[rec.id], "usd_per_hour": rates.get(rec.id, 0.0),
+                        "remaining_s": expected_remaining_s(elapsed, spec.max_runtime_s),
+                        "moves_last_hour": moves.get(rec.id, 0), "preemptible": spec.preemptible})
         return out
 
     def set_budget_reasons(self, reasons: dict[str, str]) -> None:

@@ -42,15 +42,19 @@ class BudgetConfig:
     cooldown_s: float = 600.0
     idle_timeout_s: float = 300.0
     spot_fallback_preemptions: int = 2
+    # spot return: what moving a gang costs in time (its checkpoint, a node's start, its restart),
+    # paid at its price now; and how many times an hour a job may be moved for cost at most
+    spot_return_move_s: float = 120.0
+    max_moves_per_hour: int = 1
 
     def __post_init__(self):
-        for name in ("min_workers", "max_workers", "spot_fallback_preemptions"):
+        for name in ("min_workers", "max_workers", "spot_fallback_preemptions", "max_moves_per_hour"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BudgetConfigError(f"{name} must be an integer >= 0, not {v!r}", name)
         if self.min_workers > self.max_workers:
             raise BudgetConfigError(f"min_workers {self.min_workers} > max_workers {self.max_workers}", "min_workers")
-        for name in ("cooldown_s", "idle_timeout_s"):
+        for name in ("cooldown_s", "idle_timeout_s", "spot_return_move_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise BudgetConfigError(f"{name} must be a number >= 0, not {v!r}", name)
@@ -112,6 +116,17 @@ class Gang:
 
 
 @dataclass(frozen=True)
+class RunningGang:
+    """A gang running on rented nodes (what spot return weighs)."""
+    gang: Gang  # its shape, spot choice and spot preemptions so far
+    rentals: tuple[str, ...]  # the rented nodes it holds a share of
+    usd_per_hour: float  # what its shares cost now
+    remaining_s: float  # how long it is expected to run still
+    moves_last_hour: int = 0  # moves for cost in the last hour
+    preemptible: bool = True
+
+
+@dataclass(frozen=True)
 class BudgetContext:
     config: BudgetConfig
     types: tuple[NodeType, ...]
@@ -120,6 +135,7 @@ class BudgetContext:
     gpu_util: float | None = None  # mean over held GPU nodes, 0..1 (None: unknown)
     low_util_since: float | None = None
     last_scale_up_at: float | None = None
+    running: tuple[RunningGang, ...] = ()  # gangs running on rented nodes (spot return)
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,7 @@ class ReleaseCause(str, Enum):
     MAKE_ROOM = "make_room"  # idle, and a waiting gang it cannot serve needs its budget or slot
     IDLE_ON_DEMAND = "idle_on_demand"  # an idle on-demand node no waiting gang needs
     IDLE = "idle"  # idle past the timeout while utilisation stayed low
+    SPOT_RETURN = "spot_return"  # an on-demand node whose gangs move back to spot (cause spot_return)
 
 
 class Launch(NamedTuple):
@@ -163,6 +180,8 @@ class BudgetDecision:
     release: list[Release] = field(default_factory=list)  # (node id, reason, cause)
     waiting: dict[str, str] = field(default_factory=dict)  # job id -> why no node is launched for it
     events: list[Event] = field(default_factory=list)
+    # spot return: the on-demand node given back -> the held spot nodes whose free room its gangs will take
+    reserved: dict[str, tuple[str, ...]] = field(default_factory=dict)
     committed_usd_per_hour: float = 0.0  # after this decision is applied
     low_util_since: float | None = None
     last_scale_up_at: float | None = None

@@ -85,7 +85,8 @@ class ElasticConfig:
                 raise MarketConfigError(f"{key} must be a number > 0, not {v!r}", field=key)
 
 
-BUDGET_KEYS = ("min_workers", "max_workers", "scale_up_util", "scale_down_util", "cooldown_s", "spot_fallback_preemptions")
+BUDGET_KEYS = ("min_workers", "max_workers", "scale_up_util", "scale_down_util", "cooldown_s", "spot_fallback_preemptions",
+               "spot_return_move_s", "max_moves_per_hour")
 
 
 def budget_config(settings: dict[str, Any] | None, *, idle_timeout_s: float, max_workers: int,

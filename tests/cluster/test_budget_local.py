@@ -203,6 +203,8 @@ def test_a_tenant_over_its_daily_budget_waits_with_the_reason_while_another_tena
     notify.write_text(json.dumps({"webhooks": [{"url": hook.url, "events": ["tenant_budget"]}]}))
     go = tmp_path / "go"
     store = _store(elastic)
+    # (the nodes the tests before held under their raised cap are shed back under this one first)
+    wait_for(lambda: store.committed_usd_per_hour() <= 0.35 + 1e-9, 120, "the held set to be back under the cap")
     try:
         with sampled(store.committed_usd_per_hour, 0.25) as samples:
             first = client.submit(_spec("a-first", tenant="team-a",
@@ -238,3 +240,46 @@ def test_a_tenant_over_its_daily_budget_waits_with_the_reason_while_another_tena
         notify.unlink(missing_ok=True)
         hook.close()
     client.cancel(second)
+
+
+def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_demand_node_is_released(elastic, client,
+                                                                                                   tmp_path):
+    """Spot return at the default move cost (120 s) and bound (1 move an hour): a 2-node gang holds
+    the market's two spot T4s, so a long job (max_runtime_s 1 h: its expected remaining runtime)
+    gets an on-demand A10; once the gang is done and spot room is free again, the A10's job is
+    checkpointed, moved (cause ``spot_return``, no restart spent) and placed on spot, resuming from
+    that checkpoint, and the A10 is released — once, not back and forth."""
+    store = _store(elastic)
+    go = tmp_path / "go"
+    client.set_budget(1.2)  # (0.85 held: two spot T4s and the A10)
+    try:
+        pair = client.submit(_spec("pair-sr", num_workers=2, placement_strategy="STRICT_SPREAD",
+                                   resources={"gpus": 1, "cpus": 1},
+                                   config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
+        wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on the two spot nodes")
+        long = client.submit(_spec("long", resources={"gpus": 1, "cpus": 1}, max_runtime_s=3600,
+                                   config={"steps": 250, "sleep_per_step_s": 0.1}))["id"]
+        wait_for(lambda: client.get(long)["state"] == "RUNNING", 180, "the long job to run on an on-demand node")
+        od = [r for r in store.list() if r.market == "local" and r.kind == "on_demand"]
+        assert len(od) == 1, store.list()
+        go.touch()  # the pair finishes: spot room is free again
+        moved = wait_for(lambda: next((t for t in client.get(long)["transitions"] if t["cause"] == "spot_return"), None),
+                         120, "the long job to move back to spot")
+        assert moved["to"] == "RECOVERING" and "spot return" in moved["reason"], moved
+        wait_for(lambda: (r := store.get(od[0].id)) is not None and r.released_at is not None, 120,
+                 "the on-demand node to be released")
+        assert "spot return" in store.get(od[0].id).reason
+        final = client.wait([pair, long], timeout_s=240)
+        assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
+        job = final[1]
+        assert job["system_restarts"] == 0 and job["result"]["resumed_from"] is not None, job["transitions"]
+        assert [t["cause"] for t in job["transitions"] if t["to"] == "RECOVERING"] == ["spot_return"]
+        # its second attempt ran on a spot node (the ledger's rows of that attempt)
+        from raycluster.store.usage import UsageStore
+
+        rows = [r for r in UsageStore(elastic.state_dir / "jobs.db").rows([long]) if r["attempt"] == job["attempt"]]
+        assert rows and {store.get(r["rental_id"]).kind for r in rows} == {"spot"}, rows
+        assert any(e["action"] == "spot_return" for e in store.events(1000))
+    finally:
+        go.touch()
+        client.set_budget(None)

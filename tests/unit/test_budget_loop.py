@@ -97,6 +97,9 @@ class FakeOps:
     def waiting(self):
         return list(self.queue)
 
+    def running(self):
+        return list(getattr(self, "on_nodes", []))
+
     def set_waiting(self, reasons):
         self.reasons.append(dict(reasons))
 

@@ -32,7 +32,8 @@ from typing import Any
 import ray
 
 from raycluster import constants as C
-from raycluster.policy.budget import BudgetContext, BudgetDecision, Gang, HeldNode, NodeType, decide
+from raycluster.policy.budget import (BudgetContext, BudgetDecision, Gang, HeldNode, NodeType, ReleaseCause,
+                                     RunningGang, decide)
 from raycluster.provision.autoscaling import budget_config, budget_view
 from raycluster.labels import RENTAL_LABEL
 
@@ -54,6 +55,9 @@ class BudgetLoop:
         self.going: dict[str, str] = {}
         self._noticed: set[str] = set()  # nodes with a preemption notice whose gangs were asked to checkpoint
         self.sick: dict[str, tuple[str, str]] = {}  # unhealthy rented nodes to give back: id -> (type, why)
+        # spot return under way: the on-demand node being given back -> the held spot nodes whose
+        # free room its gangs will take (not idle for the policy until that node is gone)
+        self.reserved: dict[str, tuple[str, ...]] = {}
         self._threads: list[threading.Thread] = []
 
     # ---- observe -------------------------------------------------------------------------------------
@@ -106,6 +110,7 @@ class BudgetLoop:
             log.exception("reading node health failed; deciding without it")
             sick = {}
         self.sick = {}
+        self.reserved = {od: ids for od, ids in self.reserved.items() if od in self.going}
         for r in rentals:
             if r.id in self.going or getattr(r.state, "value", r.state) == "releasing":
                 continue  # on its way out: neither held nor counted by the policy
@@ -128,6 +133,8 @@ class BudgetLoop:
             gpus_total += g_total
             gpus_used += g_total - g_free
             idle = all(abs(float(free.get(k, 0)) - float(v)) < 1e-9 for k, v in total.items() if k in ("GPU", "CPU"))
+            if idle and any(r.id in ids for ids in self.reserved.values()):
+                idle = False  # gangs moving back to spot will be placed on it
             if idle:
                 self.idle_since.setdefault(r.id, now)
             else:
@@ -142,8 +149,19 @@ class BudgetLoop:
         waiting = tuple(Gang(w["job_id"], int(w["bundles"]), float(w["gpus"]), float(w["cpus"]),
                              strict_spread=bool(w.get("strict_spread")), spot=w.get("spot", "auto"),
                              preemptions=int(w.get("preemptions", 0))) for w in self.ops.waiting())
+        try:
+            running = tuple(RunningGang(Gang(r["job_id"], int(r["bundles"]), float(r["gpus"]), float(r["cpus"]),
+                                             strict_spread=bool(r.get("strict_spread")), spot=r.get("spot", "auto"),
+                                             preemptions=int(r.get("preemptions", 0))),
+                                        tuple(r["rentals"]), float(r["usd_per_hour"]), float(r["remaining_s"]),
+                                        int(r.get("moves_last_hour", 0)), bool(r.get("preemptible", True)))
+                            for r in self.ops.running())
+        except Exception:  # spot return waits for the next pass; nothing else depends on it
+            log.exception("reading the running gangs failed; no spot return this pass")
+            running = ()
         ctx = BudgetContext(cfg, tuple(types), tuple(held), waiting,
-                            gpus_used / gpus_total if gpus_total else None, self.low_util_since, self.last_scale_up_at)
+                            gpus_used / gpus_total if gpus_total else None, self.low_util_since, self.last_scale_up_at,
+                            running=running)
         return ctx, ray_ids, config
 
     # ---- one pass -----------------------------------------------------------------------------------
@@ -169,11 +187,15 @@ class BudgetLoop:
                                  name=f"release-{rental_id}", daemon=True)
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
-        for rental_id, reason, _cause in d.release:
+        for rental_id, reason, cause in d.release:
             if rental_id in self.busy:  # jobs run there: checkpoint, then drain and release (not blocking the loop)
                 self.going[rental_id] = next(n.node_type for n in ctx.held if n.id == rental_id)
                 released.add(rental_id)  # (counted below as going until it is released)
-                t = threading.Thread(target=self._release_busy, args=(rental_id, reason, ray_ids.get(rental_id)),
+                move_cause = "spot_return" if cause == ReleaseCause.SPOT_RETURN else "budget"
+                if rental_id in d.reserved:
+                    self.reserved[rental_id] = d.reserved[rental_id]
+                t = threading.Thread(target=self._release_busy,
+                                     args=(rental_id, reason, ray_ids.get(rental_id), move_cause),
                                      name=f"release-{rental_id}", daemon=True)
                 self._threads = [x for x in self._threads if x.is_alive()] + [t]
                 t.start()

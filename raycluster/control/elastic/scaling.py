@@ -174,6 +174,12 @@ class ScalingOps:
 
         return ray.get(self.coordinator.budget_queue.remote(), timeout=30) if self.coordinator else []
 
+    def running(self) -> list[dict[str, Any]]:
+        """The gangs running on rented nodes (the Coordinator's ``budget_running``), for spot return."""
+        import ray
+
+        return ray.get(self.coordinator.budget_running.remote(), timeout=30) if self.coordinator else []
+
     def unhealthy(self) -> dict[str, str]:
         """Rented nodes the Coordinator judges unhealthy (not those drained by hand): rental id -> why."""
         import ray
