@@ -21,7 +21,7 @@ from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
 from raycluster.labels import rental_of
 from raycluster.policy.evacuation import MoveKind
-from raycluster.policy.spot_return import expected_remaining_s
+from raycluster.policy.cost_moves import expected_remaining_s
 from raycluster.policy.tenants import held_by_quota
 from raycluster.provision import spend
 from raycluster.provision.market import registry
@@ -211,7 +211,7 @@ class CoordinatorCore(Reconciler):
     def budget_running(self) -> list[dict]:
         """The gangs running on rented nodes, for spot return: shape and spot choice, the rentals
         they hold shares of (the ledger's open rows), what they cost per hour now, how long each is
-        expected to run still (``policy.spot_return.expected_remaining_s``), its moves for cost in
+        expected to run still (``policy.cost_moves.expected_remaining_s``), its moves for cost in
         the last hour and whether it may be moved."""
         if not self.ledger.elastic:
             return []
@@ -228,7 +228,10 @@ class CoordinatorCore(Reconciler):
             if row["end"] is None:
                 rentals.setdefault(row["job_id"], []).append(row["rental_id"])
         rates = self.ledger.rates(ids)
-        moves = self.store.count_transitions(ids, Cause.SPOT_RETURN, now - 3600.0)
+        moves: dict[str, int] = {}
+        for cause in (Cause.SPOT_RETURN, Cause.CONSOLIDATE):  # moves for cost
+            for jid, k in self.store.count_transitions(ids, cause, now - 3600.0).items():
+                moves[jid] = moves.get(jid, 0) + k
         out = []
         for rec in recs:
             if rec.id not in rentals:

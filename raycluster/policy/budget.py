@@ -18,12 +18,17 @@ with its reason):
    (``budget 7.80/8.00 USD/h, needs 0.53``) and, to keep queue order (no starvation of big gangs),
    no later gang is launched for in that pass.
 3. **Minimum** — below ``min_workers`` the cheapest nodes are launched (within the budget).
-2b. **Spot return** (``policy/spot_return.py``) — when nothing waits for budget or ``max_workers``:
+2b. **Spot return** (``policy/cost_moves.py``) — when nothing waits for budget or ``max_workers``:
    at most one on-demand node a pass whose gangs may run on spot, fit on spot now (held spot
    nodes' free room, else fresh spot nodes within ``max_workers`` and the cap) and pay their move
    (saving over the expected remaining runtime > ``spot_return_move_s`` at the price now), each
    moved for cost fewer than ``max_moves_per_hour`` times in the last hour, is given back: its
    gangs checkpoint, move (cause ``spot_return``) and are placed again, spot first.
+2c. **Consolidate** (``policy/cost_moves.py``) — when nothing waits for budget or ``max_workers``
+   and no spot return was made this pass: at most one rented node whose gangs (each on it alone,
+   each movable) fit on the other held nodes' free room is emptied when giving it back pays (its
+   price over their longest expected remaining runtime > the move's time at that price): its
+   gangs checkpoint, move (cause ``consolidate``) and are placed again; the node is released.
 4. **Headroom** — with nothing waiting, GPU utilisation above ``scale_up_util`` adds one node
    (at most once per ``cooldown_s``).
 5. **Scale down** — nodes idle for ``idle_timeout_s`` are released, most expensive first, never
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from raycluster.policy import spot_return
+from raycluster.policy.cost_moves import consolidate, return_to_spot
 from raycluster.policy.budget_types import (KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND,
                                             SPOT, SPOT_CHOICES, BudgetConfig, BudgetConfigError, BudgetContext,
                                             BudgetDecision, Event, Gang, HeldNode, Launch, LaunchCause, NodeType,
@@ -317,26 +322,6 @@ def place_waiting(p: _Pass) -> None:
                                 count=sum(p.d.launch.values())))
 
 
-def return_to_spot(p: _Pass) -> None:
-    """2b. Gangs on an on-demand node go back to spot when it is there again and the move pays."""
-    if p.d.waiting or not p.ctx.running:
-        return
-    gone = p.released()
-    plan = spot_return.plan(p.cfg, p.held, gone, list(p.rooms), p.ctx.running, list(p.ctx.types), p.slots,
-                            p.per_type, p.committed, p.cap, sum(1 for n in p.held if n.id not in gone)
-                            + sum(p.d.launch.values()))
-    if plan is None:
-        return
-    p.release(plan.node, plan.reason, ReleaseCause.SPOT_RETURN)
-    for i, gpus, cpus in plan.rooms_taken:  # the room its gangs will take is not free for later rules
-        p.rooms[i][0] -= gpus
-        p.rooms[i][1] -= cpus
-    p.rooms.taken()
-    p.d.reserved[plan.node.id] = tuple(dict.fromkeys(p.held[i].id for i, _g, _c in plan.rooms_taken
-                                                     if i < len(p.held)))
-    p.d.events.append(Event("spot_return", plan.reason, plan.node.node_type, 1))
-
-
 def minimum(p: _Pass) -> None:
     """3. Below ``min_workers``: the cheapest nodes, within the budget."""
     cfg = p.cfg
@@ -421,7 +406,7 @@ def scale_down_idle(p: _Pass) -> None:
                                             f"for {p.now - d.low_util_since:.0f}s", count=n_down))
 
 
-RULES = (shed, place_waiting, return_to_spot, minimum, headroom, release_idle_on_demand, scale_down_idle)
+RULES = (shed, place_waiting, return_to_spot, consolidate, minimum, headroom, release_idle_on_demand, scale_down_idle)
 
 
 def decide(ctx: BudgetContext, now: float) -> BudgetDecision:

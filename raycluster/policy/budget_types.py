@@ -160,6 +160,7 @@ class ReleaseCause(str, Enum):
     IDLE_ON_DEMAND = "idle_on_demand"  # an idle on-demand node no waiting gang needs
     IDLE = "idle"  # idle past the timeout while utilisation stayed low
     SPOT_RETURN = "spot_return"  # an on-demand node whose gangs move back to spot (cause spot_return)
+    CONSOLIDATE = "consolidate"  # a rented node whose gangs move onto the others' free room (cause consolidate)
 
 
 class Launch(NamedTuple):

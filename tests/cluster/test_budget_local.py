@@ -283,3 +283,40 @@ def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_deman
     finally:
         go.touch()
         client.set_budget(None)
+
+
+def test_two_half_empty_rented_nodes_consolidate_to_one_and_the_empty_one_is_released(elastic, client, tmp_path):
+    """Consolidation at the default move cost and bound: a 2-node gang of half-GPU bundles rents
+    the two spot T4s and two long half-GPU jobs (max_runtime_s 1 h) fill their other halves; once the
+    gang is done each node is half empty: one job is checkpointed, moved onto the other node's free
+    half (cause ``consolidate``, no restart spent, resumed from that checkpoint) and its node
+    released — one node held for the two."""
+    store = _store(elastic)
+    go = tmp_path / "go"
+    wait_for(lambda: store.committed_usd_per_hour() <= 0.35 + 1e-9, 120, "the held set to be back under the cap")
+    try:
+        pair = client.submit(_spec("pair-c", num_workers=2, placement_strategy="STRICT_SPREAD",
+                                   config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
+        wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
+        longs = [client.submit(_spec(f"half-{i}", max_runtime_s=3600,
+                                     config={"steps": 250, "sleep_per_step_s": 0.1}))["id"] for i in range(2)]
+        wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in longs), 120, "the two long jobs to run")
+        held = [r.id for r in store.list() if r.market == "local"]
+        assert len(held) == 2, store.list()
+        go.touch()  # the pair finishes: each node is half empty
+        moved = wait_for(lambda: [j for j in longs if any(t["cause"] == "consolidate"
+                                                          for t in client.get(j)["transitions"])], 120,
+                         "one long job to be moved onto the other node")
+        assert len(moved) == 1, moved
+        gone = wait_for(lambda: [r for r in held if (x := store.get(r)).released_at is not None
+                                 and "consolidate" in (x.reason or "")], 120, "the emptied node to be released")
+        assert len(gone) == 1
+        final = client.wait([pair, *longs], timeout_s=240)
+        assert [j["state"] for j in final] == ["SUCCEEDED"] * 3, [(j["state"], j["error"]) for j in final]
+        job = next(j for j in final if j["id"] == moved[0])
+        assert job["system_restarts"] == 0 and job["result"]["resumed_from"] is not None, job["transitions"]
+        assert [t["cause"] for t in job["transitions"] if t["to"] == "RECOVERING"] == ["consolidate"]
+        other = next(j for j in final if j["id"] in longs and j["id"] != moved[0])
+        assert [t["cause"] for t in other["transitions"] if t["to"] == "RECOVERING"] == []  # moved once, one job
+    finally:
+        go.touch()

@@ -126,8 +126,8 @@ def test_each_launch_and_release_names_the_rule_that_made_it(context, launches, 
 def test_the_rules_run_in_their_stated_order():
     from raycluster.policy import budget
 
-    assert [r.__name__ for r in budget.RULES] == ["shed", "place_waiting", "return_to_spot", "minimum", "headroom",
-                                                  "release_idle_on_demand", "scale_down_idle"]
+    assert [r.__name__ for r in budget.RULES] == ["shed", "place_waiting", "return_to_spot", "consolidate", "minimum",
+                                                  "headroom", "release_idle_on_demand", "scale_down_idle"]
 
 
 def test_events_carry_their_reasons():

@@ -191,7 +191,8 @@ class BudgetLoop:
             if rental_id in self.busy:  # jobs run there: checkpoint, then drain and release (not blocking the loop)
                 self.going[rental_id] = next(n.node_type for n in ctx.held if n.id == rental_id)
                 released.add(rental_id)  # (counted below as going until it is released)
-                move_cause = "spot_return" if cause == ReleaseCause.SPOT_RETURN else "budget"
+                move_cause = {ReleaseCause.SPOT_RETURN: "spot_return",
+                              ReleaseCause.CONSOLIDATE: "consolidate"}.get(cause, "budget")
                 if rental_id in d.reserved:
                     self.reserved[rental_id] = d.reserved[rental_id]
                 t = threading.Thread(target=self._release_busy,

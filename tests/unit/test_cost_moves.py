@@ -1,6 +1,6 @@
-"""Spot return (issue "Spend less", item 2): the break-even and the expected remaining runtime as
-tables, the budget policy's rule over a context (no cluster), and the BudgetAutoscaler's loop
-moving the gangs with cause ``spot_return`` through its seam's fake."""
+"""Moves for cost (issue "Spend less", items 2 and 3): the break-even and the expected remaining
+runtime as tables, the budget policy's spot-return and consolidation rules over a context (no
+cluster), and the BudgetAutoscaler's loop moving the gangs with their cause through its seam's fake."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from raycluster.control.elastic.budget_autoscaler import BudgetLoop
 from raycluster.policy.budget import (BudgetConfig, BudgetContext, Gang, HeldNode, NodeType, ReleaseCause, RunningGang,
                                      decide)
-from raycluster.policy.spot_return import expected_remaining_s, move_pays
+from raycluster.policy.cost_moves import expected_remaining_s, move_pays
 from tests.unit.test_budget_loop import OD, SPOT, Clock, FakeOps
 
 
@@ -112,3 +112,59 @@ def test_the_loop_moves_the_gangs_with_cause_spot_return_and_keeps_the_spot_node
     ops.on_nodes = None
     clock.t += 1
     loop.step()
+
+
+# ---------------------------------------------------------------------------------------------- consolidation
+def spot(nid, free_gpus=1.0, usd=SPOT, gpus_total=2):
+    return HeldNode(nid, "gpu_spot2", "spot", usd, free_gpus=free_gpus, free_cpus=2.0)
+
+
+def at(job, node, gpus=1.0, remaining_s=3600.0, **kw):
+    g = Gang(job, kw.pop("bundles", 1), gpus, 1.0, spot=kw.pop("spot", "auto"))
+    return RunningGang(g, (node,), kw.pop("usd_per_hour", SPOT / 2), remaining_s, **kw)
+
+
+TWO_GPU = (NodeType("gpu_spot2", "spot", SPOT, 2, 4, available=0, max_workers=4), TYPES[1])
+
+
+@pytest.mark.parametrize("case,held,running,kw,released", [
+    ("two half-used nodes: one empties onto the other", [spot("a"), spot("b", usd=0.2)],
+     [at("ja", "a"), at("jb", "b")], {}, ["b"]),  # the dearer one goes
+    ("a short job: giving the node back does not pay", [spot("a"), spot("b")],
+     [at("ja", "a", remaining_s=60), at("jb", "b", remaining_s=60)], {}, []),
+    ("no room elsewhere", [spot("a", free_gpus=0.0), spot("b", free_gpus=0.0)],
+     [at("ja", "a", gpus=2), at("jb", "b", gpus=2)], {}, []),
+    ("not preemptible", [spot("a"), spot("b")], [at("ja", "a", preemptible=False), at("jb", "b", preemptible=False)],
+     {}, []),
+    ("moved for cost this hour already", [spot("a"), spot("b")],
+     [at("ja", "a", moves_last_hour=1), at("jb", "b", moves_last_hour=1)], {}, []),
+    # the dearer on-demand node would go first, but its spot: never gang may not move onto spot room;
+    # the auto gang on the spot node may move onto the on-demand node's room (paid already)
+    ("spot: never stays off spot room", [spot("a"), od("o", free_gpus=1.0)],
+     [at("ja", "a"), at("jo", "o", spot="never", usd_per_hour=OD)], {}, ["a"]),
+    ("a gang waits for budget: no move", [spot("a"), spot("b")], [at("ja", "a"), at("jb", "b")],
+     {"cap": 0.32, "waiting": [Gang("w", 1, 1.0, 1.0, spot="never")]}, []),
+])
+def test_consolidation_rule_table(case, held, running, kw, released):
+    d = decide(ctx(held, running, types=kw.pop("types", TWO_GPU), **kw), now=0.0)
+    got = [r.node_id for r in d.release if r.cause == ReleaseCause.CONSOLIDATE]
+    assert got == released, (case, d.release, d.events)
+    if released:
+        assert any(e.action == "consolidate" and "saves" in e.reason for e in d.events)
+        assert d.reserved[released[0]]  # the room it moves to is kept from the idle rules
+
+
+def test_the_loop_consolidates_with_cause_consolidate():
+    ops, clock = FakeOps(spot_slots=0), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("s1", busy=True)
+    ops.rent("s2", busy=True)
+    for n in ops.ray_nodes:  # two 2-GPU spot nodes, one GPU used on each
+        n["resources_total"] = {"CPU": 4.0, "GPU": 2.0}
+        n["resources_free"] = {"CPU": 3.0, "GPU": 1.0}
+    ops.on_nodes = [{"job_id": j, "bundles": 1, "gpus": 1, "cpus": 1, "spot": "auto", "rentals": [n],
+                     "usd_per_hour": SPOT / 2, "remaining_s": 3600.0, "moves_last_hour": 0, "preemptible": True}
+                    for j, n in (("a", "s1"), ("b", "s2"))]
+    loop.step()
+    loop.join()
+    assert len(ops.causes) == 1 and ops.causes[0][1] == "consolidate"

@@ -1,0 +1,253 @@
+"""Moves for cost: a running gang moved where it costs less, when the move pays. Pure, no Ray;
+its two rules of ``policy.budget``'s ``RULES``, ``return_to_spot`` and ``consolidate``, apply it to
+a pass (``p``: the budget policy's working state, as the other rules see it), and the
+moved gangs go through the one evacuation protocol (checkpoint, drain, move, release the node).
+
+Owns:
+
+* ``expected_remaining_s`` — how long a running job is expected to run still: up to its
+  ``max_runtime_s`` when it has one, else as long as it has run so far (a job that has run ``T`` is
+  as likely as not to run ``T`` more: the median of a scale-free runtime);
+* ``move_pays`` — the break-even of a move for cost: the saving ``(old - new) × remaining`` against
+  the move's cost, its time (checkpoint, a node's start, the restart: ``spot_return_move_s``) paid at
+  the price it runs at now — an upper bound of what the move can cost;
+* ``plan_spot_return`` — the on-demand node to give back this pass (at most one: moves are
+  bounded, no thrash), or None: a held on-demand node every gang of which (a) may run on spot
+  (``spot: auto``, spot-preempted fewer than ``spot_fallback_preemptions`` times — a gang that fell
+  back for preemptions stays on on-demand), (b) may be moved for cost (``movable``), (c) fits on spot
+  now — the free spot room of held nodes, else fresh spot nodes the market offers within
+  ``max_workers`` and the cap (with the node given back) — and (d) pays its move (old: what it
+  costs now, new: its share of spot);
+* ``plan_consolidation`` — the rented node to empty this pass, or None: a held node whose gangs
+  all lie on it alone, may be moved for cost and fit on the free room of the other held nodes
+  (of the kinds their ``spot`` choice allows), when giving it back pays: the node's price over the
+  longest expected remaining runtime of its gangs against the move's time at that price (the room
+  they move to is paid already). Cheapest to empty first: the fewest GPUs to move, then the dearest.
+
+``movable``: ``preemptible`` (a ``preemptible: false`` job is never moved for cost) and moved for
+cost fewer than ``max_moves_per_hour`` times in the last hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raycluster.policy.budget_types import (ON_DEMAND, SPOT, BudgetConfig, Event, Gang, HeldNode, NodeType,
+                                            ReleaseCause, RunningGang, fmt_usd, nodes_needed)
+
+
+def expected_remaining_s(elapsed_s: float, max_runtime_s: float | None) -> float:
+    """How long a job that has run ``elapsed_s`` is expected to run still."""
+    elapsed_s = max(0.0, elapsed_s)
+    if max_runtime_s is not None:
+        return max(0.0, max_runtime_s - elapsed_s)
+    return elapsed_s
+
+
+def move_pays(old_usd_per_hour: float, new_usd_per_hour: float, remaining_s: float,
+              move_s: float) -> tuple[bool, float, float]:
+    """(whether moving pays, the saving in USD, the move's cost in USD)."""
+    saving = (old_usd_per_hour - new_usd_per_hour) * remaining_s / 3600.0
+    cost = old_usd_per_hour * move_s / 3600.0
+    return saving > cost + 1e-12, saving, cost
+
+
+@dataclass(frozen=True)
+class Plan:
+    node: HeldNode  # the node given back
+    reason: str
+    rooms_taken: tuple[tuple[int, float, float], ...]  # (room index, gpus, cpus) of held spot room used
+    launches: tuple[tuple[str, int], ...]  # (spot node type, nodes) the gangs will need rented
+
+
+def _fit(rooms: list[list], g: Gang, kinds: tuple[str, ...] = (SPOT,),
+         skip: int | None = None) -> list[tuple[int, float, float]] | None:
+    """The rooms (index, gpus, cpus) of ``kinds`` (but room ``skip``) all of ``g``'s bundles take,
+    first fit; None: they do not fit."""
+    left = [list(r) for r in rooms]
+    taken: list[tuple[int, float, float]] = []
+    placed = 0
+    for i, room in enumerate(left):
+        if room[2] not in kinds or i == skip:
+            continue
+        while placed < g.bundles and room[0] >= g.gpus - 1e-9 and room[1] >= g.cpus - 1e-9:
+            room[0] -= g.gpus
+            room[1] -= g.cpus
+            taken.append((i, g.gpus, g.cpus))
+            placed += 1
+            if g.strict_spread:
+                break
+    return taken if placed >= g.bundles else None
+
+
+def _fresh(types: list[NodeType], g: Gang, slots: dict[str, int], per_type: dict[str, int]):
+    """(USD/hour, type, nodes) of the cheapest spot type with market slots for all of ``g``, or None."""
+    best = None
+    for t in types:
+        if t.kind != SPOT:
+            continue
+        n = nodes_needed(t, g)
+        if n is None or n > slots.get(t.name, 0) or per_type.get(t.name, 0) + n > t.max_workers:
+            continue
+        if best is None or n * t.usd_per_hour < best[0]:
+            best = (n * t.usd_per_hour, t, n)
+    return best
+
+
+def _spot_rate(types: list[NodeType], g: Gang) -> float | None:
+    """What ``g`` costs per hour on spot nodes (its share of the cheapest spot type it fits)."""
+    best = None
+    for t in types:
+        if t.kind != SPOT or nodes_needed(t, g) is None:
+            continue
+        share = g.bundles * (g.gpus / t.gpus if g.gpus > 0 and t.gpus > 0 else g.cpus / t.cpus if t.cpus > 0 else 1.0)
+        best = share * t.usd_per_hour if best is None else min(best, share * t.usd_per_hour)
+    return best
+
+
+def movable(cfg: BudgetConfig, r: RunningGang) -> bool:
+    return r.preemptible and r.moves_last_hour < cfg.max_moves_per_hour
+
+
+def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], rooms: list[list], running: tuple[RunningGang, ...],
+         types: list[NodeType], slots: dict[str, int], per_type: dict[str, int], committed_usd_per_hour: float,
+         cap_usd_per_hour: float | None, nodes_total: int) -> Plan | None:
+    """The on-demand node whose gangs go back to spot this pass (see the module's docstring), or None."""
+    if not running:
+        return None
+    for n in sorted(held, key=lambda n: (-n.usd_per_hour, n.id)):
+        if n.kind != ON_DEMAND or n.starting or n.id in gone:
+            continue
+        gangs = [r for r in running if n.id in r.rentals]
+        if not gangs:
+            continue
+        left_rooms = [list(r) for r in rooms]
+        left_slots, left_types = dict(slots), dict(per_type)
+        taken_all: list[tuple[int, float, float]] = []
+        launches: list[tuple[str, int]] = []
+        saving = cost = 0.0
+        extra_usd = 0.0
+        ok = True
+        for r in gangs:
+            g = r.gang
+            if g.spot != "auto" or g.preemptions >= cfg.spot_fallback_preemptions or not movable(cfg, r):
+                ok = False
+                break
+            new_rate = _spot_rate(types, g)
+            if new_rate is None:
+                ok = False
+                break
+            pays, s, c = move_pays(r.usd_per_hour, new_rate, r.remaining_s, cfg.spot_return_move_s)
+            if not pays:
+                ok = False
+                break
+            saving, cost = saving + s, cost + c
+            taken = _fit(left_rooms, g)
+            if taken is not None:
+                for i, gpus, cpus in taken:
+                    left_rooms[i][0] -= gpus
+                    left_rooms[i][1] -= cpus
+                taken_all += taken
+                continue
+            fresh = _fresh(types, g, left_slots, left_types)
+            if fresh is None:
+                ok = False
+                break
+            usd, t, k = fresh
+            left_slots[t.name] -= k
+            left_types[t.name] = left_types.get(t.name, 0) + k
+            extra_usd += usd
+            launches.append((t.name, k))
+        if not ok:
+            continue
+        launched = sum(k for _t, k in launches)
+        if nodes_total - 1 + launched > cfg.max_workers:
+            continue
+        if cap_usd_per_hour is not None and committed_usd_per_hour - n.usd_per_hour + extra_usd > cap_usd_per_hour + 1e-9:
+            continue
+        where = "free spot room" if not launches else ", ".join(f"{k} {t}" for t, k in launches)
+        reason = (f"spot return: {', '.join(r.gang.job_id for r in gangs)} off on-demand {n.id} onto {where}; saves "
+                  f"{fmt_usd(saving)} USD over the expected remaining runtime, the move costs {fmt_usd(cost)}")
+        return Plan(n, reason, tuple(taken_all), tuple(launches))
+    return None
+
+
+def plan_consolidation(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], rooms: list[list],
+                       running: tuple[RunningGang, ...]) -> Plan | None:
+    """The rented node whose gangs move onto the others' free room this pass (see the module's
+    docstring), or None. ``rooms[i]`` is ``held[i]``'s free room ([gpus, cpus, kind])."""
+    if not running:
+        return None
+    by_node: dict[str, list[RunningGang]] = {}
+    for r in running:
+        for rid in r.rentals:
+            by_node.setdefault(rid, []).append(r)
+    candidates = []
+    for i, n in enumerate(held):
+        gangs = by_node.get(n.id)
+        if n.starting or n.id in gone or not gangs or i >= len(rooms):
+            continue
+        if any(r.rentals != (n.id,) or not movable(cfg, r) for r in gangs):
+            continue
+        candidates.append((sum(r.gang.bundles * r.gang.gpus for r in gangs), -n.usd_per_hour, n.id, i, gangs))
+    others_ok = [not h.starting and h.id not in gone for h in held]
+    for _gpus, _neg_usd, _nid, i, gangs in sorted(candidates):
+        n = held[i]
+        left = [list(r) if j < len(others_ok) and others_ok[j] else [0.0, 0.0, r[2]] for j, r in enumerate(rooms)]
+        taken_all: list[tuple[int, float, float]] = []
+        ok = True
+        for r in gangs:
+            kinds = {"only": (SPOT,), "never": (ON_DEMAND,)}.get(r.gang.spot, (SPOT, ON_DEMAND))
+            taken = _fit(left, r.gang, kinds, skip=i)
+            if taken is None:
+                ok = False
+                break
+            for j, gpus, cpus in taken:
+                left[j][0] -= gpus
+                left[j][1] -= cpus
+            taken_all += taken
+        if not ok:
+            continue
+        remaining = max(r.remaining_s for r in gangs)
+        pays, saving, cost = move_pays(n.usd_per_hour, 0.0, remaining, cfg.spot_return_move_s)
+        if not pays:
+            continue
+        reason = (f"consolidate: {', '.join(r.gang.job_id for r in gangs)} off {n.id} onto the free room of "
+                  f"{', '.join(dict.fromkeys(held[j].id for j, _g, _c in taken_all))}; saves {fmt_usd(saving)} USD "
+                  f"over the expected remaining runtime, the move costs {fmt_usd(cost)}")
+        return Plan(n, reason, tuple(taken_all), ())
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the rules
+def return_to_spot(p) -> None:
+    """2b. Gangs on an on-demand node go back to spot when it is there again and the move pays."""
+    if p.d.waiting or not p.ctx.running:
+        return
+    gone = p.released()
+    plan = plan_spot_return(p.cfg, p.held, gone, list(p.rooms), p.ctx.running, list(p.ctx.types), p.slots,
+                            p.per_type, p.committed, p.cap, sum(1 for n in p.held if n.id not in gone)
+                            + sum(p.d.launch.values()))
+    if plan is not None:
+        _move_off(p, plan, ReleaseCause.SPOT_RETURN, "spot_return")
+
+
+def _move_off(p, plan, cause: ReleaseCause, action: str) -> None:
+    """Give back ``plan.node`` (its gangs move), the room they will take kept from later rules."""
+    p.release(plan.node, plan.reason, cause)
+    for i, gpus, cpus in plan.rooms_taken:
+        p.rooms[i][0] -= gpus
+        p.rooms[i][1] -= cpus
+    p.rooms.taken()
+    p.d.reserved[plan.node.id] = tuple(dict.fromkeys(p.held[i].id for i, _g, _c in plan.rooms_taken
+                                                     if i < len(p.held)))
+    p.d.events.append(Event(action, plan.reason, plan.node.node_type, 1))
+
+
+def consolidate(p) -> None:
+    """2c. A rented node whose gangs fit on the others' free room is emptied when that pays."""
+    if p.d.waiting or not p.ctx.running or any(r.cause == ReleaseCause.SPOT_RETURN for r in p.d.release):
+        return
+    plan = plan_consolidation(p.cfg, p.held, p.released(), list(p.rooms), p.ctx.running)
+    if plan is not None:
+        _move_off(p, plan, ReleaseCause.CONSOLIDATE, "consolidate")
