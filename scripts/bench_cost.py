@@ -47,7 +47,9 @@ def shipped(config: Path, trace_path: Path) -> dict:
     trace = load(trace_path)
     market, cfg, types = sim_inputs(str(config))
     out = {}
-    for label, c in (("seed_knobs", cfg), ("min_workers_0", replace(cfg, min_workers=0))):
+    # today's policy side by side: the same knobs with moves for cost (spot return, consolidation) off
+    for label, c in (("seed_knobs", cfg), ("seed_knobs_no_cost_moves", replace(cfg, max_moves_per_hour=0)),
+                     ("min_workers_0", replace(cfg, min_workers=0))):
         runs = [compare(trace, market, c, types, seed=s) for s in range(5)]  # 5 draws of the spot preemptions
         over = sorted(x["over_lower_bound"] for x in runs)
         saved = sorted(x["saved_vs_fixed_pool"] for x in runs)
@@ -59,7 +61,7 @@ def shipped(config: Path, trace_path: Path) -> dict:
                "wait_p50_s": e["wait_p50_s"], "wait_p99_s": e["wait_p99_s"],
                "fixed_wait_p50_s": f["wait_p50_s"], "fixed_wait_p99_s": f["wait_p99_s"],
                "utilisation": e["utilisation"], "fixed_utilisation": f["utilisation"],
-               "preemptions": e["preemptions"], "peak_nodes": e["peak_nodes"],
+               "preemptions": e["preemptions"], "moves_for_cost": e.get("moves", {}), "peak_nodes": e["peak_nodes"],
                "peak_usd_per_hour": e["peak_usd_per_hour"], "budget_usd_per_hour": c.max_hourly_budget_usd,
                "jobs": r["jobs"], "rejected": e["rejected"], "replay_s": r["replay_s"],
                "seeds": 5, "over_lower_bound_range": [over[0], over[-1]], "saved_range": [saved[0], saved[-1]],

@@ -19,8 +19,9 @@ Owns:
   ``max_workers`` and the cap (with the node given back) — and (d) pays its move (old: what it
   costs now, new: its share of spot);
 * ``plan_consolidation`` — the rented node to empty this pass, or None: a held node whose gangs
-  all lie on it alone, may be moved for cost and fit on the free room of the other held nodes
-  (of the kinds their ``spot`` choice allows), when giving it back pays: the node's price over the
+  all lie on it alone, may be moved for cost and fit on the free room of the other held nodes in
+  use (of the kinds their ``spot`` choice allows; an idle node is no target: it goes by itself),
+  when giving it back pays: the node's price over the
   longest expected remaining runtime of its gangs against the move's time at that price (the room
   they move to is paid already). Cheapest to empty first: the fewest GPUs to move, then the dearest.
 
@@ -60,24 +61,38 @@ class Plan:
     launches: tuple[tuple[str, int], ...]  # (spot node type, nodes) the gangs will need rented
 
 
-def _fit(rooms: list[list], g: Gang, kinds: tuple[str, ...] = (SPOT,),
+def _free(rooms: list[list], kinds: tuple[str, ...], usable=lambda i: True) -> dict[int, list]:
+    """The rooms of ``kinds`` with some free room left, by index (most rooms of a busy cluster have none)."""
+    return {i: list(r) for i, r in enumerate(rooms)
+            if r[2] in kinds and (r[0] > 1e-9 or r[1] > 1e-9) and usable(i)}
+
+
+def _fit(rooms: dict[int, list], g: Gang, kinds: tuple[str, ...] = (SPOT,),
          skip: int | None = None) -> list[tuple[int, float, float]] | None:
     """The rooms (index, gpus, cpus) of ``kinds`` (but room ``skip``) all of ``g``'s bundles take,
-    first fit; None: they do not fit."""
-    left = [list(r) for r in rooms]
+    first fit (``rooms`` unchanged); None: they do not fit."""
     taken: list[tuple[int, float, float]] = []
     placed = 0
-    for i, room in enumerate(left):
+    for i, room in rooms.items():
         if room[2] not in kinds or i == skip:
             continue
-        while placed < g.bundles and room[0] >= g.gpus - 1e-9 and room[1] >= g.cpus - 1e-9:
-            room[0] -= g.gpus
-            room[1] -= g.cpus
+        gpus, cpus = room[0], room[1]
+        while placed < g.bundles and gpus >= g.gpus - 1e-9 and cpus >= g.cpus - 1e-9:
+            gpus -= g.gpus
+            cpus -= g.cpus
             taken.append((i, g.gpus, g.cpus))
             placed += 1
             if g.strict_spread:
                 break
-    return taken if placed >= g.bundles else None
+        if placed >= g.bundles:
+            return taken
+    return None
+
+
+def _take(rooms: dict[int, list], taken: list[tuple[int, float, float]]) -> None:
+    for i, gpus, cpus in taken:
+        rooms[i][0] -= gpus
+        rooms[i][1] -= cpus
 
 
 def _fresh(types: list[NodeType], g: Gang, slots: dict[str, int], per_type: dict[str, int]):
@@ -115,13 +130,15 @@ def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], ro
     """The on-demand node whose gangs go back to spot this pass (see the module's docstring), or None."""
     if not running:
         return None
-    for n in sorted(held, key=lambda n: (-n.usd_per_hour, n.id)):
-        if n.kind != ON_DEMAND or n.starting or n.id in gone:
-            continue
+    on_demand = [n for n in held if n.kind == ON_DEMAND and not n.starting and n.id not in gone]
+    if not on_demand:
+        return None
+    spot_rooms = _free(rooms, (SPOT,))
+    for n in sorted(on_demand, key=lambda n: (-n.usd_per_hour, n.id)):
         gangs = [r for r in running if n.id in r.rentals]
         if not gangs:
             continue
-        left_rooms = [list(r) for r in rooms]
+        left_rooms = {i: list(r) for i, r in spot_rooms.items()}
         left_slots, left_types = dict(slots), dict(per_type)
         taken_all: list[tuple[int, float, float]] = []
         launches: list[tuple[str, int]] = []
@@ -144,9 +161,7 @@ def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], ro
             saving, cost = saving + s, cost + c
             taken = _fit(left_rooms, g)
             if taken is not None:
-                for i, gpus, cpus in taken:
-                    left_rooms[i][0] -= gpus
-                    left_rooms[i][1] -= cpus
+                _take(left_rooms, taken)
                 taken_all += taken
                 continue
             fresh = _fresh(types, g, left_slots, left_types)
@@ -190,27 +205,30 @@ def plan_consolidation(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], 
         if any(r.rentals != (n.id,) or not movable(cfg, r) for r in gangs):
             continue
         candidates.append((sum(r.gang.bundles * r.gang.gpus for r in gangs), -n.usd_per_hour, n.id, i, gangs))
-    others_ok = [not h.starting and h.id not in gone for h in held]
+    if not candidates:
+        return None
+    # the free room of held nodes in use, up and staying (not of idle nodes — they go by themselves —
+    # nor of nodes being launched this pass)
+    free = _free(rooms, (SPOT, ON_DEMAND), lambda j: j < len(held) and not held[j].starting
+                 and held[j].id not in gone and held[j].idle_s <= 0 and held[j].id in by_node)
     for _gpus, _neg_usd, _nid, i, gangs in sorted(candidates):
         n = held[i]
-        left = [list(r) if j < len(others_ok) and others_ok[j] else [0.0, 0.0, r[2]] for j, r in enumerate(rooms)]
+        remaining = max(r.remaining_s for r in gangs)
+        pays, saving, cost = move_pays(n.usd_per_hour, 0.0, remaining, cfg.spot_return_move_s)
+        if not pays:
+            continue
+        left = {j: list(r) for j, r in free.items() if j != i}
         taken_all: list[tuple[int, float, float]] = []
         ok = True
         for r in gangs:
             kinds = {"only": (SPOT,), "never": (ON_DEMAND,)}.get(r.gang.spot, (SPOT, ON_DEMAND))
-            taken = _fit(left, r.gang, kinds, skip=i)
+            taken = _fit(left, r.gang, kinds)
             if taken is None:
                 ok = False
                 break
-            for j, gpus, cpus in taken:
-                left[j][0] -= gpus
-                left[j][1] -= cpus
+            _take(left, taken)
             taken_all += taken
         if not ok:
-            continue
-        remaining = max(r.remaining_s for r in gangs)
-        pays, saving, cost = move_pays(n.usd_per_hour, 0.0, remaining, cfg.spot_return_move_s)
-        if not pays:
             continue
         reason = (f"consolidate: {', '.join(r.gang.job_id for r in gangs)} off {n.id} onto the free room of "
                   f"{', '.join(dict.fromkeys(held[j].id for j, _g, _c in taken_all))}; saves {fmt_usd(saving)} USD "

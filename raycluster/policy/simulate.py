@@ -8,7 +8,11 @@ Pure (no Ray, no I/O), deterministic for a seed.
 Model: a node is rented ``launch_delay_s`` before it can be used and billed from its request to its
 release; spot nodes are preempted at ``preemption_rate_per_hour`` (exponential), and a job on a
 preempted node loses the work since its last checkpoint (every ``checkpoint_every_s``) and is queued
-again (counted); a job runs ``duration_s`` of work once placed. The budget policy decides every
+again (counted); a job runs ``duration_s`` of work once placed. Moves for cost (spot return,
+consolidation: ``policy.cost_moves``, told the running gangs as live — their nodes, their shares'
+prices, their expected remaining runtime from how long they have run, their moves in the last hour)
+keep the work done (checkpointed first) and add ``move_overhead_s`` of work to the moved job (its
+checkpoint and restart). The budget policy decides every
 ``tick_s``; admission runs whenever something changed. The same trace on a fixed pool of on-demand
 nodes sized for the peak (held all day, admission only) is the comparison.
 """
@@ -23,7 +27,8 @@ from typing import Any, Iterable
 
 from raycluster.policy.admission import AdmissionQueue, QueuedJob
 from raycluster.policy.budget import (KIND_RESOURCE, KIND_RESOURCE_UNITS, BudgetConfig, BudgetContext, Gang, HeldNode,
-                                      NodeType, decide, with_kind)
+                                      NodeType, ReleaseCause, RunningGang, decide, with_kind)
+from raycluster.policy.cost_moves import expected_remaining_s
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class MarketModel:
     launch_delay_s: float = 60.0
     preemption_rate_per_hour: float = 0.0
     checkpoint_every_s: float = 300.0
+    move_overhead_s: float = 60.0  # a job moved for cost: its checkpoint and restart, as work added
 
 
 @dataclass
@@ -58,6 +64,7 @@ class SimReport:
     wait_p99_s: float = 0.0
     utilisation: float = 0.0  # GPU-seconds used / GPU-seconds held
     preemptions: int = 0
+    moves: dict = field(default_factory=dict)  # moves for cost by cause (spot_return, consolidate)
     peak_nodes: int = 0
     peak_usd_per_hour: float = 0.0  # the highest committed spend rate (starting nodes included)
     makespan_s: float = 0.0
@@ -117,6 +124,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     queued_at: dict[str, float] = {}
     first_start: dict[str, float] = {}
     preempted: dict[str, int] = {}
+    moved_at: dict[str, list[float]] = {}  # job -> when it was moved for cost
     events: list[tuple[float, int, str, str]] = []  # (t, order, kind, id)
     seq = 0
     report = SimReport(jobs=total, rejected=total - len(jobs))
@@ -190,6 +198,21 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                 n.idle_since = now
             sync(n)
 
+    def running_gangs(now: float) -> tuple[RunningGang, ...]:
+        """The running jobs as the Coordinator tells them to the BudgetAutoscaler (``budget_running``)."""
+        out = []
+        for jid, (_started, _ends, where) in running.items():
+            j = by_id[jid]
+            usd = 0.0
+            for nid, k in where.items():
+                t = nodes[nid].type
+                share = k * (j.gpus / t.gpus if j.gpus > 0 and t.gpus > 0 else j.cpus / t.cpus if t.cpus > 0 else 0.0)
+                usd += share * t.usd_per_hour
+            recent = [t for t in moved_at.get(jid, ()) if t >= now - 3600.0]
+            out.append(RunningGang(gang_of(jid), tuple(where), usd, expected_remaining_s(now - first_start[jid], None),
+                                   len(recent)))
+        return tuple(out)
+
     if horizon_s is None:  # a gang no policy can ever place must not keep the replay going forever
         horizon_s = (jobs[-1].arrival_s if jobs else 0.0) + 14 * 86400.0
     if fixed_pool:
@@ -232,12 +255,18 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                                      max(0, t.available - counts.get(t.name, 0)), t.max_workers) for t in market.types)
             waiting = tuple(gang_of(q.job_id) for q in queue.ordered())
             d = decide(BudgetContext(config, offered, tuple(held), waiting, used_g / total_g if total_g else None,
-                                     low_since, last_up), now)
+                                     low_since, last_up, running=running_gangs(now)), now)
             low_since, last_up = d.low_util_since, d.last_scale_up_at
-            for nid, _why, _cause in d.release:
-                for jid in list(nodes[nid].jobs):  # (shed while busy: the job goes back to the queue)
+            for nid, _why, cause in d.release:
+                for jid in list(nodes[nid].jobs):  # a busy node: its jobs go back to the queue
+                    started = running[jid][0]
                     stop_job(jid, now)
-                    left[jid] = by_id[jid].duration_s  # conservatively from scratch
+                    if cause in (ReleaseCause.SPOT_RETURN, ReleaseCause.CONSOLIDATE):  # checkpointed first
+                        left[jid] = max(0.0, left[jid] - (now - started)) + market.move_overhead_s
+                        moved_at.setdefault(jid, []).append(now)
+                        report.moves[cause.value] = report.moves.get(cause.value, 0) + 1
+                    else:  # shed: conservatively from scratch
+                        left[jid] = by_id[jid].duration_s
                     queue_job(jid, now)
                 release(nid, now)
             for name, count in d.launch.items():

@@ -118,3 +118,19 @@ def test_raycluster_simulate_prints_a_table_naming_its_config_with_waits_as_dura
     out = capsys.readouterr().out
     assert "sim-day.yaml: budget 0.5 USD/h" in out and "WAIT_P50" in out and "could never run" in out
     assert "over the 0.5 USD/h cap" in out and "{" not in out  # a table, not a Python dict
+
+
+def test_the_replay_moves_jobs_for_cost_as_live_and_it_costs_less_than_without():
+    """Spot capacity 2: the third long job goes on-demand; when the two short ones end, it moves back
+    to spot (the live rule, told the running gangs as live) — cheaper than with moves for cost off
+    (``max_moves_per_hour: 0``); its work done is kept (only the move's overhead is added)."""
+    types = (NodeType("gpu_spot", "spot", 0.16, 1, 8, 2, 8), NodeType("gpu_ondemand", "on_demand", 0.53, 1, 8, 8, 8))
+    market = MarketModel(types, launch_delay_s=60, preemption_rate_per_hour=0.0)
+    trace = [TraceJob("short-a", 0, 1800), TraceJob("short-b", 0, 1800), TraceJob("long", 1, 8 * 3600)]
+    on = BudgetConfig(min_workers=0, max_workers=8, cooldown_s=60, idle_timeout_s=120)
+    off = BudgetConfig(min_workers=0, max_workers=8, cooldown_s=60, idle_timeout_s=120, max_moves_per_hour=0)
+    moved, stayed = simulate(trace, market, on), simulate(trace, market, off)
+    assert moved.moves == {"spot_return": 1} and stayed.moves == {}
+    assert moved.finished == stayed.finished == 3
+    assert moved.cost_usd < stayed.cost_usd - 2.0  # ~7 h at 0.16 instead of 0.53
+    assert moved.cost_by_kind_usd["on_demand"] < 0.53 * 1.0  # the on-demand node went after ~30 min
