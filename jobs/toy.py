@@ -91,7 +91,13 @@ def counter(ctx):
         if step == cfg["hold_at_step"] and cfg["hold_until_file"]:
             import os
 
+            saved = False
             while not os.path.exists(cfg["hold_until_file"]):
+                # asked to (a move): saved once, held on (one rank only: a gang's ranks would call
+                # should_checkpoint's collective a different number of times here)
+                if ctx.world_size == 1 and not saved and ctx.should_checkpoint(step):
+                    ctx.save_checkpoint({"step": step, "total": total}, step)
+                    saved = True
                 time.sleep(0.05)
         if cfg["sleep_per_step_s"]:
             time.sleep(cfg["sleep_per_step_s"])

@@ -257,8 +257,10 @@ def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_deman
                                    resources={"gpus": 1, "cpus": 1},
                                    config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
         wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on the two spot nodes")
+        # (held at step 3 until moved: asked to checkpoint, it saves there; its next attempt goes on)
         long = client.submit(_spec("long", resources={"gpus": 1, "cpus": 1}, max_runtime_s=3600,
-                                   config={"steps": 250, "sleep_per_step_s": 0.1}))["id"]
+                                   config={"steps": 8, "hold_at_step": 3,
+                                           "hold_until_file": str(tmp_path / "never")}))["id"]
         wait_for(lambda: client.get(long)["state"] == "RUNNING", 180, "the long job to run on an on-demand node")
         od = [r for r in store.list() if r.market == "local" and r.kind == "on_demand"]
         assert len(od) == 1, store.list()
@@ -272,7 +274,7 @@ def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_deman
         final = client.wait([pair, long], timeout_s=240)
         assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
         job = final[1]
-        assert job["system_restarts"] == 0 and job["result"]["resumed_from"] is not None, job["transitions"]
+        assert job["system_restarts"] == 0 and job["result"]["resumed_from"] == 3, job["transitions"]
         assert [t["cause"] for t in job["transitions"] if t["to"] == "RECOVERING"] == ["spot_return"]
         # its second attempt ran on a spot node (the ledger's rows of that attempt)
         from raycluster.store.usage import UsageStore
@@ -292,14 +294,16 @@ def test_two_half_empty_rented_nodes_consolidate_to_one_and_the_empty_one_is_rel
     half (cause ``consolidate``, no restart spent, resumed from that checkpoint) and its node
     released — one node held for the two."""
     store = _store(elastic)
-    go = tmp_path / "go"
+    go, hold = tmp_path / "go", tmp_path / "done"
     wait_for(lambda: store.committed_usd_per_hour() <= 0.35 + 1e-9, 120, "the held set to be back under the cap")
     try:
         pair = client.submit(_spec("pair-c", num_workers=2, placement_strategy="STRICT_SPREAD",
                                    config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
         wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
+        # (each held at step 3 until the test ends or it is moved: asked to checkpoint, it saves there)
         longs = [client.submit(_spec(f"half-{i}", max_runtime_s=3600,
-                                     config={"steps": 250, "sleep_per_step_s": 0.1}))["id"] for i in range(2)]
+                                     config={"steps": 8, "hold_at_step": 3, "hold_until_file": str(hold)}))["id"]
+                 for i in range(2)]
         wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in longs), 120, "the two long jobs to run")
         held = [r.id for r in store.list() if r.market == "local"]
         assert len(held) == 2, store.list()
@@ -311,12 +315,14 @@ def test_two_half_empty_rented_nodes_consolidate_to_one_and_the_empty_one_is_rel
         gone = wait_for(lambda: [r for r in held if (x := store.get(r)).released_at is not None
                                  and "consolidate" in (x.reason or "")], 120, "the emptied node to be released")
         assert len(gone) == 1
+        hold.touch()  # the one not moved goes on too
         final = client.wait([pair, *longs], timeout_s=240)
         assert [j["state"] for j in final] == ["SUCCEEDED"] * 3, [(j["state"], j["error"]) for j in final]
         job = next(j for j in final if j["id"] == moved[0])
-        assert job["system_restarts"] == 0 and job["result"]["resumed_from"] is not None, job["transitions"]
+        assert job["system_restarts"] == 0 and job["result"]["resumed_from"] == 3, job["transitions"]
         assert [t["cause"] for t in job["transitions"] if t["to"] == "RECOVERING"] == ["consolidate"]
         other = next(j for j in final if j["id"] in longs and j["id"] != moved[0])
         assert [t["cause"] for t in other["transitions"] if t["to"] == "RECOVERING"] == []  # moved once, one job
     finally:
         go.touch()
+        hold.touch()
