@@ -124,19 +124,33 @@ def movable(cfg: BudgetConfig, r: RunningGang) -> bool:
     return r.preemptible and r.moves_last_hour < cfg.max_moves_per_hour
 
 
-def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], rooms: list[list], running: tuple[RunningGang, ...],
-         types: list[NodeType], slots: dict[str, int], per_type: dict[str, int], committed_usd_per_hour: float,
-         cap_usd_per_hour: float | None, nodes_total: int) -> Plan | None:
+def _by_node(running: tuple[RunningGang, ...]) -> dict[str, list[RunningGang]]:
+    out: dict[str, list[RunningGang]] = {}
+    for r in running:
+        for rid in r.rentals:
+            out.setdefault(rid, []).append(r)
+    return out
+
+
+def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], rooms: list[list],
+                     running: tuple[RunningGang, ...], types: list[NodeType], slots: dict[str, int],
+                     per_type: dict[str, int], committed_usd_per_hour: float, cap_usd_per_hour: float | None,
+                     nodes_total: int) -> Plan | None:
     """The on-demand node whose gangs go back to spot this pass (see the module's docstring), or None."""
-    if not running:
+    if not running or cfg.max_moves_per_hour <= 0:
         return None
-    on_demand = [n for n in held if n.kind == ON_DEMAND and not n.starting and n.id not in gone]
+    by_node = _by_node(running)
+    on_demand = [n for n in held if n.kind == ON_DEMAND and not n.starting and n.id not in gone and n.id in by_node]
     if not on_demand:
         return None
     spot_rooms = _free(rooms, (SPOT,))
+    if not spot_rooms and not any(t.kind == SPOT and slots.get(t.name, 0) > 0
+                                  and per_type.get(t.name, 0) < t.max_workers for t in types):
+        return None  # no spot room and none offered: nothing to go back to
     for n in sorted(on_demand, key=lambda n: (-n.usd_per_hour, n.id)):
-        gangs = [r for r in running if n.id in r.rentals]
-        if not gangs:
+        gangs = by_node[n.id]
+        if not all(r.gang.spot == "auto" and r.gang.preemptions < cfg.spot_fallback_preemptions and movable(cfg, r)
+                   for r in gangs):
             continue
         left_rooms = {i: list(r) for i, r in spot_rooms.items()}
         left_slots, left_types = dict(slots), dict(per_type)
@@ -147,9 +161,6 @@ def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], ro
         ok = True
         for r in gangs:
             g = r.gang
-            if g.spot != "auto" or g.preemptions >= cfg.spot_fallback_preemptions or not movable(cfg, r):
-                ok = False
-                break
             new_rate = _spot_rate(types, g)
             if new_rate is None:
                 ok = False
@@ -191,26 +202,25 @@ def plan_consolidation(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], 
                        running: tuple[RunningGang, ...]) -> Plan | None:
     """The rented node whose gangs move onto the others' free room this pass (see the module's
     docstring), or None. ``rooms[i]`` is ``held[i]``'s free room ([gpus, cpus, kind])."""
-    if not running:
+    if not running or cfg.max_moves_per_hour <= 0:
         return None
-    by_node: dict[str, list[RunningGang]] = {}
-    for r in running:
-        for rid in r.rentals:
-            by_node.setdefault(rid, []).append(r)
+    by_node = _by_node(running)
+    # the free room of held nodes in use, up and staying (not of idle nodes — they go by themselves —
+    # nor of nodes being launched this pass); at least two such nodes, or no node can empty onto another
+    free = _free(rooms, (SPOT, ON_DEMAND), lambda j: j < len(held) and not held[j].starting
+                 and held[j].id not in gone and held[j].idle_s <= 0 and held[j].id in by_node)
+    if not free:
+        return None
+    largest = max(r[0] for r in free.values()), max(r[1] for r in free.values())
     candidates = []
     for i, n in enumerate(held):
         gangs = by_node.get(n.id)
         if n.starting or n.id in gone or not gangs or i >= len(rooms):
             continue
-        if any(r.rentals != (n.id,) or not movable(cfg, r) for r in gangs):
+        if any(r.rentals != (n.id,) or not movable(cfg, r) or r.gang.gpus > largest[0] + 1e-9
+               or r.gang.cpus > largest[1] + 1e-9 for r in gangs):
             continue
         candidates.append((sum(r.gang.bundles * r.gang.gpus for r in gangs), -n.usd_per_hour, n.id, i, gangs))
-    if not candidates:
-        return None
-    # the free room of held nodes in use, up and staying (not of idle nodes — they go by themselves —
-    # nor of nodes being launched this pass)
-    free = _free(rooms, (SPOT, ON_DEMAND), lambda j: j < len(held) and not held[j].starting
-                 and held[j].id not in gone and held[j].idle_s <= 0 and held[j].id in by_node)
     for _gpus, _neg_usd, _nid, i, gangs in sorted(candidates):
         n = held[i]
         remaining = max(r.remaining_s for r in gangs)

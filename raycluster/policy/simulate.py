@@ -198,19 +198,27 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                 n.idle_since = now
             sync(n)
 
+    priced: dict[str, tuple[tuple[str, ...], float, float]] = {}  # job -> (its nodes, USD/h, since) while it runs
+
     def running_gangs(now: float) -> tuple[RunningGang, ...]:
         """The running jobs as the Coordinator tells them to the BudgetAutoscaler (``budget_running``)."""
+        if config.max_moves_per_hour <= 0:
+            return ()  # (no move for cost can be made: nothing to tell)
         out = []
-        for jid, (_started, _ends, where) in running.items():
-            j = by_id[jid]
-            usd = 0.0
-            for nid, k in where.items():
-                t = nodes[nid].type
-                share = k * (j.gpus / t.gpus if j.gpus > 0 and t.gpus > 0 else j.cpus / t.cpus if t.cpus > 0 else 0.0)
-                usd += share * t.usd_per_hour
-            recent = [t for t in moved_at.get(jid, ()) if t >= now - 3600.0]
-            out.append(RunningGang(gang_of(jid), tuple(where), usd, expected_remaining_s(now - first_start[jid], None),
-                                   len(recent)))
+        for jid, (started, _ends, where) in running.items():
+            p = priced.get(jid)
+            if p is None or p[2] != started:
+                j = by_id[jid]
+                usd = 0.0
+                for nid, k in where.items():
+                    t = nodes[nid].type
+                    share = k * (j.gpus / t.gpus if j.gpus > 0 and t.gpus > 0 else j.cpus / t.cpus if t.cpus > 0 else 0.0)
+                    usd += share * t.usd_per_hour
+                p = priced[jid] = (tuple(where), usd, started)
+            moves = moved_at.get(jid)
+            recent = sum(1 for t in moves if t >= now - 3600.0) if moves else 0
+            out.append(RunningGang(gang_of(jid), p[0], p[1], expected_remaining_s(now - first_start[jid], None),
+                                   recent))
         return tuple(out)
 
     if horizon_s is None:  # a gang no policy can ever place must not keep the replay going forever
