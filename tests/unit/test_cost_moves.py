@@ -168,3 +168,20 @@ def test_the_loop_consolidates_with_cause_consolidate():
     loop.step()
     loop.join()
     assert len(ops.causes) == 1 and ops.causes[0][1] == "consolidate"
+
+
+@pytest.mark.parametrize("budget,field", [
+    ({"spot_return_move_s": -1}, "budget.spot_return_move_s"),
+    ({"max_moves_per_hour": 1.5}, "budget.max_moves_per_hour"),
+    ({"max_moves_per_hour": -1}, "budget.max_moves_per_hour"),
+    ({"spot_return_after_s": 1}, "budget.spot_return_after_s"),  # unknown: named, the known keys listed
+])
+def test_a_bad_move_setting_in_the_config_is_refused_naming_the_key(budget, field):
+    from raycluster.provision.autoscaling import MarketConfigError, budget_config
+
+    with pytest.raises(MarketConfigError) as exc:
+        budget_config(budget, idle_timeout_s=60, max_workers=4, max_hourly_budget_usd=None)
+    assert exc.value.field == field
+    ok = budget_config({"spot_return_move_s": 30, "max_moves_per_hour": 0}, idle_timeout_s=60, max_workers=4,
+                       max_hourly_budget_usd=None)
+    assert ok.spot_return_move_s == 30 and ok.max_moves_per_hour == 0  # 0: moves for cost off
