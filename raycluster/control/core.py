@@ -223,18 +223,14 @@ class CoordinatorCore(Reconciler):
         if not recs:
             return []
         ids = [rec.id for rec in recs]
-        rentals: dict[str, list[str]] = {}
-        for row in self.ledger.usage.rows(ids):
-            if row["end"] is None:
-                rentals.setdefault(row["job_id"], []).append(row["rental_id"])
-        rates = self.ledger.rates(ids)
+        shares = self.ledger.open_shares(ids)  # job -> (its rentals, USD/h now)
         moves: dict[str, int] = {}
         for cause in (Cause.SPOT_RETURN, Cause.CONSOLIDATE):  # moves for cost
             for jid, k in self.store.count_transitions(ids, cause, now - 3600.0).items():
                 moves[jid] = moves.get(jid, 0) + k
         out = []
         for rec in recs:
-            if rec.id not in rentals:
+            if rec.id not in shares:
                 continue
             spec = specs[rec.id]
             b = spec.resources.bundle()
@@ -242,7 +238,7 @@ class CoordinatorCore(Reconciler):
             out.append({"job_id": rec.id, "bundles": spec.num_workers, "gpus": float(b.get("GPU", 0)),
                         "cpus": float(b.get("CPU", 0)), "spot": spec.spot, "preemptions": rec.preemptions,
                         "strict_spread": spec.placement_strategy.value == "STRICT_SPREAD",
-                        "rentals": rentals[rec.id], "usd_per_hour": rates.get(rec.id, 0.0),
+                        "rentals": shares[rec.id][0], "usd_per_hour": round(shares[rec.id][1], 6),
                         "remaining_s": expected_remaining_s(elapsed, spec.max_runtime_s),
                         "moves_last_hour": moves.get(rec.id, 0), "preemptible": spec.preemptible})
         return out

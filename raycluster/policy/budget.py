@@ -17,7 +17,6 @@ with its reason):
    that would pass ``max_workers`` or the budget is not made: the gang waits with the reason
    (``budget 7.80/8.00 USD/h, needs 0.53``) and, to keep queue order (no starvation of big gangs),
    no later gang is launched for in that pass.
-3. **Minimum** — below ``min_workers`` the cheapest nodes are launched (within the budget).
 2b. **Spot return** (``policy/cost_moves.py``) — when nothing waits for budget or ``max_workers``:
    at most one on-demand node a pass whose gangs may run on spot, fit on spot now (held spot
    nodes' free room, else fresh spot nodes within ``max_workers`` and the cap) and pay their move
@@ -26,9 +25,10 @@ with its reason):
    gangs checkpoint, move (cause ``spot_return``) and are placed again, spot first.
 2c. **Consolidate** (``policy/cost_moves.py``) — when nothing waits for budget or ``max_workers``
    and no spot return was made this pass: at most one rented node whose gangs (each on it alone,
-   each movable) fit on the other held nodes' free room is emptied when giving it back pays (its
+   each movable) fit on the free room of other held nodes in use is emptied when giving it back pays (its
    price over their longest expected remaining runtime > the move's time at that price): its
    gangs checkpoint, move (cause ``consolidate``) and are placed again; the node is released.
+3. **Minimum** — below ``min_workers`` the cheapest nodes are launched (within the budget).
 4. **Headroom** — with nothing waiting, GPU utilisation above ``scale_up_util`` adds one node
    (at most once per ``cooldown_s``).
 5. **Scale down** — nodes idle for ``idle_timeout_s`` are released, most expensive first, never
@@ -172,7 +172,7 @@ class _Pass:
         return {r.node_id for r in self.d.release}
 
     def reserved(self) -> set[str]:
-        """Held nodes whose free room gangs moving back to spot will take (not idle for release)."""
+        """Held nodes whose free room gangs moved for cost will take (not idle for release)."""
         return {x for ids in self.d.reserved.values() for x in ids}
 
     def total(self) -> int:
@@ -393,10 +393,11 @@ def scale_down_idle(p: _Pass) -> None:
     gone = p.released()
     count = sum(1 for n in p.held if n.id not in gone)
     n_down = 0
+    reserved = p.reserved()
     for n in sorted(p.held, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
         if count <= cfg.min_workers:
             break
-        if n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone or n.id in p.reserved():
+        if n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone or n.id in reserved:
             continue
         p.release(n, f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}", ReleaseCause.IDLE)
         count -= 1

@@ -117,7 +117,7 @@ class Gang:
 
 @dataclass(frozen=True)
 class RunningGang:
-    """A gang running on rented nodes (what spot return weighs)."""
+    """A gang running on rented nodes (what the moves for cost weigh)."""
     gang: Gang  # its shape, spot choice and spot preemptions so far
     rentals: tuple[str, ...]  # the rented nodes it holds a share of
     usd_per_hour: float  # what its shares cost now
@@ -135,7 +135,7 @@ class BudgetContext:
     gpu_util: float | None = None  # mean over held GPU nodes, 0..1 (None: unknown)
     low_util_since: float | None = None
     last_scale_up_at: float | None = None
-    running: tuple[RunningGang, ...] = ()  # gangs running on rented nodes (spot return)
+    running: tuple[RunningGang, ...] = ()  # gangs running on rented nodes (moves for cost)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class BudgetDecision:
     release: list[Release] = field(default_factory=list)  # (node id, reason, cause)
     waiting: dict[str, str] = field(default_factory=dict)  # job id -> why no node is launched for it
     events: list[Event] = field(default_factory=list)
-    # spot return: the on-demand node given back -> the held spot nodes whose free room its gangs will take
+    # a move for cost: the node given back -> the held nodes whose free room its gangs will take
     reserved: dict[str, tuple[str, ...]] = field(default_factory=dict)
     committed_usd_per_hour: float = 0.0  # after this decision is applied
     low_util_since: float | None = None

@@ -44,6 +44,14 @@ class Attribution:
     unattributed_usd: float = 0.0
 
 
+def node_share(gpus: float, cpus: float, node_gpus: float, node_cpus: float) -> float:
+    """The share of a node ``gpus``/``cpus`` take: its GPUs over the node's, or (no GPU asked or
+    none on the node) its CPUs over the node's; 0 for a node with neither."""
+    if gpus > 0 and node_gpus > 0:
+        return gpus / node_gpus
+    return cpus / node_cpus if node_cpus > 0 else 0.0
+
+
 def overlap_h(a0: float, a1: float, b0: float, b1: float) -> float:
     """Hours the intervals [a0, a1] and [b0, b1] share."""
     return max(0.0, min(a1, b1) - max(a0, b0)) / 3600.0

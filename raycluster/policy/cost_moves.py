@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raycluster.policy.cost import node_share
 from raycluster.policy.budget_types import (ON_DEMAND, SPOT, BudgetConfig, Event, Gang, HeldNode, NodeType,
                                             ReleaseCause, RunningGang, fmt_usd, nodes_needed)
 
@@ -115,7 +116,7 @@ def _spot_rate(types: list[NodeType], g: Gang) -> float | None:
     for t in types:
         if t.kind != SPOT or nodes_needed(t, g) is None:
             continue
-        share = g.bundles * (g.gpus / t.gpus if g.gpus > 0 and t.gpus > 0 else g.cpus / t.cpus if t.cpus > 0 else 1.0)
+        share = g.bundles * node_share(g.gpus, g.cpus, t.gpus, t.cpus)
         best = share * t.usd_per_hour if best is None else min(best, share * t.usd_per_hour)
     return best
 

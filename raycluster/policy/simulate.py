@@ -28,6 +28,7 @@ from typing import Any, Iterable
 from raycluster.policy.admission import AdmissionQueue, QueuedJob
 from raycluster.policy.budget import (KIND_RESOURCE, KIND_RESOURCE_UNITS, BudgetConfig, BudgetContext, Gang, HeldNode,
                                       NodeType, ReleaseCause, RunningGang, decide, with_kind)
+from raycluster.policy.cost import node_share
 from raycluster.policy.cost_moves import expected_remaining_s
 
 
@@ -212,8 +213,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                 usd = 0.0
                 for nid, k in where.items():
                     t = nodes[nid].type
-                    share = k * (j.gpus / t.gpus if j.gpus > 0 and t.gpus > 0 else j.cpus / t.cpus if t.cpus > 0 else 0.0)
-                    usd += share * t.usd_per_hour
+                    usd += k * node_share(j.gpus, j.cpus, t.gpus, t.cpus) * t.usd_per_hour
                 p = priced[jid] = (tuple(where), usd, started)
             moves = moved_at.get(jid)
             recent = sum(1 for t in moves if t >= now - 3600.0) if moves else 0

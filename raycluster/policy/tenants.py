@@ -45,6 +45,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from raycluster.policy.cost import node_share
+
 DEFAULT_TENANT = "default"
 
 
@@ -76,6 +78,10 @@ class TenantQuota(_Strict):
     budget_usd: TenantBudget = Field(default_factory=TenantBudget, description="USD per day / month, at most")
     per_job: PerJobLimits = Field(default_factory=PerJobLimits)
 
+    @property
+    def has_budget(self) -> bool:
+        return self.max_usd_per_hour is not None or self.budget_usd.day is not None or self.budget_usd.month is not None
+
 
 class TenantsConfig(_Strict):
     tenants: dict[str, TenantQuota] = Field(default_factory=dict)
@@ -98,8 +104,7 @@ class TenantsConfig(_Strict):
 
     @property
     def has_budgets(self) -> bool:
-        return any(q.max_usd_per_hour is not None or q.budget_usd.day is not None or q.budget_usd.month is not None
-                   for q in [*self.tenants.values(), self.default])
+        return any(q.has_budget for q in [*self.tenants.values(), self.default])
 
 
 def parse_tenants(data: Any, where: str = "tenants config") -> TenantsConfig:
@@ -200,12 +205,10 @@ def job_usd_per_hour(demand: Demand, prices: tuple[tuple[float, float, float], .
     its CPUs for a job without GPUs). 0 when there are no prices (nothing is rented)."""
     best = None
     for usd, gpus, cpus in prices:
-        if demand.gpus > 0:
-            share = demand.gpus / gpus if gpus > 0 else None
-        else:
-            share = demand.cpus / cpus if cpus > 0 else 0.0
-        if share is not None:
-            best = share * usd if best is None else min(best, share * usd)
+        if demand.gpus > 0 and gpus <= 0:
+            continue  # a GPU job is never placed there
+        rate = node_share(demand.gpus, demand.cpus, gpus, cpus) * usd
+        best = rate if best is None else min(best, rate)
     return best or 0.0
 
 
@@ -266,8 +269,7 @@ class QuotaView:
         t = tenant_of(tenant)
         quota = self.config.quota(tenant)
         why = quota_reason(t, quota, self.used.get(t, Demand(jobs=0)), demand)
-        if why is None and (quota.max_usd_per_hour is not None or quota.budget_usd.day is not None
-                            or quota.budget_usd.month is not None):
+        if why is None and quota.has_budget:
             why = budget_reason(t, quota, self.spend.get(t, TenantSpend()), job_usd_per_hour(demand, self.prices))
         return why
 

@@ -55,7 +55,7 @@ class BudgetLoop:
         self.going: dict[str, str] = {}
         self._noticed: set[str] = set()  # nodes with a preemption notice whose gangs were asked to checkpoint
         self.sick: dict[str, tuple[str, str]] = {}  # unhealthy rented nodes to give back: id -> (type, why)
-        # spot return under way: the on-demand node being given back -> the held spot nodes whose
+        # a move for cost under way: the node being given back -> the held nodes whose
         # free room its gangs will take (not idle for the policy until that node is gone)
         self.reserved: dict[str, tuple[str, ...]] = {}
         self._threads: list[threading.Thread] = []
@@ -111,6 +111,7 @@ class BudgetLoop:
             sick = {}
         self.sick = {}
         self.reserved = {od: ids for od, ids in self.reserved.items() if od in self.going}
+        reserved = {x for ids in self.reserved.values() for x in ids}
         for r in rentals:
             if r.id in self.going or getattr(r.state, "value", r.state) == "releasing":
                 continue  # on its way out: neither held nor counted by the policy
@@ -133,8 +134,8 @@ class BudgetLoop:
             gpus_total += g_total
             gpus_used += g_total - g_free
             idle = all(abs(float(free.get(k, 0)) - float(v)) < 1e-9 for k, v in total.items() if k in ("GPU", "CPU"))
-            if idle and any(r.id in ids for ids in self.reserved.values()):
-                idle = False  # gangs moving back to spot will be placed on it
+            if idle and r.id in reserved:
+                idle = False  # gangs moved for cost will be placed on it
             if idle:
                 self.idle_since.setdefault(r.id, now)
             else:
@@ -157,7 +158,7 @@ class BudgetLoop:
                                         int(r.get("moves_last_hour", 0)), bool(r.get("preemptible", True)))
                             for r in self.ops.running())
         except Exception:  # spot return waits for the next pass; nothing else depends on it
-            log.exception("reading the running gangs failed; no spot return this pass")
+            log.exception("reading the running gangs failed; no move for cost this pass")
             running = ()
         ctx = BudgetContext(cfg, tuple(types), tuple(held), waiting,
                             gpus_used / gpus_total if gpus_total else None, self.low_util_since, self.last_scale_up_at,
@@ -191,8 +192,8 @@ class BudgetLoop:
             if rental_id in self.busy:  # jobs run there: checkpoint, then drain and release (not blocking the loop)
                 self.going[rental_id] = next(n.node_type for n in ctx.held if n.id == rental_id)
                 released.add(rental_id)  # (counted below as going until it is released)
-                move_cause = {ReleaseCause.SPOT_RETURN: "spot_return",
-                              ReleaseCause.CONSOLIDATE: "consolidate"}.get(cause, "budget")
+                # (a move for cost keeps its own cause on the job; any other busy release is the budget's)
+                move_cause = cause.value if cause in (ReleaseCause.SPOT_RETURN, ReleaseCause.CONSOLIDATE) else "budget"
                 if rental_id in d.reserved:
                     self.reserved[rental_id] = d.reserved[rental_id]
                 t = threading.Thread(target=self._release_busy,

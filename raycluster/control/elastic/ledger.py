@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from raycluster.labels import rental_of
-from raycluster.policy.cost import Attribution, Rental, attribute
+from raycluster.policy.cost import Attribution, Rental, attribute, node_share
 from raycluster.policy.tenants import TenantSpend, period_starts, tenant_of
 from raycluster.store.usage import UsageStore
 
@@ -52,10 +52,7 @@ class JobLedger:
             if not rental:
                 continue  # the head or a fixed node: costs nothing
             total = node.get("resources_total") or {}
-            if bundle.get("GPU", 0) > 0 and total.get("GPU", 0) > 0:
-                share = bundle["GPU"] / total["GPU"]
-            else:
-                share = bundle.get("CPU", 0) / total["CPU"] if total.get("CPU", 0) > 0 else 0.0
+            share = node_share(bundle.get("GPU", 0), bundle.get("CPU", 0), total.get("GPU", 0), total.get("CPU", 0))
             prev = shares.get(rental, (nid, 0.0))[1]
             shares[rental] = (nid, prev + share)
         if shares:
@@ -94,20 +91,15 @@ class JobLedger:
             return {}
         rentals = self._priced_rentals()
         tenant = {r["job_id"]: tenant_of(r["tenant"]) for r in rows}
-        price = {r.id: r.usd_per_hour for r in rentals if r.end is None}
         month = attribute(rows, rentals, now, since=month0).by_job_usd
         day = attribute(rows, rentals, now, since=day0).by_job_usd
-        rate: dict[str, float] = {}
-        for r in rows:
-            if r["end"] is None:
-                rate[tenant[r["job_id"]]] = rate.get(tenant[r["job_id"]], 0.0) + r["share"] * price.get(r["rental_id"], 0.0)
+        rate = _open(rows, {r.id: r.usd_per_hour for r in rentals if r.end is None})
         out: dict[str, list[float]] = {}
         for j, t in tenant.items():
             acc = out.setdefault(t, [0.0, 0.0, 0.0])
+            acc[0] += rate.get(j, ((), 0.0))[1]
             acc[1] += day.get(j, 0.0)
             acc[2] += month.get(j, 0.0)
-        for t, r in rate.items():
-            out.setdefault(t, [0.0, 0.0, 0.0])[0] = r
         return {t: TenantSpend(round(a, 9), round(b, 9), round(c, 9)) for t, (a, b, c) in out.items()}
 
     def attribution(self, job_ids: list[str] | None = None, now: float | None = None) -> Attribution:
@@ -116,16 +108,18 @@ class JobLedger:
             return Attribution()
         return attribute(self.usage.rows(job_ids), self._priced_rentals(), now)
 
+    def open_shares(self, job_ids: list[str]) -> dict[str, tuple[list[str], float]]:
+        """Each of ``job_ids`` that holds open shares of rented nodes: (those rentals, what the shares
+        cost per hour at the current prices)."""
+        if not self.elastic or not job_ids:
+            return {}
+        price = {r.id: r.usd_per_hour for r in self._rentals().list(None) if r.released_at is None}
+        return _open(self.usage.rows(job_ids), price)
+
     def rates(self, job_ids: list[str]) -> dict[str, float]:
         """USD/hour each of ``job_ids`` costs now: its open shares of rented nodes at their current prices."""
-        if not self.elastic or not job_ids:
-            return dict.fromkeys(job_ids, 0.0)
-        price = {r.id: r.usd_per_hour for r in self._rentals().list(None) if r.released_at is None}
-        out = dict.fromkeys(job_ids, 0.0)
-        for row in self.usage.rows(job_ids):
-            if row["end"] is None:
-                out[row["job_id"]] += row["share"] * price.get(row["rental_id"], 0.0)
-        return {j: round(v, 6) for j, v in out.items()}
+        shares = self.open_shares(job_ids)
+        return {j: round(shares[j][1], 6) if j in shares else 0.0 for j in job_ids}
 
     def costs(self, job_ids: list[str]) -> dict[str, float]:
         """USD each of ``job_ids`` has cost so far (0 for a job that held no rented node)."""
@@ -133,3 +127,14 @@ class JobLedger:
             return dict.fromkeys(job_ids, 0.0)
         by_job = self.attribution(job_ids).by_job_usd
         return {j: round(by_job.get(j, 0.0), 6) for j in job_ids}
+
+
+def _open(rows, price: dict[str, float]) -> dict[str, tuple[list[str], float]]:
+    """job -> (the rentals of its open usage rows, their shares at ``price`` per hour)."""
+    out: dict[str, tuple[list[str], float]] = {}
+    for row in rows:
+        if row["end"] is None:
+            rentals, usd = out.get(row["job_id"], ([], 0.0))
+            rentals.append(row["rental_id"])
+            out[row["job_id"]] = (rentals, usd + row["share"] * price.get(row["rental_id"], 0.0))
+    return out
