@@ -12,6 +12,12 @@
   a line every ``print_every`` steps (0 = never). ``hold_at_step`` with ``hold_until_file``: after
   that step (reported, checkpointed) the rank waits until the file exists — a test paces a job by
   an event it controls (release the file), not by the wall clock; the result does not change.
+* ``elastic``  — a data-parallel (DDP) linear regression for an elastic gang (``num_workers: {min,
+  max}``): each step trains on this rank's share of the next global batch of ``ctx.sampler``
+  (the global batch kept at any world size), rank 0 records the sample ids of every rank's batch
+  and the world size of every step in its checkpointed state, and returns them: a test checks the
+  data was seen exactly once across shrinks and grows. ``sleep_per_step_s`` paces it until
+  ``fast_file`` exists (a test's event, not the wall clock).
 """
 
 from __future__ import annotations
@@ -102,3 +108,61 @@ def counter(ctx):
         if cfg["sleep_per_step_s"]:
             time.sleep(cfg["sleep_per_step_s"])
     return {"total": total, "steps": step, "resumed_from": ctx.restored_step, "attempt": ctx.attempt}
+
+
+def elastic(ctx):
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    cfg = {"num_samples": 128, "global_batch": 16, "epochs": 4, "lr": 0.05, "seed": 0, "sleep_per_step_s": 0.0,
+           "fast_file": None, **ctx.config}
+    torch.manual_seed(cfg["seed"])
+    inner = torch.nn.Linear(4, 1)  # (its state is saved, not DDP's: a resume at world size 1 loads it too)
+    model = torch.nn.parallel.DistributedDataParallel(inner) if ctx.world_size > 1 else inner
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    sampler = ctx.sampler(cfg["num_samples"], seed=cfg["seed"])
+    g = torch.Generator().manual_seed(cfg["seed"] + 1)
+    xs = torch.randn(cfg["num_samples"], 4, generator=g)  # sample i is (xs[i], ys[i]): the data, by id
+    ys = xs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1
+    state = ctx.restore()
+    step, seen, sizes = 0, [], []
+    if state is not None:
+        inner.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sampler.load_state_dict(state["sampler"])
+        step, seen, sizes = state["step"], state["seen"], state["sizes"]
+    total_steps = cfg["epochs"] * -(-cfg["num_samples"] // cfg["global_batch"])
+    loss = torch.tensor(0.0)
+    while step < total_steps:
+        step += 1
+        ids = sampler.next_batch(global_batch=cfg["global_batch"])
+        idx = torch.tensor(ids, dtype=torch.long)
+        # DDP averages gradients over ranks: weight each rank's mean by its share so the step is the
+        # global batch's mean whatever the world size (shares differ by one when it does not divide)
+        loss = torch.nn.functional.mse_loss(model(xs[idx]), ys[idx]) * (len(ids) * ctx.world_size
+                                                                        / cfg["global_batch"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        batch_ids = [ids]
+        if ctx.world_size > 1:
+            batch_ids = [None] * ctx.world_size
+            dist.all_gather_object(batch_ids, ids)
+        seen.extend(i for part in batch_ids for i in part)
+        sizes.append(ctx.world_size)
+        ctx.report(step=step, loss=float(loss.detach()), world_size=ctx.world_size)
+        if ctx.should_checkpoint(step):
+            ctx.save_checkpoint({"model": inner.state_dict(), "opt": opt.state_dict(),
+                                 "sampler": sampler.state_dict(), "step": step, "seen": list(seen),
+                                 "sizes": list(sizes)}, step)
+        if cfg["sleep_per_step_s"] and not (cfg["fast_file"] and os.path.exists(cfg["fast_file"])):
+            time.sleep(cfg["sleep_per_step_s"])
+    runs = []  # the world sizes it trained at, in order (run-length)
+    for w in sizes:
+        if not runs or runs[-1][0] != w:
+            runs.append([w, 0])
+        runs[-1][1] += 1
+    return {"steps": step, "seen": seen, "world_sizes": runs, "loss": float(loss.detach()),
+            "resumed_from": ctx.restored_step, "restored_world_size": ctx.restored_world_size}

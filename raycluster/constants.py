@@ -150,6 +150,15 @@ HEALTH_EVACUATE_WAIT_S = _env_float("HEALTH_EVACUATE_WAIT_S", 30.0)
 # How often a gang being moved (preemption, health, drain; control/evacuation.py) is checked for
 # a newer complete checkpoint.
 EVACUATE_CHECK_INTERVAL_S = _env_float("EVACUATE_CHECK_INTERVAL_S", 1.0)
+# An elastic gang (num_workers: {min, max}) grows at most once per this long: its attempt must
+# have run this long before it is checkpointed and placed again larger (policy/elastic.py).
+ELASTIC_GROW_INTERVAL_S = _env_float("ELASTIC_GROW_INTERVAL_S", 30.0)
+# An elastic gang placed again is sized this long after its previous attempt ended: Ray's free view
+# shows the room a removed placement group gave back some ms to a second later.
+ELASTIC_SETTLE_S = _env_float("ELASTIC_SETTLE_S", 2.0)
+# How long a gang asked to grow waits for its checkpoint before it is placed again larger anyway
+# (from its newest checkpoint).
+ELASTIC_GROW_WAIT_S = _env_float("ELASTIC_GROW_WAIT_S", 60.0)
 # An unhealthy node is used again once it has been healthy this long (not one drained by hand).
 HEALTH_RECOVER_S = _env_float("HEALTH_RECOVER_S", 60.0)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raycluster import constants as C
 from raycluster.errors import InvalidJobSpec
@@ -118,7 +118,12 @@ class JobSpec(_Strict):
     name: str = Field(..., description="human-readable job name")
     entrypoint: str = Field(..., description="'package.module:function' called as function(ctx)")
     config: dict[str, Any] = Field(default_factory=dict, description="passed to the entrypoint as ctx.config")
-    num_workers: int = Field(1, ge=1, le=C.MAX_GANG_SIZE, description="gang size: all start together or none")
+    num_workers: int = Field(1, ge=1, le=C.MAX_GANG_SIZE, description="gang size: all start together or none "
+                             "(an elastic gang, ``{min, max}``: its largest size)")
+    min_workers: int | None = Field(None, ge=1, le=C.MAX_GANG_SIZE,
+                                    description="an elastic gang's smallest size (``num_workers: {min, max}``): it "
+                                                "starts with what fits (>= min), shrinks when a node is lost and "
+                                                "grows back at a checkpoint")
     resources: WorkerResources = Field(default_factory=WorkerResources)
     placement_strategy: PlacementStrategy = PlacementStrategy.PACK
     priority: int = Field(50, ge=C.MIN_PRIORITY, le=C.MAX_PRIORITY, description="higher runs first")
@@ -143,6 +148,24 @@ class JobSpec(_Strict):
                                                            "date-time) the job must finish by, else it FAILS")
     expected_runtime_s: float | None = Field(None, gt=0, description="how long a run takes: with a deadline, a "
                                                                      "queued job fails as soon as it can no longer finish in time")
+
+    @model_validator(mode="after")
+    def _elastic(self) -> "JobSpec":
+        if self.min_workers is not None:
+            if self.min_workers > self.num_workers:
+                raise ValueError(f"num_workers: min {self.min_workers} is over max {self.num_workers}")
+            if self.min_workers == self.num_workers:
+                object.__setattr__(self, "min_workers", None)  # {min: n, max: n} is the plain n
+        return self
+
+    @property
+    def elastic(self) -> bool:
+        """An elastic gang: any size from ``min_workers`` to ``num_workers``."""
+        return self.min_workers is not None
+
+    def sizes(self) -> range:
+        """The gang sizes it may run at, largest first."""
+        return range(self.num_workers, (self.min_workers or self.num_workers) - 1, -1)
 
     @field_validator("trials", mode="before")
     @classmethod
@@ -198,8 +221,9 @@ class JobSpec(_Strict):
             raise ValueError(f"must be JSON-serialisable ({exc})") from None
         return v
 
-    def bundles(self) -> list[dict[str, float]]:
-        return [self.resources.bundle() for _ in range(self.num_workers)]
+    def bundles(self, workers: int | None = None) -> list[dict[str, float]]:
+        """The bundles of a gang of ``workers`` (default: its largest size)."""
+        return [self.resources.bundle() for _ in range(workers or self.num_workers)]
 
 
 def _field_of(err: dict) -> str:
@@ -287,6 +311,7 @@ def parse_spec(data: Any) -> JobSpec:
         return data
     if not isinstance(data, dict):
         raise InvalidJobSpec(f"spec must be a mapping, got {type(data).__name__}")
+    data = _elastic_workers(data)
     try:
         spec = JobSpec.model_validate(data)
     except RecursionError:
@@ -308,12 +333,37 @@ def parse_spec(data: Any) -> JobSpec:
         n = spec.trials.count()
         if not 1 <= n <= C.MAX_TRIALS:
             raise InvalidJobSpec(f"trials: {n} trials; a sweep has 1-{C.MAX_TRIALS}", field="trials")
+    if spec.elastic and spec.trials is not None:
+        raise InvalidJobSpec("num_workers: a sweep's bundles are independent; give it a plain number, not "
+                             "{min, max}", field="num_workers")
     if spec.schedule is not None and spec.deadline is not None:
         raise InvalidJobSpec("deadline: an absolute deadline cannot repeat with a schedule; give its runs "
                              "max_runtime_s instead", field="deadline")
     if spec.runtime_env:
         check_runtime_env(spec.runtime_env)
     return spec
+
+
+def _elastic_workers(data: dict) -> dict:
+    """``num_workers: {min: 2, max: 8}`` (an elastic gang) as ``num_workers: 8, min_workers: 2``."""
+    nw = data.get("num_workers")
+    if not isinstance(nw, dict):
+        return data
+    extra = sorted(set(nw) - {"min", "max"})
+    if extra or "min" not in nw or "max" not in nw:
+        raise InvalidJobSpec("num_workers: a number, or {min: M, max: N} for an elastic gang"
+                             + (f" (unknown key(s) {', '.join(map(str, extra))})" if extra else ""),
+                             field="num_workers")
+    for key in ("min", "max"):
+        v = nw[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= C.MAX_GANG_SIZE:
+            raise InvalidJobSpec(f"num_workers.{key}: must be a whole number from 1 to {C.MAX_GANG_SIZE}, got {v!r}",
+                                 field=f"num_workers.{key}")
+    if nw["min"] > nw["max"]:
+        raise InvalidJobSpec(f"num_workers: min {nw['min']} is over max {nw['max']}", field="num_workers.min")
+    if "min_workers" in data:
+        raise InvalidJobSpec("min_workers: give num_workers: {min, max} alone", field="min_workers")
+    return {**data, "num_workers": nw["max"], "min_workers": nw["min"]}
 
 
 # runtime_env keys whose values name code to ship: only package URIs reach a job's tasks

@@ -24,7 +24,8 @@ from raycluster.store.lifecycle import JobState
 
 
 class Admission:
-    def __init__(self, store: JobStore, *, start: Callable[[JobRecord, float], object], guard: Callable[..., bool]):
+    def __init__(self, store: JobStore, *, start: Callable[[JobRecord, float, int | None], object],
+                 guard: Callable[..., bool]):
         self.store = store
         self._start = start
         self._guard = guard
@@ -47,7 +48,7 @@ class Admission:
         self.blocked = decision.blocked
         done = True
         for jid in decision.admit:
-            done &= self._guard(f"start {jid}", self._start, pending[jid], now)
+            done &= self._guard(f"start {jid}", self._start, pending[jid], now, decision.sizes.get(jid))
         groups = decision.groups
         if self.budget_reasons:  # the autoscaler rents nothing for these: say why
             br = self.budget_reasons

@@ -16,6 +16,7 @@ import sqlite3
 from typing import Any
 
 from raycluster import constants as C
+from raycluster.control.gangs import world_of
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
@@ -192,7 +193,9 @@ class CoordinatorCore(Reconciler):
         def gang(rec) -> dict:
             spec = self._spec(rec)
             b = spec.resources.bundle()
-            return {"job_id": rec.id, "bundles": spec.num_workers, "gpus": float(b.get("GPU", 0)),
+            # a gang being placed: its attempt's size; a queued elastic gang: rented for its smallest
+            workers = (spec.min_workers or spec.num_workers) if rec.state == JobState.PENDING else world_of(rec, spec)
+            return {"job_id": rec.id, "bundles": workers, "gpus": float(b.get("GPU", 0)),
                     "cpus": float(b.get("CPU", 0)), "spot": spec.spot, "preemptions": rec.preemptions,
                     "strict_spread": spec.placement_strategy.value == "STRICT_SPREAD"}
 
@@ -235,7 +238,7 @@ class CoordinatorCore(Reconciler):
             spec = specs[rec.id]
             b = spec.resources.bundle()
             elapsed = now - (rec.started_at if rec.started_at is not None else now)
-            out.append({"job_id": rec.id, "bundles": spec.num_workers, "gpus": float(b.get("GPU", 0)),
+            out.append({"job_id": rec.id, "bundles": world_of(rec, spec), "gpus": float(b.get("GPU", 0)),
                         "cpus": float(b.get("CPU", 0)), "spot": spec.spot, "preemptions": rec.preemptions,
                         "strict_spread": spec.placement_strategy.value == "STRICT_SPREAD",
                         "rentals": shares[rec.id][0], "usd_per_hour": round(shares[rec.id][1], 6),

@@ -29,6 +29,11 @@ from raycluster.store.jobs import JobRecord
 log = logging.getLogger("raycluster.coordinator")
 
 
+def world_of(job: JobRecord, spec: JobSpec) -> int:
+    """The gang size of the job's current attempt (an elastic gang's is on its row; else its spec's)."""
+    return job.world_size or spec.num_workers
+
+
 @dataclass
 class Attempt:
     job_id: str
@@ -44,7 +49,7 @@ class Attempt:
 
 class Gangs:
     def __init__(self, ops: GangOps, *, spec_of: Callable[[JobRecord], JobSpec],
-                 bundles_of: Callable[[JobSpec], list[dict[str, float]]],
+                 bundles_of: Callable[[JobSpec, int | None], list[dict[str, float]]],
                  first_ranks: Callable[[str, JobSpec, int], range], ledger: JobLedger, nodes,
                  launch_with: dict[str, Any], clock: Callable[[], float], wake: Callable[[], None],
                  guard: Callable[..., bool]):
@@ -63,8 +68,8 @@ class Gangs:
     def start(self, job: JobRecord, excluded: frozenset, now: float) -> Attempt:
         """A new attempt (``job.attempt``, just committed): its placement group and ranks."""
         spec = self._spec(job)
-        pg = self.ops.create_pg(pg_name(job.id, job.attempt), self._bundles(spec), spec.placement_strategy.value,
-                                sorted(excluded))
+        pg = self.ops.create_pg(pg_name(job.id, job.attempt), self._bundles(spec, world_of(job, spec)),
+                                spec.placement_strategy.value, sorted(excluded))
         att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now, excluded=excluded)
         self.launch(job, att)
         return att
@@ -77,8 +82,8 @@ class Gangs:
         if att is None:
             spec = self._spec(job)
             name = pg_name(job.id, job.attempt)
-            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec), spec.placement_strategy.value,
-                                                             sorted(excluded))
+            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec, world_of(job, spec)),
+                                                             spec.placement_strategy.value, sorted(excluded))
             att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now, excluded=excluded)
         if att.refs is None:
             self.launch(job, att)
@@ -94,8 +99,8 @@ class Gangs:
         self.ops.remove_pg(att.pg)
         spec = self._spec(job)
         att.excluded = excluded
-        att.pg = self.ops.create_pg(pg_name(job.id, att.attempt), self._bundles(spec), spec.placement_strategy.value,
-                                    sorted(att.excluded))
+        att.pg = self.ops.create_pg(pg_name(job.id, att.attempt), self._bundles(spec, world_of(job, spec)),
+                                    spec.placement_strategy.value, sorted(att.excluded))
         att.refs, att.placing_since = None, now
         self.launch(job, att)
 
@@ -121,7 +126,9 @@ class Gangs:
         """Submit the ranks into the attempt's placement group. (A sweep's bundles are independent: it
         starts one and the others once they pay off, ``control/sweeps.py``.)"""
         att.refs = None
-        self.launch_ranks(job, att, self._first_ranks(job.id, self._spec(job), att.attempt))
+        spec = self._spec(job)
+        self.launch_ranks(job, att, range(world_of(job, spec)) if spec.trials is None
+                          else self._first_ranks(job.id, spec, att.attempt))
 
     def launch_ranks(self, job: JobRecord, att: Attempt, ranks: range) -> None:
         spec = self._spec(job)
@@ -130,7 +137,8 @@ class Gangs:
         try:
             for rank in ranks:
                 launch = {
-                    "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": spec.num_workers,
+                    "job_id": job.id, "attempt": att.attempt, "rank": rank, "world_size": world_of(job, spec),
+                    "elastic": spec.elastic,
                     "entrypoint": spec.entrypoint, "config": spec.config,
                     "checkpoint_policy": spec.checkpoint.model_dump(), "sweep": Sweeps.launch_of(spec),
                     **self._launch_with,

@@ -37,13 +37,13 @@ def over_budget(spec: JobSpec, types, cap_usd_per_hour: float) -> str | None:
     """Why the gang can never run within the hourly cap (None: it can, at least alone): its
     cheapest set of fresh nodes of the kinds its ``spot`` choice allows (``spot: never`` is priced
     on-demand, ``only`` spot) against the cap in force."""
-    b = spec.resources.bundle()
-    gang = Gang(spec.name, spec.num_workers, float(b.get("GPU", 0)), float(b.get("CPU", 0)),
+    b, workers = spec.resources.bundle(), spec.min_workers or spec.num_workers  # (elastic: its smallest size)
+    gang = Gang(spec.name, workers, float(b.get("GPU", 0)), float(b.get("CPU", 0)),
                 strict_spread=spec.placement_strategy.value == "STRICT_SPREAD", spot=spec.spot)
     rate = cheapest_gang_usd_per_hour(types, gang)
     if rate is not None and rate > cap_usd_per_hour + 1e-9:
         kind = {"never": " on-demand", "only": " spot"}.get(spec.spot, "")
-        return (f"budget: its {spec.num_workers} worker(s) need at least {rate:.2f} USD/h of rented{kind} nodes, "
+        return (f"budget: its {workers} worker(s) need at least {rate:.2f} USD/h of rented{kind} nodes, "
                 f"more than max_hourly_budget_usd {cap_usd_per_hour:.2f}")
     return None
 
@@ -94,7 +94,7 @@ class SubmitGate:
         if self._feasible_for is not nodes:
             self._feasible_for, self._feasible = nodes, {}
         cap = self.live_cap() if self.budget_types else None
-        bundles = self._bundles_of(spec)
+        bundles = self._bundles_of(spec, spec.min_workers)  # an elastic gang: its smallest size
         key = (json.dumps(bundles, sort_keys=True), spec.placement_strategy.value, spec.spot, cap)
         if key not in self._feasible:
             total, _free = totals_and_free(nodes)

@@ -35,17 +35,19 @@ from raycluster.control.nodes import NodeCache
 from raycluster.control.elastic.demand import Demand, gangs_for_demand
 from raycluster.control.observe.notify import Notifier, job_notification
 from raycluster.control.rayops import GangOps, pg_name
-from raycluster.control.gangs import Gangs
+from raycluster.control.gangs import Gangs, world_of
 from raycluster.control.gate import SubmitGate
 from raycluster.control.housekeeping import Housekeeping
 from raycluster.control.preemption import Preemptions
 from raycluster.control.reports import Reports
+from raycluster.control.resize import Resizes
 from raycluster.control.schedules import Deadlines, Schedules
 from raycluster.control.sweeps import Sweeps
 from raycluster.control.tenancy import Tenancy
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import QueuedJob
 from raycluster.policy.budget import with_kind
+from raycluster.policy.elastic import size_that_fits
 from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
@@ -94,8 +96,8 @@ class Reconciler:
         self._active: dict[str, JobRecord] = {}
         self._packages: dict[str, list[str]] = {}  # job id -> the gcs:// packages it needs pinned
         self._rev: int | None = None
-        self.admission = Admission(self.store, start=lambda job, now: self.apply(job, start_step(job, now), now),
-                                   guard=self._guard)
+        self.admission = Admission(self.store, guard=self._guard,
+                                   start=lambda job, now, size: self.apply(job, self._start_step(job, now, size), now))
         self.queue, self._waiting = self.admission.queue, self.admission.waiting
         # an elastic cluster: the nodes Ray's autoscaler may still rent, and the demand last told it
         elastic = autoscaling.recorded_config(self.state_dir)
@@ -122,8 +124,8 @@ class Reconciler:
                              wake=self.wake, lock=self._lock, guard=self._guard)
         self.preemption = Preemptions(self.evacuations, job=self._active.__getitem__, waiter=self._waiter,
                                       placed_gangs=self._placed_gangs,
-                                      preemptible_bundles=lambda rec: (self._bundles(spec) if (spec := self._spec(rec))
-                                                                       .preemptible else None),
+                                      preemptible_bundles=lambda rec: (self._gang_bundles(rec)
+                                                                       if self._spec(rec).preemptible else None),
                                       recent_preemptions=lambda ids, since: self.store.count_transitions(
                                           ids, Cause.PREEMPTED, since),
                                       newest_checkpoint_at=self.checkpoints.newest_at,
@@ -146,6 +148,11 @@ class Reconciler:
         self.sweeps = Sweeps(TrialStore(self.state_dir / "jobs.db"), clock=clock, wake=self.wake,
                              launch_ranks=self.gangs.launch_ranks, cancel=self.ops.cancel)
         self.housekeeping = Housekeeping(self.store, ops, packages=self._package_uris)
+        self.resizes = Resizes(placed_gangs=self._placed_gangs, spec_of=self._spec,
+                               bundle_of=lambda spec: self._bundles(spec, 1)[0],
+                               free=lambda: self._free_for_new_gangs(C.NODE_TOTALS_TTL_S),
+                               queue_waits=lambda: self.admission.blocked is not None and bool(self._pending),
+                               evacuations=self.evacuations)
         self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
         self._last_fair = 0.0
 
@@ -182,7 +189,7 @@ class Reconciler:
 
         observe the job table → each active job's step → health (verdicts; gangs to evacuate) →
         moves (end those checkpointed) → fair share → deadlines → admission → preemption →
-        schedules → demand told to Ray → housekeeping (orphaned placement groups, package pins)."""
+        elastic gangs growing → schedules → demand told to Ray → housekeeping (orphaned placement groups, package pins)."""
         now = self.clock()
         part = self._part
         part("flush metrics", self.reports.flush)
@@ -211,6 +218,7 @@ class Reconciler:
                 part("admission", self._admit, now)
             if self.preemption:
                 part("preemption", self.preemption.tick, now)
+            part("elastic gangs", self.resizes.tick, now)
             if self.schedules:
                 part("schedules", self.schedules.tick, now)
             if self.elastic_nodes:
@@ -298,7 +306,9 @@ class Reconciler:
     def decide(self, job: JobRecord, now: float) -> Step | None:
         """Observe one active job's attempt and decide its next step (None: nothing to do now)."""
         if job.state == JobState.RECOVERING:
-            return start_step(job, now)
+            if self._spec(job).elastic and now - job.updated_at < C.ELASTIC_SETTLE_S:
+                return None  # sized once Ray's free view shows the room its last attempt gave back
+            return self._start_step(job, now)
         att = self.attempts.get(job.id)
         if job.state == JobState.PLACING:
             att = self.gangs.ensure_launched(job, self.health.excluded_key, now)
@@ -338,22 +348,48 @@ class Reconciler:
         if step.action == Action.MARK_RUNNING:  # a short job may already be done: look again now
             self._step_job(job, now)
 
-    def _bundles(self, spec) -> list[dict[str, float]]:
-        """The gang's bundles; on an elastic cluster a ``spot: only/never`` gang's ask for its kind's marker."""
-        return with_kind(spec.bundles(), spec.spot) if self.ledger.elastic else spec.bundles()
+    def _bundles(self, spec, workers: int | None = None) -> list[dict[str, float]]:
+        """The bundles of a gang of ``workers`` (default: its largest); on an elastic cluster a
+        ``spot: only/never`` gang's ask for its kind's marker."""
+        bundles = spec.bundles(workers)
+        return with_kind(bundles, spec.spot) if self.ledger.elastic else bundles
 
-    def _admit(self, now: float) -> None:
-        _total, free = self.nodes.totals_and_free(0.0)
+    def _gang_bundles(self, rec: JobRecord) -> list[dict[str, float]]:
+        """The bundles of a job's gang as it holds them: its current attempt's size (an elastic gang's
+        varies), its largest while it is queued."""
+        spec = self._spec(rec)
+        return self._bundles(spec, None if rec.state == JobState.PENDING else world_of(rec, spec))
+
+    def _start_step(self, job: JobRecord, now: float, size: int | None = None) -> Step:
+        """The START step of a job, at the size admission chose; an elastic gang placed again (node
+        lost, preempted, shed, grown) at the largest size that fits the free room now (else its
+        smallest: it waits to be placed at that), so it shrinks instead of waiting for a replacement."""
+        spec = self._spec(job)
+        if not spec.elastic:
+            return start_step(job, now, spec.num_workers)
+        if size is None:
+            bundle = self._bundles(spec, 1)[0]
+            size = size_that_fits(bundle, spec.sizes(), self._free_for_new_gangs(),
+                                  spec.placement_strategy.value) or spec.min_workers
+        return start_step(job, now, size, spec.num_workers)
+
+    def _free_for_new_gangs(self, max_age_s: float = 0.0) -> dict[str, dict[str, float]]:
+        """The free room a new gang may take: unhealthy and drained nodes left out, the placement
+        groups not created yet (they do not show in Ray's free view) counted as taken."""
+        _total, free = self.nodes.totals_and_free(max_age_s)
         excluded = self.health.excluded()
         if excluded:  # unhealthy and drained nodes take no new gang
             free = {n: r for n, r in free.items() if n not in excluded}
-        # placement groups not created yet do not show in the free view: count them as taken
         for att in self.attempts.values():
-            if not att.placed:
-                spec = self._specs.get(att.job_id)
-                placed = spec and place(self._bundles(spec), free, spec.placement_strategy.value)
+            if not att.placed and (rec := self._active.get(att.job_id)) is not None:
+                spec = self._spec(rec)
+                placed = place(self._gang_bundles(rec), free, spec.placement_strategy.value)
                 if placed:
                     free = placed[1]
+        return free
+
+    def _admit(self, now: float) -> None:
+        free = self._free_for_new_gangs()
         quota, changed = self.tenancy.quota_view(self._gangs_holding())
         if changed:  # the last pass's decision may no longer hold
             self.queue.forget()
@@ -390,7 +426,7 @@ class Reconciler:
     def _tell_demand(self) -> None:
         a = self.admission
         running, queued = gangs_for_demand(self._active, self.attempts, self._pending, self.queue, a.budget_reasons,
-                                           lambda rec: self._bundles(self._spec(rec)))
+                                           self._gang_bundles)
         key = (self.queue.version, frozenset(self._active), a.budget_version, a.version)
         self.demand.tell(key, running, queued)
 
@@ -406,11 +442,11 @@ class Reconciler:
     # ------------------------------------------------------------------ what the parts are handed
     def _queued(self, rec: JobRecord, spec: JobSpec) -> QueuedJob:
         return QueuedJob(rec.id, rec.priority, rec.queued_at, tuple(self._bundles(spec)), spec.placement_strategy.value,
-                         tenant=rec.tenant, boost_s=self.tenancy.boost_of(rec.tenant))
+                         tenant=rec.tenant, boost_s=self.tenancy.boost_of(rec.tenant), min_bundles=spec.min_workers)
 
     def _gangs_holding(self) -> list[tuple[str | None, list[dict[str, float]]]]:
         """(tenant, bundles) of every gang that holds or is about to hold resources."""
-        return [(rec.tenant, self._bundles(self._spec(rec))) for rec in self._active.values()]
+        return [(rec.tenant, self._gang_bundles(rec)) for rec in self._active.values()]
 
     def _fair_share(self, now: float) -> None:
         moved = self.tenancy.tick(now, self._gangs_holding(), (j.tenant for j in self.queue.ordered()))
@@ -435,14 +471,14 @@ class Reconciler:
             return True
         _total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
         free = {n: r for n, r in free.items() if n not in excluded}
-        return place(self._bundles(spec), free, spec.placement_strategy.value) is not None
+        return place(self._bundles(spec, spec.min_workers), free, spec.placement_strategy.value) is not None
 
     def _waiter(self, job_id: str) -> tuple[JobRecord, list, str] | None:
         rec = self._pending.get(job_id)
         if rec is None:
             return None
-        spec = self._spec(rec)
-        return rec, self._bundles(spec), spec.placement_strategy.value
+        spec = self._spec(rec)  # (an elastic gang needs room for its smallest size)
+        return rec, self._bundles(spec, spec.min_workers), spec.placement_strategy.value
 
     def _package_uris(self) -> set[str]:
         """The packages (working_dir, py_modules) of every job not yet finished and every schedule."""

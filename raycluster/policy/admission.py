@@ -50,6 +50,9 @@ class QueuedJob:
     tenant: str | None = None
     # fair share: ordered as if queued this many seconds earlier (``policy.tenants.boost_s``)
     boost_s: float = 0.0
+    # an elastic gang (``num_workers: {min, max}``): it may start with this many of its bundles or
+    # more (None: all of them). Such a gang is tried on its own, at the largest size that fits.
+    min_bundles: int | None = None
     # the one bundle of a gang of identical bundles, as a hashable key (None: bundles differ)
     shape: tuple | None = field(init=False, compare=False, repr=False, default=None)
     # Its lane: gangs of the same number of identical bundles under the same strategy (None: a gang
@@ -61,7 +64,7 @@ class QueuedJob:
     def __post_init__(self):
         shape = shape_of(self.bundles)
         object.__setattr__(self, "shape", shape)
-        if shape is not None:
+        if shape is not None and self.min_bundles is None:
             object.__setattr__(self, "lane", f"{self.tenant}/{self.strategy}/{len(self.bundles)}/{shape}")
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class AdmissionDecision:
     ``waiting_groups`` (reason, job ids), built once per pass; ``waiting`` is the same as a dict."""
     admit: list[str] = field(default_factory=list)
     placements: dict[str, list[str]] = field(default_factory=dict, repr=False)  # job -> node of each bundle
+    sizes: dict[str, int] = field(default_factory=dict)  # an elastic gang admitted: the bundles it starts with
     reserved_for: str | None = None
     blocked: str | None = None  # the first job in order that did not fit
     groups: list[tuple[str, list[str]]] = field(default_factory=list, repr=False)
@@ -133,22 +137,29 @@ def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: 
     while heap:
         key, i, pos = heap[0]
         job = jobs[key[-1]]
-        if quota is not None:
+        if job.min_bundles is not None:
+            size, assignment, demand, why = _place_elastic(job, view, quota)
+        elif quota is not None:
             demand = Demand.of_bundles(job.bundles)
             why = quota.refuse(job.tenant, demand)
-            if why is not None:
-                ks = lanes[i][1]
-                if regular[i]:  # every later gang of the lane is this tenant's and the same: refused too
-                    over_quota.append((why, [k[-1] for k in ks[pos:]]))
-                    heapq.heappop(heap)
+        else:
+            why = None
+        if why is not None:
+            ks = lanes[i][1]
+            if regular[i]:  # every later gang of the lane is this tenant's and the same: refused too
+                over_quota.append((why, [k[-1] for k in ks[pos:]]))
+                heapq.heappop(heap)
+            else:
+                over_quota.append((why, [job.job_id]))
+                if pos + 1 < len(ks):
+                    heapq.heapreplace(heap, (ks[pos + 1], i, pos + 1))
                 else:
-                    over_quota.append((why, [job.job_id]))
-                    if pos + 1 < len(ks):
-                        heapq.heapreplace(heap, (ks[pos + 1], i, pos + 1))
-                    else:
-                        heapq.heappop(heap)
-                continue
-        assignment = view.place(job.bundles, job.strategy, job.shape)
+                    heapq.heappop(heap)
+            continue
+        if job.min_bundles is None:
+            assignment = view.place(job.bundles, job.strategy, job.shape)
+        elif assignment is not None:
+            decision.sizes[job.job_id] = size
         placed = assignment is not None
         if placed:
             admit.append(job.job_id)
@@ -182,6 +193,28 @@ def _decide(keys: list[tuple], lanes, jobs: dict[str, QueuedJob], free_by_node: 
         decision.groups = [(why, [j for j in ids if j not in refused]) for why, ids in decision.groups]
         decision.groups += list(by_reason.items())
     return decision
+
+
+def _place_elastic(job: QueuedJob, view: FreeView, quota: QuotaView | None):
+    """An elastic gang at the largest size from all its bundles down to ``min_bundles`` that its
+    tenant's quota allows and the free view holds: (size, assignment, demand, None); (None, None,
+    None, why) when the quota refuses even the smallest; assignment None when none fits."""
+    why = None
+    for n in range(len(job.bundles), job.min_bundles - 1, -1):
+        bundles = job.bundles[:n]
+        demand = Demand.of_bundles(bundles)
+        if quota is not None:
+            refused = quota.refuse(job.tenant, demand)
+            if refused is not None:
+                why = why or refused
+                continue
+        why = None
+        assignment = view.place(bundles, job.strategy, shape_of(bundles))
+        if assignment is not None:
+            return n, assignment, demand, None
+    if why is not None:
+        return None, None, None, why
+    return None, None, Demand.of_bundles(job.bundles[:job.min_bundles]), None
 
 
 _job_id_of = operator.itemgetter(-1)

@@ -77,13 +77,20 @@ class Limits:
     max_runtime_s: float | None = None
 
 
-def start_step(job: JobView, now: float) -> Step:
-    """PENDING (admitted) or RECOVERING (placing again) -> PLACING with a new attempt number."""
+def start_step(job: JobView, now: float, world_size: int | None = None, max_workers: int | None = None) -> Step:
+    """PENDING (admitted) or RECOVERING (placing again) -> PLACING with a new attempt number, at
+    ``world_size`` ranks (an elastic gang's size for this attempt; its reason says when it is not
+    ``max_workers``, its largest)."""
     if job.state == JobState.PENDING:
         cause, reason = Cause.ADMITTED, "admitted"
     else:
         cause, reason = Cause.RESUMED, "placing again from the latest checkpoint"
-    return Step(job.id, Action.START, job.state, JobState.PLACING, cause, reason, {"attempt": job.attempt + 1})
+    fields: dict[str, Any] = {"attempt": job.attempt + 1}
+    if world_size is not None:
+        fields["world_size"] = world_size
+        if max_workers is not None and world_size != max_workers:
+            reason += f" at {world_size} of {max_workers} workers (elastic)"
+    return Step(job.id, Action.START, job.state, JobState.PLACING, cause, reason, fields)
 
 
 def preempt_step(job: JobView, reason: str, preempted: int) -> Step:

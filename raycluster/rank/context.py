@@ -108,7 +108,7 @@ class TrainContext:
 
     def __init__(self, *, job_id: str, attempt: int, rank: int, world_size: int, config: dict,
                  device: Any = None, gpu_assigned: bool = False, checkpoint_root: str | None,
-                 checkpoint_policy: dict, checkpoint_manager=None, coordinator=None):
+                 checkpoint_policy: dict, checkpoint_manager=None, coordinator=None, elastic: bool = False):
         self.job_id = job_id
         self.attempt = attempt
         self.rank = rank
@@ -125,6 +125,9 @@ class TrainContext:
         self._ask_ref = None  # rank 0: the Coordinator's answer to "checkpoint now?", in flight
         self._asked_at = time.monotonic()
         self.restored_step: int | None = None
+        # an elastic gang (num_workers: {min, max}) may resume from a checkpoint of another size
+        self.elastic = elastic
+        self.restored_world_size: int | None = None  # the world size the restored checkpoint was saved at
 
     @property
     def device(self):
@@ -232,6 +235,12 @@ class TrainContext:
 
         Returns None when the job has no usable checkpoint (fresh start). All ranks reach the same
         answer because each verifies the same shards in the same order.
+
+        An elastic gang resumes from a checkpoint saved at another world size too
+        (``restored_world_size`` says which): rank ``r`` reads shard ``r`` when there was one, else
+        shard 0 (the ranks of a data-parallel gang hold the same model), and restores that shard's
+        RNG only when it is its own. Its data position must then be global — ``ctx.sampler`` — so
+        no sample is skipped or seen twice.
         """
         if self._cm is None:
             return None
@@ -239,7 +248,7 @@ class TrainContext:
 
         for cand in ray.get(self._cm.candidates.remote(self.job_id)):
             step = cand["step"]
-            if cand["world_size"] != self.world_size:
+            if cand["world_size"] != self.world_size and not self.elastic:
                 log.warning("skipping checkpoint step %d: world size %d != %d", step, cand["world_size"],
                             self.world_size)
                 continue
@@ -250,16 +259,28 @@ class TrainContext:
                 if self.rank == 0:
                     self._cm.mark_corrupt.remote(self.job_id, step, reason)
                 continue
-            shard = cand["shards"][self.rank]
+            own = self.rank in cand["shards"]
+            shard = cand["shards"][self.rank if own else 0]
             import torch
 
             payload = torch.load(io.BytesIO(storage.read_bytes(shard["path"])), map_location="cpu",
                                  weights_only=False)
-            restore_rng(payload["rng"])
+            if own:
+                restore_rng(payload["rng"])
             self.restored_step = step
+            self.restored_world_size = cand["world_size"]
             self._last_ckpt_time = time.monotonic()
             return payload["state"]
         return None
+
+    def sampler(self, num_samples: int, seed: int = 0, shuffle: bool = True):
+        """A ``GlobalSampler`` over ``num_samples`` sample ids for this rank: the gang's position in
+        the data is one global count, so a job resumed at another world size (an elastic gang) sees
+        every sample exactly once. Save ``sampler.state_dict()`` in the checkpoint state and
+        ``load_state_dict`` it after ``restore()``."""
+        from raycluster.rank.data import GlobalSampler
+
+        return GlobalSampler(num_samples, rank=self.rank, world_size=self.world_size, seed=seed, shuffle=shuffle)
 
     def flush(self) -> None:
         """Wait for pending checkpoint writes (the runtime calls this when train() returns)."""

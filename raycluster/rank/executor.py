@@ -133,7 +133,7 @@ def _run_rank(launch: dict[str, Any]) -> dict[str, Any]:
             config=launch["config"], device=None, gpu_assigned=bool(ray.get_gpu_ids()),
             checkpoint_root=launch["checkpoint_root"],
             checkpoint_policy=launch["checkpoint_policy"], checkpoint_manager=launch.get("checkpoint_manager"),
-            coordinator=launch.get("coordinator"),
+            coordinator=launch.get("coordinator"), elastic=bool(launch.get("elastic")),
         )
         if launch.get("sweep") is not None:
             return _run_sweep(fn, launch, ctx, out)

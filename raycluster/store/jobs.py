@@ -60,6 +60,8 @@ class JobRecord(BaseModel):
     moving: dict[str, Any] | None = Field(None, description="a move off where it runs in progress (checkpoint "
                                                             "first): since, why, the checkpoint step it waits past "
                                                             "(``policy.evacuation.Move``); cleared by any transition")
+    world_size: int | None = Field(None, description="the gang size of its current (or last) attempt; an elastic "
+                                                     "gang's (``num_workers: {min, max}``) may change between attempts")
     rev: int = Field(0, description="row version: grows with every insert and state change of any job "
                                     "(not with metric reports or waiting reasons)")
 

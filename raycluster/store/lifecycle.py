@@ -72,6 +72,7 @@ class Cause(str, Enum):
     BUDGET = "budget"  # RUNNING -> RECOVERING: its rented node given back for the budget (checkpointed first; no restart spent)
     SPOT_PREEMPTED = "spot_preempted"  # RUNNING -> RECOVERING: the market took its spot node back (no restart spent)
     SPOT_RETURN = "spot_return"  # RUNNING -> RECOVERING: moved from on-demand back to spot for cost (checkpointed first; no restart spent)
+    ELASTIC_GROW = "elastic_grow"  # RUNNING -> RECOVERING: an elastic gang placed again larger (checkpointed first; no restart spent)
     CONSOLIDATE = "consolidate"  # RUNNING -> RECOVERING: moved onto another rented node's free room so its node can go (checkpointed first; no restart spent)
 
 

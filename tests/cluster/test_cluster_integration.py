@@ -96,6 +96,61 @@ def test_node_killed_mid_training_resumes_with_identical_result(cluster, client,
         assert final["result"][key] == baseline[key], key
 
 
+@pytest.mark.timeout(300)
+def test_an_elastic_ddp_gang_shrinks_on_node_loss_grows_back_and_sees_its_data_exactly_once(cluster, client,
+                                                                                             tmp_path):
+    """A 4-worker elastic DDP job (num_workers {min 2, max 4}, one GPU per worker: one per node)
+    loses a node: it goes on at 3 from its newest checkpoint without waiting for a replacement;
+    a node returns: after ELASTIC_GROW_INTERVAL_S (the default) it is checkpointed and placed again
+    at 4. The sample ids it trained on (rank 0 gathers every rank's and checkpoints them) cover
+    every epoch exactly once across both changes."""
+    lc = cluster["lc"]
+    lc.add_worker()  # a 4th node of the shared cluster's shape: room for 4 workers
+    fast = tmp_path / "fast"
+    cfg = {"num_samples": 96, "global_batch": 12, "epochs": 60, "sleep_per_step_s": 0.2, "fast_file": str(fast)}
+    spec = {"name": "elastic-ddp", "entrypoint": "jobs.toy:elastic", "num_workers": {"min": 2, "max": 4},
+            "resources": {"gpus": 1, "cpus": 0.5}, "config": cfg, "checkpoint": {"every_steps": 5, "keep_last": 3}}
+    jid = client.submit(spec)["id"]
+    try:
+        wait_for(lambda: client.get(jid)["world_size"] == 4 and any(
+            c["state"] == "COMPLETE" and c["step"] >= 10 for c in client.checkpoints(jid)), 120,
+            "the gang running at 4 with a checkpoint at step >= 10")
+        victim_ray_id = our_pg(jid, 1)["bundles_to_node_id"][3]
+        victim = next(n for n in lc.nodes() if n.ray_node_id == victim_ray_id)
+        t0 = time.monotonic()
+        lc.kill_node(victim.name)
+        wait_for(lambda: (j := client.get(jid))["state"] == "RUNNING" and j["attempt"] == 2, 90,
+                 "the gang running again")
+        shrunk = client.get(jid)
+        print(f"\nelastic gang running at {shrunk['world_size']} {time.monotonic() - t0:.1f} s after its node was "
+              f"killed (FAILURE_SETTLE_S {8.0} in these tests)")
+        assert shrunk["world_size"] == 3  # no replacement waited for: the three nodes left
+        lc.add_worker()  # the node returns
+        wait_for(lambda: (j := client.get(jid))["state"] == "RUNNING" and j["attempt"] == 3, 150,
+                 "the gang placed again after growing")
+        assert client.get(jid)["world_size"] == 4
+        fast.touch()
+        final = client.wait([jid], timeout_s=150)[0]
+    finally:
+        fast.touch()
+        if client.get(jid)["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            client.cancel(jid)
+    assert final["state"] == "SUCCEEDED", final["error"]
+    r = final["result"]
+    assert [w for w, _steps in r["world_sizes"]] == [4, 3, 4], r["world_sizes"]
+    assert r["steps"] == 60 * 8 and sum(n for _w, n in r["world_sizes"]) == r["steps"]
+    seen = r["seen"]
+    assert len(seen) == 60 * 96
+    for epoch in range(60):  # every sample of every epoch once: none skipped or repeated by a resize
+        assert sorted(seen[epoch * 96:(epoch + 1) * 96]) == list(range(96)), epoch
+    causes = [t["cause"] for t in final["transitions"]]
+    assert causes.count("elastic_grow") == 1 and "node_lost" in causes
+    assert final["system_restarts"] == 1  # the node loss; the grow spent none
+    workers = [n for n in lc.nodes() if n.role == "worker" and n.alive]
+    if len(workers) > 3:  # the shared cluster's shape again (3 workers) for the next tests
+        lc.kill_node(workers[-1].name)
+
+
 @pytest.mark.timeout(240)
 def test_coordinator_killed_during_run_loses_nothing(cluster, client, tmp_path, reference):
     coord = cluster["coord"]
