@@ -384,27 +384,39 @@ def release_idle_on_demand(p: _Pass) -> None:
 
 
 def scale_down_idle(p: _Pass) -> None:
-    """5b. Nothing waits, nothing launched, utilisation below ``scale_down_util`` for ``cooldown_s``:
-    nodes idle for ``idle_timeout_s`` go, most expensive first, never below ``min_workers``."""
+    """5b. Nothing waits, nothing launched: nodes idle for ``idle_timeout_s`` go, most expensive
+    first, never below ``min_workers`` — all of them once utilisation has been below
+    ``scale_down_util`` for ``cooldown_s``; while the cluster is busy, all but the cheapest
+    ``busy_idle_nodes_kept`` (the headroom the next arrival starts on at once)."""
     cfg, d = p.cfg, p.d
-    if p.ctx.waiting or d.launches or d.low_util_since is None or p.now - d.low_util_since < cfg.cooldown_s:
+    if p.ctx.waiting or d.launches:
         return
+    quiet = d.low_util_since is not None and p.now - d.low_util_since >= cfg.cooldown_s
     util = p.ctx.gpu_util if p.ctx.gpu_util is not None else 0.0
     gone = p.released()
     count = sum(1 for n in p.held if n.id not in gone)
-    n_down = 0
     reserved = p.reserved()
-    for n in sorted(p.held, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
+    idle = [n for n in p.held if not n.starting and n.idle_s >= cfg.idle_timeout_s and n.id not in gone
+            and n.id not in reserved]
+    keep = 0 if quiet else cfg.busy_idle_nodes_kept
+    if len(idle) <= keep:
+        return
+    kept = {n.id for n in sorted(idle, key=lambda n: (n.usd_per_hour, n.idle_s, n.id))[:keep]}
+    n_down = 0
+    for n in sorted(idle, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
         if count <= cfg.min_workers:
             break
-        if n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone or n.id in reserved:
+        if n.id in kept:
             continue
-        p.release(n, f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}", ReleaseCause.IDLE)
+        why = (f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}" if quiet else
+               f"idle {n.idle_s:.0f}s; {keep} idle node(s) kept as headroom (util {util:.2f})")
+        p.release(n, why, ReleaseCause.IDLE)
         count -= 1
         n_down += 1
     if n_down:
         d.events.append(Event("scale_down", f"{n_down} idle node(s), util {util:.2f} < {cfg.scale_down_util:.2f} "
-                                            f"for {p.now - d.low_util_since:.0f}s", count=n_down))
+                                            f"for {p.now - d.low_util_since:.0f}s" if quiet else
+                              f"{n_down} idle node(s) past idle_timeout_s, {keep} kept as headroom", count=n_down))
 
 
 RULES = (shed, place_waiting, return_to_spot, consolidate, minimum, headroom, release_idle_on_demand, scale_down_idle)

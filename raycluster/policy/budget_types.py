@@ -46,9 +46,13 @@ class BudgetConfig:
     # paid at its price now; and how many times an hour a job may be moved for cost at most
     spot_return_move_s: float = 120.0
     max_moves_per_hour: int = 1
+    # while the cluster is busy (utilisation not low for cooldown_s), nodes idle past idle_timeout_s
+    # go but this many (the cheapest): the headroom the next arrival starts on without a launch
+    busy_idle_nodes_kept: int = 1
 
     def __post_init__(self):
-        for name in ("min_workers", "max_workers", "spot_fallback_preemptions", "max_moves_per_hour"):
+        for name in ("min_workers", "max_workers", "spot_fallback_preemptions", "max_moves_per_hour",
+                     "busy_idle_nodes_kept"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BudgetConfigError(f"{name} must be an integer >= 0, not {v!r}", name)

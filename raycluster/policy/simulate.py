@@ -12,7 +12,10 @@ again (counted); a job runs ``duration_s`` of work once placed. Moves for cost (
 consolidation: ``policy.cost_moves``, told the running gangs as live — their nodes, their shares'
 prices, their expected remaining runtime from how long they have run, their moves in the last hour)
 keep the work done (checkpointed first) and add ``move_overhead_s`` of work to the moved job (its
-checkpoint and restart). The budget policy decides every
+checkpoint and restart). An elastic gang (``min_workers``) is admitted at the largest size that
+fits (``policy.admission``, as live), rented for at its smallest (as live), works at the rate of its
+size (``duration_s`` is its work at ``workers``), and grows into free room by ``policy.elastic``'s
+rule (a move: work kept, ``move_overhead_s`` added). The budget policy decides every
 ``tick_s``; admission runs whenever something changed. The same trace on a fixed pool of on-demand
 nodes sized for the peak (held all day, admission only) is the comparison.
 """
@@ -30,6 +33,7 @@ from raycluster.policy.budget import (KIND_RESOURCE, KIND_RESOURCE_UNITS, Budget
                                       NodeType, ReleaseCause, RunningGang, decide, with_kind)
 from raycluster.policy.cost import node_share
 from raycluster.policy.cost_moves import expected_remaining_s
+from raycluster.policy.elastic import GrowContext, decide_grow, size_that_fits, with_gang_back
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,12 @@ class TraceJob:
     spot: str = "auto"
     strategy: str = "PACK"
     family: str = ""
+    min_workers: int | None = None  # an elastic gang: any size from this to ``workers``
+
+
+def gang_sizes(j: TraceJob) -> range:
+    """The sizes a job may run at, largest first."""
+    return range(j.workers, (j.min_workers or j.workers) - 1, -1)
 
 
 @dataclass(frozen=True)
@@ -109,9 +119,11 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig, *, tick_s: float = 60.0,
-             seed: int = 0, fixed_pool: dict[str, int] | None = None, horizon_s: float | None = None) -> SimReport:
+             seed: int = 0, fixed_pool: dict[str, int] | None = None, horizon_s: float | None = None,
+             grow_interval_s: float = 30.0) -> SimReport:
     """Replay ``trace``. With ``fixed_pool`` (type name -> nodes), hold exactly that pool from t=0 to
-    the end and never call the budget policy."""
+    the end and never call the budget policy. ``grow_interval_s``: an elastic gang's least running
+    time before it grows (the live ``ELASTIC_GROW_INTERVAL_S``)."""
     rng = random.Random(seed)
     jobs = sorted(trace, key=lambda j: (j.arrival_s, j.job_id))
     total = len(jobs)
@@ -121,7 +133,9 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     queue = AdmissionQueue(starvation_threshold_s=1800.0, aging_s=3600.0)
     nodes: dict[str, _Node] = {}
     running: dict[str, tuple[float, float, dict[str, int]]] = {}  # job -> (started, ends, node -> bundles)
-    left = {j.job_id: j.duration_s for j in jobs}
+    left = {j.job_id: j.duration_s for j in jobs}  # work left, in seconds at the gang's largest size
+    size: dict[str, int] = {}  # a running job's gang size
+    below_max: set[str] = set()  # running elastic gangs below their largest size
     queued_at: dict[str, float] = {}
     first_start: dict[str, float] = {}
     preempted: dict[str, int] = {}
@@ -136,12 +150,19 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     gangs: dict[str, Gang] = {}
 
     def gang_of(jid: str) -> Gang:
+        """The gang as the BudgetAutoscaler is told it: running, at its size; waiting, an elastic
+        one at its smallest (as live, ``Coordinator.budget_queue``)."""
         g = gangs.get(jid)
-        if g is None or g.preemptions != preempted.get(jid, 0):
-            j = by_id[jid]
-            g = gangs[jid] = Gang(jid, j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD",
+        j = by_id[jid]
+        n = size.get(jid) or j.min_workers or j.workers
+        if g is None or g.preemptions != preempted.get(jid, 0) or g.bundles != n:
+            g = gangs[jid] = Gang(jid, n, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD",
                                   spot=j.spot, preemptions=preempted.get(jid, 0))
         return g
+
+    def done_s(jid: str, now: float) -> float:
+        """The work its current run did, in seconds at its largest size."""
+        return (now - running[jid][0]) * size[jid] / by_id[jid].workers
 
     def push(t: float, kind: str, ident: str) -> None:
         nonlocal seq
@@ -183,13 +204,14 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
         j = by_id[jid]
         queued_at.setdefault(jid, now)
         bundles = with_kind([{"GPU": j.gpus, "CPU": j.cpus} for _ in range(j.workers)], j.spot)
-        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple(bundles), j.strategy))
+        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple(bundles), j.strategy, min_bundles=j.min_workers))
 
     def stop_job(jid: str, now: float) -> None:
         nonlocal used_gpu_s
         started, _ends, where = running.pop(jid)
         j = by_id[jid]
-        used_gpu_s += (now - started) * j.gpus * j.workers
+        used_gpu_s += (now - started) * j.gpus * size.pop(jid)
+        below_max.discard(jid)
         for nid, k in where.items():
             n = nodes[nid]
             n.free_gpus += k * j.gpus
@@ -198,6 +220,28 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             if not n.jobs:
                 n.idle_since = now
             sync(n)
+
+    def place_admitted(jid: str, decision, now: float) -> None:
+        """Start an admitted job where (and at the size) admission placed it."""
+        queue.discard(jid)
+        where: dict[str, int] = {}
+        for nid in decision.placements[jid]:
+            where[nid] = where.get(nid, 0) + 1
+        j = by_id[jid]
+        for nid, k in where.items():
+            n = nodes[nid]
+            n.idle_until(now)
+            n.free_gpus -= k * j.gpus
+            n.free_cpus -= k * j.cpus
+            n.jobs.add(jid)
+            sync(n)
+        first_start.setdefault(jid, now)
+        k = size[jid] = decision.sizes.get(jid, j.workers)
+        if k < j.workers:
+            below_max.add(jid)
+        ends = now + left[jid] * j.workers / k
+        running[jid] = (now, ends, where)
+        push(ends, "finish", jid)
 
     priced: dict[str, tuple[tuple[str, ...], float, float]] = {}  # job -> (its nodes, USD/h, since) while it runs
 
@@ -267,10 +311,10 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             low_since, last_up = d.low_util_since, d.last_scale_up_at
             for nid, _why, cause in d.release:
                 for jid in list(nodes[nid].jobs):  # a busy node: its jobs go back to the queue
-                    started = running[jid][0]
+                    done = done_s(jid, now)
                     stop_job(jid, now)
                     if cause in (ReleaseCause.SPOT_RETURN, ReleaseCause.CONSOLIDATE):  # checkpointed first
-                        left[jid] = max(0.0, left[jid] - (now - started)) + market.move_overhead_s
+                        left[jid] = max(0.0, left[jid] - done) + market.move_overhead_s
                         moved_at.setdefault(jid, []).append(now)
                         report.moves[cause.value] = report.moves.get(cause.value, 0) + 1
                     else:  # shed: conservatively from scratch
@@ -299,9 +343,9 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                     n = nodes[ident]
                     if n.end is None:
                         for jid in list(n.jobs):
-                            started, _e, _w = running[jid]
-                            done = now - started
-                            kept = math.floor(done / market.checkpoint_every_s) * market.checkpoint_every_s
+                            ran_s = now - running[jid][0]
+                            kept = (math.floor(ran_s / market.checkpoint_every_s) * market.checkpoint_every_s
+                                    * size[jid] / by_id[jid].workers)
                             stop_job(jid, now)
                             left[jid] = max(0.0, left[jid] - kept)
                             preempted[jid] = preempted.get(jid, 0) + 1
@@ -315,21 +359,30 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             decision = queue.decide(open_free, now)
             if decision is not None:
                 for jid in decision.admit:
-                    queue.discard(jid)
-                    where: dict[str, int] = {}
-                    for nid in decision.placements[jid]:  # where admission placed it
-                        where[nid] = where.get(nid, 0) + 1
-                    j = by_id[jid]
-                    for nid, k in where.items():
-                        n = nodes[nid]
-                        n.idle_until(now)
-                        n.free_gpus -= k * j.gpus
-                        n.free_cpus -= k * j.cpus
-                        n.jobs.add(jid)
-                        sync(n)
-                    first_start.setdefault(jid, now)
-                    running[jid] = (now, now + left[jid], where)
-                    push(now + left[jid], "finish", jid)
+                    place_admitted(jid, decision, now)
+        if below_max and not len(queue):  # elastic gangs grow into free room nobody waits for
+            for jid in sorted(below_max):
+                started, _ends, where = running[jid]
+                j = by_id[jid]
+                bundle = with_kind([{"GPU": j.gpus, "CPU": j.cpus}], j.spot)[0]
+                fits = None
+                if now - started >= grow_interval_s:
+                    own = [nid for nid, k in where.items() for _ in range(k)]
+                    fits = size_that_fits(bundle, range(j.workers, size[jid], -1),
+                                          with_gang_back(open_free, bundle, own), j.strategy)
+                d = decide_grow(GrowContext(jid, size[jid], j.min_workers or j.workers, j.workers, now - started,
+                                            False, fits, False), grow_interval_s)
+                if d.to_size is None:
+                    continue
+                left[jid] = max(0.0, left[jid] - done_s(jid, now)) + market.move_overhead_s  # checkpointed first
+                stop_job(jid, now)
+                report.moves["elastic_grow"] = report.moves.get("elastic_grow", 0) + 1
+                queue_job(jid, now)
+                decision = queue.decide(open_free, now)  # placed again at once, larger
+                for gid in (decision.admit if decision is not None else ()):
+                    place_admitted(gid, decision, now)
+                if len(queue):
+                    break
         if report.finished == len(jobs) or (not events and not running and not len(queue)):
             break  # (preemption events of nodes long gone may remain: they change nothing)
         if now > horizon_s:
@@ -378,8 +431,9 @@ def why_never(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool
         totals = {f"{name}#{i}": {"GPU": float(types[name].gpus), "CPU": float(types[name].cpus),
                                   KIND_RESOURCE[types[name].kind]: KIND_RESOURCE_UNITS}
                   for name, count in fixed_pool.items() for i in range(count)}
-        return infeasible_reason(with_kind([{"GPU": j.gpus, "CPU": j.cpus}] * j.workers, j.spot), j.strategy, totals)
-    gang = Gang(j.job_id, j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD", spot=j.spot)
+        return infeasible_reason(with_kind([{"GPU": j.gpus, "CPU": j.cpus}] * (j.min_workers or j.workers), j.spot),
+                                 j.strategy, totals)
+    gang = Gang(j.job_id, j.min_workers or j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD", spot=j.spot)
     limited = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus, t.available,
                              min(t.max_workers, t.available, config.max_workers)) for t in market.types)
     rate = cheapest_gang_usd_per_hour(limited, gang, config.spot_fallback_preemptions)

@@ -3,7 +3,8 @@ errors that name the line and the field, and the shipped day-shaped trace's gene
 
 A job: ``arrival_s`` (seconds from the trace's start), ``duration_s`` (work once placed),
 ``workers`` (gang size), ``gpus``/``cpus`` per worker, ``priority``, ``spot`` (auto|never|only),
-``strategy`` (PACK|SPREAD|STRICT_SPREAD|STRICT_PACK), ``family`` (free text), ``job_id``.
+``strategy`` (PACK|SPREAD|STRICT_SPREAD|STRICT_PACK), ``family`` (free text), ``job_id``;
+``min_workers`` (optional) makes it an elastic gang of ``min_workers``..``workers``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from raycluster.policy.simulate import TraceJob
 
-FIELDS = ("job_id", "arrival_s", "duration_s", "workers", "gpus", "cpus", "priority", "spot", "strategy", "family")
+FIELDS = ("job_id", "arrival_s", "duration_s", "workers", "gpus", "cpus", "priority", "spot", "strategy", "family",
+          "min_workers")
 
 
 class TraceError(ValueError):
@@ -34,7 +36,8 @@ def _job(row: dict, where: str, index: int) -> TraceJob:
         raise TraceError(f"unknown field(s) {sorted(unknown)} (known: {', '.join(FIELDS)})", where)
     out = {"job_id": str(row.get("job_id") or f"t{index:06d}")}
     for key, cast, lo in (("arrival_s", float, 0.0), ("duration_s", float, 1e-9), ("workers", int, 1),
-                          ("gpus", float, 0.0), ("cpus", float, 0.0), ("priority", int, -10**9)):
+                          ("gpus", float, 0.0), ("cpus", float, 0.0), ("priority", int, -10**9),
+                          ("min_workers", int, 1)):
         if row.get(key) in (None, ""):
             if key in ("arrival_s", "duration_s"):
                 raise TraceError("is required", f"{where}.{key}")
@@ -56,6 +59,10 @@ def _job(row: dict, where: str, index: int) -> TraceJob:
         out["strategy"] = row["strategy"]
     if row.get("family"):
         out["family"] = str(row["family"])
+    if out.get("min_workers", 0) > out.get("workers", 1):
+        raise TraceError(f"must be <= workers ({out.get('workers', 1)})", f"{where}.min_workers")
+    if out.get("min_workers") == out.get("workers", 1):
+        out.pop("min_workers")  # (the plain gang)
     return TraceJob(**out)
 
 
