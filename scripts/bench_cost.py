@@ -40,16 +40,27 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchlib import log, write_result  # noqa: E402
 
 
+def elastic_trace(trace):
+    """The trace with every multi-worker gang elastic: ``num_workers: {min: workers // 2, max: workers}``."""
+    return [replace(j, min_workers=max(1, j.workers // 2)) if j.workers > 1 else j for j in trace]
+
+
+# the policy before issue "Spend less": no moves for cost, and a busy cluster kept every idle node
+PREVIOUS_POLICY = {"max_moves_per_hour": 0, "busy_idle_nodes_kept": 10 ** 6}
+
+
 def shipped(config: Path, trace_path: Path) -> dict:
     from raycluster.cli.simulate import compare, sim_inputs
     from raycluster.policy.trace import load
 
-    trace = load(trace_path)
+    rigid = load(trace_path)
     market, cfg, types = sim_inputs(str(config))
     out = {}
-    # today's policy side by side: the same knobs with moves for cost (spot return, consolidation) off
-    for label, c in (("seed_knobs", cfg), ("seed_knobs_no_cost_moves", replace(cfg, max_moves_per_hour=0)),
-                     ("min_workers_0", replace(cfg, min_workers=0))):
+    # the previous policy side by side: the same knobs, the same trace and draws
+    for label, c, trace in (("seed_knobs", cfg, rigid), ("seed_knobs_elastic_gangs", cfg, elastic_trace(rigid)),
+                            ("previous_policy", replace(cfg, **PREVIOUS_POLICY), rigid),
+                            ("seed_knobs_no_cost_moves", replace(cfg, max_moves_per_hour=0), rigid),
+                            ("min_workers_0", replace(cfg, min_workers=0), rigid)):
         runs = [compare(trace, market, c, types, seed=s) for s in range(5)]  # 5 draws of the spot preemptions
         over = sorted(x["over_lower_bound"] for x in runs)
         saved = sorted(x["saved_vs_fixed_pool"] for x in runs)
@@ -69,6 +80,30 @@ def shipped(config: Path, trace_path: Path) -> dict:
                                   max(x["elastic"]["cost_usd"] for x in runs)]}
         log(f"(1) {label}: {row}")
         out[label] = row
+    out["elastic_vs_rigid_half_peak_budget"] = elastic_vs_rigid(rigid, market, cfg)
+    return out
+
+
+def elastic_vs_rigid(rigid, market, cfg) -> dict:
+    """The shipped trace rigid and elastic (``elastic_trace``) under an hourly cap that pays for half
+    the peak of the rigid trace's uncapped run: completed GPU-hours per USD, makespan, waits (the
+    median of five draws each)."""
+    from raycluster.policy.simulate import simulate
+
+    peak = simulate(rigid, market, replace(cfg, max_hourly_budget_usd=None), seed=0).peak_usd_per_hour
+    cap = round(peak / 2, 2)
+    out = {"budget_usd_per_hour": cap, "uncapped_peak_usd_per_hour": peak}
+    for label, trace in (("rigid", rigid), ("elastic", elastic_trace(rigid))):
+        runs = sorted((simulate(trace, market, replace(cfg, max_hourly_budget_usd=cap), seed=s) for s in range(5)),
+                      key=lambda r: r.cost_usd)
+        r = runs[2]
+        work_gpu_h = sum(j.duration_s / 3600.0 * j.workers * j.gpus for j in trace)  # every job finishes
+        out[label] = {"finished": r.finished, "cost_usd": round(r.cost_usd, 2),
+                      "gpu_hours_per_usd": round(work_gpu_h / r.cost_usd, 3) if r.cost_usd else None,
+                      "gpu_hours_per_usd_range": [round(work_gpu_h / x.cost_usd, 3) for x in (runs[-1], runs[0])],
+                      "makespan_h": round(r.makespan_s / 3600.0, 2), "wait_p50_s": r.wait_p50_s,
+                      "wait_p99_s": r.wait_p99_s, "moves": r.moves, "peak_usd_per_hour": r.peak_usd_per_hour}
+    log(f"(1) elastic vs rigid under half the peak: {out}")
     return out
 
 
