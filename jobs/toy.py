@@ -17,7 +17,8 @@
   (the global batch kept at any world size), rank 0 records the sample ids of every rank's batch
   and the world size of every step in its checkpointed state, and returns them: a test checks the
   data was seen exactly once across shrinks and grows. ``sleep_per_step_s`` paces it until
-  ``fast_file`` exists (a test's event, not the wall clock).
+  ``fast_file`` exists (a test's event, not the wall clock); ``sleep_per_sample_s`` stands for
+  compute (each rank sleeps it per sample of its share: a step takes less time at a larger size).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def elastic(ctx):
     import torch.distributed as dist
 
     cfg = {"num_samples": 128, "global_batch": 16, "epochs": 4, "lr": 0.05, "seed": 0, "sleep_per_step_s": 0.0,
-           "fast_file": None, **ctx.config}
+           "sleep_per_sample_s": 0.0, "fast_file": None, **ctx.config}
     torch.manual_seed(cfg["seed"])
     inner = torch.nn.Linear(4, 1)  # (its state is saved, not DDP's: a resume at world size 1 loads it too)
     model = torch.nn.parallel.DistributedDataParallel(inner) if ctx.world_size > 1 else inner
@@ -159,6 +160,8 @@ def elastic(ctx):
                                  "sizes": list(sizes)}, step)
         if cfg["sleep_per_step_s"] and not (cfg["fast_file"] and os.path.exists(cfg["fast_file"])):
             time.sleep(cfg["sleep_per_step_s"])
+        if cfg["sleep_per_sample_s"]:
+            time.sleep(cfg["sleep_per_sample_s"] * len(ids))
     runs = []  # the world sizes it trained at, in order (run-length)
     for w in sizes:
         if not runs or runs[-1][0] != w:

@@ -133,10 +133,35 @@ def speed(jobs: int, nodes: int) -> dict:
 LIVE_TRACE = [  # (arrival s, steps of 0.5 s): 8 one-GPU jobs over a minute on at most 3 spot T4 nodes
     (0, 60), (0, 80), (5, 40), (10, 60), (20, 100), (30, 40), (45, 60), (60, 80)]
 LIVE_STEP_S = 0.5
+# elastic gangs ({min: 1, max: 2} one-GPU workers of jobs.toy:elastic): (arrival s, steps); a step is
+# LIVE_ELASTIC_BATCH samples at LIVE_SAMPLE_S each, shared by the ranks (1 s at 2 workers, 2 s at 1)
+LIVE_ELASTIC_TRACE = [(0, 40), (0, 30), (10, 40), (25, 30), (40, 40)]
+LIVE_ELASTIC_BATCH, LIVE_SAMPLE_S = 8, 0.25
 
 
-def live(launch_delay_s: float, job_overhead_s: float) -> dict:
-    """Run LIVE_TRACE on a real elastic local cluster; its spend against the simulator's prediction."""
+def _live_spec(i: int, at: float, steps: int, elastic: bool) -> dict:
+    if not elastic:
+        return {"name": f"live-{i}", "entrypoint": "jobs.toy:counter", "resources": {"gpus": 1, "cpus": 1},
+                "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}}
+    return {"name": f"live-elastic-{i}", "entrypoint": "jobs.toy:elastic", "num_workers": {"min": 1, "max": 2},
+            "resources": {"gpus": 1, "cpus": 1}, "checkpoint": {"every_steps": 5},
+            "config": {"num_samples": LIVE_ELASTIC_BATCH * steps, "global_batch": LIVE_ELASTIC_BATCH, "epochs": 1,
+                       "sleep_per_sample_s": LIVE_SAMPLE_S}}
+
+
+def _live_trace_job(i: int, at: float, steps: int, elastic: bool, job_overhead_s: float):
+    from raycluster.policy.simulate import TraceJob
+
+    if not elastic:
+        return TraceJob(f"live-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1, 1.0, 1.0)
+    # its work at 2 workers: a step of half the batch each; the start overhead once
+    return TraceJob(f"live-elastic-{i}", float(at), steps * LIVE_ELASTIC_BATCH / 2 * LIVE_SAMPLE_S + job_overhead_s,
+                    2, 1.0, 1.0, min_workers=1)
+
+
+def live(launch_delay_s: float, job_overhead_s: float, elastic: bool = False) -> dict:
+    """Run LIVE_TRACE (``elastic``: LIVE_ELASTIC_TRACE) on a real elastic local cluster; its spend
+    against the simulator's prediction."""
     import tempfile
 
     for key in [k for k in os.environ if k.startswith("RAYCLUSTER_") and k != "RAYCLUSTER_STATE_DIR"]:
@@ -148,7 +173,7 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
     from raycluster.client.ray_client import Client
     from raycluster.control.actors import start_runtime
     from raycluster.policy.budget import NodeType
-    from raycluster.policy.simulate import MarketModel, TraceJob, simulate
+    from raycluster.policy.simulate import MarketModel, simulate
     from raycluster.provision.autoscaling import ElasticConfig
     from raycluster.provision.local.cluster import LocalCluster
     from raycluster.provision.spend import cost
@@ -175,12 +200,12 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
         ids: list[str] = []
         t0 = time.time()
 
+        live_trace = LIVE_ELASTIC_TRACE if elastic else LIVE_TRACE
+
         def submit_all():
-            for i, (at, steps) in enumerate(LIVE_TRACE):
+            for i, (at, steps) in enumerate(live_trace):
                 time.sleep(max(0.0, t0 + at - time.time()))
-                ids.append(client.submit({"name": f"live-{i}", "entrypoint": "jobs.toy:counter",
-                                          "resources": {"gpus": 1, "cpus": 1},
-                                          "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}})["id"])
+                ids.append(client.submit(_live_spec(i, at, steps, elastic))["id"])
 
         submit_all()
         final = client.wait(ids, timeout_s=900)
@@ -200,18 +225,23 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
         jobs = {j["id"]: j for j in final}
         waits = sorted(jobs[i]["started_at"] - jobs[i]["submitted_at"] for i in ids
                        if jobs[i].get("started_at"))
+        sizes = [[t["reason"] for t in client.get(i)["transitions"] if t["cause"] in ("admitted", "resumed")]
+                 for i in ids] if elastic else None
+        grows = sum(1 for i in ids for t in client.get(i)["transitions"] if t["cause"] == "elastic_grow")
     finally:
         ray.shutdown()
         lc.stop()
-    trace = [TraceJob(f"live-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1, 1.0, 1.0)
-             for i, (at, steps) in enumerate(LIVE_TRACE)]
-    market = MarketModel((NodeType("gpu_spot", "spot", spot, 1, 2, nodes, nodes),), launch_delay_s=launch_delay_s)
+    trace = [_live_trace_job(i, at, steps, elastic, job_overhead_s) for i, (at, steps) in enumerate(live_trace)]
+    # (a grow: its checkpoint and the restart of its ranks, as the start overhead)
+    market = MarketModel((NodeType("gpu_spot", "spot", spot, 1, 2, nodes, nodes),), launch_delay_s=launch_delay_s,
+                         move_overhead_s=job_overhead_s)
     from raycluster.policy.budget import BudgetConfig
 
     sim = simulate(trace, market, BudgetConfig(min_workers=0, max_workers=nodes, cooldown_s=cooldown_s,
-                                               idle_timeout_s=idle_s), tick_s=tick_s)
+                                               idle_timeout_s=idle_s), tick_s=tick_s,
+                   grow_interval_s=C.ELASTIC_GROW_INTERVAL_S)
     real = bill["spend_usd"]
-    out = {"jobs": len(LIVE_TRACE), "real_spend_usd": round(real, 6), "predicted_usd": round(sim.cost_usd, 6),
+    out = {"jobs": len(live_trace), "elastic_gangs": elastic, "real_spend_usd": round(real, 6), "predicted_usd": round(sim.cost_usd, 6),
            "error": round(real / sim.cost_usd - 1, 4) if sim.cost_usd else None,
            "real_node_hours": round(sum(r.cost_usd(time.time()) / r.usd_per_hour for r in rentals), 4),
            "predicted_node_hours": round(sim.node_hours, 4), "rentals": len(rentals), "predicted_peak_nodes":
@@ -220,7 +250,11 @@ def live(launch_delay_s: float, job_overhead_s: float) -> dict:
            "measured": {"launch_to_first_job_s": [round(x, 1) for x in delays],
                         "job_run_s_median": round(runs[len(runs) // 2], 1) if runs else None,
                         "wait_p50_s": round(waits[len(waits) // 2], 1) if waits else None}}
-    log(f"(3) live vs predicted: {out}")
+    if elastic:
+        out["measured"]["elastic_grows"] = grows
+        out["measured"]["starts"] = sizes
+        out["predicted_elastic_grows"] = sim.moves.get("elastic_grow", 0)
+    log(f"(3) live vs predicted{' (elastic gangs)' if elastic else ''}: {out}")
     return out
 
 
@@ -230,7 +264,8 @@ def main() -> int:
     ap.add_argument("--trace", default=str(ROOT / "configs" / "traces" / "day.jsonl"))
     ap.add_argument("--speed-jobs", type=int, default=10_000)
     ap.add_argument("--speed-nodes", type=int, default=1_000)
-    ap.add_argument("--no-live", action="store_true", help="skip (3), the run on a real local cluster")
+    ap.add_argument("--no-live", action="store_true", help="skip (3), the runs on a real local cluster")
+    ap.add_argument("--live-only", choices=("toy", "elastic"), help="(3) alone, of this trace")
     ap.add_argument("--live-launch-delay-s", type=float, default=5.0,
                     help="the simulator's launch delay for (3) (bench_scale measures the local market's)")
     ap.add_argument("--live-job-overhead-s", type=float, default=3.0,
@@ -238,11 +273,18 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "bench_cost.json"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    result = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-              "shipped_trace": shipped(Path(args.config), Path(args.trace)),
-              "simulator_speed": speed(args.speed_jobs, args.speed_nodes)}
+    result = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}}
+    if args.live_only:
+        result["live_vs_predicted"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
+                                           elastic=args.live_only == "elastic")
+        write_result(result, args.out)
+        return 0
+    result["shipped_trace"] = shipped(Path(args.config), Path(args.trace))
+    result["simulator_speed"] = speed(args.speed_jobs, args.speed_nodes)
     if not args.no_live:
         result["live_vs_predicted"] = live(args.live_launch_delay_s, args.live_job_overhead_s)
+        result["live_vs_predicted_elastic_gangs"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
+                                                         elastic=True)
     write_result(result, args.out)
     return 0
 

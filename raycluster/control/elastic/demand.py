@@ -3,7 +3,8 @@ with its own state (the demand last told), handed only Ray's ``request_resources
 
 Queued gangs are visible to Ray's autoscaler only through us (a placement group is made once a gang
 fits): the loop hands it the bundles of every running gang and of the queued ones in queue order
-(at most ``DEMAND_MAX_BUNDLES``), each queued one with whether it may be rented for; it tells Ray
+(at most ``DEMAND_MAX_BUNDLES``; an elastic one at its smallest size), each queued one with whether
+it may be rented for; it tells Ray
 only when what it depends on changed, and nothing left clears the request, so idle rented nodes
 are released.
 """
@@ -56,6 +57,9 @@ def gangs_for_demand(active: dict[str, Any], attempts: dict[str, Any], pending: 
     def queued():
         for job in queue.ordered():
             rec = pending.get(job.job_id)
-            yield job.bundles, job.job_id not in held_back and not (rec is not None and held_by_quota(rec.waiting))
+            # an elastic gang at its smallest: what the BudgetAutoscaler rents for (Ray meets a request
+            # whole or not at all: its largest could be more than may be rented, holding back everything)
+            bundles = job.bundles if job.min_bundles is None else job.bundles[:job.min_bundles]
+            yield bundles, job.job_id not in held_back and not (rec is not None and held_by_quota(rec.waiting))
 
     return running, queued
