@@ -81,7 +81,8 @@ def compare(trace, market, cfg, types, *, tick_s: float = 60.0, seed: int = 0) -
     elastic run's peak; the offline lower bound of the accepted jobs."""
     from dataclasses import replace
 
-    from raycluster.policy.simulate import accepted, lower_bound_usd, never_runs, simulate
+    from raycluster.policy.sim_bounds import accepted, lower_bound_usd, never_runs
+    from raycluster.policy.simulate import simulate
 
     t0 = time.perf_counter()
     elastic = simulate(trace, market, cfg, tick_s=tick_s, seed=seed)

@@ -150,7 +150,7 @@ class Reconciler:
         self.housekeeping = Housekeeping(self.store, ops, packages=self._package_uris)
         self.resizes = Resizes(placed_gangs=self._placed_gangs, spec_of=self._spec,
                                bundle_of=lambda spec: self._bundles(spec, 1)[0],
-                               free=lambda: self._free_for_new_gangs(C.NODE_TOTALS_TTL_S),
+                               free=self._free_for_new_gangs,  # (read now: a cached view may miss a gang placed since)
                                queue_waits=lambda: self.admission.blocked is not None and bool(self._pending),
                                evacuations=self.evacuations)
         self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
@@ -189,7 +189,8 @@ class Reconciler:
 
         observe the job table → each active job's step → health (verdicts; gangs to evacuate) →
         moves (end those checkpointed) → fair share → deadlines → admission → preemption →
-        elastic gangs growing → schedules → demand told to Ray → housekeeping (orphaned placement groups, package pins)."""
+        elastic gangs growing → schedules → demand told to Ray → housekeeping (orphaned placement
+        groups, package pins)."""
         now = self.clock()
         part = self._part
         part("flush metrics", self.reports.flush)

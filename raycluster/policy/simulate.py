@@ -34,35 +34,8 @@ from raycluster.policy.budget import (KIND_RESOURCE, KIND_RESOURCE_UNITS, Budget
 from raycluster.policy.cost import node_share
 from raycluster.policy.cost_moves import expected_remaining_s
 from raycluster.policy.elastic import GrowContext, decide_grow, size_that_fits, with_gang_back
-
-
-@dataclass(frozen=True)
-class TraceJob:
-    job_id: str
-    arrival_s: float
-    duration_s: float
-    workers: int = 1
-    gpus: float = 1.0
-    cpus: float = 1.0
-    priority: int = 50
-    spot: str = "auto"
-    strategy: str = "PACK"
-    family: str = ""
-    min_workers: int | None = None  # an elastic gang: any size from this to ``workers``
-
-
-def gang_sizes(j: TraceJob) -> range:
-    """The sizes a job may run at, largest first."""
-    return range(j.workers, (j.min_workers or j.workers) - 1, -1)
-
-
-@dataclass(frozen=True)
-class MarketModel:
-    types: tuple[NodeType, ...]  # available = the market's capacity of that type
-    launch_delay_s: float = 60.0
-    preemption_rate_per_hour: float = 0.0
-    checkpoint_every_s: float = 300.0
-    move_overhead_s: float = 60.0  # a job moved for cost: its checkpoint and restart, as work added
+from raycluster.policy.sim_bounds import why_never
+from raycluster.policy.sim_types import MarketModel, TraceJob
 
 
 @dataclass
@@ -407,54 +380,3 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     if fixed_pool:
         report.peak_nodes = sum(fixed_pool.values())
     return report
-
-
-def accepted(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig,
-             fixed_pool: dict[str, int] | None = None) -> list[TraceJob]:
-    """The jobs a submit would accept (the rest could never run: too big, or past the budget)."""
-    return [j for j in trace if why_never(j, market, config, fixed_pool) is None]
-
-
-def never_runs(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig) -> list[tuple[TraceJob, str]]:
-    """The jobs a submit would refuse, each with why (the complement of ``accepted``)."""
-    return [(j, why) for j in trace if (why := why_never(j, market, config, None)) is not None]
-
-
-def why_never(j: TraceJob, market: MarketModel, config: BudgetConfig, fixed_pool: dict[str, int] | None) -> str | None:
-    """Why ``j`` could never run on this market/config (too big for every node type and the
-    worker limits, or cheaper nowhere than the cap), or None when it could."""
-    from raycluster.policy.budget import cheapest_gang_usd_per_hour
-    from raycluster.policy.placement import infeasible_reason
-
-    if fixed_pool:
-        types = {t.name: t for t in market.types}
-        totals = {f"{name}#{i}": {"GPU": float(types[name].gpus), "CPU": float(types[name].cpus),
-                                  KIND_RESOURCE[types[name].kind]: KIND_RESOURCE_UNITS}
-                  for name, count in fixed_pool.items() for i in range(count)}
-        return infeasible_reason(with_kind([{"GPU": j.gpus, "CPU": j.cpus}] * (j.min_workers or j.workers), j.spot),
-                                 j.strategy, totals)
-    gang = Gang(j.job_id, j.min_workers or j.workers, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD", spot=j.spot)
-    limited = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus, t.available,
-                             min(t.max_workers, t.available, config.max_workers)) for t in market.types)
-    rate = cheapest_gang_usd_per_hour(limited, gang, config.spot_fallback_preemptions)
-    if rate is None:
-        kinds = {"only": "spot ", "never": "on-demand "}.get(j.spot, "")
-        return (f"no {kinds}node types can hold {j.workers} x {j.gpus:g} GPU" + (" (strictly spread)" if
-                j.strategy == "STRICT_SPREAD" else "") + f" within max_workers {config.max_workers}")
-    cap = config.max_hourly_budget_usd
-    if cap is not None and rate > cap + 1e-9:
-        return f"costs at least {rate:.2f} USD/h, over the {cap:g} USD/h cap"
-    return None
-
-
-def lower_bound_usd(trace: Iterable[TraceJob], types: Iterable[NodeType]) -> float:
-    """The least any policy could pay: every job's GPU-hours at the cheapest price per GPU-hour it
-    may use (spot for auto/only, on-demand for never), no idle time, no launch delay."""
-    types = list(types)
-    out = 0.0
-    for j in trace:
-        kinds = {"only": {"spot"}, "never": {"on_demand"}}.get(j.spot, {"spot", "on_demand"})
-        per_gpu = [t.usd_per_hour / t.gpus for t in types if t.kind in kinds and t.gpus]
-        if per_gpu:
-            out += j.duration_s / 3600.0 * j.gpus * j.workers * min(per_gpu)
-    return out

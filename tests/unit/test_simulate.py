@@ -16,7 +16,8 @@ import raycluster.policy.budget as budget
 import raycluster.policy.placement as placement
 import raycluster.policy.simulate as sim
 from raycluster.policy.budget import BudgetConfig, NodeType
-from raycluster.policy.simulate import MarketModel, TraceJob, accepted, lower_bound_usd, simulate
+from raycluster.policy.sim_bounds import accepted, lower_bound_usd
+from raycluster.policy.simulate import MarketModel, TraceJob, simulate
 from raycluster.policy.trace import TraceError, day_trace, dump_jsonl, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +100,7 @@ def test_raycluster_simulate_on_the_shipped_trace(tmp_path):
 
 
 def test_the_jobs_that_could_never_run_are_listed_with_why():
-    from raycluster.policy.simulate import never_runs
+    from raycluster.policy.sim_bounds import never_runs
 
     trace = [TraceJob("ok", 0, 600), TraceJob("huge", 0, 600, workers=40, strategy="STRICT_SPREAD"),
              TraceJob("pricey", 0, 600, workers=20, spot="never")]
@@ -134,3 +135,30 @@ def test_the_replay_moves_jobs_for_cost_as_live_and_it_costs_less_than_without()
     assert moved.finished == stayed.finished == 3
     assert moved.cost_usd < stayed.cost_usd - 2.0  # ~7 h at 0.16 instead of 0.53
     assert moved.cost_by_kind_usd["on_demand"] < 0.53 * 1.0  # the on-demand node went after ~30 min
+
+
+def test_an_elastic_gang_starts_smaller_works_at_its_size_and_grows_into_freed_room():
+    """Two one-GPU nodes held all along: a rigid one-worker job takes one, the elastic {1..2} job
+    starts at 1 (half its speed: 600 s of its 1,200 s of work at 2 is 300 s by then), grows to 2 when
+    the other ends (a move: 60 s added) and ends at 600 + (1,200 - 300 + 60) = 1,560 s — as a rigid
+    2-worker gang it would wait for both nodes and end at 1,800 s."""
+    market = MarketModel(TYPES, launch_delay_s=60, move_overhead_s=60.0)
+    pool = {"gpu_ondemand": 2}
+    rigid_one = TraceJob("a", 0, 600)
+    e = simulate([rigid_one, TraceJob("b", 0, 1200, workers=2, min_workers=1)], market, CFG, fixed_pool=pool)
+    assert e.finished == 2 and e.moves == {"elastic_grow": 1} and e.makespan_s == pytest.approx(1560)
+    r = simulate([rigid_one, TraceJob("b", 0, 1200, workers=2)], market, CFG, fixed_pool=pool)
+    assert r.finished == 2 and r.moves == {} and r.makespan_s == pytest.approx(1800)
+    # not before the grow interval: the same trace with a grow interval longer than the run never grows
+    late = simulate([rigid_one, TraceJob("b", 0, 1200, workers=2, min_workers=1)], market, CFG, fixed_pool=pool,
+                    grow_interval_s=10_000)
+    assert late.moves == {} and late.makespan_s == pytest.approx(2400)
+
+
+def test_a_trace_line_may_make_a_gang_elastic_and_a_bad_min_is_named(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"arrival_s": 0, "duration_s": 60, "workers": 4, "min_workers": 2}\n')
+    assert load(p)[0].min_workers == 2
+    p.write_text('{"arrival_s": 0, "duration_s": 60, "workers": 2, "min_workers": 3}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl:1.min_workers: must be <= workers \(2\)"):
+        load(p)
