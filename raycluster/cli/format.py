@@ -101,6 +101,9 @@ def job_details(job: dict) -> str:
                    f"{'newer than step ' + str(past) if past is not None else 'to complete'}")
     if job.get("cause"):
         out.append(f"cause: {job['cause']}")
+    spec = job.get("spec") or {}
+    if spec.get("min_workers") and job.get("world_size"):  # an elastic gang: its size this attempt
+        out.append(f"workers: {job['world_size']} (elastic, {spec['min_workers']}..{spec.get('num_workers')})")
     if job.get("cost_usd") is not None:
         out.append(f"cost: {job['cost_usd']:.4f} USD over {job.get('attempt', 0)} attempt(s), "
                    f"{job.get('preemptions', 0)} preemption(s)")

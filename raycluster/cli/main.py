@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "(default: the config's)")
     sp.add_argument("--checkpoint-every-s", type=float, default=300.0, help="work lost to a preemption is at most this")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--tenants", default=None, metavar="FILE", help="a tenants file (as `raycluster tenants --set`): "
+                    "the trace's `tenant` jobs under its quotas and budgets")
     sp.set_defaults(fn=simulate.cmd_simulate)
     sp = sub.add_parser("market", help="act as the market (the local market only)")
     msub = sp.add_subparsers(dest="market_cmd", required=True)

@@ -65,10 +65,19 @@ def cmd_simulate(args) -> int:
         raise InvalidSetting(f"cannot read the config {args.config}: {exc.strerror or exc}", field="config") from None
     market = replace(market, launch_delay_s=args.launch_delay_s, checkpoint_every_s=args.checkpoint_every_s,
                      **({"preemption_rate_per_hour": args.preemption_rate} if args.preemption_rate is not None else {}))
-    out = compare(trace, market, cfg, types, tick_s=args.tick_s, seed=args.seed)
+    tenants = None
+    if getattr(args, "tenants", None):
+        from raycluster.store.tenants import read_tenants_file
+
+        try:
+            tenants = read_tenants_file(args.tenants)
+        except ValueError as exc:  # (naming the file and the field)
+            raise InvalidSetting(f"--tenants: {exc}", field="tenants") from None
+    out = compare(trace, market, cfg, types, tick_s=args.tick_s, seed=args.seed, tenants=tenants)
     out.update(trace=str(args.trace), config=str(args.config), max_hourly_budget_usd=cfg.max_hourly_budget_usd,
                tick_s=args.tick_s, launch_delay_s=args.launch_delay_s,
-               preemption_rate_per_hour=market.preemption_rate_per_hour, seed=args.seed)
+               preemption_rate_per_hour=market.preemption_rate_per_hour, seed=args.seed,
+               tenants=str(args.tenants) if getattr(args, "tenants", None) else None)
     if args.json:
         print_json(out)
         return EXIT_OK
@@ -76,16 +85,17 @@ def cmd_simulate(args) -> int:
     return EXIT_OK
 
 
-def compare(trace, market, cfg, types, *, tick_s: float = 60.0, seed: int = 0) -> dict[str, Any]:
+def compare(trace, market, cfg, types, *, tick_s: float = 60.0, seed: int = 0, tenants=None) -> dict[str, Any]:
     """The trace replayed elastic, and its accepted jobs on a fixed on-demand pool sized for the
-    elastic run's peak; the offline lower bound of the accepted jobs."""
+    elastic run's peak; the offline lower bound of the accepted jobs. ``tenants``: a tenants config
+    whose quotas and budgets hold the trace's tenants' jobs (the elastic run; the fixed pool has none)."""
     from dataclasses import replace
 
     from raycluster.policy.sim_bounds import accepted, lower_bound_usd, never_runs
     from raycluster.policy.simulate import simulate
 
     t0 = time.perf_counter()
-    elastic = simulate(trace, market, cfg, tick_s=tick_s, seed=seed)
+    elastic = simulate(trace, market, cfg, tick_s=tick_s, seed=seed, tenants=tenants)
     replay_s = time.perf_counter() - t0
     ok = accepted(trace, market, cfg)
     on_demand = min((t for t in types if t.kind == "on_demand"), key=lambda t: t.usd_per_hour / max(t.gpus, 1),
@@ -143,6 +153,10 @@ def show(out: dict[str, Any]) -> None:
         print()
     print(f"lower bound {out['lower_bound_usd']:.2f} USD (every job's GPU-hours at the cheapest price it may use): "
           f"elastic is {100 * (out['over_lower_bound'] or 0):.1f}% above it")
+    by_tenant = out["elastic"].get("cost_by_tenant_usd") or {}
+    if len(by_tenant) > 1 or out.get("tenants"):
+        print("jobs' cost by tenant (their shares of the nodes they ran on): "
+              + ", ".join(f"{t} {usd:.2f} USD" for t, usd in sorted(by_tenant.items())))
     never = out.get("never_run") or []
     if never:
         print(f"\n{len(never)} job(s) could never run on this config (a submit refuses them):")

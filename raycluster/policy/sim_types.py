@@ -22,6 +22,7 @@ class TraceJob:
     strategy: str = "PACK"
     family: str = ""
     min_workers: int | None = None  # an elastic gang: any size from this to ``workers``
+    tenant: str | None = None  # whose it is: its quotas and budgets (``simulate(tenants=...)``)
 
 
 

@@ -15,7 +15,10 @@ keep the work done (checkpointed first) and add ``move_overhead_s`` of work to t
 checkpoint and restart). An elastic gang (``min_workers``) is admitted at the largest size that
 fits (``policy.admission``, as live), rented for at its smallest (as live), works at the rate of its
 size (``duration_s`` is its work at ``workers``), and grows into free room by ``policy.elastic``'s
-rule (a move: work kept, ``move_overhead_s`` added). The budget policy decides every
+rule (a move: work kept, ``move_overhead_s`` added). With ``tenants`` (a tenants config), admission
+is handed the live ``QuotaView``: each tenant's holding gangs, its spend rate now and so far this
+UTC day and month (simulated time is UTC epoch seconds: t=0 is a day's start), so a tenant over a
+quota or budget waits (and is not rented for) as live. The budget policy decides every
 ``tick_s``; admission runs whenever something changed. The same trace on a fixed pool of on-demand
 nodes sized for the peak (held all day, admission only) is the comparison.
 """
@@ -36,6 +39,7 @@ from raycluster.policy.cost_moves import expected_remaining_s
 from raycluster.policy.elastic import GrowContext, decide_grow, size_that_fits, with_gang_back
 from raycluster.policy.sim_bounds import why_never
 from raycluster.policy.sim_types import MarketModel, TraceJob
+from raycluster.policy.tenants import Demand, QuotaView, TenantsConfig, TenantSpend, held_by_quota, period_starts, tenant_of
 
 
 @dataclass
@@ -55,6 +59,7 @@ class SimReport:
     node_hours: float = 0.0
     # where the money went: by node kind; node-hours starting (rented, not usable yet) and idle (usable, no job)
     cost_by_kind_usd: dict = field(default_factory=dict)
+    cost_by_tenant_usd: dict = field(default_factory=dict)  # the jobs' shares of their nodes, by tenant
     starting_node_hours: float = 0.0
     idle_node_hours: float = 0.0
 
@@ -93,7 +98,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfig, *, tick_s: float = 60.0,
              seed: int = 0, fixed_pool: dict[str, int] | None = None, horizon_s: float | None = None,
-             grow_interval_s: float = 30.0) -> SimReport:
+             grow_interval_s: float = 30.0, tenants: TenantsConfig | None = None) -> SimReport:
     """Replay ``trace``. With ``fixed_pool`` (type name -> nodes), hold exactly that pool from t=0 to
     the end and never call the budget policy. ``grow_interval_s``: an elastic gang's least running
     time before it grows (the live ``ELASTIC_GROW_INTERVAL_S``)."""
@@ -177,12 +182,33 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
         j = by_id[jid]
         queued_at.setdefault(jid, now)
         bundles = with_kind([{"GPU": j.gpus, "CPU": j.cpus} for _ in range(j.workers)], j.spot)
-        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple(bundles), j.strategy, min_bundles=j.min_workers))
+        queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple(bundles), j.strategy, tenant=j.tenant,
+                            min_bundles=j.min_workers))
+
+    def usd_per_hour(jid: str) -> float:
+        """A running job's shares of its nodes at their prices (``policy.cost.node_share``, as live)."""
+        started, _ends, where = running[jid]
+        p = priced.get(jid)
+        if p is None or p[2] != started:
+            j = by_id[jid]
+            usd = 0.0
+            for nid, k in where.items():
+                t = nodes[nid].type
+                usd += k * node_share(j.gpus, j.cpus, t.gpus, t.cpus) * t.usd_per_hour
+            p = priced[jid] = (tuple(where), usd, started)
+        return p[1]
+
+    spent: dict[str, list[tuple[float, float, float]]] = {}  # tenant -> (start, end, USD/h) of each ended run
 
     def stop_job(jid: str, now: float) -> None:
         nonlocal used_gpu_s
-        started, _ends, where = running.pop(jid)
         j = by_id[jid]
+        rate, started = usd_per_hour(jid), running[jid][0]
+        t = tenant_of(j.tenant)
+        report.cost_by_tenant_usd[t] = report.cost_by_tenant_usd.get(t, 0.0) + rate * (now - started) / 3600.0
+        if tenants is not None:
+            spent.setdefault(t, []).append((started, now, rate))
+        started, _ends, where = running.pop(jid)
         used_gpu_s += (now - started) * j.gpus * size.pop(jid)
         below_max.discard(jid)
         for nid, k in where.items():
@@ -217,21 +243,59 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
         push(ends, "finish", jid)
 
     priced: dict[str, tuple[tuple[str, ...], float, float]] = {}  # job -> (its nodes, USD/h, since) while it runs
+    prices = tuple((t.usd_per_hour, t.gpus, t.cpus) for t in market.types)
+    quota_held: set[str] = set()  # queued jobs their tenant's quota or budget holds (not rented for, as live)
+
+    def quota_view(now: float) -> QuotaView | None:
+        """What the live ``Tenancy.quota_view`` hands admission: each tenant's holding gangs and its
+        spend — rate now, so far this UTC day and month (ended runs and the running ones' stretch)."""
+        if tenants is None or not tenants.has_quotas:
+            return None
+        day, month = period_starts(now)
+        used: dict[str, Demand] = {}
+        rate: dict[str, float] = {}
+        today: dict[str, float] = {}
+        this_month: dict[str, float] = {}
+        for jid, (started, _ends, _where) in running.items():
+            j = by_id[jid]
+            t = tenant_of(j.tenant)
+            used[t] = used.get(t, Demand(jobs=0)) + Demand.of_bundles([{"GPU": j.gpus, "CPU": j.cpus}] * size[jid])
+            r = usd_per_hour(jid)
+            rate[t] = rate.get(t, 0.0) + r
+            today[t] = today.get(t, 0.0) + r * (now - max(started, day)) / 3600.0
+            this_month[t] = this_month.get(t, 0.0) + r * (now - max(started, month)) / 3600.0
+        for t, runs in spent.items():
+            for start, end, r in runs:
+                if end > day:
+                    today[t] = today.get(t, 0.0) + r * (end - max(start, day)) / 3600.0
+                if end > month:
+                    this_month[t] = this_month.get(t, 0.0) + r * (end - max(start, month)) / 3600.0
+        spend = {t: TenantSpend(rate.get(t, 0.0), today.get(t, 0.0), this_month.get(t, 0.0))
+                 for t in set(rate) | set(today) | set(this_month)}
+        return QuotaView(tenants, used, spend, prices)
+
+    def admit(now: float) -> None:
+        """Admission, as the Coordinator does it, over the nodes ready now (and the tenants' quotas)."""
+        quota = quota_view(now)
+        if quota is not None:
+            queue.forget()  # (spend moves with time: decide again)
+        decision = queue.decide(open_free, now, quota)
+        if decision is None:
+            return
+        if quota is not None:
+            quota_held.clear()
+            quota_held.update(j for why, ids in decision.groups if held_by_quota(why) for j in ids)
+        for jid in decision.admit:
+            place_admitted(jid, decision, now)
 
     def running_gangs(now: float) -> tuple[RunningGang, ...]:
         """The running jobs as the Coordinator tells them to the BudgetAutoscaler (``budget_running``)."""
         if config.max_moves_per_hour <= 0:
             return ()  # (no move for cost can be made: nothing to tell)
         out = []
-        for jid, (started, _ends, where) in running.items():
-            p = priced.get(jid)
-            if p is None or p[2] != started:
-                j = by_id[jid]
-                usd = 0.0
-                for nid, k in where.items():
-                    t = nodes[nid].type
-                    usd += k * node_share(j.gpus, j.cpus, t.gpus, t.cpus) * t.usd_per_hour
-                p = priced[jid] = (tuple(where), usd, started)
+        for jid in running:
+            usd_per_hour(jid)
+            p = priced[jid]
             moves = moved_at.get(jid)
             recent = sum(1 for t in moves if t >= now - 3600.0) if moves else 0
             out.append(RunningGang(gang_of(jid), p[0], p[1], expected_remaining_s(now - first_start[jid], None),
@@ -278,7 +342,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                     used_g += t.gpus - n.free_gpus
             offered = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus,
                                      max(0, t.available - counts.get(t.name, 0)), t.max_workers) for t in market.types)
-            waiting = tuple(gang_of(q.job_id) for q in queue.ordered())
+            waiting = tuple(gang_of(q.job_id) for q in queue.ordered() if q.job_id not in quota_held)
             d = decide(BudgetContext(config, offered, tuple(held), waiting, used_g / total_g if total_g else None,
                                      low_since, last_up, running=running_gangs(now)), now)
             low_since, last_up = d.low_util_since, d.last_scale_up_at
@@ -329,10 +393,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                     sync(nodes[ident])
         # admission, as the Coordinator does it, over the nodes ready now
         if len(queue):
-            decision = queue.decide(open_free, now)
-            if decision is not None:
-                for jid in decision.admit:
-                    place_admitted(jid, decision, now)
+            admit(now)
         if below_max and not len(queue):  # elastic gangs grow into free room nobody waits for
             for jid in sorted(below_max):
                 started, _ends, where = running[jid]
@@ -351,9 +412,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                 stop_job(jid, now)
                 report.moves["elastic_grow"] = report.moves.get("elastic_grow", 0) + 1
                 queue_job(jid, now)
-                decision = queue.decide(open_free, now)  # placed again at once, larger
-                for gid in (decision.admit if decision is not None else ()):
-                    place_admitted(gid, decision, now)
+                admit(now)  # placed again at once, larger
                 if len(queue):
                     break
         if report.finished == len(jobs) or (not events and not running and not len(queue)):

@@ -4,7 +4,8 @@ errors that name the line and the field, and the shipped day-shaped trace's gene
 A job: ``arrival_s`` (seconds from the trace's start), ``duration_s`` (work once placed),
 ``workers`` (gang size), ``gpus``/``cpus`` per worker, ``priority``, ``spot`` (auto|never|only),
 ``strategy`` (PACK|SPREAD|STRICT_SPREAD|STRICT_PACK), ``family`` (free text), ``job_id``;
-``min_workers`` (optional) makes it an elastic gang of ``min_workers``..``workers``.
+``min_workers`` (optional) makes it an elastic gang of ``min_workers``..``workers``; ``tenant``
+(optional) whose quotas and budgets it counts against.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from raycluster.policy.simulate import TraceJob
 
 FIELDS = ("job_id", "arrival_s", "duration_s", "workers", "gpus", "cpus", "priority", "spot", "strategy", "family",
-          "min_workers")
+          "min_workers", "tenant")
 
 
 class TraceError(ValueError):
@@ -59,6 +60,8 @@ def _job(row: dict, where: str, index: int) -> TraceJob:
         out["strategy"] = row["strategy"]
     if row.get("family"):
         out["family"] = str(row["family"])
+    if row.get("tenant"):
+        out["tenant"] = str(row["tenant"])
     if out.get("min_workers", 0) > out.get("workers", 1):
         raise TraceError(f"must be <= workers ({out.get('workers', 1)})", f"{where}.min_workers")
     if out.get("min_workers") == out.get("workers", 1):

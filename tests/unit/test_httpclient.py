@@ -465,3 +465,13 @@ def test_history_outlives_the_cluster(tmp_path, monkeypatch, capsys):
     assert cli.main([*base, "status"]) == errors.EXIT_UNAVAILABLE  # the cluster's status needs a cluster
     assert cli.main([*base, "cancel", old.id]) == errors.EXIT_UNAVAILABLE  # nothing changes offline
     assert store.get(old.id).state == JobState.PENDING
+
+
+def test_status_of_an_elastic_gang_says_its_size_this_attempt():
+    from raycluster.cli.format import job_details
+
+    j = job(state="RUNNING")
+    j.update(spec={"num_workers": 4, "min_workers": 2}, world_size=3, transitions=[])
+    assert "workers: 3 (elastic, 2..4)" in job_details(j)
+    j.update(spec={"num_workers": 4}, world_size=4)  # a rigid gang: nothing more to say
+    assert "elastic" not in job_details(j)

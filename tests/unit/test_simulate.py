@@ -162,3 +162,53 @@ def test_a_trace_line_may_make_a_gang_elastic_and_a_bad_min_is_named(tmp_path):
     p.write_text('{"arrival_s": 0, "duration_s": 60, "workers": 2, "min_workers": 3}\n')
     with pytest.raises(TraceError, match=r"t.jsonl:1.min_workers: must be <= workers \(2\)"):
         load(p)
+
+
+def test_tenant_budgets_are_replayed_as_live():
+    """Tenant a's day budget (0.20 USD): its third job arrives with 0.32 USD spent today, waits (and
+    is not rented for) until the next UTC day, while tenant b's job at the same instant runs at once;
+    a's ``max_usd_per_hour`` serialises its jobs the same way (two at 0.16 USD/h each pass 0.20)."""
+    from raycluster.policy.tenants import TenantBudget, TenantQuota, TenantsConfig
+
+    market = MarketModel(TYPES, launch_delay_s=60)
+    cfg = BudgetConfig(min_workers=0, max_workers=8, cooldown_s=60, idle_timeout_s=60)
+    hour, day = 3600.0, 86400.0
+    trace = [TraceJob("a1", 0, hour, spot="only", tenant="a"), TraceJob("a2", 2 * hour, hour, spot="only", tenant="a"),
+             TraceJob("a3", 4 * hour, hour, spot="only", tenant="a"),
+             TraceJob("b1", 4 * hour, hour, spot="only", tenant="b")]
+    budget = TenantsConfig(tenants={"a": TenantQuota(budget_usd=TenantBudget(day=0.20))})
+    r = simulate(trace, market, cfg, tenants=budget)
+    assert r.finished == 4
+    assert day + hour <= r.makespan_s <= day + hour + 300  # a3 ran the next day
+    assert r.cost_by_tenant_usd["a"] == pytest.approx(3 * 0.16, rel=1e-6)
+    assert r.cost_by_tenant_usd["b"] == pytest.approx(0.16, rel=1e-6)
+    free = simulate(trace, market, cfg)  # no tenants config: all done the same day
+    assert free.makespan_s < 6 * hour
+    # a rate cap: a1..a3 arriving together run one after the other
+    together = [TraceJob(f"a{i}", 0, hour, spot="only", tenant="a") for i in range(3)]
+    capped = simulate(together, market, cfg, tenants=TenantsConfig(tenants={"a": TenantQuota(max_usd_per_hour=0.2)}))
+    assert capped.finished == 3 and capped.makespan_s >= 3 * hour
+    assert simulate(together, market, cfg).makespan_s < 2 * hour
+
+
+def test_raycluster_simulate_takes_a_tenants_file_and_names_a_bad_one(tmp_path, capsys):
+    from raycluster.cli.main import main
+    from raycluster.policy.trace import load as load_trace
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(dump_jsonl([TraceJob("a1", 0, 3600, spot="only", tenant="a"),
+                                 TraceJob("a2", 7200, 3600, spot="only", tenant="a"),
+                                 TraceJob("b1", 7200, 3600, spot="only", tenant="b")]))
+    assert [j.tenant for j in load_trace(trace)] == ["a", "a", "b"]
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text("tenants:\n  a: {budget_usd: {day: 0.1}}\n")
+    args = ["simulate", str(trace), "--config", str(ROOT / "configs/sim-day.yaml"), "--tenants", str(tenants)]
+    assert main(["--json", *args]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["elastic"]["finished"] == 3 and rep["elastic"]["makespan_s"] > 86400  # a2 waited for the next day
+    assert main(args) == 0
+    assert "jobs' cost by tenant" in capsys.readouterr().out
+    tenants.write_text("tenants:\n  a: {budget_usd: {week: 1}}\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--tenants" in err and "week" in err
