@@ -131,7 +131,9 @@ def test_waiting_gangs_open_spot_limits_and_starting_nodes_are_not_rented_twice(
     loop = BudgetLoop(ops, clock)
     ops.queue = [gang("a", bundles=2)]
     loop.step()
-    assert ops.limits[-1] == {"gpu_spot": (0, 2), "gpu_ondemand": (0, 0)}
+    # the launch as the type's min too: Ray's autoscaler packs the bundles it is told without the
+    # gang's strategy, so only a min makes it rent what the policy decided
+    assert ops.limits[-1] == {"gpu_spot": (2, 2), "gpu_ondemand": (0, 0)}
     assert ("scale_up", "1 gang(s) waiting") in ops.events
     # Ray's autoscaler rented them; not joined yet: their room counts, nothing more is asked
     ops.rent("r1", joined=False)
@@ -162,7 +164,7 @@ def test_no_spot_offered_falls_back_to_on_demand():
     loop = BudgetLoop(ops, clock)
     ops.queue = [gang("a")]
     loop.step()
-    assert ops.limits[-1] == {"gpu_spot": (0, 0), "gpu_ondemand": (0, 1)}
+    assert ops.limits[-1] == {"gpu_spot": (0, 0), "gpu_ondemand": (1, 1)}
     assert ("fallback", "a: on-demand (no spot node offered)") in ops.events
 
 
@@ -319,3 +321,19 @@ def test_demand_tells_ray_only_what_changed_and_at_most_the_cap_of_bundles(monke
     assert "never-read" not in read  # the queue is read only as far as the cap
     assert not d.tell((1,), lambda: [], lambda: []) and len(told) == 1  # nothing changed: nothing told
     assert d.tell((2,), lambda: [], lambda: []) and told[-1] == []  # nothing left: the request is cleared
+
+
+def test_a_strict_spread_gang_whose_bundles_fit_one_held_node_gets_its_second_node_from_a_min():
+    """Suite run of 2026-12-06: a STRICT_SPREAD pair of half-GPU bundles with one idle spot node held
+    waited 180 s — the policy launched one node, but Ray's autoscaler, told the two bundles (which
+    fit the held node's free GPU), rented nothing while only the max was raised."""
+    ops, clock = FakeOps(), Clock()
+    loop = BudgetLoop(ops, clock)
+    ops.rent("r1")  # idle, one GPU free
+    ops.queue = [gang("pair", bundles=2, gpus=0.5, strict_spread=True)]
+    loop.step()
+    assert ops.limits[-1]["gpu_spot"] == (2, 2)  # Ray must hold two: it rents the second
+    ops.rent("r2", joined=False)  # rented: held (starting) from now on, the min goes back down
+    clock.t += 2
+    loop.step()
+    assert ops.limits[-1]["gpu_spot"] == (0, 2)

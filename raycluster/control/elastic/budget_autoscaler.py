@@ -218,6 +218,11 @@ class BudgetLoop:
             hi = min(t.max_workers, counts.get(t.name, 0) + d.launch.get(t.name, 0))
             lo = min(hi, left_min)
             left_min -= lo
+            if d.launch.get(t.name):
+                # a launch is written as the type's min too: Ray's autoscaler packs the bundles it is
+                # told without the gang's strategy (a STRICT_SPREAD gang's half-GPU bundles fit the free
+                # half of one held node) and would launch nothing; once rented, the node counts as held
+                lo = hi
             limits[t.name] = (lo, hi)
         backstop_min = (ctx.config.idle_timeout_s + ctx.config.cooldown_s) / 60.0
         if self.ops.write_limits(limits, idle_timeout_minutes=backstop_min):
