@@ -169,3 +169,17 @@ class FakeMarket:
 
     def prices(self):
         return {("T4", "spot"): self.spot_usd_per_hour, ("T4", "on_demand"): 0.5}
+
+
+def record_spot_cluster(state_dir, max_workers: int, spot_max_workers: int) -> None:
+    """Record the autoscaling config of an elastic local cluster in ``state_dir`` (as ``raycluster up
+    --local --elastic`` does): a head with no CPUs and one spot node type of 2 CPUs and 1 GPU."""
+    import json
+
+    from raycluster.provision.local.record import cluster_dir
+
+    cluster_dir(state_dir).mkdir(parents=True)
+    (cluster_dir(state_dir) / "autoscaling.json").write_text(json.dumps({
+        "max_workers": max_workers, "head_node_type": "head",
+        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
+                                 "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": spot_max_workers}}}))

@@ -35,7 +35,8 @@ from raycluster.control.nodes import NodeCache
 from raycluster.control.elastic.demand import Demand, gangs_for_demand
 from raycluster.control.observe.notify import Notifier, job_notification
 from raycluster.control.rayops import GangOps, pg_name
-from raycluster.control.gangs import Gangs, world_of
+from raycluster.control.gangs import Gangs
+from raycluster.control.sizing import GangSizing
 from raycluster.control.gate import SubmitGate
 from raycluster.control.housekeeping import Housekeeping
 from raycluster.control.preemption import Preemptions
@@ -46,9 +47,6 @@ from raycluster.control.sweeps import Sweeps
 from raycluster.control.tenancy import Tenancy
 from raycluster.errors import IllegalTransition
 from raycluster.policy.admission import QueuedJob
-from raycluster.policy.budget import with_kind
-from raycluster.policy.elastic import size_that_fits
-from raycluster.policy.placement import place
 from raycluster.provision import autoscaling
 from raycluster.policy.recovery import RankStatus
 from raycluster.policy.steps import (Action, Limits, Step, decide_placing, decide_running, moved_step,
@@ -71,7 +69,8 @@ class Reconciler:
     gate (``control/gate.py``), node health (``control/health/registry.py``), the one move mechanism
     (``control/evacuation.py``), quotas and fair share (``control/tenancy.py``), deadlines and
     schedules (``control/schedules.py``), preemption (``control/preemption.py``), sweeps
-    (``control/sweeps.py``), the demand told to Ray's autoscaler (``control/elastic/demand.py``)."""
+    (``control/sweeps.py``), the demand told to Ray's autoscaler (``control/elastic/demand.py``),
+    elastic gangs growing (``control/resize.py``); a gang's shape and size are ``control/sizing.py``'s."""
 
     def __init__(self, state_dir: Path, ops: GangOps, checkpoint_manager=None, self_handle=None,
                  storage_uri: str | None = None, clock=time.time, settings: dict | None = None):
@@ -107,12 +106,16 @@ class Reconciler:
         # the config's cap (the one in force may be set at run time: ``SubmitGate.live_cap``)
         self.config_cap_usd_per_hour, self.budget_types = autoscaling.budget_view(elastic)
         self.ledger = JobLedger(self.state_dir, bool(elastic), clock)
+        self.sizing = GangSizing(spec_of=self._spec, rented=self.ledger.elastic, nodes=self.nodes,
+                                 excluded=lambda: self.health.excluded(), attempts=lambda: self.attempts,
+                                 active=lambda: self._active)
         self.demand = Demand(ops.request_resources)  # (elastic clusters: told each pass when it changed)
         self.timings = PartTimings()
         self.notifier = Notifier(self.state_dir, clock)
         self.tenancy = Tenancy(self.state_dir, clock, spend_of=self.ledger.tenant_spend, notify=self.notifier.emit,
                                prices=tuple((t.usd_per_hour, t.gpus, t.cpus) for t in self.budget_types))
-        self.gate = SubmitGate(ops=ops, nodes=self.nodes, tenants=self.tenancy.config, bundles_of=self._bundles,
+        self.gate = SubmitGate(ops=ops, nodes=self.nodes, tenants=self.tenancy.config,
+                               bundles_of=self.sizing.bundles,
                                elastic_nodes=self.elastic_nodes, elastic_nodes_for=self.elastic_nodes_for,
                                budget_types=self.budget_types, config_cap_usd_per_hour=self.config_cap_usd_per_hour,
                                state_dir=self.state_dir, clock=clock)
@@ -120,11 +123,12 @@ class Reconciler:
                                        apply=self.apply, clock=clock)
         self.health = Health(self.state_dir, nodes=self.nodes, ops=ops, handle=self_handle, clock=clock,
                              notifier=self.notifier, evacuations=self.evacuations, placed_gangs=self._placed_gangs,
-                             room_elsewhere=self._room_elsewhere, excluded_changed=self.queue.forget,
+                             room_elsewhere=lambda jid, excl: (spec := self._specs.get(jid)) is None
+                             or self.sizing.room_elsewhere(spec, excl), excluded_changed=self.queue.forget,
                              wake=self.wake, lock=self._lock, guard=self._guard)
         self.preemption = Preemptions(self.evacuations, job=self._active.__getitem__, waiter=self._waiter,
                                       placed_gangs=self._placed_gangs,
-                                      preemptible_bundles=lambda rec: (self._gang_bundles(rec)
+                                      preemptible_bundles=lambda rec: (self.sizing.held(rec)
                                                                        if self._spec(rec).preemptible else None),
                                       recent_preemptions=lambda ids, since: self.store.count_transitions(
                                           ids, Cause.PREEMPTED, since),
@@ -138,7 +142,7 @@ class Reconciler:
                                    pin=lambda uris: self.ops.pin_uris(uris, C.PACKAGE_PIN_S), clock=clock,
                                    wake=self.wake, lock=self._lock, guard=self._guard)
         self.deadlines = Deadlines(self._guard)
-        self.gangs = Gangs(ops, spec_of=self._spec, bundles_of=self._bundles,
+        self.gangs = Gangs(ops, spec_of=self._spec, bundles_of=self.sizing.bundles,
                            first_ranks=lambda jid, spec, attempt: self.sweeps.first_ranks(jid, spec, attempt),
                            ledger=self.ledger, nodes=self.nodes, clock=clock, wake=self.wake, guard=self._guard,
                            launch_with={"checkpoint_root": self.checkpoint_root, "log_dir": self.log_dir,
@@ -149,8 +153,8 @@ class Reconciler:
                              launch_ranks=self.gangs.launch_ranks, cancel=self.ops.cancel)
         self.housekeeping = Housekeeping(self.store, ops, packages=self._package_uris)
         self.resizes = Resizes(placed_gangs=self._placed_gangs, spec_of=self._spec,
-                               bundle_of=lambda spec: self._bundles(spec, 1)[0],
-                               free=self._free_for_new_gangs,  # (read now: a cached view may miss a gang placed since)
+                               bundle_of=lambda spec: self.sizing.bundles(spec, 1)[0],
+                               free=self.sizing.free_for_new_gangs,  # (now: a cached view may miss a gang placed since)
                                queue_waits=lambda: self.admission.blocked is not None and bool(self._pending),
                                evacuations=self.evacuations)
         self.submit_to_running = Histogram((0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))
@@ -349,48 +353,14 @@ class Reconciler:
         if step.action == Action.MARK_RUNNING:  # a short job may already be done: look again now
             self._step_job(job, now)
 
-    def _bundles(self, spec, workers: int | None = None) -> list[dict[str, float]]:
-        """The bundles of a gang of ``workers`` (default: its largest); on an elastic cluster a
-        ``spot: only/never`` gang's ask for its kind's marker."""
-        bundles = spec.bundles(workers)
-        return with_kind(bundles, spec.spot) if self.ledger.elastic else bundles
-
-    def _gang_bundles(self, rec: JobRecord) -> list[dict[str, float]]:
-        """The bundles of a job's gang as it holds them: its current attempt's size (an elastic gang's
-        varies), its largest while it is queued."""
-        spec = self._spec(rec)
-        return self._bundles(spec, None if rec.state == JobState.PENDING else world_of(rec, spec))
-
     def _start_step(self, job: JobRecord, now: float, size: int | None = None) -> Step:
-        """The START step of a job, at the size admission chose; an elastic gang placed again (node
-        lost, preempted, shed, grown) at the largest size that fits the free room now (else its
-        smallest: it waits to be placed at that), so it shrinks instead of waiting for a replacement."""
+        """The START step of a job, at the size admission chose, else (placed again) ``GangSizing``'s."""
         spec = self._spec(job)
-        if not spec.elastic:
-            return start_step(job, now, spec.num_workers)
-        if size is None:
-            bundle = self._bundles(spec, 1)[0]
-            size = size_that_fits(bundle, spec.sizes(), self._free_for_new_gangs(),
-                                  spec.placement_strategy.value) or spec.min_workers
-        return start_step(job, now, size, spec.num_workers)
-
-    def _free_for_new_gangs(self, max_age_s: float = 0.0) -> dict[str, dict[str, float]]:
-        """The free room a new gang may take: unhealthy and drained nodes left out, the placement
-        groups not created yet (they do not show in Ray's free view) counted as taken."""
-        _total, free = self.nodes.totals_and_free(max_age_s)
-        excluded = self.health.excluded()
-        if excluded:  # unhealthy and drained nodes take no new gang
-            free = {n: r for n, r in free.items() if n not in excluded}
-        for att in self.attempts.values():
-            if not att.placed and (rec := self._active.get(att.job_id)) is not None:
-                spec = self._spec(rec)
-                placed = place(self._gang_bundles(rec), free, spec.placement_strategy.value)
-                if placed:
-                    free = placed[1]
-        return free
+        return start_step(job, now, size or self.sizing.start_size(job),
+                          spec.num_workers if spec.elastic else None)
 
     def _admit(self, now: float) -> None:
-        free = self._free_for_new_gangs()
+        free = self.sizing.free_for_new_gangs()
         quota, changed = self.tenancy.quota_view(self._gangs_holding())
         if changed:  # the last pass's decision may no longer hold
             self.queue.forget()
@@ -427,7 +397,7 @@ class Reconciler:
     def _tell_demand(self) -> None:
         a = self.admission
         running, queued = gangs_for_demand(self._active, self.attempts, self._pending, self.queue, a.budget_reasons,
-                                           self._gang_bundles)
+                                           self.sizing.held)
         key = (self.queue.version, frozenset(self._active), a.budget_version, a.version)
         self.demand.tell(key, running, queued)
 
@@ -442,12 +412,13 @@ class Reconciler:
 
     # ------------------------------------------------------------------ what the parts are handed
     def _queued(self, rec: JobRecord, spec: JobSpec) -> QueuedJob:
-        return QueuedJob(rec.id, rec.priority, rec.queued_at, tuple(self._bundles(spec)), spec.placement_strategy.value,
+        return QueuedJob(rec.id, rec.priority, rec.queued_at, tuple(self.sizing.bundles(spec)),
+                         spec.placement_strategy.value,
                          tenant=rec.tenant, boost_s=self.tenancy.boost_of(rec.tenant), min_bundles=spec.min_workers)
 
     def _gangs_holding(self) -> list[tuple[str | None, list[dict[str, float]]]]:
         """(tenant, bundles) of every gang that holds or is about to hold resources."""
-        return [(rec.tenant, self._gang_bundles(rec)) for rec in self._active.values()]
+        return [(rec.tenant, self.sizing.held(rec)) for rec in self._active.values()]
 
     def _fair_share(self, now: float) -> None:
         moved = self.tenancy.tick(now, self._gangs_holding(), (j.tenant for j in self.queue.ordered()))
@@ -465,21 +436,12 @@ class Reconciler:
                 out.append((rec, list(att.nodes or [])))
         return out
 
-    def _room_elsewhere(self, job_id: str, excluded: set[str]) -> bool:
-        """Whether the gang would fit now on the free room of the nodes that are not excluded."""
-        spec = self._specs.get(job_id)
-        if spec is None:
-            return True
-        _total, free = self.nodes.totals_and_free(C.NODE_TOTALS_TTL_S)
-        free = {n: r for n, r in free.items() if n not in excluded}
-        return place(self._bundles(spec, spec.min_workers), free, spec.placement_strategy.value) is not None
-
     def _waiter(self, job_id: str) -> tuple[JobRecord, list, str] | None:
         rec = self._pending.get(job_id)
         if rec is None:
             return None
         spec = self._spec(rec)  # (an elastic gang needs room for its smallest size)
-        return rec, self._bundles(spec, spec.min_workers), spec.placement_strategy.value
+        return rec, self.sizing.bundles(spec, spec.min_workers), spec.placement_strategy.value
 
     def _package_uris(self) -> set[str]:
         """The packages (working_dir, py_modules) of every job not yet finished and every schedule."""

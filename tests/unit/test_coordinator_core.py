@@ -436,16 +436,10 @@ def test_an_elastic_cluster_accepts_gangs_it_can_rent_for_and_tells_the_autoscal
     """With an autoscaling config recorded (an elastic local cluster), a gang larger than the nodes up
     now is accepted if the nodes the autoscaler may rent can hold it, and the bundles of every running
     and queued gang are told to the autoscaler as demand — cleared once nothing is left."""
-    import json
-
     from raycluster.errors import InfeasibleJob
-    from raycluster.provision.local.record import cluster_dir
+    from tests.fakes import record_spot_cluster
 
-    cluster_dir(tmp_path).mkdir(parents=True)
-    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
-        "max_workers": 3, "head_node_type": "head",
-        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
-                                 "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 5}}}))
+    record_spot_cluster(tmp_path, max_workers=3, spot_max_workers=5)
     ops, clock = FakeOps(nodes=1), Clock()
     core = CoordinatorCore(tmp_path, ops, clock=clock)
     assert len(core.elastic_nodes) == 3  # the cluster's max_workers caps the type's 5

@@ -19,7 +19,7 @@ from raycluster.policy.tenants import QuotaView, TenantQuota, TenantsConfig
 from raycluster.rank.data import GlobalSampler
 from raycluster.spec import parse_spec
 from raycluster.store.lifecycle import Cause
-from tests.fakes import Clock, FakeOps
+from tests.fakes import Clock, FakeOps, record_spot_cluster
 
 
 def spec(**kw):
@@ -323,15 +323,7 @@ def test_on_an_elastic_cluster_a_queued_elastic_gang_is_rented_for_at_its_smalle
     """What Ray's autoscaler is told and what the BudgetAutoscaler rents for: a queued elastic gang at
     its smallest size. (Told at its largest — more than may be rented — Ray's autoscaler, which meets
     a request whole or not at all, rented nothing: bench_cost's live elastic run wedged so.)"""
-    import json
-
-    from raycluster.provision.local.record import cluster_dir
-
-    cluster_dir(tmp_path).mkdir(parents=True)
-    (cluster_dir(tmp_path) / "autoscaling.json").write_text(json.dumps({
-        "max_workers": 3, "head_node_type": "head",
-        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
-                                 "gpu_spot": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 3}}}))
+    record_spot_cluster(tmp_path, max_workers=3, spot_max_workers=3)
     ops, clock = FakeOps(nodes=0), Clock()
     core = CoordinatorCore(tmp_path, ops, clock=clock)
     ids = [core.submit(spec(name=f"e{i}", num_workers={"min": 1, "max": 2}))["id"] for i in range(3)]
