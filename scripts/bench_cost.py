@@ -15,7 +15,9 @@
     back; its real spend (the rentals' books) against what the simulator predicts for the same trace
     and knobs with an a-priori market model (launch delay --live-launch-delay-s, per-job start
     overhead --live-job-overhead-s, the BudgetAutoscaler's interval as the tick). Goal: within 15%.
-    The measured launch delays and job run times are reported beside it. --no-live skips it.
+    The measured launch delays and job run times are reported beside it. The same for elastic gangs
+    (LIVE_ELASTIC_TRACE: grows) and for a spot return (LIVE_SPOT_RETURN_TRACE: a job on an on-demand
+    A10 for want of spot moves back to spot). --no-live skips them; --live-only KIND runs one alone.
 (2) Simulator speed: --speed-jobs jobs on up to --speed-nodes nodes (synthetic days of the seed's
     shape peaking at that many GPUs, as many days as it takes), jobs/s (default 10,000 on 1,000: the
     goal is "in seconds").
@@ -137,31 +139,39 @@ LIVE_STEP_S = 0.5
 # LIVE_ELASTIC_BATCH samples at LIVE_SAMPLE_S each, shared by the ranks (1 s at 2 workers, 2 s at 1)
 LIVE_ELASTIC_TRACE = [(0, 40), (0, 30), (10, 40), (25, 30), (40, 40)]
 LIVE_ELASTIC_BATCH, LIVE_SAMPLE_S = 8, 0.25
+# spot return: (arrival s, steps of 0.5 s, max_runtime_s) on 2 spot T4 + 1 on-demand A10: the third job
+# finds no spot left, runs on the A10, and moves back to spot (checkpoint first) once the others end
+LIVE_SPOT_RETURN_TRACE = [(0, 40, None), (0, 40, None), (15, 240, 900)]  # (the third once both spot nodes run)
 
 
-def _live_spec(i: int, at: float, steps: int, elastic: bool) -> dict:
-    if not elastic:
+def _live_spec(i: int, at: float, steps: int, elastic: bool, max_runtime_s: float | None = None) -> dict:
+    if not elastic:  # (with max_runtime_s: the expected runtime a move for cost weighs; it checkpoints)
+        extra = {"max_runtime_s": max_runtime_s, "checkpoint": {"every_steps": 10}} if max_runtime_s else {}
         return {"name": f"live-{i}", "entrypoint": "jobs.toy:counter", "resources": {"gpus": 1, "cpus": 1},
-                "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}}
+                "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}, **extra}
     return {"name": f"live-elastic-{i}", "entrypoint": "jobs.toy:elastic", "num_workers": {"min": 1, "max": 2},
             "resources": {"gpus": 1, "cpus": 1}, "checkpoint": {"every_steps": 5},
             "config": {"num_samples": LIVE_ELASTIC_BATCH * steps, "global_batch": LIVE_ELASTIC_BATCH, "epochs": 1,
                        "sleep_per_sample_s": LIVE_SAMPLE_S}}
 
 
-def _live_trace_job(i: int, at: float, steps: int, elastic: bool, job_overhead_s: float):
+def _live_trace_job(i: int, at: float, steps: int, elastic: bool, job_overhead_s: float,
+                    max_runtime_s: float | None = None):
     from raycluster.policy.simulate import TraceJob
 
     if not elastic:
-        return TraceJob(f"live-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1, 1.0, 1.0)
+        return TraceJob(f"live-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1, 1.0, 1.0,
+                        max_runtime_s=max_runtime_s)
     # its work at 2 workers: a step of half the batch each; the start overhead once
     return TraceJob(f"live-elastic-{i}", float(at), steps * LIVE_ELASTIC_BATCH / 2 * LIVE_SAMPLE_S + job_overhead_s,
                     2, 1.0, 1.0, min_workers=1)
 
 
-def live(launch_delay_s: float, job_overhead_s: float, elastic: bool = False) -> dict:
-    """Run LIVE_TRACE (``elastic``: LIVE_ELASTIC_TRACE) on a real elastic local cluster; its spend
-    against the simulator's prediction."""
+def live(launch_delay_s: float, job_overhead_s: float, kind: str = "toy") -> dict:
+    """Run LIVE_TRACE (``kind`` "elastic": LIVE_ELASTIC_TRACE; "spot_return": LIVE_SPOT_RETURN_TRACE on
+    spot T4 + an on-demand A10) on a real elastic local cluster; its spend against the simulator's
+    prediction."""
+    elastic = kind == "elastic"
     import tempfile
 
     for key in [k for k in os.environ if k.startswith("RAYCLUSTER_") and k != "RAYCLUSTER_STATE_DIR"]:
@@ -182,13 +192,19 @@ def live(launch_delay_s: float, job_overhead_s: float, elastic: bool = False) ->
 
     # the cluster's own config (as a user's YAML would say); every RAYCLUSTER_* knob at its default
     spot, nodes, idle_s, cooldown_s, tick_s = 0.16, 3, 10.0, 5.0, C.BUDGET_INTERVAL_S
-    cfg = ElasticConfig(
-        node_types={"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": nodes,
-                                 "resources": {"CPU": 2, "GPU": 1}}},
-        markets={"local": {"gpu_types": {"T4": {"gpus": 1, "cpus": 2, "capacity": nodes, "spot_usd_per_hour": spot,
-                                                "on_demand_usd_per_hour": 0.53}}}},
-        max_workers=nodes, idle_timeout_s=idle_s, update_interval_s=5, join_timeout_s=120,
-        budget={"cooldown_s": cooldown_s})
+    on_demand = 0.53
+    spot_nodes = 2 if kind == "spot_return" else nodes  # (spot_return: the A10 is the third node)
+    node_types = {"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": spot_nodes,
+                               "resources": {"CPU": 2, "GPU": 1}}}
+    gpu_types = {"T4": {"gpus": 1, "cpus": 2, "capacity": spot_nodes, "spot_usd_per_hour": spot,
+                        "on_demand_usd_per_hour": on_demand}}
+    if kind == "spot_return":
+        node_types["gpu_ondemand"] = {"market": "local", "kind": "on_demand", "gpu_type": "A10", "max_workers": 1,
+                                      "resources": {"CPU": 2, "GPU": 1}}
+        gpu_types["A10"] = {"gpus": 1, "cpus": 2, "capacity": 1, "on_demand_usd_per_hour": on_demand}
+    cfg = ElasticConfig(node_types=node_types, markets={"local": {"gpu_types": gpu_types}},
+                        max_workers=nodes, idle_timeout_s=idle_s, update_interval_s=5, join_timeout_s=120,
+                        budget={"cooldown_s": cooldown_s})
     env: dict[str, str] = {}
     state_dir = Path(tempfile.mkdtemp(prefix="rc-bench-cost-"))
     lc = LocalCluster(state_dir, num_workers=0, head_cpus=1, elastic=cfg, env=env)
@@ -200,12 +216,14 @@ def live(launch_delay_s: float, job_overhead_s: float, elastic: bool = False) ->
         ids: list[str] = []
         t0 = time.time()
 
-        live_trace = LIVE_ELASTIC_TRACE if elastic else LIVE_TRACE
+        live_trace = {"elastic": LIVE_ELASTIC_TRACE, "spot_return": LIVE_SPOT_RETURN_TRACE}.get(
+            kind, [(at, steps, None) for at, steps in LIVE_TRACE])
+        live_trace = [(x[0], x[1], x[2] if len(x) > 2 else None) for x in live_trace]
 
         def submit_all():
-            for i, (at, steps) in enumerate(live_trace):
+            for i, (at, steps, max_runtime_s) in enumerate(live_trace):
                 time.sleep(max(0.0, t0 + at - time.time()))
-                ids.append(client.submit(_live_spec(i, at, steps, elastic))["id"])
+                ids.append(client.submit(_live_spec(i, at, steps, elastic, max_runtime_s))["id"])
 
         submit_all()
         final = client.wait(ids, timeout_s=900)
@@ -228,20 +246,24 @@ def live(launch_delay_s: float, job_overhead_s: float, elastic: bool = False) ->
         sizes = [[t["reason"] for t in client.get(i)["transitions"] if t["cause"] in ("admitted", "resumed")]
                  for i in ids] if elastic else None
         grows = sum(1 for i in ids for t in client.get(i)["transitions"] if t["cause"] == "elastic_grow")
+        returns = sum(1 for i in ids for t in client.get(i)["transitions"] if t["cause"] == "spot_return")
     finally:
         ray.shutdown()
         lc.stop()
-    trace = [_live_trace_job(i, at, steps, elastic, job_overhead_s) for i, (at, steps) in enumerate(live_trace)]
-    # (a grow: its checkpoint and the restart of its ranks, as the start overhead)
-    market = MarketModel((NodeType("gpu_spot", "spot", spot, 1, 2, nodes, nodes),), launch_delay_s=launch_delay_s,
-                         move_overhead_s=job_overhead_s)
+    trace = [_live_trace_job(i, at, steps, elastic, job_overhead_s, mr) for i, (at, steps, mr) in enumerate(live_trace)]
+    # (a move — a grow, a spot return —: its checkpoint and the restart of its ranks, as the start overhead)
+    types = (NodeType("gpu_spot", "spot", spot, 1, 2, spot_nodes, spot_nodes),)
+    if kind == "spot_return":
+        types += (NodeType("gpu_ondemand", "on_demand", on_demand, 1, 2, 1, 1),)
+    market = MarketModel(types, launch_delay_s=launch_delay_s, move_overhead_s=job_overhead_s)
     from raycluster.policy.budget import BudgetConfig
 
     sim = simulate(trace, market, BudgetConfig(min_workers=0, max_workers=nodes, cooldown_s=cooldown_s,
                                                idle_timeout_s=idle_s), tick_s=tick_s,
                    grow_interval_s=C.ELASTIC_GROW_INTERVAL_S)
     real = bill["spend_usd"]
-    out = {"jobs": len(live_trace), "elastic_gangs": elastic, "real_spend_usd": round(real, 6), "predicted_usd": round(sim.cost_usd, 6),
+    out = {"jobs": len(live_trace), "kind": kind, "real_spend_usd": round(real, 6),
+           "predicted_usd": round(sim.cost_usd, 6),
            "error": round(real / sim.cost_usd - 1, 4) if sim.cost_usd else None,
            "real_node_hours": round(sum(r.cost_usd(time.time()) / r.usd_per_hour for r in rentals), 4),
            "predicted_node_hours": round(sim.node_hours, 4), "rentals": len(rentals), "predicted_peak_nodes":
@@ -250,11 +272,14 @@ def live(launch_delay_s: float, job_overhead_s: float, elastic: bool = False) ->
            "measured": {"launch_to_first_job_s": [round(x, 1) for x in delays],
                         "job_run_s_median": round(runs[len(runs) // 2], 1) if runs else None,
                         "wait_p50_s": round(waits[len(waits) // 2], 1) if waits else None}}
+    if kind == "spot_return":
+        out["measured"]["spot_returns"] = returns
+        out["predicted_spot_returns"] = sim.moves.get("spot_return", 0)
     if elastic:
         out["measured"]["elastic_grows"] = grows
         out["measured"]["starts"] = sizes
         out["predicted_elastic_grows"] = sim.moves.get("elastic_grow", 0)
-    log(f"(3) live vs predicted{' (elastic gangs)' if elastic else ''}: {out}")
+    log(f"(3) live vs predicted ({kind}): {out}")
     return out
 
 
@@ -265,7 +290,7 @@ def main() -> int:
     ap.add_argument("--speed-jobs", type=int, default=10_000)
     ap.add_argument("--speed-nodes", type=int, default=1_000)
     ap.add_argument("--no-live", action="store_true", help="skip (3), the runs on a real local cluster")
-    ap.add_argument("--live-only", choices=("toy", "elastic"), help="(3) alone, of this trace")
+    ap.add_argument("--live-only", choices=("toy", "elastic", "spot_return"), help="(3) alone, of this trace")
     ap.add_argument("--live-launch-delay-s", type=float, default=5.0,
                     help="the simulator's launch delay for (3) (bench_scale measures the local market's)")
     ap.add_argument("--live-job-overhead-s", type=float, default=3.0,
@@ -275,8 +300,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}}
     if args.live_only:
-        result["live_vs_predicted"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
-                                           elastic=args.live_only == "elastic")
+        result["live_vs_predicted"] = live(args.live_launch_delay_s, args.live_job_overhead_s, kind=args.live_only)
         write_result(result, args.out)
         return 0
     result["shipped_trace"] = shipped(Path(args.config), Path(args.trace))
@@ -284,7 +308,9 @@ def main() -> int:
     if not args.no_live:
         result["live_vs_predicted"] = live(args.live_launch_delay_s, args.live_job_overhead_s)
         result["live_vs_predicted_elastic_gangs"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
-                                                         elastic=True)
+                                                         kind="elastic")
+        result["live_vs_predicted_spot_return"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
+                                                       kind="spot_return")
     write_result(result, args.out)
     return 0
 

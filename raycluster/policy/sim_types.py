@@ -23,6 +23,7 @@ class TraceJob:
     family: str = ""
     min_workers: int | None = None  # an elastic gang: any size from this to ``workers``
     tenant: str | None = None  # whose it is: its quotas and budgets (``simulate(tenants=...)``)
+    max_runtime_s: float | None = None  # its spec's limit: what a move for cost expects it still runs
 
 
 

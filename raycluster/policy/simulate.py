@@ -298,8 +298,8 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             p = priced[jid]
             moves = moved_at.get(jid)
             recent = sum(1 for t in moves if t >= now - 3600.0) if moves else 0
-            out.append(RunningGang(gang_of(jid), p[0], p[1], expected_remaining_s(now - first_start[jid], None),
-                                   recent))
+            out.append(RunningGang(gang_of(jid), p[0], p[1],
+                                   expected_remaining_s(now - first_start[jid], by_id[jid].max_runtime_s), recent))
         return tuple(out)
 
     if horizon_s is None:  # a gang no policy can ever place must not keep the replay going forever

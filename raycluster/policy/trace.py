@@ -5,7 +5,8 @@ A job: ``arrival_s`` (seconds from the trace's start), ``duration_s`` (work once
 ``workers`` (gang size), ``gpus``/``cpus`` per worker, ``priority``, ``spot`` (auto|never|only),
 ``strategy`` (PACK|SPREAD|STRICT_SPREAD|STRICT_PACK), ``family`` (free text), ``job_id``;
 ``min_workers`` (optional) makes it an elastic gang of ``min_workers``..``workers``; ``tenant``
-(optional) whose quotas and budgets it counts against.
+(optional) whose quotas and budgets it counts against; ``max_runtime_s`` (optional) its spec's limit,
+what a move for cost expects it still runs (else as long again as it has run).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from raycluster.policy.simulate import TraceJob
 
 FIELDS = ("job_id", "arrival_s", "duration_s", "workers", "gpus", "cpus", "priority", "spot", "strategy", "family",
-          "min_workers", "tenant")
+          "min_workers", "tenant", "max_runtime_s")
 
 
 class TraceError(ValueError):
@@ -38,7 +39,7 @@ def _job(row: dict, where: str, index: int) -> TraceJob:
     out = {"job_id": str(row.get("job_id") or f"t{index:06d}")}
     for key, cast, lo in (("arrival_s", float, 0.0), ("duration_s", float, 1e-9), ("workers", int, 1),
                           ("gpus", float, 0.0), ("cpus", float, 0.0), ("priority", int, -10**9),
-                          ("min_workers", int, 1)):
+                          ("min_workers", int, 1), ("max_runtime_s", float, 1e-9)):
         if row.get(key) in (None, ""):
             if key in ("arrival_s", "duration_s"):
                 raise TraceError("is required", f"{where}.{key}")

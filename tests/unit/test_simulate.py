@@ -212,3 +212,18 @@ def test_raycluster_simulate_takes_a_tenants_file_and_names_a_bad_one(tmp_path, 
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "--tenants" in err and "week" in err
+
+
+def test_a_jobs_max_runtime_s_is_what_a_move_for_cost_expects_it_still_runs_as_live():
+    """Short jobs: the third one (150 s), on on-demand for want of spot, has run ~30 s when spot frees;
+    by its elapsed time alone it would run as long again — a move pays only after ~172 s, so it never
+    moves; by its max_runtime_s of 15 minutes it pays at once — as live
+    (``Coordinator.budget_running``: ``expected_remaining_s``)."""
+    types = (NodeType("gpu_spot", "spot", 0.16, 1, 8, 2, 8), NodeType("gpu_ondemand", "on_demand", 0.53, 1, 8, 8, 8))
+    market = MarketModel(types, launch_delay_s=5, preemption_rate_per_hour=0.0, move_overhead_s=3.0)
+    cfg = BudgetConfig(min_workers=0, max_workers=8, cooldown_s=5, idle_timeout_s=10)
+    short = [TraceJob("a", 0, 25), TraceJob("b", 0, 25)]
+    unbounded = simulate([*short, TraceJob("c", 3, 150)], market, cfg, tick_s=2.0)
+    bounded = simulate([*short, TraceJob("c", 3, 150, max_runtime_s=900)], market, cfg, tick_s=2.0)
+    assert unbounded.moves == {} and bounded.moves == {"spot_return": 1}
+    assert bounded.cost_usd < unbounded.cost_usd
