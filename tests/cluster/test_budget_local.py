@@ -304,7 +304,9 @@ def test_two_half_empty_rented_nodes_consolidate_to_one_and_the_empty_one_is_rel
         longs = [client.submit(_spec(f"half-{i}", max_runtime_s=3600,
                                      config={"steps": 8, "hold_at_step": 3, "hold_until_file": str(hold)}))["id"]
                  for i in range(2)]
-        wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in longs), 120, "the two long jobs to run")
+        # both held at step 3 before the pair ends (else one moved at once resumes from an earlier checkpoint)
+        wait_for(lambda: all((j := client.get(x))["state"] == "RUNNING" and j["last_metrics"].get("step", 0) >= 3
+                             for x in longs), 120, "the two long jobs to run and reach step 3")
         held = [r.id for r in store.list() if r.market == "local"]
         assert len(held) == 2, store.list()
         go.touch()  # the pair finishes: each node is half empty
