@@ -261,7 +261,9 @@ def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_deman
         long = client.submit(_spec("long", resources={"gpus": 1, "cpus": 1}, max_runtime_s=3600,
                                    config={"steps": 8, "hold_at_step": 3,
                                            "hold_until_file": str(tmp_path / "never")}))["id"]
-        wait_for(lambda: client.get(long)["state"] == "RUNNING", 180, "the long job to run on an on-demand node")
+        # held at step 3 before the pair ends (moved before then, it would resume below its hold step and hold)
+        wait_for(lambda: (j := client.get(long))["state"] == "RUNNING" and j["last_metrics"].get("step", 0) >= 3,
+                 180, "the long job to run on an on-demand node and reach step 3")
         od = [r for r in store.list() if r.market == "local" and r.kind == "on_demand"]
         assert len(od) == 1, store.list()
         go.touch()  # the pair finishes: spot room is free again
