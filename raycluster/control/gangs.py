@@ -49,7 +49,7 @@ class Attempt:
 
 class Gangs:
     def __init__(self, ops: GangOps, *, spec_of: Callable[[JobRecord], JobSpec],
-                 bundles_of: Callable[[JobSpec, int | None], list[dict[str, float]]],
+                 bundles_of: Callable[[JobSpec, int | None, str | None], list[dict[str, float]]],
                  first_ranks: Callable[[str, JobSpec, int], range], ledger: JobLedger, nodes,
                  launch_with: dict[str, Any], clock: Callable[[], float], wake: Callable[[], None],
                  guard: Callable[..., bool]):
@@ -62,13 +62,17 @@ class Gangs:
         self.freed_at = float("-inf")
         self._rank_started: dict[tuple[str, int], float] = {}  # (job, attempt) -> when its rank 0 started
 
+    def _of_attempt(self, job: JobRecord, spec: JobSpec) -> list[dict[str, float]]:
+        """The bundles of the job's current attempt: its size and spot choice."""
+        return self._bundles(spec, world_of(job, spec), job.attempt_spot)
+
     def rank_started(self, job_id: str, attempt: int) -> None:
         self._rank_started.setdefault((job_id, int(attempt)), self.clock())
 
     def start(self, job: JobRecord, excluded: frozenset, now: float) -> Attempt:
         """A new attempt (``job.attempt``, just committed): its placement group and ranks."""
         spec = self._spec(job)
-        pg = self.ops.create_pg(pg_name(job.id, job.attempt), self._bundles(spec, world_of(job, spec)),
+        pg = self.ops.create_pg(pg_name(job.id, job.attempt), self._of_attempt(job, spec),
                                 spec.placement_strategy.value, sorted(excluded))
         att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now, excluded=excluded)
         self.launch(job, att)
@@ -82,7 +86,7 @@ class Gangs:
         if att is None:
             spec = self._spec(job)
             name = pg_name(job.id, job.attempt)
-            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._bundles(spec, world_of(job, spec)),
+            pg = self.ops.get_pg(name) or self.ops.create_pg(name, self._of_attempt(job, spec),
                                                              spec.placement_strategy.value, sorted(excluded))
             att = self.attempts[job.id] = Attempt(job.id, job.attempt, pg, placing_since=now, excluded=excluded)
         if att.refs is None:
@@ -99,7 +103,7 @@ class Gangs:
         self.ops.remove_pg(att.pg)
         spec = self._spec(job)
         att.excluded = excluded
-        att.pg = self.ops.create_pg(pg_name(job.id, att.attempt), self._bundles(spec, world_of(job, spec)),
+        att.pg = self.ops.create_pg(pg_name(job.id, att.attempt), self._of_attempt(job, spec),
                                     spec.placement_strategy.value, sorted(att.excluded))
         att.refs, att.placing_since = None, now
         self.launch(job, att)

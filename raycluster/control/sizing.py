@@ -21,6 +21,7 @@ from raycluster.control.gangs import world_of
 from raycluster.policy.budget import with_kind
 from raycluster.policy.elastic import size_that_fits
 from raycluster.policy.placement import place
+from raycluster.policy.steps import next_attempt_spot
 from raycluster.spec import JobSpec
 from raycluster.store.jobs import JobRecord
 from raycluster.store.lifecycle import JobState
@@ -33,16 +34,19 @@ class GangSizing:
         self._spec, self._rented, self._nodes = spec_of, rented, nodes
         self._excluded, self._attempts, self._active = excluded, attempts, active
 
-    def bundles(self, spec: JobSpec, workers: int | None = None) -> list[dict[str, float]]:
-        """The bundles of a gang of ``workers`` (default: its largest)."""
+    def bundles(self, spec: JobSpec, workers: int | None = None, spot: str | None = None) -> list[dict[str, float]]:
+        """The bundles of a gang of ``workers`` (default: its largest), of the spot choice ``spot``
+        (default: its spec's; an attempt's own, ``JobRecord.attempt_spot``)."""
         bundles = spec.bundles(workers)
-        return with_kind(bundles, spec.spot) if self._rented else bundles
+        return with_kind(bundles, spot or spec.spot) if self._rented else bundles
 
     def held(self, rec: JobRecord) -> list[dict[str, float]]:
         """The bundles of a job's gang as it holds them: its current attempt's size (an elastic gang's
-        varies), its largest while it is queued."""
+        varies) and spot choice, its largest while it is queued."""
         spec = self._spec(rec)
-        return self.bundles(spec, None if rec.state == JobState.PENDING else world_of(rec, spec))
+        if rec.state == JobState.PENDING:
+            return self.bundles(spec)
+        return self.bundles(spec, world_of(rec, spec), rec.attempt_spot)
 
     def free_for_new_gangs(self, max_age_s: float = 0.0) -> dict[str, dict[str, float]]:
         """The free room a new gang may take now."""
@@ -72,5 +76,6 @@ class GangSizing:
         spec = self._spec(job)
         if not spec.elastic:
             return spec.num_workers
-        return (size_that_fits(self.bundles(spec, 1)[0], spec.sizes(), self.free_for_new_gangs(),
+        bundle = self.bundles(spec, 1, next_attempt_spot(job))[0]
+        return (size_that_fits(bundle, spec.sizes(), self.free_for_new_gangs(),
                                spec.placement_strategy.value) or spec.min_workers)

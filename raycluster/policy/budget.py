@@ -17,12 +17,13 @@ with its reason):
    that would pass ``max_workers`` or the budget is not made: the gang waits with the reason
    (``budget 7.80/8.00 USD/h, needs 0.53``) and, to keep queue order (no starvation of big gangs),
    no later gang is launched for in that pass.
-2b. **Spot return** (``policy/cost_moves.py``) — when nothing waits for budget or ``max_workers``:
-   at most one on-demand node a pass whose gangs may run on spot, fit on spot now (held spot
-   nodes' free room, else fresh spot nodes within ``max_workers`` and the cap) and pay their move
-   (saving over the expected remaining runtime > ``spot_return_move_s`` at the price now), each
-   moved for cost fewer than ``max_moves_per_hour`` times in the last hour, is given back: its
-   gangs checkpoint, move (cause ``spot_return``) and are placed again, spot first.
+2b. **Spot return** (``policy/cost_moves.py``) — at most one on-demand node a pass whose gangs may
+   run on spot, fit on spot now (held spot nodes' free room, else fresh spot nodes within
+   ``max_workers`` and the cap) and pay their move (saving over the expected remaining runtime >
+   ``spot_return_move_s`` at the price now), each moved for cost fewer than ``max_moves_per_hour``
+   times in the last hour, is given back: its gangs checkpoint, move (cause ``spot_return``) and are
+   placed again on spot only. While gangs wait for budget or ``max_workers``, only a return that
+   rents no more nodes than its gangs leave, at no more per hour (it takes nothing they wait for).
 2c. **Consolidate** (``policy/cost_moves.py``) — when nothing waits for budget or ``max_workers``
    and no spot return was made this pass: at most one rented node whose gangs (each on it alone,
    each movable) fit on the free room of other held nodes in use is emptied when giving it back pays (its

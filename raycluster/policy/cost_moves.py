@@ -17,7 +17,12 @@ Owns:
   back for preemptions stays on on-demand), (b) may be moved for cost (``movable``), (c) fits on spot
   now — the free spot room of held nodes, else fresh spot nodes the market offers within
   ``max_workers`` and the cap (with the node given back) — and (d) pays its move (old: what it
-  costs now, new: its share of spot);
+  costs now, new: its share of spot). While gangs wait for the budget or ``max_workers`` a spot
+  return still goes when it takes nothing they wait for: no more fresh spot nodes than the rented
+  nodes its gangs leave, at no more per hour than they cost now (``queue_blocked``) — at a busy
+  peak that is when on-demand nodes held for ``spot: never`` jobs end up running ``auto`` gangs
+  (the free room first goes to whatever waits). The moved gangs are placed again on
+  spot only (their next attempt: ``JobRecord.attempt_spot``), not on the next free on-demand room;
 * ``plan_consolidation`` — the rented node to empty this pass, or None: a held node whose gangs
   all lie on it alone, may be moved for cost and fit on the free room of the other held nodes in
   use (of the kinds their ``spot`` choice allows; an idle node is no target: it goes by itself),
@@ -136,7 +141,7 @@ def _by_node(running: tuple[RunningGang, ...]) -> dict[str, list[RunningGang]]:
 def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], rooms: list[list],
                      running: tuple[RunningGang, ...], types: list[NodeType], slots: dict[str, int],
                      per_type: dict[str, int], committed_usd_per_hour: float, cap_usd_per_hour: float | None,
-                     nodes_total: int) -> Plan | None:
+                     nodes_total: int, queue_blocked: bool = False) -> Plan | None:
     """The on-demand node whose gangs go back to spot this pass (see the module's docstring), or None."""
     if not running or cfg.max_moves_per_hour <= 0:
         return None
@@ -190,6 +195,9 @@ def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], ro
         launched = sum(k for _t, k in launches)
         if nodes_total - 1 + launched > cfg.max_workers:
             continue
+        if queue_blocked and (launched > len({rid for r in gangs for rid in r.rentals})
+                              or extra_usd > sum(r.usd_per_hour for r in gangs) + 1e-9):
+            continue  # (gangs wait for a node or the budget: no more nodes nor USD/h than the gangs leave)
         if cap_usd_per_hour is not None and committed_usd_per_hour - n.usd_per_hour + extra_usd > cap_usd_per_hour + 1e-9:
             continue
         where = "free spot room" if not launches else ", ".join(f"{k} {t}" for t, k in launches)
@@ -250,13 +258,14 @@ def plan_consolidation(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], 
 
 # ---------------------------------------------------------------------------------------------- the rules
 def return_to_spot(p) -> None:
-    """2b. Gangs on an on-demand node go back to spot when it is there again and the move pays."""
-    if p.d.waiting or not p.ctx.running:
+    """2b. Gangs on an on-demand node go back to spot when it is there again and the move pays (while
+    gangs wait for the budget or ``max_workers``, only a move that takes neither from them)."""
+    if not p.ctx.running:
         return
     gone = p.released()
     plan = plan_spot_return(p.cfg, p.held, gone, list(p.rooms), p.ctx.running, list(p.ctx.types), p.slots,
                             p.per_type, p.committed, p.cap, sum(1 for n in p.held if n.id not in gone)
-                            + sum(p.d.launch.values()))
+                            + sum(p.d.launch.values()), queue_blocked=bool(p.d.waiting))
     if plan is not None:
         _move_off(p, plan, ReleaseCause.SPOT_RETURN, "spot_return")
 

@@ -12,7 +12,8 @@ again (counted); a job runs ``duration_s`` of work once placed. Moves for cost (
 consolidation: ``policy.cost_moves``, told the running gangs as live — their nodes, their shares'
 prices, their expected remaining runtime from how long they have run, their moves in the last hour)
 keep the work done (checkpointed first) and add ``move_overhead_s`` of work to the moved job (its
-checkpoint and restart). An elastic gang (``min_workers``) is admitted at the largest size that
+checkpoint and restart); a gang moved back to spot is placed again on spot only and ahead of the
+queue (as live: its next attempt's placement group asks for spot, made at once). An elastic gang (``min_workers``) is admitted at the largest size that
 fits (``policy.admission``, as live), rented for at its smallest (as live), works at the rate of its
 size (``duration_s`` is its work at ``workers``), and grows into free room by ``policy.elastic``'s
 rule (a move: work kept, ``move_overhead_s`` added). With ``tenants`` (a tenants config), admission
@@ -126,6 +127,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     last_up: float | None = None
 
     gangs: dict[str, Gang] = {}
+    to_spot: set[str] = set()  # moved back to spot: placed again on spot only, ahead of the queue
 
     def gang_of(jid: str) -> Gang:
         """The gang as the BudgetAutoscaler is told it: running, at its size; waiting, an elastic
@@ -133,9 +135,10 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
         g = gangs.get(jid)
         j = by_id[jid]
         n = size.get(jid) or j.min_workers or j.workers
-        if g is None or g.preemptions != preempted.get(jid, 0) or g.bundles != n:
+        spot = "only" if jid in to_spot and jid not in running else j.spot
+        if g is None or g.preemptions != preempted.get(jid, 0) or g.bundles != n or g.spot != spot:
             g = gangs[jid] = Gang(jid, n, j.gpus, j.cpus, strict_spread=j.strategy == "STRICT_SPREAD",
-                                  spot=j.spot, preemptions=preempted.get(jid, 0))
+                                  spot=spot, preemptions=preempted.get(jid, 0))
         return g
 
     def done_s(jid: str, now: float) -> float:
@@ -181,9 +184,10 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     def queue_job(jid: str, now: float) -> None:
         j = by_id[jid]
         queued_at.setdefault(jid, now)
-        bundles = with_kind([{"GPU": j.gpus, "CPU": j.cpus} for _ in range(j.workers)], j.spot)
+        returning = jid in to_spot
+        bundles = with_kind([{"GPU": j.gpus, "CPU": j.cpus} for _ in range(j.workers)], "only" if returning else j.spot)
         queue.put(QueuedJob(jid, j.priority, queued_at[jid], tuple(bundles), j.strategy, tenant=j.tenant,
-                            min_bundles=j.min_workers))
+                            boost_s=1e12 if returning else 0.0, min_bundles=j.min_workers))
 
     def usd_per_hour(jid: str) -> float:
         """A running job's shares of its nodes at their prices (``policy.cost.node_share``, as live)."""
@@ -223,6 +227,7 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
     def place_admitted(jid: str, decision, now: float) -> None:
         """Start an admitted job where (and at the size) admission placed it."""
         queue.discard(jid)
+        to_spot.discard(jid)
         where: dict[str, int] = {}
         for nid in decision.placements[jid]:
             where[nid] = where.get(nid, 0) + 1
@@ -343,6 +348,8 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
             offered = tuple(NodeType(t.name, t.kind, t.usd_per_hour, t.gpus, t.cpus,
                                      max(0, t.available - counts.get(t.name, 0)), t.max_workers) for t in market.types)
             waiting = tuple(gang_of(q.job_id) for q in queue.ordered() if q.job_id not in quota_held)
+            if to_spot:  # (gangs being placed again come first, as live: ``Coordinator.budget_queue``)
+                waiting = tuple(sorted(waiting, key=lambda g: g.job_id not in to_spot))
             d = decide(BudgetContext(config, offered, tuple(held), waiting, used_g / total_g if total_g else None,
                                      low_since, last_up, running=running_gangs(now)), now)
             low_since, last_up = d.low_util_since, d.last_scale_up_at
@@ -353,6 +360,8 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                     if cause in (ReleaseCause.SPOT_RETURN, ReleaseCause.CONSOLIDATE):  # checkpointed first
                         left[jid] = max(0.0, left[jid] - done) + market.move_overhead_s
                         moved_at.setdefault(jid, []).append(now)
+                        if cause == ReleaseCause.SPOT_RETURN:
+                            to_spot.add(jid)
                         report.moves[cause.value] = report.moves.get(cause.value, 0) + 1
                     else:  # shed: conservatively from scratch
                         left[jid] = by_id[jid].duration_s

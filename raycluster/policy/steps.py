@@ -66,6 +66,8 @@ class JobView:
     attempt_started_at: float | None = None
     placement_timeouts: int = 0
     preempted: int = 0
+    cause: Cause | None = None
+    attempt_spot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,17 @@ class Limits:
     max_runtime_s: float | None = None
 
 
+def next_attempt_spot(job: JobView) -> str | None:
+    """The spot choice of a job's next attempt when it is not its spec's: ``only`` when it is placed
+    again after a spot return (moved back to spot for cost, it must not land on the next free
+    on-demand room); else None (its spec's)."""
+    return "only" if job.state == JobState.RECOVERING and job.cause == Cause.SPOT_RETURN else None
+
+
 def start_step(job: JobView, now: float, world_size: int | None = None, max_workers: int | None = None) -> Step:
     """PENDING (admitted) or RECOVERING (placing again) -> PLACING with a new attempt number, at
     ``world_size`` ranks (an elastic gang's size for this attempt; its reason says when it is not
-    ``max_workers``, its largest)."""
+    ``max_workers``, its largest), on spot only after a spot return (``next_attempt_spot``)."""
     if job.state == JobState.PENDING:
         cause, reason = Cause.ADMITTED, "admitted"
     else:
@@ -90,6 +99,11 @@ def start_step(job: JobView, now: float, world_size: int | None = None, max_work
         fields["world_size"] = world_size
         if max_workers is not None and world_size != max_workers:
             reason += f" at {world_size} of {max_workers} workers (elastic)"
+    spot = next_attempt_spot(job)
+    if spot is not None or job.attempt_spot is not None:
+        fields["attempt_spot"] = spot
+        if spot == "only":
+            reason += ", on spot only (moved back to spot)"
     return Step(job.id, Action.START, job.state, JobState.PLACING, cause, reason, fields)
 
 

@@ -62,6 +62,9 @@ class JobRecord(BaseModel):
                                                             "(``policy.evacuation.Move``); cleared by any transition")
     world_size: int | None = Field(None, description="the gang size of its current (or last) attempt; an elastic "
                                                      "gang's (``num_workers: {min, max}``) may change between attempts")
+    attempt_spot: str | None = Field(None, description="the spot choice of its current attempt when it is not its "
+                                                       "spec's: ``only`` for the attempt after a spot return (placed "
+                                                       "again on spot, not on the next free on-demand room)")
     rev: int = Field(0, description="row version: grows with every insert and state change of any job "
                                     "(not with metric reports or waiting reasons)")
 

@@ -703,3 +703,30 @@ def test_a_job_placed_on_a_node_that_joined_after_the_node_list_was_read_is_bill
     assert core.get(jid)["state"] == "RUNNING" and core.attempts[jid].nodes == ["n1"]
     clock.t += 60
     assert core.ledger.costs([jid])[jid] > 0
+
+
+def test_a_gang_moved_back_to_spot_is_placed_again_on_spot_only_and_only_that_attempt(tmp_path):
+    """A spot return moved the gang off on-demand; placed again as `auto`, it could land on the next
+    free on-demand room (another on-demand node idle at a busy peak) and the move bought nothing. Its
+    next attempt asks for spot (the kind marker), the BudgetAutoscaler is told so, the transition says
+    why; the attempt after it is the spec's choice again."""
+    core, ops, clock, _store = _elastic_core(tmp_path)
+    jid = core.submit(spec("back-to-spot"))["id"]
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running")
+    assert "raycluster_spot" not in ops.pgs[f"rc-{jid}-a1"].bundles[0]  # `auto`: any kind
+    rental = f"rent-{core.attempts[jid].nodes[0]}"
+    assert core.move_off(rental, "spot_return", "spot return: saves 0.37 USD") == [jid]
+    assert core.get(jid)["cause"] == "spot_return"
+    ops.auto_ready = False
+    _until(core, clock, lambda: core.get(jid)["state"] == "PLACING", "placing")
+    job = core.get(jid)
+    assert job["attempt_spot"] == "only" and "on spot only (moved back to spot)" in job["transitions"][-1]["reason"]
+    assert ops.pgs[f"rc-{jid}-a2"].bundles[0]["raycluster_spot"] > 0
+    assert [g["spot"] for g in core.budget_queue()] == ["only"]
+    ops.pgs[f"rc-{jid}-a2"].ready = True
+    _until(core, clock, lambda: core.get(jid)["state"] == "RUNNING", "running on spot")
+    assert core.move_off(f"rent-{core.attempts[jid].nodes[0]}", "budget", "over budget") == [jid]
+    ops.auto_ready = True
+    _until(core, clock, lambda: core.get(jid)["attempt"] == 3 and core.get(jid)["state"] == "RUNNING", "again")
+    assert core.get(jid)["attempt_spot"] is None and "raycluster_spot" not in ops.pgs[f"rc-{jid}-a3"].bundles[0]
+    assert core.get(jid)["system_restarts"] == 0

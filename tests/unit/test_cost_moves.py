@@ -51,6 +51,13 @@ def od(nid="od1", free_gpus=0.0):
     return HeldNode(nid, "gpu_od", "on_demand", OD, free_gpus=free_gpus, free_cpus=1.0)
 
 
+TWO_GPU_OD = (TYPES[0], NodeType("gpu_od2", "on_demand", 2 * OD, 2, 4, available=2, max_workers=2))
+
+
+def od2(nid="od1"):
+    return HeldNode(nid, "gpu_od2", "on_demand", 2 * OD, free_gpus=0.0, free_cpus=2.0)
+
+
 def on(job="j", rentals=("od1",), remaining_s=3600.0, **kw):
     g = Gang(job, kw.pop("bundles", 1), 1.0, 1.0, spot=kw.pop("spot", "auto"), preemptions=kw.pop("preemptions", 0))
     return RunningGang(g, tuple(rentals), kw.pop("usd_per_hour", OD), remaining_s, **kw)
@@ -74,8 +81,18 @@ def on(job="j", rentals=("od1",), remaining_s=3600.0, **kw):
     ("a swap within max_workers", [od(), od("od2")], [on(), on("k", rentals=("od2",))], {"max_workers": 2},
      ["od1"]),
     ("within the cap with the node given back", [od()], [on()], {"cap": 0.6}, ["od1"]),
-    ("a gang waits for budget: spot is not taken for moves", [od()], [on()],
-     {"cap": 0.6, "waiting": [Gang("w", 1, 1.0, 1.0, spot="never")]}, []),
+    # a gang waiting for budget or max_workers does not hold back a return that takes neither from it:
+    # one fresh spot node for the on-demand node given back, cheaper (at a busy peak, on-demand nodes
+    # held for `spot: never` jobs end up running `auto` gangs)
+    ("a gang waits for budget: the return frees budget", [od()], [on()],
+     {"cap": 0.6, "waiting": [Gang("w", 1, 1.0, 1.0, spot="never")]}, ["od1"]),
+    ("a gang waits for max_workers: one node for one", [od()], [on()],
+     {"max_workers": 1, "waiting": [Gang("w", 1, 1.0, 1.0, spot="never")]}, ["od1"]),
+    # ... but not one that rents more nodes than its gangs leave (2 one-GPU spot nodes for a 2-GPU one)
+    ("a gang waits: two spot nodes for one on-demand node", [od2()], [on(bundles=2)],
+     {"types": TWO_GPU_OD, "waiting": [Gang("w", 4, 1.0, 1.0, spot="never")], "max_workers": 3}, []),
+    ("nothing waits: two spot nodes for one on-demand node", [od2()], [on(bundles=2)],
+     {"types": TWO_GPU_OD, "max_workers": 3}, ["od1"]),
     ("idle on-demand: not a move (the idle rules)", [od(free_gpus=1.0)], [], {}, []),
 ])
 def test_spot_return_rule_table(case, held, running, kw, released):

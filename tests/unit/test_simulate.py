@@ -227,3 +227,20 @@ def test_a_jobs_max_runtime_s_is_what_a_move_for_cost_expects_it_still_runs_as_l
     bounded = simulate([*short, TraceJob("c", 3, 150, max_runtime_s=900)], market, cfg, tick_s=2.0)
     assert unbounded.moves == {} and bounded.moves == {"spot_return": 1}
     assert bounded.cost_usd < unbounded.cost_usd
+
+
+def test_at_a_blocked_peak_an_auto_job_on_a_freed_on_demand_node_goes_back_to_spot_one_node_for_one():
+    """max_workers 2, both held (a `spot: never` job's on-demand node, a long spot job) and two jobs
+    waiting for max_workers: when the never job ends, the first waiting job takes its idle on-demand
+    node at once; once its move pays (~172 s run, expected as long again) it moves back to spot while
+    the other still waits — the return gives back the node it rents (max_workers held), at less per
+    hour — and is placed again on spot. Before, a waiting gang held every spot return back: it ran its
+    two hours on on-demand."""
+    types = (NodeType("gpu_spot", "spot", 0.16, 1, 8, 8, 8), NodeType("gpu_ondemand", "on_demand", 0.53, 1, 8, 8, 8))
+    market = MarketModel(types, launch_delay_s=60, preemption_rate_per_hour=0.0, move_overhead_s=60)
+    trace = [TraceJob("never", 0, 300, spot="never"), TraceJob("long", 0, 8 * 3600),
+             TraceJob("w1", 10, 2 * 3600), TraceJob("w2", 20, 8 * 3600)]
+    cfg = BudgetConfig(min_workers=0, max_workers=2, cooldown_s=60, idle_timeout_s=120)
+    r = simulate(trace, market, cfg)
+    assert r.moves == {"spot_return": 1} and r.finished == 4 and r.peak_nodes <= 2
+    assert r.cost_by_kind_usd["on_demand"] < 0.53 * 0.5  # the never job, then w1's few minutes: not its 2 h
