@@ -32,11 +32,12 @@ with its reason):
 3. **Minimum** — below ``min_workers`` the cheapest nodes are launched (within the budget).
 4. **Headroom** — with nothing waiting, GPU utilisation above ``scale_up_util`` adds one node
    (at most once per ``cooldown_s``).
-5. **Scale down** — nodes idle for ``idle_timeout_s`` are released, most expensive first, never
+5. **Scale down** (``policy/scale_down.py``) — nodes idle for ``idle_timeout_s`` are released, most expensive first, never
    below ``min_workers``, once utilisation has stayed below ``scale_down_util`` for ``cooldown_s``
    (``low_util_since`` is carried from decision to decision by the caller). An on-demand node
    (the expensive fallback) idle for ``idle_timeout_s`` goes whatever the utilisation when no
-   waiting gang needs on-demand. Idle nodes a waiting gang cannot use (a ``spot: never`` gang
+   waiting gang needs on-demand — at ``min_workers``, swapped for a cheaper spot node when one is
+   offered (the floor is held with the cheapest nodes). Idle nodes a waiting gang cannot use (a ``spot: never`` gang
    behind idle spot nodes) are released for it when the budget or ``max_workers`` holds it back.
 
 Gangs with ``spot: only``/``never`` are placed only on nodes of that kind: held nodes' free room
@@ -48,6 +49,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from raycluster.policy.cost_moves import consolidate, return_to_spot
+from raycluster.policy.scale_down import release_idle_on_demand, scale_down_idle
 from raycluster.policy.budget_types import (KIND_BUNDLE_UNITS, KIND_RESOURCE, KIND_RESOURCE_UNITS, ON_DEMAND,
                                             SPOT, SPOT_CHOICES, BudgetConfig, BudgetConfigError, BudgetContext,
                                             BudgetDecision, Event, Gang, HeldNode, Launch, LaunchCause, NodeType,
@@ -356,68 +358,6 @@ def headroom(p: _Pass) -> None:
                 break
     if p.d.launches:
         p.d.last_scale_up_at = p.now
-
-
-def release_idle_on_demand(p: _Pass) -> None:
-    """5a. An on-demand node (the expensive fallback) idle past ``idle_timeout_s`` goes whatever the
-    utilisation, when no waiting gang needs on-demand: spot covers the rest. Never below ``min_workers``."""
-    cfg, util = p.cfg, p.ctx.gpu_util if p.ctx.gpu_util is not None else 0.0
-    if util < cfg.scale_down_util:  # (carried from decision to decision: the low-utilisation cooldown)
-        p.d.low_util_since = p.ctx.low_util_since if p.ctx.low_util_since is not None else p.now
-    else:
-        p.d.low_util_since = None
-    needs_od = any(kinds_for(g, cfg.spot_fallback_preemptions)[0] == ON_DEMAND for g in p.ctx.waiting)
-    if needs_od or p.d.launches:
-        return
-    gone = p.released()
-    count = sum(1 for n in p.held if n.id not in gone)
-    od_down = 0
-    for n in sorted(p.held, key=lambda n: (-n.usd_per_hour, n.id)):
-        if count <= cfg.min_workers:
-            break
-        if n.kind != ON_DEMAND or n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
-            continue
-        p.release(n, f"on-demand idle {n.idle_s:.0f}s, no waiting gang needs on-demand", ReleaseCause.IDLE_ON_DEMAND)
-        count -= 1
-        od_down += 1
-    if od_down:
-        p.d.events.append(Event("scale_down", f"{od_down} idle on-demand node(s): spot serves the rest", count=od_down))
-
-
-def scale_down_idle(p: _Pass) -> None:
-    """5b. Nothing waits, nothing launched: nodes idle for ``idle_timeout_s`` go, most expensive
-    first, never below ``min_workers`` — all of them once utilisation has been below
-    ``scale_down_util`` for ``cooldown_s``; while the cluster is busy, all but the cheapest
-    ``busy_idle_nodes_kept`` (the headroom the next arrival starts on at once)."""
-    cfg, d = p.cfg, p.d
-    if p.ctx.waiting or d.launches:
-        return
-    quiet = d.low_util_since is not None and p.now - d.low_util_since >= cfg.cooldown_s
-    util = p.ctx.gpu_util if p.ctx.gpu_util is not None else 0.0
-    gone = p.released()
-    count = sum(1 for n in p.held if n.id not in gone)
-    reserved = p.reserved()
-    idle = [n for n in p.held if not n.starting and n.idle_s >= cfg.idle_timeout_s and n.id not in gone
-            and n.id not in reserved]
-    keep = 0 if quiet else cfg.busy_idle_nodes_kept
-    if len(idle) <= keep:
-        return
-    kept = {n.id for n in sorted(idle, key=lambda n: (n.usd_per_hour, n.idle_s, n.id))[:keep]}
-    n_down = 0
-    for n in sorted(idle, key=lambda n: (-n.usd_per_hour, -n.idle_s, n.id)):
-        if count <= cfg.min_workers:
-            break
-        if n.id in kept:
-            continue
-        why = (f"idle {n.idle_s:.0f}s, util {util:.2f} < {cfg.scale_down_util:.2f}" if quiet else
-               f"idle {n.idle_s:.0f}s; {keep} idle node(s) kept as headroom (util {util:.2f})")
-        p.release(n, why, ReleaseCause.IDLE)
-        count -= 1
-        n_down += 1
-    if n_down:
-        d.events.append(Event("scale_down", f"{n_down} idle node(s), util {util:.2f} < {cfg.scale_down_util:.2f} "
-                                            f"for {p.now - d.low_util_since:.0f}s" if quiet else
-                              f"{n_down} idle node(s) past idle_timeout_s, {keep} kept as headroom", count=n_down))
 
 
 RULES = (shed, place_waiting, return_to_spot, consolidate, minimum, headroom, release_idle_on_demand, scale_down_idle)

@@ -135,6 +135,29 @@ def test_each_launch_and_release_names_the_rule_that_made_it(context, launches, 
     assert [(r.node_id, r.cause.value) for r in d.release] == releases
 
 
+@pytest.mark.parametrize("case,context,launches,releases", [
+    # min_workers is met with the cheapest nodes: an on-demand node idle past the timeout at the floor
+    # (the idle rules stop there) is swapped for a spot node rather than held all night
+    ("at the floor: swapped for spot", ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.0,
+                                          min_workers=2), [("gpu_spot", 1, "minimum")], [("n2", "idle_on_demand")]),
+    ("no spot offered: kept", ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.0, min_workers=2,
+                                 types=(NodeType("gpu_spot", "spot", 0.16, 1, 2, 0), OD_T4)), [], []),
+    ("spot dearer: kept", ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.0, min_workers=2,
+                             types=(NodeType("gpu_spot", "spot", 0.60, 1, 2, 8), OD_T4)), [], []),
+    ("idle shorter than the timeout: kept", ctx(held=[node(1), node(2, t=OD_T4, idle_s=10, free=1)], util=0.0,
+                                               min_workers=2), [], []),
+    ("a never gang waits: kept for it", ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=0.5)],
+                                           waiting=[gang(1, gpus=1, spot="never")], min_workers=2),
+     [("gpu_ondemand", 1, "waiting_gang")], []),
+])
+def test_an_idle_on_demand_node_at_min_workers_is_swapped_for_spot(case, context, launches, releases):
+    d = decide(context, NOW)
+    assert [(x.node_type, x.count, x.cause.value) for x in d.launches] == launches, case
+    assert [(r.node_id, r.cause.value) for r in d.release] == releases, case
+    if releases:
+        assert "gpu_spot holds min_workers 2 for less" in d.release[0].reason
+
+
 def test_the_rules_run_in_their_stated_order():
     from raycluster.policy import budget
 
