@@ -123,6 +123,8 @@ class NodeHealth(BaseModel):
     drained: bool
     drain_reason: str | None = None
     last_heartbeat_s_ago: float | None = None
+    heartbeat_timeout_s: float | None = Field(None, description="how long it may be silent: 1.5 intervals plus twice "
+                                                                "how late its (its host's) heartbeats came lately")
     sample: dict[str, Any] | None = Field(None, description="the newest sample: CPU, load, memory, disk, GPUs")
 
 

@@ -6,8 +6,11 @@ Owns: what a HealthMonitor sample is (``NodeSample``, ``GpuSample``), the thresh
 Rules (documented in the README, "Which signal is judged where"):
 * **A node's own hard faults → unhealthy at once**: Ray reports the node dead, or its ranks died
   with it (``node_died``: Ray's NodeDiedError reaches the Coordinator before Ray's node table says
-  so); no heartbeat for ``heartbeat_timeout_s`` (default two intervals + 1 s); in the newest sample
-  an XID error, an uncorrected ECC error, a failed row remap.
+  so); no heartbeat for ``heartbeat_timeout_s`` (1.5 intervals) plus twice the lateness its
+  heartbeats (or, on a shared host, its host's) showed lately (``heartbeat_lag_s``, at most
+  ``heartbeat_lag_cap_s`` more: a host so busy that heartbeats come seconds late is slow, not
+  stuck; a monitor that goes silent on a host whose heartbeats came on time is judged at the
+  timeout); in the newest sample an XID error, an uncorrected ECC error, a failed row remap.
 * **A node's own soft checks** (each sample either passes all or is a *failed check*): a GPU hotter
   than ``gpu_temp_c_max``, a GPU throttled for heat or power brake, NVML failing.
   ``failure_threshold`` (the seeds' 3) consecutive failed checks → unhealthy; fewer → degraded; a
@@ -68,7 +71,8 @@ class NodeSample:
 
 @dataclass(frozen=True)
 class HealthThresholds:
-    heartbeat_timeout_s: float = 11.0
+    heartbeat_timeout_s: float = 7.5
+    heartbeat_lag_cap_s: float = 10.0  # the most a recent lateness adds to the timeout
     failure_threshold: int = 3
     mem_pct_max: float = 95.0
     load_per_cpu_max: float = 4.0
@@ -90,6 +94,7 @@ class HealthContext:
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     host_shared: bool = False  # other alive nodes run on the same host: its signals are the host's
     node_died: bool = False  # its ranks died with it (NodeDiedError) and no heartbeat came since
+    heartbeat_lag_s: float = 0.0  # how late its (its host's) heartbeats came lately, beyond the interval
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,12 @@ def score(sample: NodeSample | None, th: HealthThresholds) -> float:
     return round(sample.cpu_pct * th.cpu_weight + gpu_mem * th.gpu_weight, 2)
 
 
+def heartbeat_timeout_s(ctx: HealthContext) -> float:
+    """How long the node may be silent: the timeout plus twice its recent lateness (capped)."""
+    th = ctx.thresholds
+    return round(th.heartbeat_timeout_s + min(2.0 * max(0.0, ctx.heartbeat_lag_s), th.heartbeat_lag_cap_s), 1)
+
+
 def hard_faults(ctx: HealthContext, now: float) -> list[str]:
     th, s = ctx.thresholds, ctx.sample
     out = []
@@ -121,8 +132,11 @@ def hard_faults(ctx: HealthContext, now: float) -> list[str]:
     elif ctx.node_died:
         out.append("its ranks died with it (NodeDiedError)")
     since = ctx.last_heartbeat_at if ctx.last_heartbeat_at is not None else ctx.started_at
-    if now - since > th.heartbeat_timeout_s:
-        out.append(f"no heartbeat for {now - since:.0f} s (timeout {th.heartbeat_timeout_s:g} s)")
+    timeout = heartbeat_timeout_s(ctx)
+    if now - since > timeout:
+        late = (f", its heartbeats {ctx.heartbeat_lag_s:.1f} s late lately"
+                if timeout > th.heartbeat_timeout_s else "")
+        out.append(f"no heartbeat for {now - since:.0f} s (timeout {timeout:g} s{late})")
     if s is not None:
         for g in s.gpus:
             if g.xids:

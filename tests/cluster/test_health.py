@@ -268,6 +268,9 @@ def test_a_silent_monitor_and_a_killed_node_are_unhealthy_within_two_intervals(c
     workers = [n for n in lc.nodes() if n.role == "worker"]
     quiet, doomed = workers[0].ray_node_id, workers[1]
     wait_for(lambda: by_node(client)[quiet]["state"] == "healthy", 30, "a healthy node")
+    # the timeout in force: 1.5 intervals, plus twice how late the host's heartbeats came lately (a
+    # busy box: slow, not stuck) — on a quiet host two intervals hold
+    timeout_s = by_node(client)[quiet]["heartbeat_timeout_s"]
     ray.get(monitor(quiet).pause.remote(True), timeout=30)
     t0 = time.monotonic()
     wait_for(lambda: by_node(client)[quiet]["state"] == "unhealthy", 30, "the silent node unhealthy", poll_s=0.1)
@@ -279,7 +282,8 @@ def test_a_silent_monitor_and_a_killed_node_are_unhealthy_within_two_intervals(c
     wait_for(lambda: by_node(client)[doomed.ray_node_id]["state"] == "unhealthy", 30, "the killed node unhealthy",
              poll_s=0.1)
     killed_s = time.monotonic() - t0
-    assert silent_s <= 2 * INTERVAL_S and killed_s <= 2 * INTERVAL_S, (silent_s, killed_s)
+    assert silent_s <= max(2 * INTERVAL_S, timeout_s + 1.5) and killed_s <= 2 * INTERVAL_S, (silent_s, timeout_s,
+                                                                                              killed_s)
     ray.get(monitor(quiet).pause.remote(False), timeout=30)
     lc.add_worker()
     # drain / undrain by hand, through the CLI (a prefix of the id is enough)

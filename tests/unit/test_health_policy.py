@@ -27,6 +27,13 @@ def gpu(**kw):
     ("Ray says dead", dict(ray_alive=False, sample=sample()), HealthState.UNHEALTHY, True, "Ray reports the node dead"),
     ("heartbeat missing", dict(last_heartbeat_at=NOW - 12), HealthState.UNHEALTHY, True, "no heartbeat for 12 s"),
     ("heartbeat just in time", dict(last_heartbeat_at=NOW - 10), HealthState.HEALTHY, False, None),
+    # heartbeats that came late lately (a busy host) lengthen the timeout by twice that, capped
+    ("late lately: slow, not stuck", dict(last_heartbeat_at=NOW - 12, heartbeat_lag_s=1.0), HealthState.HEALTHY,
+     False, None),
+    ("late lately, silent past it", dict(last_heartbeat_at=NOW - 14, heartbeat_lag_s=1.0), HealthState.UNHEALTHY,
+     True, "no heartbeat for 14 s (timeout 13 s, its heartbeats 1.0 s late lately)"),
+    ("very late lately: capped", dict(last_heartbeat_at=NOW - 22, heartbeat_lag_s=30.0), HealthState.UNHEALTHY,
+     True, "timeout 21 s"),
     ("never heard from, within grace", dict(last_heartbeat_at=None, started_at=NOW - 5, sample=None),
      HealthState.HEALTHY, False, None),
     ("never heard from, past grace", dict(last_heartbeat_at=None, started_at=NOW - 20, sample=None),

@@ -287,3 +287,28 @@ def test_a_rented_node_given_back_on_purpose_reads_released_and_a_lost_one_does_
     view = {v["node_id"]: v for v in core.health.health_view()}
     assert view["n-rent-idle"]["state"] == "released" and view["n-rent-idle"]["reasons"] == ["released: idle for 60 s"]
     assert view["n-rent-lost"]["state"] != "released"  # lost unasked: a fault, it pages
+
+
+def test_a_host_whose_heartbeats_come_late_gets_longer_before_its_node_is_judged_silent(env):
+    """A pegged 2-core box delivered a healthy node's heartbeat 9 s after the last (timeout 7.5 s) and
+    the node was given back as unhealthy. Heartbeats that came late lately (n2's: 1.5 s late at a 2 s
+    interval) lengthen the timeout of every node of their host by twice that (3 s -> 6 s here; n0
+    shares n2's host), at most HEALTH_HEARTBEAT_LAG_CAP_S; a node on a host whose heartbeats came on
+    time (n1) is still judged at the timeout."""
+    core, ops, clock = env
+    ops.addresses.update({"n0": "10.0.0.3", "n1": "10.0.0.2", "n2": "10.0.0.3"})
+    beat(core, clock)
+    for late in (0.9, 1.5, 1.5, 1.5):  # n0, n1 on time; n2 late (more so as the box gets busier)
+        run(core, clock, 2.0, nodes=("n0", "n1"))
+        run(core, clock, late, nodes=())
+        beat(core, clock, nodes=("n2",))
+    assert set(states(core).values()) == {"healthy"}, states(core)
+    view = {v["node_id"]: v for v in core.health.health_view()}
+    assert [view[n]["heartbeat_timeout_s"] for n in ("n0", "n1", "n2")] == [6.0, 3.0, 6.0]
+    run(core, clock, 5.5, nodes=("n0",))  # n1 silent 5.5 s (timeout 3 s), n2 silent 5.5 s (timeout 6 s)
+    s = states(core)
+    assert s["n1"] == "unhealthy" and s["n2"] == "healthy", s
+    run(core, clock, 1.5, nodes=("n0",))  # (judged once a second)
+    assert states(core)["n2"] == "unhealthy"
+    reason = {v["node_id"]: v for v in core.health.health_view()}["n2"]["reasons"][0]
+    assert "timeout 6 s, its heartbeats 1.5 s late lately" in reason, reason

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
 from raycluster import constants as C
 from raycluster.errors import InvalidJobSpec
 from raycluster.policy.health import (GpuSample, HealthContext, HealthState, HealthThresholds, HealthVerdict,
-                                      NodeSample, failed_checks, verdict)
+                                      NodeSample, failed_checks, heartbeat_timeout_s, verdict)
 from raycluster.policy.evacuation import MoveKind
 from raycluster.labels import rental_of
 from raycluster.control.evacuation import Evacuations
@@ -48,6 +49,7 @@ log = logging.getLogger("raycluster.health")
 def thresholds() -> HealthThresholds:
     return HealthThresholds(
         heartbeat_timeout_s=C.HEALTH_HEARTBEAT_TIMEOUT_FACTOR * C.HEALTH_INTERVAL_S,
+        heartbeat_lag_cap_s=C.HEALTH_HEARTBEAT_LAG_CAP_S,
         failure_threshold=C.HEALTH_FAILURE_THRESHOLD, mem_pct_max=C.HEALTH_MEM_PCT_MAX,
         load_per_cpu_max=C.HEALTH_LOAD_PER_CPU_MAX, gpu_temp_c_max=C.HEALTH_GPU_TEMP_C_MAX,
         disk_low_pct=C.HEALTH_DISK_LOW_PCT, disk_full_pct=C.HEALTH_DISK_FULL_PCT,
@@ -90,6 +92,8 @@ class Health:
         self._drained = {n: r["drain_reason"] or "drained" for n, r in self.node_health.all().items() if r["drained"]}
         self._samples: dict[str, NodeSample] = {}
         self._hb_at: dict[str, float] = {}
+        self._late: dict[str, deque] = {}  # node -> how late its last heartbeats came (s beyond the interval)
+        self._host_of: dict[str, str] = {}  # alive node -> its host's address
         self._failures: dict[str, int] = {}
         self._watch_since: dict[str, float] = {}
         self._verdicts: dict[str, HealthVerdict] = {}
@@ -114,6 +118,10 @@ class Health:
             failed = failed_checks(s, thresholds(), s.node_id in self._shared)
             self._failures[s.node_id] = self._failures.get(s.node_id, 0) + 1 if failed else 0
             self._samples[s.node_id] = s
+            prev = self._hb_at.get(s.node_id)
+            if prev is not None:
+                self._late.setdefault(s.node_id, deque(maxlen=C.HEALTH_LAG_SAMPLES)).append(
+                    max(0.0, now - prev - C.HEALTH_INTERVAL_S))
             self._hb_at[s.node_id] = now
 
     def node_died(self, node_id: str, now: float) -> None:
@@ -200,10 +208,18 @@ class Health:
                 "excluded": node_id in self.excluded(), "drained": node_id in self._drained,
                 "drain_reason": self._drained.get(node_id),
                 "last_heartbeat_s_ago": round(self.clock() - hb, 1) if hb else None,
+                "heartbeat_timeout_s": self._timeout_of(node_id),
                 "sample": None if s is None else {
                     "cpu_pct": s.cpu_pct, "load1": s.load1, "mem_pct": s.mem_pct, "disk_free_pct": s.disk_free_pct,
                     "gpus": [{"index": g.index, "util_pct": g.util_pct, "mem_pct": round(g.mem_pct, 1),
                               "temp_c": g.temp_c} for g in s.gpus]}}
+
+    def _timeout_of(self, node_id: str) -> float:
+        """The heartbeat timeout in force for the node (``policy.health.heartbeat_timeout_s``)."""
+        with self._health_lock:
+            lag = self._lag(node_id)
+        return heartbeat_timeout_s(HealthContext(node_id, True, None, 0.0, None, thresholds=thresholds(),
+                                                 heartbeat_lag_s=lag))
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: float) -> None:
@@ -219,6 +235,7 @@ class Health:
             if n["alive"]:
                 by_host.setdefault(n.get("address") or n["id"], []).append(n["id"])
         self._shared = {nid for ids in by_host.values() if len(ids) > 1 for nid in ids}
+        self._host_of = {nid: host for host, ids in by_host.items() for nid in ids}
         for n in nodes:
             nid = n["id"]
             if n["alive"] and nid not in self._monitors:
@@ -234,13 +251,22 @@ class Health:
                     died = None
                 ctx = HealthContext(nid, bool(n["alive"]), hb, self._watch_since[nid],
                                     self._samples.get(nid), max(0, self._failures.get(nid, 0) - 1), th,
-                                    host_shared=nid in self._shared, node_died=died is not None)
+                                    host_shared=nid in self._shared, node_died=died is not None,
+                                    heartbeat_lag_s=self._lag(nid))
             v = verdict(ctx, now)
             self._judge(nid, v, now)
         for nid in [m for m in self._monitors if not any(n["id"] == m and n["alive"] for n in nodes)]:
             self._monitors.pop(nid, None)  # it died with its node
         self._excluded_changed()
         self._evacuate(now)
+
+    def _lag(self, node_id: str) -> float:
+        """How late the node's last heartbeats came — on a host of several nodes, any of the host's:
+        the host, not the node, is what makes them late. (Called under ``_health_lock``.)"""
+        host = self._host_of.get(node_id)
+        peers = ([n for n, h in self._host_of.items() if h == host] if node_id in self._shared and host is not None
+                 else [node_id])
+        return max((x for n in peers for x in self._late.get(n, ())), default=0.0)
 
     def _start_monitor(self, node_id: str) -> None:
         self._monitors[node_id] = self.ops.ensure_monitor(node_id, self.handle, str(self.state_dir))
