@@ -54,7 +54,7 @@ class Resizes:
                 bundle = self._bundle_of(spec)
                 fits = size_that_fits(bundle, range(spec.num_workers, world, -1), with_gang_back(free, bundle, nodes),
                                       spec.placement_strategy.value)
-            d = decide_grow(GrowContext(rec.id, world, spec.min_workers, spec.num_workers, running_for_s, moving,
+            d = decide_grow(GrowContext(rec.id, world, spec.num_workers, running_for_s, moving,
                                         fits, waits), C.ELASTIC_GROW_INTERVAL_S)
             self.last_decisions[rec.id] = d.reason
             if d.to_size is None:

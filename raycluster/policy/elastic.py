@@ -53,7 +53,6 @@ class GrowContext:
 
     job_id: str
     world_size: int
-    min_workers: int
     max_workers: int
     running_for_s: float  # since its current attempt started running
     moving: bool  # a move of it is in progress (any cause)

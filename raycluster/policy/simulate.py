@@ -413,8 +413,8 @@ def simulate(trace: Iterable[TraceJob], market: MarketModel, config: BudgetConfi
                     own = [nid for nid, k in where.items() for _ in range(k)]
                     fits = size_that_fits(bundle, range(j.workers, size[jid], -1),
                                           with_gang_back(open_free, bundle, own), j.strategy)
-                d = decide_grow(GrowContext(jid, size[jid], j.min_workers or j.workers, j.workers, now - started,
-                                            False, fits, False), grow_interval_s)
+                d = decide_grow(GrowContext(jid, size[jid], j.workers, now - started, False, fits, False),
+                                grow_interval_s)
                 if d.to_size is None:
                     continue
                 left[jid] = max(0.0, left[jid] - done_s(jid, now)) + market.move_overhead_s  # checkpointed first

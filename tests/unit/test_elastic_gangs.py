@@ -83,7 +83,7 @@ def test_a_gangs_own_room_is_counted_back_when_it_may_grow():
 
 
 def grow_ctx(**kw):
-    base = dict(job_id="j", world_size=3, min_workers=2, max_workers=4, running_for_s=60.0, moving=False, fits=4,
+    base = dict(job_id="j", world_size=3, max_workers=4, running_for_s=60.0, moving=False, fits=4,
                 queue_waits=False)
     return GrowContext(**{**base, **kw})
 
