@@ -17,7 +17,8 @@
     overhead --live-job-overhead-s, the BudgetAutoscaler's interval as the tick). Goal: within 15%.
     The measured launch delays and job run times are reported beside it. The same for elastic gangs
     (LIVE_ELASTIC_TRACE: grows) and for a spot return (LIVE_SPOT_RETURN_TRACE: a job on an on-demand
-    A10 for want of spot moves back to spot). --no-live skips them; --live-only KIND runs one alone.
+    A10 for want of spot moves back to spot) and for consolidation (LIVE_CONSOLIDATE_TRACE: two half-empty
+    spot nodes become one). --no-live skips them; --live-only KIND runs one alone.
 (2) Simulator speed: --speed-jobs jobs on up to --speed-nodes nodes (synthetic days of the seed's
     shape peaking at that many GPUs, as many days as it takes), jobs/s (default 10,000 on 1,000: the
     goal is "in seconds").
@@ -142,9 +143,19 @@ LIVE_ELASTIC_BATCH, LIVE_SAMPLE_S = 8, 0.25
 # spot return: (arrival s, steps of 0.5 s, max_runtime_s) on 2 spot T4 + 1 on-demand A10: the third job
 # finds no spot left, runs on the A10, and moves back to spot (checkpoint first) once the others end
 LIVE_SPOT_RETURN_TRACE = [(0, 40, None), (0, 40, None), (15, 240, 900)]  # (the third once both spot nodes run)
+# consolidation: (arrival s, steps of 0.5 s, max_runtime_s) of half-GPU jobs on 2 spot T4: a pair (2 workers,
+# STRICT_SPREAD) rents both nodes; two long jobs, submitted once the pair runs, take the other halves; when the
+# pair ends each node is half empty: one long job moves onto the other's free half and its node is given back
+LIVE_CONSOLIDATE_TRACE = [(0, 40, None), (0, 240, 900), (0, 240, 900)]
 
 
-def _live_spec(i: int, at: float, steps: int, elastic: bool, max_runtime_s: float | None = None) -> dict:
+def _live_spec(i: int, at: float, steps: int, elastic: bool, max_runtime_s: float | None = None,
+               consolidate: bool = False) -> dict:
+    if consolidate:  # half-GPU jobs: the first a STRICT_SPREAD pair, the rest long ones (they checkpoint)
+        extra = ({"max_runtime_s": max_runtime_s, "checkpoint": {"every_steps": 10}} if i else
+                 {"num_workers": 2, "placement_strategy": "STRICT_SPREAD"})
+        return {"name": f"live-half-{i}", "entrypoint": "jobs.toy:counter", "resources": {"gpus": 0.5, "cpus": 1},
+                "config": {"steps": steps, "sleep_per_step_s": LIVE_STEP_S}, **extra}
     if not elastic:  # (with max_runtime_s: the expected runtime a move for cost weighs; it checkpoints)
         extra = {"max_runtime_s": max_runtime_s, "checkpoint": {"every_steps": 10}} if max_runtime_s else {}
         return {"name": f"live-{i}", "entrypoint": "jobs.toy:counter", "resources": {"gpus": 1, "cpus": 1},
@@ -156,9 +167,12 @@ def _live_spec(i: int, at: float, steps: int, elastic: bool, max_runtime_s: floa
 
 
 def _live_trace_job(i: int, at: float, steps: int, elastic: bool, job_overhead_s: float,
-                    max_runtime_s: float | None = None):
+                    max_runtime_s: float | None = None, consolidate: bool = False):
     from raycluster.policy.simulate import TraceJob
 
+    if consolidate:
+        return TraceJob(f"live-half-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1 if i else 2, 0.5, 1.0,
+                        strategy="PACK" if i else "STRICT_SPREAD", max_runtime_s=max_runtime_s)
     if not elastic:
         return TraceJob(f"live-{i}", float(at), steps * LIVE_STEP_S + job_overhead_s, 1, 1.0, 1.0,
                         max_runtime_s=max_runtime_s)
@@ -193,7 +207,8 @@ def live(launch_delay_s: float, job_overhead_s: float, kind: str = "toy") -> dic
     # the cluster's own config (as a user's YAML would say); every RAYCLUSTER_* knob at its default
     spot, nodes, idle_s, cooldown_s, tick_s = 0.16, 3, 10.0, 5.0, C.BUDGET_INTERVAL_S
     on_demand = 0.53
-    spot_nodes = 2 if kind == "spot_return" else nodes  # (spot_return: the A10 is the third node)
+    consolidate = kind == "consolidate"
+    spot_nodes = 2 if kind in ("spot_return", "consolidate") else nodes  # (spot_return: the A10 is the third node)
     node_types = {"gpu_spot": {"market": "local", "kind": "spot", "gpu_type": "T4", "max_workers": spot_nodes,
                                "resources": {"CPU": 2, "GPU": 1}}}
     gpu_types = {"T4": {"gpus": 1, "cpus": 2, "capacity": spot_nodes, "spot_usd_per_hour": spot,
@@ -216,16 +231,22 @@ def live(launch_delay_s: float, job_overhead_s: float, kind: str = "toy") -> dic
         ids: list[str] = []
         t0 = time.time()
 
-        live_trace = {"elastic": LIVE_ELASTIC_TRACE, "spot_return": LIVE_SPOT_RETURN_TRACE}.get(
-            kind, [(at, steps, None) for at, steps in LIVE_TRACE])
+        live_trace = {"elastic": LIVE_ELASTIC_TRACE, "spot_return": LIVE_SPOT_RETURN_TRACE,
+                      "consolidate": LIVE_CONSOLIDATE_TRACE}.get(kind, [(at, steps, None) for at, steps in LIVE_TRACE])
         live_trace = [(x[0], x[1], x[2] if len(x) > 2 else None) for x in live_trace]
 
         def submit_all():
             for i, (at, steps, max_runtime_s) in enumerate(live_trace):
                 time.sleep(max(0.0, t0 + at - time.time()))
-                ids.append(client.submit(_live_spec(i, at, steps, elastic, max_runtime_s))["id"])
+                if consolidate and i == 1:  # the long jobs once the pair runs (on both nodes), as they arrive then
+                    while client.get(ids[0])["state"] != "RUNNING" and time.time() < t0 + 300:
+                        time.sleep(0.2)
+                    arrived[i] = arrived[i + 1] = time.time() - t0
+                ids.append(client.submit(_live_spec(i, at, steps, elastic, max_runtime_s, consolidate))["id"])
 
+        arrived: dict[int, float] = {}
         submit_all()
+        live_trace = [(arrived.get(i, at), steps, mr) for i, (at, steps, mr) in enumerate(live_trace)]
         final = client.wait(ids, timeout_s=900)
         assert all(j["state"] == "SUCCEEDED" for j in final), [(j["state"], j["error"]) for j in final]
         store = RentalStore(lc.cluster_dir / "provider" / "rentals.db")
@@ -247,10 +268,12 @@ def live(launch_delay_s: float, job_overhead_s: float, kind: str = "toy") -> dic
                  for i in ids] if elastic else None
         grows = sum(1 for i in ids for t in client.get(i)["transitions"] if t["cause"] == "elastic_grow")
         returns = sum(1 for i in ids for t in client.get(i)["transitions"] if t["cause"] == "spot_return")
+        consolidations = sum(1 for i in ids for t in client.get(i)["transitions"] if t["cause"] == "consolidate")
     finally:
         ray.shutdown()
         lc.stop()
-    trace = [_live_trace_job(i, at, steps, elastic, job_overhead_s, mr) for i, (at, steps, mr) in enumerate(live_trace)]
+    trace = [_live_trace_job(i, at, steps, elastic, job_overhead_s, mr, consolidate)
+             for i, (at, steps, mr) in enumerate(live_trace)]
     # (a move — a grow, a spot return —: its checkpoint and the restart of its ranks, as the start overhead)
     types = (NodeType("gpu_spot", "spot", spot, 1, 2, spot_nodes, spot_nodes),)
     if kind == "spot_return":
@@ -272,6 +295,10 @@ def live(launch_delay_s: float, job_overhead_s: float, kind: str = "toy") -> dic
            "measured": {"launch_to_first_job_s": [round(x, 1) for x in delays],
                         "job_run_s_median": round(runs[len(runs) // 2], 1) if runs else None,
                         "wait_p50_s": round(waits[len(waits) // 2], 1) if waits else None}}
+    if consolidate:
+        out["measured"]["consolidations"] = consolidations
+        out["predicted_consolidations"] = sim.moves.get("consolidate", 0)
+        out["measured"]["long_jobs_arrived_at_s"] = round(live_trace[1][0], 1)
     if kind == "spot_return":
         out["measured"]["spot_returns"] = returns
         out["predicted_spot_returns"] = sim.moves.get("spot_return", 0)
@@ -290,7 +317,8 @@ def main() -> int:
     ap.add_argument("--speed-jobs", type=int, default=10_000)
     ap.add_argument("--speed-nodes", type=int, default=1_000)
     ap.add_argument("--no-live", action="store_true", help="skip (3), the runs on a real local cluster")
-    ap.add_argument("--live-only", choices=("toy", "elastic", "spot_return"), help="(3) alone, of this trace")
+    ap.add_argument("--live-only", choices=("toy", "elastic", "spot_return", "consolidate"),
+                    help="(3) alone, of this trace")
     ap.add_argument("--live-launch-delay-s", type=float, default=5.0,
                     help="the simulator's launch delay for (3) (bench_scale measures the local market's)")
     ap.add_argument("--live-job-overhead-s", type=float, default=3.0,
@@ -311,6 +339,8 @@ def main() -> int:
                                                          kind="elastic")
         result["live_vs_predicted_spot_return"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
                                                        kind="spot_return")
+        result["live_vs_predicted_consolidation"] = live(args.live_launch_delay_s, args.live_job_overhead_s,
+                                                         kind="consolidate")
     write_result(result, args.out)
     return 0
 
