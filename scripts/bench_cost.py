@@ -48,8 +48,9 @@ def elastic_trace(trace):
     return [replace(j, min_workers=max(1, j.workers // 2)) if j.workers > 1 else j for j in trace]
 
 
-# the policy before issue "Spend less": no moves for cost, and a busy cluster kept every idle node
-PREVIOUS_POLICY = {"max_moves_per_hour": 0, "busy_idle_nodes_kept": 10 ** 6}
+# the policy before issue "Spend less": no moves for cost, a busy cluster kept every idle node, an idle
+# on-demand node went at the idle timeout as a spot one
+PREVIOUS_POLICY = {"max_moves_per_hour": 0, "busy_idle_nodes_kept": 10 ** 6, "idle_timeout_by_price": False}
 
 
 def shipped(config: Path, trace_path: Path) -> dict:

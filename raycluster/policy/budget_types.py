@@ -49,6 +49,9 @@ class BudgetConfig:
     # while the cluster is busy (utilisation not low for cooldown_s), nodes idle past idle_timeout_s
     # go but this many (the cheapest): the headroom the next arrival starts on without a launch
     busy_idle_nodes_kept: int = 1
+    # an idle on-demand node goes after idle_timeout_s x (the cheapest spot price / its price): held idle
+    # for what the cheapest node costs idle for idle_timeout_s (False: after idle_timeout_s, as spot)
+    idle_timeout_by_price: bool = True
 
     def __post_init__(self):
         for name in ("min_workers", "max_workers", "spot_fallback_preemptions", "max_moves_per_hour",
@@ -68,6 +71,9 @@ class BudgetConfig:
                 raise BudgetConfigError(f"{name} must be a number in [0, 1], not {v!r}", name)
         if self.scale_down_util > self.scale_up_util:
             raise BudgetConfigError("scale_down_util must be <= scale_up_util", "scale_down_util")
+        if not isinstance(self.idle_timeout_by_price, bool):
+            raise BudgetConfigError(f"idle_timeout_by_price must be true or false, not {self.idle_timeout_by_price!r}",
+                                    "idle_timeout_by_price")
         check_cap(self.max_hourly_budget_usd)
 
 

@@ -73,16 +73,19 @@ def _free(rooms: list[list], kinds: tuple[str, ...], usable=lambda i: True) -> d
             if r[2] in kinds and (r[0] > 1e-9 or r[1] > 1e-9) and usable(i)}
 
 
-def _fit(rooms: dict[int, list], g: Gang, kinds: tuple[str, ...] = (SPOT,),
-         skip: int | None = None) -> list[tuple[int, float, float]] | None:
+def _fit(rooms: dict[int, list], g: Gang, kinds: tuple[str, ...] = (SPOT,), skip: int | None = None,
+         used: dict[int, list] | None = None) -> list[tuple[int, float, float]] | None:
     """The rooms (index, gpus, cpus) of ``kinds`` (but room ``skip``) all of ``g``'s bundles take,
-    first fit (``rooms`` unchanged); None: they do not fit."""
+    first fit, less what ``used`` holds taken already (``rooms`` unchanged: a plan tries many nodes'
+    gangs against the same rooms, so it keeps what it took aside rather than copy them); None: they
+    do not fit."""
     taken: list[tuple[int, float, float]] = []
     placed = 0
     for i, room in rooms.items():
         if room[2] not in kinds or i == skip:
             continue
-        gpus, cpus = room[0], room[1]
+        u = used.get(i) if used else None
+        gpus, cpus = (room[0] - u[0], room[1] - u[1]) if u else (room[0], room[1])
         while placed < g.bundles and gpus >= g.gpus - 1e-9 and cpus >= g.cpus - 1e-9:
             gpus -= g.gpus
             cpus -= g.cpus
@@ -95,10 +98,12 @@ def _fit(rooms: dict[int, list], g: Gang, kinds: tuple[str, ...] = (SPOT,),
     return None
 
 
-def _take(rooms: dict[int, list], taken: list[tuple[int, float, float]]) -> None:
+def _take(used: dict[int, list], taken: list[tuple[int, float, float]]) -> None:
+    """Keep aside (in ``used``: room index -> [gpus, cpus]) the room ``taken``."""
     for i, gpus, cpus in taken:
-        rooms[i][0] -= gpus
-        rooms[i][1] -= cpus
+        u = used.setdefault(i, [0.0, 0.0])
+        u[0] += gpus
+        u[1] += cpus
 
 
 def _fresh(types: list[NodeType], g: Gang, slots: dict[str, int], per_type: dict[str, int]):
@@ -158,7 +163,7 @@ def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], ro
         if not all(r.gang.spot == "auto" and r.gang.preemptions < cfg.spot_fallback_preemptions and movable(cfg, r)
                    for r in gangs):
             continue
-        left_rooms = {i: list(r) for i, r in spot_rooms.items()}
+        used: dict[int, list] = {}  # the spot room this node's gangs take, so far
         left_slots, left_types = dict(slots), dict(per_type)
         taken_all: list[tuple[int, float, float]] = []
         launches: list[tuple[str, int]] = []
@@ -176,9 +181,9 @@ def plan_spot_return(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], ro
                 ok = False
                 break
             saving, cost = saving + s, cost + c
-            taken = _fit(left_rooms, g)
+            taken = _fit(spot_rooms, g, used=used)
             if taken is not None:
-                _take(left_rooms, taken)
+                _take(used, taken)
                 taken_all += taken
                 continue
             fresh = _fresh(types, g, left_slots, left_types)
@@ -236,16 +241,16 @@ def plan_consolidation(cfg: BudgetConfig, held: list[HeldNode], gone: set[str], 
         pays, saving, cost = move_pays(n.usd_per_hour, 0.0, remaining, cfg.spot_return_move_s)
         if not pays:
             continue
-        left = {j: list(r) for j, r in free.items() if j != i}
+        used: dict[int, list] = {}  # the room its gangs take, so far
         taken_all: list[tuple[int, float, float]] = []
         ok = True
         for r in gangs:
             kinds = {"only": (SPOT,), "never": (ON_DEMAND,)}.get(r.gang.spot, (SPOT, ON_DEMAND))
-            taken = _fit(left, r.gang, kinds)
+            taken = _fit(free, r.gang, kinds, skip=i, used=used)
             if taken is None:
                 ok = False
                 break
-            _take(left, taken)
+            _take(used, taken)
             taken_all += taken
         if not ok:
             continue

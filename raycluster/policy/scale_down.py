@@ -4,8 +4,10 @@ as the other rules see it) through its ``launch`` / ``release``, each with its c
 
 Owns:
 
-* ``release_idle_on_demand`` — an on-demand node (the expensive fallback) idle past
-  ``idle_timeout_s`` goes whatever the utilisation when no waiting gang needs on-demand; never
+* ``release_idle_on_demand`` — an on-demand node (the expensive fallback) idle past its idle
+  timeout goes whatever the utilisation when no waiting gang needs on-demand — ``idle_timeout_s``
+  scaled by the cheapest spot price over its price (``idle_timeout_by_price``, default on: it is
+  held idle for what the cheapest node costs idle for ``idle_timeout_s``; ``on_demand_idle_timeout_s``); never
   below ``min_workers``, where it is swapped for a cheaper spot node when one is offered
   (``_cheaper_spot``: the floor is held with the cheapest nodes);
 * ``scale_down_idle`` — nodes idle past ``idle_timeout_s`` go, most expensive first, never below
@@ -20,9 +22,10 @@ from raycluster.policy.budget_types import (ON_DEMAND, SPOT, Event, HeldNode, La
 
 
 def release_idle_on_demand(p) -> None:
-    """5a. An on-demand node (the expensive fallback) idle past ``idle_timeout_s`` goes whatever the
-    utilisation, when no waiting gang needs on-demand: spot covers the rest. Never below
-    ``min_workers``: there it is swapped for a cheaper spot node, when one is offered."""
+    """5a. An on-demand node (the expensive fallback) idle past its idle timeout
+    (``on_demand_idle_timeout_s``) goes whatever the utilisation, when no waiting gang needs
+    on-demand: spot covers the rest. Never below ``min_workers``: there it is swapped for a cheaper
+    spot node, when one is offered."""
     cfg, util = p.cfg, p.ctx.gpu_util if p.ctx.gpu_util is not None else 0.0
     if util < cfg.scale_down_util:  # (carried from decision to decision: the low-utilisation cooldown)
         p.d.low_util_since = p.ctx.low_util_since if p.ctx.low_util_since is not None else p.now
@@ -35,9 +38,9 @@ def release_idle_on_demand(p) -> None:
     count = sum(1 for n in p.held if n.id not in gone)
     od_down = 0
     for n in sorted(p.held, key=lambda n: (-n.usd_per_hour, n.id)):
-        if n.kind != ON_DEMAND or n.starting or n.idle_s < cfg.idle_timeout_s or n.id in gone:
+        if n.kind != ON_DEMAND or n.starting or n.id in gone or n.idle_s < (t_s := on_demand_idle_timeout_s(p, n)):
             continue
-        why = f"on-demand idle {n.idle_s:.0f}s, no waiting gang needs on-demand"
+        why = f"on-demand idle {n.idle_s:.0f}s (timeout {t_s:.0f}s), no waiting gang needs on-demand"
         if count <= cfg.min_workers:  # at the floor: swapped for a cheaper spot node, if one is offered
             t = _cheaper_spot(p, n)
             if t is None:
@@ -51,6 +54,17 @@ def release_idle_on_demand(p) -> None:
         od_down += 1
     if od_down:
         p.d.events.append(Event("scale_down", f"{od_down} idle on-demand node(s): spot serves the rest", count=od_down))
+
+
+def on_demand_idle_timeout_s(p, n: HeldNode) -> float:
+    """How long an idle on-demand node is held: ``idle_timeout_s``, scaled by the cheapest spot price
+    over its own with ``idle_timeout_by_price`` (held idle for what the cheapest node would cost idle
+    for ``idle_timeout_s``: 300 s of a 0.16 USD/h spot T4 buys 91 s of a 0.53 one)."""
+    cfg = p.cfg
+    spot_usd = min((t.usd_per_hour for t in p.ctx.types if t.kind == SPOT), default=None)
+    if not cfg.idle_timeout_by_price or spot_usd is None or n.usd_per_hour <= spot_usd:
+        return cfg.idle_timeout_s
+    return cfg.idle_timeout_s * spot_usd / n.usd_per_hour
 
 
 def _cheaper_spot(p, n: HeldNode) -> NodeType | None:

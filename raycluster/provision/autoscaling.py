@@ -86,7 +86,7 @@ class ElasticConfig:
 
 
 BUDGET_KEYS = ("min_workers", "max_workers", "scale_up_util", "scale_down_util", "cooldown_s", "spot_fallback_preemptions",
-               "spot_return_move_s", "max_moves_per_hour", "busy_idle_nodes_kept")
+               "spot_return_move_s", "max_moves_per_hour", "busy_idle_nodes_kept", "idle_timeout_by_price")
 
 
 def budget_config(settings: dict[str, Any] | None, *, idle_timeout_s: float, max_workers: int,

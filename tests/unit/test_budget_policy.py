@@ -97,7 +97,7 @@ def gang(j, bundles=1, gpus=1, cpus=1, **kw):
      ctx(held=[node(1, t=OD_T4, idle_s=100, free=0.5)], waiting=[gang(1, bundles=2, gpus=1, cpus=2, spot="only")],
          max_hourly_budget_usd=0.6), {"gpu_spot": 2}, ["n1"], {}),
     ("no room made from nodes idle shorter than the idle timeout",
-     ctx(held=[node(1, t=OD_T4, idle_s=10)], waiting=[gang(1, bundles=2, gpus=1, cpus=2, spot="only")],
+     ctx(held=[node(1, t=OD_T4, idle_s=5)], waiting=[gang(1, bundles=2, gpus=1, cpus=2, spot="only")],
          max_hourly_budget_usd=0.6), {}, [], {"job-1": "budget 0.53/0.60 USD/h, needs 0.32 more"}),
     ("no spot left and on-demand past the cap: waits for the budget, saying why",
      ctx(held=[node(1), node(2)], waiting=[gang(1)], max_hourly_budget_usd=0.35,
@@ -135,6 +135,27 @@ def test_each_launch_and_release_names_the_rule_that_made_it(context, launches, 
     assert [(r.node_id, r.cause.value) for r in d.release] == releases
 
 
+@pytest.mark.parametrize("case,idle_s,by_price,released", [
+    # idle_timeout_s 300: an idle on-demand node (0.53 USD/h) is held for what the cheapest spot node
+    # (0.16) costs idle for 300 s — 90.6 s; with idle_timeout_by_price off, 300 s like any node
+    ("past the price-scaled timeout", 95, True, ["n2"]),
+    ("within it", 85, True, []),
+    ("by price off: within idle_timeout_s", 95, False, []),
+    ("by price off: past idle_timeout_s", 301, False, ["n2"]),
+])
+def test_an_idle_on_demand_node_is_held_for_what_a_spot_node_costs_idle(case, idle_s, by_price, released):
+    d = decide(ctx(held=[node(1), node(2, t=OD_T4, idle_s=idle_s, free=1)], util=0.5, idle_timeout_s=300,
+                   idle_timeout_by_price=by_price), NOW)
+    assert [r.node_id for r in d.release] == released, (case, d.release)
+    if released:
+        assert d.release[0].cause.value == "idle_on_demand" and f"on-demand idle {idle_s}s" in d.release[0].reason
+
+
+def test_idle_timeout_by_price_must_be_a_bool():
+    with pytest.raises(BudgetConfigError, match="idle_timeout_by_price must be true or false"):
+        BudgetConfig(idle_timeout_by_price="yes")
+
+
 @pytest.mark.parametrize("case,context,launches,releases", [
     # min_workers is met with the cheapest nodes: an on-demand node idle past the timeout at the floor
     # (the idle rules stop there) is swapped for a spot node rather than held all night
@@ -144,7 +165,7 @@ def test_each_launch_and_release_names_the_rule_that_made_it(context, launches, 
                                  types=(NodeType("gpu_spot", "spot", 0.16, 1, 2, 0), OD_T4)), [], []),
     ("spot dearer: kept", ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=1)], util=0.0, min_workers=2,
                              types=(NodeType("gpu_spot", "spot", 0.60, 1, 2, 8), OD_T4)), [], []),
-    ("idle shorter than the timeout: kept", ctx(held=[node(1), node(2, t=OD_T4, idle_s=10, free=1)], util=0.0,
+    ("idle shorter than the timeout: kept", ctx(held=[node(1), node(2, t=OD_T4, idle_s=5, free=1)], util=0.0,
                                                min_workers=2), [], []),
     ("a never gang waits: kept for it", ctx(held=[node(1), node(2, t=OD_T4, idle_s=100, free=0.5)],
                                            waiting=[gang(1, gpus=1, spot="never")], min_workers=2),

@@ -192,6 +192,7 @@ def test_the_loop_consolidates_with_cause_consolidate():
     ({"max_moves_per_hour": 1.5}, "budget.max_moves_per_hour"),
     ({"max_moves_per_hour": -1}, "budget.max_moves_per_hour"),
     ({"spot_return_after_s": 1}, "budget.spot_return_after_s"),  # unknown: named, the known keys listed
+    ({"idle_timeout_by_price": "no"}, "budget.idle_timeout_by_price"),
 ])
 def test_a_bad_move_setting_in_the_config_is_refused_naming_the_key(budget, field):
     from raycluster.provision.autoscaling import MarketConfigError, budget_config
@@ -202,3 +203,5 @@ def test_a_bad_move_setting_in_the_config_is_refused_naming_the_key(budget, fiel
     ok = budget_config({"spot_return_move_s": 30, "max_moves_per_hour": 0}, idle_timeout_s=60, max_workers=4,
                        max_hourly_budget_usd=None)
     assert ok.spot_return_move_s == 30 and ok.max_moves_per_hour == 0  # 0: moves for cost off
+    assert budget_config({"idle_timeout_by_price": False}, idle_timeout_s=60, max_workers=4,
+                         max_hourly_budget_usd=None).idle_timeout_by_price is False
