@@ -113,11 +113,14 @@ def test_preemption_checkpoints_requeues_and_resumes_with_identical_result(clien
     held["config"].update(hold_at_step=2, hold_until_file=str(go))
     high = client.submit(held)["id"]
     keep = client.submit(counter("keep", steps=2000, sleep=0.05, priority=5, preemptible=False))["id"]
-    victim = client.submit({**cnn, "name": "cnn-victim", "priority": 10})["id"]
     others = [client.submit(counter(f"other{i}", steps=2000, sleep=0.05, priority=20 + i))["id"] for i in range(3)]
     try:
-        running = [high, keep, victim, *others]
-        wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in running), 90, "all six running")
+        # the victim comes last, once the others run: one of them left waiting (a slot still held by an
+        # earlier test's gang on a busy box) would rightly preempt it first, for itself (seen once)
+        wait_for(lambda: all(client.get(j)["state"] == "RUNNING" for j in [high, keep, *others]), 90,
+                 "five running")
+        victim = client.submit({**cnn, "name": "cnn-victim", "priority": 10})["id"]
+        wait_for(lambda: client.get(victim)["state"] == "RUNNING", 90, "the victim running")
         wait_for(lambda: any(c["state"] == "COMPLETE" for c in client.checkpoints(victim)), 90, "a victim checkpoint")
         urgent = client.submit(counter("urgent", steps=10, sleep=0.1, priority=90))["id"]
         done = client.wait([urgent], timeout_s=120)[0]
