@@ -32,15 +32,16 @@ with its reason):
 3. **Minimum** — below ``min_workers`` the cheapest nodes are launched (within the budget).
 4. **Headroom** — with nothing waiting, GPU utilisation above ``scale_up_util`` adds one node
    (at most once per ``cooldown_s``).
-5. **Scale down** (``policy/scale_down.py``) — nodes idle for ``idle_timeout_s`` are released, most expensive first, never
-   below ``min_workers``, once utilisation has stayed below ``scale_down_util`` for ``cooldown_s``
-   (``low_util_since`` is carried from decision to decision by the caller). An on-demand node
-   (the expensive fallback) idle for ``idle_timeout_s`` goes whatever the utilisation when no
-   waiting gang needs on-demand — after ``idle_timeout_s`` scaled by the cheapest spot price over
-   its own (``idle_timeout_by_price``: held idle for what the cheapest node costs idle for the
-   timeout); at ``min_workers``, swapped for a cheaper spot node when one is offered (the floor is
-   held with the cheapest nodes). Idle nodes a waiting gang cannot use (a ``spot: never`` gang
-   behind idle spot nodes) are released for it when the budget or ``max_workers`` holds it back.
+5. **Scale down** (``policy/scale_down.py``) — nodes idle for ``idle_timeout_s`` are released,
+   most expensive first, never below ``min_workers``, once utilisation has stayed below
+   ``scale_down_util`` for ``cooldown_s`` (``low_util_since`` is carried from decision to decision
+   by the caller). An on-demand node (the expensive fallback) goes whatever the utilisation when no
+   waiting gang needs on-demand, once idle for ``idle_timeout_s`` scaled by the cheapest spot price
+   over its own (``idle_timeout_by_price``: held idle for what the cheapest node costs idle for the
+   timeout); at ``min_workers`` it is swapped for a cheaper spot node when one is offered (the
+   floor is held with the cheapest nodes). Idle nodes a waiting gang cannot use (a ``spot: never``
+   gang behind idle spot nodes) are released for it when the budget or ``max_workers`` holds it
+   back.
 
 Gangs with ``spot: only``/``never`` are placed only on nodes of that kind: held nodes' free room
 is counted for them only when of their kind (live, a marker resource per kind, ``with_kind``).
