@@ -239,10 +239,10 @@ def live(launch_delay_s: float, job_overhead_s: float, kind: str = "toy") -> dic
         def submit_all():
             for i, (at, steps, max_runtime_s) in enumerate(live_trace):
                 time.sleep(max(0.0, t0 + at - time.time()))
-                if consolidate and i == 1:  # the long jobs once the pair runs (on both nodes), as they arrive then
+                if consolidate and i:  # the long jobs once the pair runs (on both nodes), as they arrive then
                     while client.get(ids[0])["state"] != "RUNNING" and time.time() < t0 + 300:
                         time.sleep(0.2)
-                    arrived[i] = arrived[i + 1] = time.time() - t0
+                    arrived[i] = time.time() - t0
                 ids.append(client.submit(_live_spec(i, at, steps, elastic, max_runtime_s, consolidate))["id"])
 
         arrived: dict[int, float] = {}

@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any
 
 from raycluster import constants as C
-from raycluster.control.gangs import world_of
+from raycluster.control.gangs import spot_of, world_of
 from raycluster.control.rayops import pg_name
 from raycluster.control.reconcile import Reconciler
 from raycluster.errors import IdempotencyKeyReused, IllegalTransition, InvalidJobSpec
@@ -196,8 +196,7 @@ class CoordinatorCore(Reconciler):
             # a gang being placed: its attempt's size; a queued elastic gang: rented for its smallest
             workers = (spec.min_workers or spec.num_workers) if rec.state == JobState.PENDING else world_of(rec, spec)
             return {"job_id": rec.id, "bundles": workers, "gpus": float(b.get("GPU", 0)),
-                    "cpus": float(b.get("CPU", 0)), "spot": (rec.state != JobState.PENDING and rec.attempt_spot)
-                    or spec.spot, "preemptions": rec.preemptions,
+                    "cpus": float(b.get("CPU", 0)), "spot": spot_of(rec, spec), "preemptions": rec.preemptions,
                     "strict_spread": spec.placement_strategy.value == "STRICT_SPREAD"}
 
         with self._lock:

@@ -25,6 +25,7 @@ from raycluster.control.sweeps import Sweeps
 from raycluster.policy.recovery import RankStatus
 from raycluster.spec import JobSpec
 from raycluster.store.jobs import JobRecord
+from raycluster.store.lifecycle import JobState
 
 log = logging.getLogger("raycluster.coordinator")
 
@@ -32,6 +33,13 @@ log = logging.getLogger("raycluster.coordinator")
 def world_of(job: JobRecord, spec: JobSpec) -> int:
     """The gang size of the job's current attempt (an elastic gang's is on its row; else its spec's)."""
     return job.world_size or spec.num_workers
+
+
+def spot_of(job: JobRecord, spec: JobSpec) -> str:
+    """The spot choice of the job's current attempt: its row's ``attempt_spot`` while it holds one
+    (``only`` after a spot return), else its spec's — a queued job's too (a placement that timed
+    out left the row's value behind; its next START sets it again)."""
+    return (job.state != JobState.PENDING and job.attempt_spot) or spec.spot
 
 
 @dataclass
@@ -64,7 +72,7 @@ class Gangs:
 
     def _of_attempt(self, job: JobRecord, spec: JobSpec) -> list[dict[str, float]]:
         """The bundles of the job's current attempt: its size and spot choice."""
-        return self._bundles(spec, world_of(job, spec), job.attempt_spot)
+        return self._bundles(spec, world_of(job, spec), spot_of(job, spec))
 
     def rank_started(self, job_id: str, attempt: int) -> None:
         self._rank_started.setdefault((job_id, int(attempt)), self.clock())

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from raycluster import constants as C
-from raycluster.control.gangs import world_of
+from raycluster.control.gangs import spot_of, world_of
 from raycluster.policy.budget import with_kind
 from raycluster.policy.elastic import size_that_fits
 from raycluster.policy.placement import place
@@ -46,7 +46,7 @@ class GangSizing:
         spec = self._spec(rec)
         if rec.state == JobState.PENDING:
             return self.bundles(spec)
-        return self.bundles(spec, world_of(rec, spec), rec.attempt_spot)
+        return self.bundles(spec, world_of(rec, spec), spot_of(rec, spec))
 
     def free_for_new_gangs(self, max_age_s: float = 0.0) -> dict[str, dict[str, float]]:
         """The free room a new gang may take now."""

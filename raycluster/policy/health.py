@@ -118,10 +118,9 @@ def score(sample: NodeSample | None, th: HealthThresholds) -> float:
     return round(sample.cpu_pct * th.cpu_weight + gpu_mem * th.gpu_weight, 2)
 
 
-def heartbeat_timeout_s(ctx: HealthContext) -> float:
-    """How long the node may be silent: the timeout plus twice its recent lateness (capped)."""
-    th = ctx.thresholds
-    return round(th.heartbeat_timeout_s + min(2.0 * max(0.0, ctx.heartbeat_lag_s), th.heartbeat_lag_cap_s), 1)
+def heartbeat_timeout_s(th: HealthThresholds, lag_s: float) -> float:
+    """How long a node may be silent: the timeout plus twice its (host's) recent lateness, capped."""
+    return round(th.heartbeat_timeout_s + min(2.0 * max(0.0, lag_s), th.heartbeat_lag_cap_s), 1)
 
 
 def hard_faults(ctx: HealthContext, now: float) -> list[str]:
@@ -132,7 +131,7 @@ def hard_faults(ctx: HealthContext, now: float) -> list[str]:
     elif ctx.node_died:
         out.append("its ranks died with it (NodeDiedError)")
     since = ctx.last_heartbeat_at if ctx.last_heartbeat_at is not None else ctx.started_at
-    timeout = heartbeat_timeout_s(ctx)
+    timeout = heartbeat_timeout_s(th, ctx.heartbeat_lag_s)
     if now - since > timeout:
         late = (f", its heartbeats {ctx.heartbeat_lag_s:.1f} s late lately"
                 if timeout > th.heartbeat_timeout_s else "")

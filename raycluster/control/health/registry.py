@@ -218,8 +218,7 @@ class Health:
         """The heartbeat timeout in force for the node (``policy.health.heartbeat_timeout_s``)."""
         with self._health_lock:
             lag = self._lag(node_id)
-        return heartbeat_timeout_s(HealthContext(node_id, True, None, 0.0, None, thresholds=thresholds(),
-                                                 heartbeat_lag_s=lag))
+        return heartbeat_timeout_s(thresholds(), lag)
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: float) -> None:
