@@ -84,8 +84,9 @@ MAX_PLACEMENT_TIMEOUTS = _env_int("MAX_PLACEMENT_TIMEOUTS", 3)
 PG_SWEEP_INTERVAL_S = _env_float("PG_SWEEP_INTERVAL_S", 30.0)
 # Recent decisions (Steps) the Coordinator keeps in memory, for inspection and replay.
 RECENT_STEPS_KEPT = _env_int("RECENT_STEPS_KEPT", 1000)
-# After the first failed rank of an attempt, how long we wait for the other ranks to settle
-# before classifying the failure (system vs user).
+# After a rank of an attempt fails with a user error, how long we wait for the other ranks to
+# settle before classifying the failure (a peer's socket error comes before Ray reports the node
+# that died); a system error is judged at once (policy.recovery.classify).
 FAILURE_SETTLE_S = _env_float("FAILURE_SETTLE_S", 20.0)
 ENTRYPOINT_CHECK_TIMEOUT_S = _env_float("ENTRYPOINT_CHECK_TIMEOUT_S", 60.0)
 ENTRYPOINT_CHECK_CACHE_S = _env_float("ENTRYPOINT_CHECK_CACHE_S", 30.0)

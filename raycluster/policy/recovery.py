@@ -49,7 +49,10 @@ class RankResult:
 
 def classify(results: list[RankResult], settled: bool) -> tuple[AttemptOutcome, str | None, Cause | None]:
     """(outcome, error, cause) of an attempt from its ranks. ``settled``: stop waiting for ranks
-    still running."""
+    still running. Only a user error waits for them (a peer's lost socket shows up as one before
+    Ray reports the node that died); a system error is judged at once: any system error makes the
+    whole attempt a system failure, so no rank reporting later can change the verdict, and the
+    gang recovers without waiting ``FAILURE_SETTLE_S`` out."""
     failed = [r for r in results if r.status in (RankStatus.USER_ERROR, RankStatus.SYSTEM_ERROR)]
     running = [r for r in results if r.status == RankStatus.RUNNING]
     if not failed:
@@ -58,9 +61,9 @@ def classify(results: list[RankResult], settled: bool) -> tuple[AttemptOutcome, 
         if running:
             return AttemptOutcome.RUNNING, None, None
         return AttemptOutcome.SYSTEM_FAILURE, "ranks were cancelled", Cause.SYSTEM_ERROR
-    if running and not settled:
-        return AttemptOutcome.RUNNING, None, None  # let the other ranks report before judging
     system = [r for r in failed if r.status == RankStatus.SYSTEM_ERROR]
+    if running and not settled and not system:
+        return AttemptOutcome.RUNNING, None, None  # let the other ranks report before judging
     if system:
         first = system[0]
         return AttemptOutcome.SYSTEM_FAILURE, f"rank {first.rank}: {first.error}", first.cause or Cause.SYSTEM_ERROR

@@ -66,6 +66,49 @@ def _store(lc):
     return RentalStore(lc.cluster_dir / "provider" / "rentals.db")
 
 
+def _state(client, store, *job_ids) -> str:
+    """What the cluster looked like, for a failed wait's message: the jobs' states and transitions,
+    the rentals held, the budget's last pass and what it was told runs and waits, its last events."""
+    import ray
+
+    from raycluster import constants as C
+    from raycluster.control.handles import get_handle
+
+    out = []
+    for j in job_ids:
+        try:
+            rec = client.get(j)
+            out.append(f"{j}: {rec['state']} waiting={rec.get('waiting')!r} step={rec['last_metrics'].get('step')} "
+                       f"transitions={[(t['to'], t['cause'], t['reason']) for t in rec['transitions']]}")
+        except Exception as e:  # (a diagnosis never hides the failure it explains)
+            out.append(f"{j}: unreadable ({e!r})")
+    try:
+        out.append(f"rentals: {[(r.id, r.kind, r.released_at is not None, r.reason) for r in store.list(None)]}")
+        out.append(f"events: {[(e['action'], e['reason']) for e in store.events(12)]}")
+        coord, budget = get_handle(C.COORDINATOR_NAME), get_handle(C.BUDGET_AUTOSCALER_NAME)
+        out.append(f"budget pass: {ray.get(budget.status.remote(), timeout=30)}")
+        out.append(f"running: {ray.get(coord.budget_running.remote(), timeout=30)}")
+        out.append(f"waiting: {ray.get(coord.budget_queue.remote(), timeout=30)}")
+    except Exception as e:
+        out.append(f"cluster state unreadable ({e!r})")
+    return "\n".join(out)
+
+
+def _waited(client, store, pred, timeout_s, what, *job_ids):
+    """``wait_for``, its failure message saying what the cluster looked like (``_state``)."""
+    try:
+        return wait_for(pred, timeout_s, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{_state(client, store, *job_ids)}") from None
+
+
+def _cancel(client, *job_ids) -> None:
+    """Cancel those of ``job_ids`` still queued or running (a test's leftovers)."""
+    for j in job_ids:
+        if j is not None and client.get(j)["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            client.cancel(j)
+
+
 def _spec(name, **kw):
     return {"name": name, "entrypoint": "jobs.toy:counter", "resources": {"gpus": 0.5, "cpus": 0.5},
             "config": {"steps": 4, "sleep_per_step_s": 0.1}, **kw}
@@ -249,29 +292,41 @@ def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_deman
     gets an on-demand A10; once the gang is done and spot room is free again, the A10's job is
     checkpointed, moved (cause ``spot_return``, no restart spent) and placed on spot, resuming from
     that checkpoint, and the A10 is released — once, not back and forth."""
-    store = _store(elastic)
+    from raycluster.store.usage import UsageStore
+
+    store, usage = _store(elastic), UsageStore(elastic.state_dir / "jobs.db")
     go = tmp_path / "go"
+    # the nodes of the tests before given back first: a spot T4 still being released is no spot the
+    # market offers, and the pair would rightly get an on-demand A10 for want of it (seen on CI: the
+    # long job then got the spot T4 and had nothing to return from)
+    wait_for(lambda: store.committed_usd_per_hour() == 0, 120, "the nodes of the tests before to be released")
     client.set_budget(1.2)  # (0.85 held: two spot T4s and the A10)
+    pair = long = None
     try:
         pair = client.submit(_spec("pair-sr", num_workers=2, placement_strategy="STRICT_SPREAD",
                                    resources={"gpus": 1, "cpus": 1},
                                    config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
-        wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on the two spot nodes")
+        _waited(client, store, lambda: client.get(pair)["state"] == "RUNNING", 180,
+                "the pair to run on the two spot nodes", pair)
+        kinds = [store.get(r["rental_id"]).kind for r in usage.rows([pair])]
+        assert kinds == ["spot", "spot"], (kinds, _state(client, store, pair))  # (the test's premise)
         # (held at step 3 until moved: asked to checkpoint, it saves there; its next attempt goes on)
         long = client.submit(_spec("long", resources={"gpus": 1, "cpus": 1}, max_runtime_s=3600,
                                    config={"steps": 8, "hold_at_step": 3,
                                            "hold_until_file": str(tmp_path / "never")}))["id"]
         # held at step 3 before the pair ends (moved before then, it would resume below its hold step and hold)
-        wait_for(lambda: (j := client.get(long))["state"] == "RUNNING" and j["last_metrics"].get("step", 0) >= 3,
-                 180, "the long job to run on an on-demand node and reach step 3")
+        _waited(client, store, lambda: (j := client.get(long))["state"] == "RUNNING"
+                and j["last_metrics"].get("step", 0) >= 3, 180,
+                "the long job to run on an on-demand node and reach step 3", pair, long)
         od = [r for r in store.list() if r.market == "local" and r.kind == "on_demand"]
         assert len(od) == 1, store.list()
         go.touch()  # the pair finishes: spot room is free again
-        moved = wait_for(lambda: next((t for t in client.get(long)["transitions"] if t["cause"] == "spot_return"), None),
-                         120, "the long job to move back to spot")
+        moved = _waited(client, store, lambda: next((t for t in client.get(long)["transitions"]
+                                                     if t["cause"] == "spot_return"), None),
+                        120, "the long job to move back to spot", pair, long)
         assert moved["to"] == "RECOVERING" and "spot return" in moved["reason"], moved
-        wait_for(lambda: (r := store.get(od[0].id)) is not None and r.released_at is not None, 120,
-                 "the on-demand node to be released")
+        _waited(client, store, lambda: (r := store.get(od[0].id)) is not None and r.released_at is not None, 120,
+                "the on-demand node to be released", long)
         assert "spot return" in store.get(od[0].id).reason
         final = client.wait([pair, long], timeout_s=240)
         assert [j["state"] for j in final] == ["SUCCEEDED"] * 2, [(j["state"], j["error"]) for j in final]
@@ -279,13 +334,12 @@ def test_a_job_on_on_demand_for_want_of_spot_moves_back_to_spot_and_the_on_deman
         assert job["system_restarts"] == 0 and job["result"]["resumed_from"] == 3, job["transitions"]
         assert [t["cause"] for t in job["transitions"] if t["to"] == "RECOVERING"] == ["spot_return"]
         # its second attempt ran on a spot node (the ledger's rows of that attempt)
-        from raycluster.store.usage import UsageStore
-
-        rows = [r for r in UsageStore(elastic.state_dir / "jobs.db").rows([long]) if r["attempt"] == job["attempt"]]
+        rows = [r for r in usage.rows([long]) if r["attempt"] == job["attempt"]]
         assert rows and {store.get(r["rental_id"]).kind for r in rows} == {"spot"}, rows
         assert any(e["action"] == "spot_return" for e in store.events(1000))
     finally:
         go.touch()
+        _cancel(client, pair, long)  # (a failed test leaves nothing running into the next one)
         client.set_budget(None)
 
 
@@ -298,23 +352,26 @@ def test_two_half_empty_rented_nodes_consolidate_to_one_and_the_empty_one_is_rel
     store = _store(elastic)
     go, hold = tmp_path / "go", tmp_path / "done"
     wait_for(lambda: store.committed_usd_per_hour() <= 0.35 + 1e-9, 120, "the held set to be back under the cap")
+    pair, longs = None, []
     try:
         pair = client.submit(_spec("pair-c", num_workers=2, placement_strategy="STRICT_SPREAD",
                                    config={"steps": 6, "hold_at_step": 2, "hold_until_file": str(go)}))["id"]
-        wait_for(lambda: client.get(pair)["state"] == "RUNNING", 180, "the pair to run on two spot nodes")
+        _waited(client, store, lambda: client.get(pair)["state"] == "RUNNING", 180,
+                "the pair to run on two spot nodes", pair)
         # (each held at step 3 until the test ends or it is moved: asked to checkpoint, it saves there)
         longs = [client.submit(_spec(f"half-{i}", max_runtime_s=3600,
                                      config={"steps": 8, "hold_at_step": 3, "hold_until_file": str(hold)}))["id"]
                  for i in range(2)]
         # both held at step 3 before the pair ends (else one moved at once resumes from an earlier checkpoint)
-        wait_for(lambda: all((j := client.get(x))["state"] == "RUNNING" and j["last_metrics"].get("step", 0) >= 3
-                             for x in longs), 120, "the two long jobs to run and reach step 3")
+        _waited(client, store, lambda: all((j := client.get(x))["state"] == "RUNNING"
+                                           and j["last_metrics"].get("step", 0) >= 3 for x in longs), 120,
+                "the two long jobs to run and reach step 3", pair, *longs)
         held = [r.id for r in store.list() if r.market == "local"]
         assert len(held) == 2, store.list()
         go.touch()  # the pair finishes: each node is half empty
-        moved = wait_for(lambda: [j for j in longs if any(t["cause"] == "consolidate"
-                                                          for t in client.get(j)["transitions"])], 120,
-                         "one long job to be moved onto the other node")
+        moved = _waited(client, store, lambda: [j for j in longs if any(t["cause"] == "consolidate"
+                                                                        for t in client.get(j)["transitions"])],
+                        120, "one long job to be moved onto the other node", pair, *longs)
         assert len(moved) == 1, moved
         gone = wait_for(lambda: [r for r in held if (x := store.get(r)).released_at is not None
                                  and "consolidate" in (x.reason or "")], 120, "the emptied node to be released")
@@ -330,3 +387,4 @@ def test_two_half_empty_rented_nodes_consolidate_to_one_and_the_empty_one_is_rel
     finally:
         go.touch()
         hold.touch()
+        _cancel(client, pair, *longs)

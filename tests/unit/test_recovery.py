@@ -23,6 +23,9 @@ def rr(*statuses):
         # any system failure makes the whole attempt a system failure
         ((S.USER_ERROR, S.SYSTEM_ERROR), False, AttemptOutcome.SYSTEM_FAILURE),
         ((S.SYSTEM_ERROR, S.RUNNING), True, AttemptOutcome.SYSTEM_FAILURE),
+        # ... so a system error is judged at once: no rank reporting later can change the verdict
+        ((S.SYSTEM_ERROR, S.RUNNING), False, AttemptOutcome.SYSTEM_FAILURE),
+        ((S.RUNNING, S.USER_ERROR, S.SYSTEM_ERROR), False, AttemptOutcome.SYSTEM_FAILURE),
         ((S.USER_ERROR, S.USER_ERROR), False, AttemptOutcome.USER_FAILURE),
         ((S.CANCELLED, S.OK), False, AttemptOutcome.SYSTEM_FAILURE),
     ],

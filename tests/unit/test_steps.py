@@ -51,7 +51,9 @@ def ranks(*specs):
     (None, True, Limits(), {}, Action.RECOVER, Cause.COORDINATOR_RESTART, (0, 0)),  # no budget spent
     (ranks((S.RUNNING,), (S.RUNNING,)), False, Limits(), {}, None, None, None),
     (ranks((S.OK, None, None, {"loss": 1}), (S.OK,)), False, Limits(), {}, Action.SUCCEED, Cause.FINISHED, None),
-    (ranks((S.SYSTEM_ERROR, "NodeDiedError", Cause.NODE_LOST), (S.RUNNING,)), False, Limits(), {}, None, None, None),
+    # a node lost is judged at once (the other ranks cannot make it a user error)
+    (ranks((S.SYSTEM_ERROR, "NodeDiedError", Cause.NODE_LOST), (S.RUNNING,)), False, Limits(max_restarts=2), {},
+     Action.RECOVER, Cause.NODE_LOST, (1, 0)),
     (ranks((S.SYSTEM_ERROR, "NodeDiedError", Cause.NODE_LOST), (S.RUNNING,)), True, Limits(max_restarts=2), {},
      Action.RECOVER, Cause.NODE_LOST, (1, 0)),
     (ranks((S.SYSTEM_ERROR, "OutOfMemoryError", Cause.OOM),), False, Limits(max_restarts=1),
