@@ -18,12 +18,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from raycluster.policy.access import Action, Identity, Role, authorize, require_role
+from raycluster.policy.access import Action, Identity, Role, authorize, require_role, submit_tenant
 
 log = logging.getLogger("raycluster.api")
 
 IDENTITY_CACHE_S = 1.0
 AUDIT_BUFFER_MAX = 10_000
+
+
+def as_tenant(who: Identity, data: Any, field: str) -> Any:
+    """A spec as ``who`` may submit it: its tenant the token's (a member naming another tenant is
+    refused, 403 naming ``field``); an admin's as written. Anything but a mapping is left to the
+    spec's own validation."""
+    if not isinstance(data, dict):
+        return data
+    tenant = submit_tenant(who, data.get("tenant"), field)
+    return data if tenant == data.get("tenant") else {**data, "tenant": tenant}
 
 
 class Access:
@@ -48,9 +58,10 @@ class Access:
         self._known[sha256] = (now, who)
         return who
 
-    async def call(self, method: str, *args) -> Any:
-        """A Coordinator call (the token routes', ``api/access_routes.py``)."""
-        return await self._coord(method, *args)
+    async def call(self, method: str, *args, timeout_s: float | None = None) -> Any:
+        """A Coordinator call (the routes of ``api/access_routes.py`` and ``api/schedule_routes.py``);
+        ``timeout_s`` None: the replica's actor timeout."""
+        return await self._coord(method, *args, timeout_s=timeout_s)
 
     @staticmethod
     def who(request) -> Identity:

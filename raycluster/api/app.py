@@ -2,7 +2,8 @@
 
 Owns: the ``app`` object the ControlAPI deployment serves (``routes.py`` adds the routes), the
 OpenAPI document (FastAPI's + the ``JobSpec`` request body, which ``POST /jobs`` parses by hand, +
-bearer security, public paths marked public) and the response documentation shared by routes.
+bearer security, public paths marked public) and the response documentation and id pattern shared by
+routes.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ UNAVAILABLE = {503: {**E, "description": "the runtime is restarting or unreachab
 COMMON = {**AUTH, **UNAVAILABLE, 422: {**E, "description": "invalid parameter (field names it)"},
           415: {**E, "description": "a request body declared as something other than JSON"}}
 NOT_FOUND = {404: {**E, "description": "unknown job"}}
+# the path pattern of a job's or a schedule's id
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 install_handlers(app)

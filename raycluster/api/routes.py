@@ -13,7 +13,7 @@ Owns the routes (all JSON)::
     DELETE /jobs/{job_id}             cancel; 409 if it already finished
     GET    /jobs/{job_id}/checkpoints | /metrics | /logs?tail=N (or ?since=a0-r0:OFFSET,... to follow)
     (and ``api/access_routes.py``: /tokens and /audit, for admins; ``api/package_routes.py``:
-    GET/PUT /api/packages/gcs/{name}, code packages)
+    GET/PUT /api/packages/gcs/{name}, code packages; ``api/schedule_routes.py``: /schedules)
 
 Who may call what: the caller's ``Identity`` (``api/access.py``, from the bearer token) and the pure
 rules of ``policy/access.py``, applied by each route before it calls anything.
@@ -42,15 +42,15 @@ from ray import serve
 
 from raycluster import constants as C
 from raycluster.api._serve_compat import serve_listener_reuses_address
-from raycluster.api import access_routes, package_routes
-from raycluster.api.access import Access
-from raycluster.api.app import COMMON, E, NOT_FOUND, app
+from raycluster.api import access_routes, package_routes, schedule_routes
+from raycluster.api.access import Access, as_tenant
+from raycluster.api.app import COMMON, E, ID_PATTERN as _JOB_ID, NOT_FOUND, app
 from raycluster.api.batcher import SubmitBatcher
 from raycluster.api.bodies import json_body as _json_body, json_body_doc as _json_body_doc
 from raycluster.api.errors import ACTOR_GONE, ApiError, unavailable
 from raycluster.api.models import (CheckpointList, ClusterStatus, Cost, EventList, Health, Job, JobBatch, JobList,
                                    LogList, MetricList, Node, NodeHealth, NodeHealthList, NodeList,
-                                   PreemptNotice, RentalList, Schedule, ScheduleList, TenantList, TrialList)
+                                   PreemptNotice, RentalList, TenantList, TrialList)
 from raycluster.api.settings import configure, set_access
 from raycluster.control.handles import get_handle
 from raycluster.control.nodes import NodeCache, read_nodes
@@ -62,19 +62,8 @@ from raycluster.store.lifecycle import JobState
 from raycluster.util.ttlcache import TTLCache
 
 log = logging.getLogger("raycluster.api")
-assert access_routes.app is package_routes.app is app  # (imported for their routes, on this app)
-_JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+assert access_routes.app is package_routes.app is schedule_routes.app is app  # (imported for their routes, on this app)
 _NODE_ID = r"^[A-Za-z0-9_-]{1,128}$"
-
-
-def _as_tenant(who: A.Identity, data: Any, field: str) -> Any:
-    """A spec as ``who`` may submit it: its tenant the token's (a member naming another tenant is
-    refused, 403 naming ``field``); an admin's as written. Anything but a mapping is left to the
-    spec's own validation."""
-    if not isinstance(data, dict):
-        return data
-    tenant = A.submit_tenant(who, data.get("tenant"), field)
-    return data if tenant == data.get("tenant") else {**data, "tenant": tenant}
 
 
 def _usage(total: float, free: float) -> dict:
@@ -292,7 +281,7 @@ class ControlAPI:
                                                           max_length=255)) -> dict:
         who = self.access.who(request)
         A.require_role(who, A.SUBMIT)
-        data = _as_tenant(who, await _json_body(request), "tenant")
+        data = as_tenant(who, await _json_body(request), "tenant")
         parse_spec(data)  # InvalidJobSpec naming the field -> 422
         key = idempotency_key or f"api-{uuid.uuid4().hex}"
         try:
@@ -319,7 +308,7 @@ class ControlAPI:
                            field="jobs")
         items = data["jobs"]
         if isinstance(items, list):
-            items = [{**it, "spec": _as_tenant(who, it["spec"], f"jobs[{i}].spec.tenant")}
+            items = [{**it, "spec": as_tenant(who, it["spec"], f"jobs[{i}].spec.tenant")}
                      if isinstance(it, dict) and "spec" in it else it for i, it in enumerate(items)]
         # every item is validated by the Coordinator (errors name jobs[i].<field>), all or none
         jobs = await self._coord("submit_many", items, who.who, timeout_s=self.s.submit_timeout_s)
@@ -363,60 +352,6 @@ class ControlAPI:
                          failed: bool = Query(False, description="only the trials that raised")) -> dict:
         await self.access.job(request, job_id, A.READ_JOBS)
         return await self._coord("list_trials", job_id, limit, offset, failed)
-
-    @app.post("/schedules", status_code=201, response_model=Schedule, tags=["schedules"],
-              responses={**COMMON, 413: {**E, "description": "body larger than API_MAX_BODY_BYTES"},
-                         409: {**E, "description": "Idempotency-Key reused with a different spec"},
-                         422: {**E, "description": "invalid spec (a bad cron expression names schedule)"}},
-              openapi_extra=_json_body_doc("JobSpec"),
-              summary="create a scheduled job: a spec with schedule (cron, UTC) submits a run at each tick")
-    async def create_schedule(self, request: Request,
-                              idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1,
-                                                                   max_length=255)) -> dict:
-        who = self.access.who(request)
-        A.require_role(who, A.CHANGE_SCHEDULE)
-        data = _as_tenant(who, await _json_body(request), "tenant")
-        parse_spec(data)
-        try:
-            out = await self._coord("create_schedule", data, idempotency_key, timeout_s=self.s.submit_timeout_s)
-        except IdempotencyKeyReused as exc:
-            raise IdempotencyKeyReused(exc.message.replace("idempotency key", "Idempotency-Key", 1),
-                                       field="Idempotency-Key") from None
-        self.access.audit(request, out["id"], 201)
-        return out
-
-    @app.get("/schedules", response_model=ScheduleList, responses=COMMON, tags=["schedules"])
-    async def list_schedules(self, request: Request) -> dict:
-        tenant = A.visible_tenant(self.access.who(request), None)
-        return {"schedules": [s for s in await self._coord("list_schedules")
-                              if tenant is None or A.tenant_of(s.get("tenant")) == A.tenant_of(tenant)]}
-
-    @app.get("/schedules/{schedule_id}", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
-             tags=["schedules"], summary="a schedule and its newest runs")
-    async def get_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        await self.access.schedule(request, schedule_id, A.READ_JOBS)
-        return await self._coord("get_schedule", schedule_id)
-
-    @app.post("/schedules/{schedule_id}/pause", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
-              tags=["schedules"], summary="submit no more runs until resumed (runs going on are left alone)")
-    async def pause_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._schedule_change(request, "pause_schedule", schedule_id)
-
-    @app.post("/schedules/{schedule_id}/resume", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
-              tags=["schedules"], summary="runs again from the first tick after now (missed ticks are not made up)")
-    async def resume_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._schedule_change(request, "resume_schedule", schedule_id)
-
-    @app.delete("/schedules/{schedule_id}", response_model=Schedule, responses={**COMMON, **NOT_FOUND},
-                tags=["schedules"], summary="delete a schedule (runs already submitted go on)")
-    async def delete_schedule(self, request: Request, schedule_id: str = PathParam(..., pattern=_JOB_ID)) -> dict:
-        return await self._schedule_change(request, "delete_schedule", schedule_id)
-
-    async def _schedule_change(self, request: Request, method: str, schedule_id: str) -> dict:
-        await self.access.schedule(request, schedule_id, A.CHANGE_SCHEDULE)
-        out = await self._coord(method, schedule_id)
-        self.access.audit(request, schedule_id)
-        return out
 
     @app.get("/jobs/{job_id}/checkpoints", response_model=CheckpointList, responses={**COMMON, **NOT_FOUND},
              tags=["jobs"])
