@@ -12,6 +12,9 @@
     the same kill, the same run. ``--interval-s`` sets another monitor interval. Goal: verdict <= 5 s.
 (3) The HealthMonitor's own CPU: its process's CPU seconds over ``--cpu-window-s`` on that cluster, as
     a % of one core, at the interval used and scaled to the default 5 s. Goal: < 1 % of a core at 5 s.
+(4) The same cluster, a 2-rank gang (one rank per worker) whose node is SIGKILLed while its other
+    rank runs on: seconds until the job is RECOVERING (a system error is judged at once, not after
+    FAILURE_SETTLE_S) and the cause it names.
 
 Usage: python scripts/bench_health.py [--jobs 1000] [--nodes 100] [--interval-s S] [--skip-cluster]
        [--out bench-results/bench_health.json]
@@ -149,9 +152,40 @@ def kill_detection(interval_s: float | None, cpu_window_s: float) -> dict:
         out["goal_met"] = ours is not None and ours <= 5.0
         log(f"(2) node killed: raycluster unhealthy {ours} s, job RECOVERING {recovering} s; Ray dead {ray_dead} s")
         client.cancel(jid)
+        out["gang"] = gang_kill(lc, client)
     finally:
         stop_cluster(lc)
     return out
+
+
+def gang_kill(lc, client) -> dict:
+    """(4) A 2-rank gang (one rank per worker) whose node is SIGKILLed while the other rank runs on:
+    seconds until the job is RECOVERING and the cause it names. A system error is judged at once;
+    before, the loop waited FAILURE_SETTLE_S (20 s) for the running rank to report."""
+    import ray
+
+    lc.add_worker()  # (the kill above took one of the two workers)
+    jid = client.submit({"name": "gang", "entrypoint": "jobs.toy:counter", "num_workers": 2,
+                         "placement_strategy": "STRICT_SPREAD", "resources": {"cpus": 1, "gpus": 1},
+                         "config": {"steps": 100000, "sleep_per_step_s": 0.05}, "checkpoint": {"every_steps": 50}})["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and client.get(jid)["state"] != "RUNNING":
+        time.sleep(0.2)
+    time.sleep(2.0)  # both ranks stepping
+    node_id = next(i for i in ray.util.placement_group_table().values()
+                   if i.get("name") == f"rc-{jid}-a1")["bundles_to_node_id"][1]
+    victim = next(n for n in lc.nodes() if n.ray_node_id == node_id)
+    t_kill = time.monotonic()
+    lc.kill_node(victim.name)
+    recovering = None
+    while time.monotonic() - t_kill < 60 and recovering is None:
+        if client.get(jid)["attempt"] >= 2 or client.get(jid)["state"] == "RECOVERING":
+            recovering = time.monotonic() - t_kill
+        time.sleep(0.05)
+    causes = [t["cause"] for t in client.get(jid)["transitions"] if t["to"] == "RECOVERING"]
+    client.cancel(jid)
+    log(f"(4) a 2-rank gang's node killed: job RECOVERING {recovering} s, cause {causes}")
+    return {"job_recovering_s": recovering and round(recovering, 2), "causes": causes}
 
 
 def main() -> None:
