@@ -4,8 +4,8 @@ Owns: ``SubmitGate.check`` — in this order, each refusal typed and naming the 
 tenant's per-job limits (the tenants file: ``InvalidJobSpec``), the entrypoint (``RayOps
 .check_entrypoint``: read from the job's package, else imported once on a worker;
 ``EntrypointImportError``; a success is cached ``ENTRYPOINT_CHECK_CACHE_S`` per entrypoint and
-runtime_env), and whether the gang can ever be placed (``InfeasibleJob``): on the largest cluster it
-may have (the fixed nodes plus every node the autoscaler may rent for its ``spot`` choice), and, when
+runtime_env), and whether the gang can ever be placed (``InfeasibleJob``, refused only on the node
+table read at that moment, not a cached one): on the largest cluster it may have (the fixed nodes plus every node the autoscaler may rent for its ``spot`` choice), and, when
 it needs rented nodes, at its spot choice's price within the hourly cap in force (``over_budget``;
 the cap read live, at most once a second). Submit, batch submit and schedule creation all pass here;
 it holds its own caches and is handed what it reads (Ray seam, node cache, tenants, the elastic
@@ -89,8 +89,14 @@ class SubmitGate:
 
     def infeasible(self, spec: JobSpec) -> str | None:
         """Why the gang can never be placed on the cluster's nodes (None: it can), remembered per
-        gang shape for as long as the node table read is reused (a burst of similar submits)."""
-        nodes = self._nodes.nodes(C.NODE_TOTALS_TTL_S)
+        gang shape for as long as the node table read is reused (a burst of similar submits). A
+        refusal is made on a table read now: one up to ``NODE_TOTALS_TTL_S`` old would refuse, for
+        good, a gang that a node added a moment ago makes feasible."""
+        why = self._infeasible(spec, C.NODE_TOTALS_TTL_S)
+        return self._infeasible(spec, 0.0) if why else None
+
+    def _infeasible(self, spec: JobSpec, max_age_s: float) -> str | None:
+        nodes = self._nodes.nodes(max_age_s)
         if self._feasible_for is not nodes:
             self._feasible_for, self._feasible = nodes, {}
         cap = self.live_cap() if self.budget_types else None

@@ -236,6 +236,21 @@ def test_submit_validation_leaves_nothing_behind(env):
     assert core.list() == []
 
 
+def test_a_gang_a_node_added_a_moment_ago_makes_feasible_is_taken_and_still_refused_without_it(env):
+    """The feasibility check reads the node table at most NODE_TOTALS_TTL_S old, but refuses only on
+    a table read now: a node that joined since the last read counts (a refusal is for good)."""
+    core, ops, clock, _ = env
+    wide = len(ops.total) + 1
+    with pytest.raises(InfeasibleJob, match="more than the whole cluster has"):
+        core.submit(spec("wide", workers=wide))  # (the table read now, cached)
+    ops.total[f"n{wide}"] = {"CPU": 2.0, "GPU": 1.0}  # a node joins; no time passes
+    jid = core.submit(spec("wide", workers=wide))["id"]
+    assert core.get(jid)["state"] == "PENDING"
+    with pytest.raises(InfeasibleJob, match="more than the whole cluster has"):  # still refused beyond it
+        core.submit(spec("wider", workers=wide + 1))
+    assert [j["id"] for j in core.list()] == [jid]
+
+
 def test_idempotent_submit(env):
     core, *_ = env
     a = core.submit(spec(), idempotency_key="k")
