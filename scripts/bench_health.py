@@ -13,7 +13,7 @@
 (3) The HealthMonitor's own CPU: its process's CPU seconds over ``--cpu-window-s`` on that cluster, as
     a % of one core, at the interval used and scaled to the default 5 s. Goal: < 1 % of a core at 5 s.
 (4) The same cluster, a 2-rank gang (one rank per worker) whose node is SIGKILLed while its other
-    rank runs on: seconds until the job is RECOVERING (a system error is judged at once, not after
+    rank runs on (between collectives): seconds until the job is RECOVERING (a system error is judged at once, not after
     FAILURE_SETTLE_S) and the cause it names.
 
 Usage: python scripts/bench_health.py [--jobs 1000] [--nodes 100] [--interval-s S] [--skip-cluster]
@@ -159,7 +159,9 @@ def kill_detection(interval_s: float | None, cpu_window_s: float) -> dict:
 
 
 def gang_kill(lc, client) -> dict:
-    """(4) A 2-rank gang (one rank per worker) whose node is SIGKILLed while the other rank runs on:
+    """(4) A 2-rank gang (one rank per worker) whose node is SIGKILLed while the other rank runs on
+    between collectives (both held at step 5: as a rank whose peer's node vanished without a TCP
+    reset hangs on; a rank in a collective with a peer killed on this host fails at once):
     seconds until the job is RECOVERING and the cause it names. A system error is judged at once;
     before, the loop waited FAILURE_SETTLE_S (20 s) for the running rank to report."""
     import ray
@@ -167,11 +169,11 @@ def gang_kill(lc, client) -> dict:
     lc.add_worker()  # (the kill above took one of the two workers)
     jid = client.submit({"name": "gang", "entrypoint": "jobs.toy:counter", "num_workers": 2,
                          "placement_strategy": "STRICT_SPREAD", "resources": {"cpus": 1, "gpus": 1},
-                         "config": {"steps": 100000, "sleep_per_step_s": 0.05}, "checkpoint": {"every_steps": 50}})["id"]
+                         "config": {"steps": 100000, "hold_at_step": 5,  # (held: no file ends the hold)
+                                    "hold_until_file": str(Path(lc.state_dir) / "never")}})["id"]
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and client.get(jid)["state"] != "RUNNING":
+    while time.monotonic() < deadline and client.get(jid)["last_metrics"].get("step", 0) < 5:
         time.sleep(0.2)
-    time.sleep(2.0)  # both ranks stepping
     node_id = next(i for i in ray.util.placement_group_table().values()
                    if i.get("name") == f"rc-{jid}-a1")["bundles_to_node_id"][1]
     victim = next(n for n in lc.nodes() if n.ray_node_id == node_id)
