@@ -6,10 +6,10 @@ tenant's per-job limits (the tenants file: ``InvalidJobSpec``), the entrypoint (
 ``EntrypointImportError``; a success is cached ``ENTRYPOINT_CHECK_CACHE_S`` per entrypoint and
 runtime_env), and whether the gang can ever be placed (``InfeasibleJob``, refused only on the node
 table read at that moment, not a cached one): on the largest cluster it may have (the fixed nodes
-plus every node the autoscaler may rent for its ``spot`` choice), and, when it needs rented nodes, at its spot choice's price within the hourly cap in force (``over_budget``;
-the cap read live, at most once a second). Submit, batch submit and schedule creation all pass here;
-it holds its own caches and is handed what it reads (Ray seam, node cache, tenants, the elastic
-cluster's shape).
+plus every node the autoscaler may rent for its ``spot`` choice), and, when it needs rented nodes,
+at its spot choice's price within the hourly cap in force (``over_budget``; the cap read live, at
+most once a second). Submit, batch submit and schedule creation all pass here; it holds its own
+caches and is handed what it reads (Ray seam, node cache, tenants, the elastic cluster's shape).
 """
 
 from __future__ import annotations
