@@ -96,10 +96,10 @@ def _ray_own_cluster_class():
 
     class RayOwnAutoscalerCluster(LocalCluster):
         def _autoscaling_args(self) -> list[str]:
-            path = autoscaling.write_config(self.elastic, self._record, self.cluster_dir, self.head_cpus)
+            path = autoscaling.write_config(self.elastic, self.rec.data, self.cluster_dir, self.head_cpus)
             cfg = read_json(path)
             # (as an external module: the wheel lacks the defaults file of type fake_multinode)
-            cfg["provider"] = {"type": "external", "module": FAKE_PROVIDER, "gcs_address": self._record["address"],
+            cfg["provider"] = {"type": "external", "module": FAKE_PROVIDER, "gcs_address": self.rec.data["address"],
                                "launch_multiple": True, "head_node_id": cfg["provider"]["head_node_id"],
                                "disable_node_updaters": True, "disable_launch_config_check": True}
             for t in cfg["available_node_types"].values():
@@ -109,7 +109,7 @@ def _ray_own_cluster_class():
             cfg["available_node_types"][FAKE_HEAD_TYPE] = head
             cfg["head_node_type"] = FAKE_HEAD_TYPE
             atomic_write_json(path, cfg)
-            del self._record["autoscaling_config_path"]  # nothing rented: nothing for `stop` to release
+            del self.rec.data["autoscaling_config_path"]  # nothing rented: nothing for `stop` to release
             return [f"--autoscaling-config={path}"]
 
         def _autoscaling_env(self) -> dict[str, str]:

@@ -61,7 +61,7 @@ def _provider(sim, join_timeout_s=60.0, name="p"):
     from raycluster.provision.node_provider import MarketNodeProvider
 
     lc = sim["lc"]
-    rec = lc._record
+    rec = lc.rec.data
     market = HttpMarket(url=sim["url"], api_key_file=str(sim["d"] / "key"), retries=5, backoff_s=0.05,
                         ray_bin=str(Path(sys.executable).parent / "ray"), work_dir=sim["work"],
                         auth_mode=rec["auth_mode"], auth_token_path=rec["auth_token_path"])

@@ -195,9 +195,9 @@ def test_load_without_record_and_record_is_atomic_json(tmp_path):
     assert LocalCluster.load(tmp_path) is None
     LocalCluster(tmp_path).stop()  # stopping a cluster that never started is a no-op
     lc = LocalCluster(tmp_path)
-    lc._record = {"cluster_id": "x", "address": "127.0.0.1:1", "nodes": []}
-    with lc._locked():
-        lc._save()
+    lc.rec.data = {"cluster_id": "x", "address": "127.0.0.1:1", "nodes": []}
+    with lc.rec.locked():
+        lc.rec.save()
     assert json.loads(lc.record_path.read_text())["address"] == "127.0.0.1:1"
     assert oct(lc.record_path.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in lc.record_path.parent.iterdir() if p.name.endswith(".tmp")] == []

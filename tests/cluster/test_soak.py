@@ -43,7 +43,7 @@ def _spec(i: int) -> dict:
 
 
 def _monitor_logs(lc) -> str:
-    temp = Path(lc._require_record()["temp_dir"])
+    temp = Path(lc.rec.require()["temp_dir"])
     return "\n".join(p.read_text(errors="replace") for p in temp.glob("**/logs/monitor*") if p.is_file())
 
 

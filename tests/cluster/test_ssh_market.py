@@ -52,7 +52,7 @@ def _provider(env, known_hosts="known_hosts"):
     from raycluster.provision.node_provider import MarketNodeProvider
 
     lc = env["lc"]
-    rec = lc._record
+    rec = lc.rec.data
     state = env["d"] / f"provider-{known_hosts}"
     market = SshMarket(state / "market-ssh.db", hosts=[_host(env, known_hosts)], auth_mode=rec["auth_mode"],
                        auth_token_path=rec["auth_token_path"], stop_grace_s=1)

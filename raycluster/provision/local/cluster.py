@@ -2,17 +2,17 @@
 
 Owns: ``LocalCluster`` — one head + workers, each a ``LocalNodeLauncher`` (``process.py``) running a
 ``ray start --block`` command built by ``provision/raystart.py``, recorded under
-``<state_dir>/local-cluster/`` (``record.py``) so that any process can stop or kill its nodes, and
-``raycluster up --local`` / ``down`` / the tests' fixtures. It only ever signals processes it
-started (see ``process.py``). A node whose start fails (its process exits, or it does not register
-in LOCAL_NODE_START_TIMEOUT_S — seen when a worker's GCS registration hit Ray's RPC deadline on a
-machine under heavy load) is started again LOCAL_NODE_START_RETRIES times, with a log line.
+``<state_dir>/local-cluster/`` (``record.py: ClusterRecord``, a part of its own) so that any process
+can stop or kill its nodes, and ``raycluster up --local`` / ``down`` / the tests' fixtures. It only
+ever signals processes it started (see ``process.py``). A node whose start fails (its process
+exits, or it does not register in LOCAL_NODE_START_TIMEOUT_S — seen when a worker's GCS registration
+hit Ray's RPC deadline on a machine under heavy load) is started again LOCAL_NODE_START_RETRIES
+times, with a log line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from raycluster import constants as C
 from raycluster.errors import LocalClusterError
@@ -31,8 +31,8 @@ from raycluster.provision.autoscaling import ElasticConfig
 from raycluster.provision.auth import apply_env, driver_env_of
 from raycluster.provision.local.process import LocalNodeLauncher, stop_launchers, wait_gone
 from raycluster.provision.local.record import (HEAD_ROLE, RECORD_NAME, RECORD_VERSION, TOKEN_NAME, WORKER_ROLE,
-                                               LocalNode, cluster_dir, pick_temp_dir, read_json)
-from raycluster.util.files import atomic_write, atomic_write_json
+                                               ClusterRecord, LocalNode, cluster_dir, pick_temp_dir, read_json)
+from raycluster.util.files import atomic_write
 from raycluster.util.ports import free_ports
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,10 @@ class LocalCluster:
         self.gpu_ids = [str(g) for g in gpu_ids] if gpu_ids is not None else None
         self.auth_mode = auth_mode
         self.elastic = elastic
-        self._record: dict | None = None
         self._popens: dict[str, subprocess.Popen] = {}  # our own children, by node name
         self.cluster_dir = cluster_dir(self.state_dir)
-        self.record_path = self.cluster_dir / RECORD_NAME
+        self.rec = ClusterRecord(self.cluster_dir)  # cluster.json, its lock, its nodes
+        self.record_path = self.rec.path
         self.logs_dir = self.cluster_dir / "logs"
         self.token_path = self.cluster_dir / TOKEN_NAME
 
@@ -101,73 +101,31 @@ class LocalCluster:
                  env=record.get("env") or {}, gpu_mode=cfg.get("gpu_mode", "auto"),
                  gpu_ids=record.get("gpu_ids") if record.get("gpu_kind") == "physical" else None,
                  auth_mode=record.get("auth_mode", "disabled"))
-        lc._record = record
+        lc.rec.data = record
         return lc
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.cluster_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.cluster_dir / ".lock", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    def _refresh(self) -> dict | None:
-        """Re-read the record (another process may have changed it) if it is ours."""
-        disk = read_json(self.record_path)
-        if disk is None:
-            if self._record is not None:
-                self._record["removed"] = True
-            return self._record
-        if self._record is None or disk.get("cluster_id") == self._record.get("cluster_id"):
-            self._record = disk
-        return self._record
-
-    def _save(self) -> None:
-        assert self._record is not None
-        atomic_write_json(self.record_path, self._record)
-
-    def _require_record(self) -> dict:
-        if (record := self._refresh()) is None or record.get("removed"):
-            raise LocalClusterError(f"no local cluster is recorded under {self.cluster_dir}")
-        return record
 
     def _launcher(self, node: LocalNode) -> LocalNodeLauncher:
         return LocalNodeLauncher.attach(node.name, node.pid, node.pgid, node.create_time, node.log_path,
                                         tag=node.tag, popen=self._popens.get(node.name))
 
-    def _nodes_from_record(self) -> list[LocalNode]:
-        return [LocalNode.from_dict(d) for d in (self._record or {}).get("nodes", [])]
-
-    def _put_node(self, node: LocalNode) -> None:
-        d = node.to_dict()
-        d.pop("alive", None)
-        self._record["nodes"] = [n for n in self._record["nodes"] if n["name"] != node.name] + [d]
-
-    def _drop_node(self, name: str) -> None:
-        self._record["nodes"] = [d for d in self._record["nodes"] if d["name"] != name]
-        self._save()
-
     # ---- public properties ------------------------------------------------------------------
     @property
     def address(self) -> str:
         """GCS address ``127.0.0.1:<port>`` for ``ray.init(address=...)`` / ``ray start``."""
-        return self._require_record()["address"]
+        return self.rec.require()["address"]
 
     @property
     def dashboard_url(self) -> str:
-        return self._require_record()["dashboard_url"]
+        return self.rec.require()["dashboard_url"]
 
     @property
     def auth_token_path(self) -> Path | None:
-        p = self._require_record().get("auth_token_path")
+        p = self.rec.require().get("auth_token_path")
         return Path(p) if p else None
 
     def driver_env(self) -> dict[str, str]:
         """Environment variables a driver subprocess needs to connect (auth)."""
-        return driver_env_of(self._require_record())
+        return driver_env_of(self.rec.require())
 
     def apply_driver_auth(self) -> None:
         """Set up THIS process's Ray auth for ``ray.init(address=self.address)``."""
@@ -183,10 +141,10 @@ class LocalCluster:
     # ---- status -----------------------------------------------------------------------------
     def nodes(self) -> list[LocalNode]:
         """Every recorded node (killed ones too) with ``alive`` computed by PID now."""
-        with self._locked():
-            self._refresh()
+        with self.rec.locked():
+            self.rec.refresh()
         out = []
-        for node in self._nodes_from_record():
+        for node in self.rec.nodes():
             node.alive = self._launcher(node).is_alive()
             out.append(node)
         return out
@@ -199,42 +157,42 @@ class LocalCluster:
 
     def is_running(self) -> bool:
         """Whether a recorded head node process is alive."""
-        with self._locked():
-            record = self._refresh()
+        with self.rec.locked():
+            record = self.rec.refresh()
         return bool(record) and not record.get("removed") and any(
-            n.role == HEAD_ROLE and self._launcher(n).is_alive() for n in self._nodes_from_record())
+            n.role == HEAD_ROLE and self._launcher(n).is_alive() for n in self.rec.nodes())
 
     # ---- starting nodes ---------------------------------------------------------------------
     def _new_node(self, name: str, role: str, argv: list[str], env: dict[str, str], resources: dict[str, float],
                   labels: dict[str, str], gpu_ids: list[str] | None) -> LocalNodeLauncher:
         log_path = self.logs_dir / f"{name}.log"
-        tag = f"{self._record['cluster_id']}/{name}"
+        tag = f"{self.rec.data['cluster_id']}/{name}"
         launcher = LocalNodeLauncher(name, argv, env, log_path, tag=tag)
         launcher.start()
         if launcher._popen is not None:
             self._popens[name] = launcher._popen
-        self._put_node(LocalNode(name=name, role=role, pid=launcher.pid, pgid=launcher.pgid,
+        self.rec.put_node(LocalNode(name=name, role=role, pid=launcher.pid, pgid=launcher.pgid,
                                  create_time=launcher.create_time, log_path=str(log_path), tag=tag,
                                  resources=resources, labels=labels, gpu_ids=gpu_ids, started_at_s=time.time()))
-        self._save()  # record every pid as soon as it exists: a crash now still leaves it stoppable
+        self.rec.save()  # record every pid as soon as it exists: a crash now still leaves it stoppable
         return launcher
 
     def _node_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        r = self._record
+        r = self.rec.data
         return raystart.node_env(r["auth_mode"], r["auth_token_path"], base=r.get("env") or {}, extra=extra)
 
     def _register(self, launchers: Mapping[str, LocalNodeLauncher]) -> None:
         """Wait until the nodes are registered with the GCS and record their Ray node ids."""
-        r = self._record
+        r = self.rec.data
         entries = raystart.wait_registered(
             r["dashboard_url"], r["auth_token_path"] if r["auth_mode"] == "token" else None, launchers,
             C.LOCAL_NODE_START_TIMEOUT_S, is_alive=LocalNodeLauncher.is_alive,
             describe=lambda lch: f"--- {lch.log_path}:\n{lch.log_tail()}")
-        for node in self._nodes_from_record():
+        for node in self.rec.nodes():
             if node.name in entries:
                 node.ray_node_id = entries[node.name].get("node_id")
-                self._put_node(node)
-        self._save()
+                self.rec.put_node(node)
+        self.rec.save()
 
     def start(self) -> "LocalCluster":
         """Start head + ``num_workers`` workers and wait until all are registered with the GCS.
@@ -243,16 +201,16 @@ class LocalCluster:
         LOCAL_NODE_START_RETRIES more tries; the head: one more, and none after the same error twice),
         or if a live cluster is already recorded here.
         """
-        with self._locked():
+        with self.rec.locked():
             existing = LocalCluster.load(self.state_dir)
             if existing is not None:
                 existing._popens = dict(self._popens)
                 if any(n.role == HEAD_ROLE and existing._launcher(n).is_alive()
-                       for n in existing._nodes_from_record()):
-                    raise LocalClusterError(f"a local cluster is already running at {existing._record.get('address')} "
+                       for n in existing.rec.nodes()):
+                    raise LocalClusterError(f"a local cluster is already running at {existing.rec.data.get('address')} "
                                             f"(record {self.record_path}); stop it first")
                 existing._stop_locked()  # leftovers of a crashed/killed cluster: stop exactly them
-            self._record = None
+            self.rec.data = None
             self._popens = {}
             self._start_locked()
         return self
@@ -271,7 +229,7 @@ class LocalCluster:
         if self.auth_mode == "token":
             token_path = str(self.token_path)
             atomic_write(token_path, secrets.token_hex(32), mode=0o600)
-        self._record = {
+        self.rec.data = {
             "version": RECORD_VERSION, "cluster_id": secrets.token_hex(3), "address": None, "dashboard_url": None,
             "auth_mode": self.auth_mode, "auth_token_path": token_path, "temp_dir": temp_dir,
             "temp_dir_is_fallback": temp_dir_is_fallback, "gpu_kind": gpu_kind, "gpu_ids": gpu_ids,
@@ -283,18 +241,18 @@ class LocalCluster:
         }
         try:
             self._start_head()
-            self._record["head_ready_s"] = round(time.monotonic() - t0, 3)
-            self._save()
+            self.rec.data["head_ready_s"] = round(time.monotonic() - t0, 3)
+            self.rec.save()
             self._start_workers([{} for _ in range(self.num_workers)])
-            self._record["ready_s"] = round(time.monotonic() - t0, 3)
-            self._save()
+            self.rec.data["ready_s"] = round(time.monotonic() - t0, 3)
+            self.rec.save()
         except BaseException:
             with contextlib.suppress(Exception):
                 self._stop_locked()
             raise
 
     def _start_head(self) -> None:
-        record = self._record
+        record = self.rec.data
         head_env = self._node_env({"CUDA_VISIBLE_DEVICES": ""} if record["gpu_kind"] == "physical" else None)
         has_client = importlib.util.find_spec("grpc") is not None
         name = f"rc-{record['cluster_id']}-head"
@@ -310,14 +268,15 @@ class LocalCluster:
                     + raystart.head_args(gcs_port, dashboard_port, client_port if has_client else None, self.head_cpus)
                     + raystart.common_args(name, Path(record["temp_dir"]) / "h", labels, self.object_store_bytes)
                     + self._autoscaling_args())
-            launcher = self._new_node(name, HEAD_ROLE, argv, {**head_env, **self._autoscaling_env()}, {"CPU": float(self.head_cpus), "GPU": 0.0},
-                                      labels, [] if record["gpu_kind"] == "physical" else None)
+            launcher = self._new_node(name, HEAD_ROLE, argv, {**head_env, **self._autoscaling_env()},
+                                      {"CPU": float(self.head_cpus), "GPU": 0.0}, labels,
+                                      [] if record["gpu_kind"] == "physical" else None)
             try:
                 self._register({name: launcher})
                 return
             except raystart.NodeStartFailed as exc:
                 stop_launchers([launcher], 0.0)
-                self._drop_node(name)
+                self.rec.drop_node(name)
                 error = last_log_line(exc.message)
                 if attempt + 1 == tries or (error is not None and error == last_error):
                     raise  # (the same error twice — a bad setting, not a taken port or a slow start)
@@ -329,11 +288,11 @@ class LocalCluster:
         """Ray's autoscaler on the head, renting from markets (an elastic cluster), as configured."""
         if self.elastic is None:
             return []
-        path = autoscaling.write_config(self.elastic, self._record, self.cluster_dir, self.head_cpus)
+        path = autoscaling.write_config(self.elastic, self.rec.data, self.cluster_dir, self.head_cpus)
         return [f"--autoscaling-config={path}"]
 
     def _autoscaling_env(self) -> dict[str, str]:
-        return {} if self.elastic is None else autoscaling.head_env(self.elastic, self._record["cluster_id"])
+        return {} if self.elastic is None else autoscaling.head_env(self.elastic, self.rec.data["cluster_id"])
 
     def _start_workers(self, shapes: list[dict]) -> list[str]:
         """Start one worker per shape (keyword arguments of ``_launch_worker``) and wait for all; each
@@ -352,7 +311,7 @@ class LocalCluster:
                 if spent or not exc.names:
                     for name in exc.names:  # leave nothing of a failed start behind
                         stop_launchers([launchers[name][0]], 0.0)
-                        self._drop_node(name)
+                        self.rec.drop_node(name)
                     raise
                 log.warning("local node(s) %s did not start (try %d/%d), starting them again: %s", exc.names,
                             max(launchers[n][2] for n in exc.names), C.LOCAL_NODE_START_RETRIES + 1,
@@ -360,21 +319,21 @@ class LocalCluster:
                 for name in exc.names:
                     launcher, shape, tries = launchers.pop(name)
                     stop_launchers([launcher], 0.0)
-                    self._drop_node(name)
+                    self.rec.drop_node(name)
                     replacement = self._launch_worker(**shape)
                     launchers[replacement.name] = (replacement, shape, tries + 1)
 
     def _free_gpu_ids(self) -> list[str]:
         used = set()
-        for node in self._nodes_from_record():
+        for node in self.rec.nodes():
             if node.gpu_ids and self._launcher(node).is_alive():
                 used.update(node.gpu_ids)
-        return [g for g in self._record.get("gpu_ids", []) if g not in used]
+        return [g for g in self.rec.data.get("gpu_ids", []) if g not in used]
 
     def _launch_worker(self, *, num_cpus: int | None = None, num_gpus: int | None = None,
                        resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
                        env: Mapping[str, str] | None = None) -> LocalNodeLauncher:
-        record = self._record
+        record = self.rec.data
         index = int(record.get("next_worker_index", 1))
         record["next_worker_index"] = index + 1
         name = f"rc-{record['cluster_id']}-w{index}"
@@ -402,8 +361,8 @@ class LocalCluster:
                    env: Mapping[str, str] | None = None) -> LocalNode:
         """Start one more worker node (defaults: cpus_per_worker / gpus_per_worker; physical GPUs
         are taken from those no live worker holds) and wait until it is registered."""
-        with self._locked():
-            self._require_record()
+        with self.rec.locked():
+            self.rec.require()
             shape = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, labels=labels, env=env)
             (name,) = self._start_workers([shape])
         return self.node(name)
@@ -411,9 +370,9 @@ class LocalCluster:
     def kill_node(self, name_or_node_id: str) -> LocalNode:
         """SIGKILL one node's whole process group and process tree now (simulates node loss).
         The node stays in the record, marked ``killed``."""
-        with self._locked():
-            self._require_record()
-            for node in self._nodes_from_record():
+        with self.rec.locked():
+            self.rec.require()
+            for node in self.rec.nodes():
                 if name_or_node_id in (node.name, node.ray_node_id):
                     break
             else:
@@ -421,8 +380,8 @@ class LocalCluster:
             launcher = self._launcher(node)
             survivors = wait_gone(launcher.kill(), [launcher], C.LOCAL_NODE_KILL_WAIT_S)
             node.killed = True
-            self._put_node(node)
-            self._save()
+            self.rec.put_node(node)
+            self.rec.save()
         if survivors:
             raise LocalClusterError(f"node {node.name}: processes {[p.pid for p in survivors]} survived SIGKILL")
         node.alive = False
@@ -432,11 +391,11 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop exactly the processes of this cluster and remove its record. Idempotent; works
         from any process (via the record)."""
-        with self._locked():
+        with self.rec.locked():
             self._stop_locked()
 
     def _stop_locked(self) -> None:
-        record = self._refresh()
+        record = self.rec.refresh()
         if record is None:
             return
         try:  # first the rented nodes (the autoscaler would otherwise replace them)
@@ -445,7 +404,7 @@ class LocalCluster:
             release_recorded(record)
         except Exception as exc:  # the nodes below are stopped anyway; say what is left
             log.error("local cluster %s: giving back rented nodes failed: %s", record.get("cluster_id"), exc)
-        nodes = sorted(self._nodes_from_record(), key=lambda n: n.role == HEAD_ROLE)  # workers' SIGTERM first
+        nodes = sorted(self.rec.nodes(), key=lambda n: n.role == HEAD_ROLE)  # workers' SIGTERM first
         launchers = [self._launcher(n) for n in nodes]
         survivors = stop_launchers(launchers, C.LOCAL_NODE_STOP_GRACE_S) if launchers else []
         for launcher in launchers:
@@ -468,7 +427,7 @@ class LocalCluster:
         record["removed"] = True
 
     def __enter__(self) -> "LocalCluster":
-        if self._record is None or self._record.get("removed"):
+        if self.rec.data is None or self.rec.data.get("removed"):
             self.start()
         return self
 
@@ -476,4 +435,4 @@ class LocalCluster:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"LocalCluster(state_dir={str(self.state_dir)!r}, address={(self._record or {}).get('address')!r})"
+        return f"LocalCluster(state_dir={str(self.state_dir)!r}, address={(self.rec.data or {}).get('address')!r})"

@@ -12,18 +12,25 @@ Owns the layout and the record format:
   socket names in a shared session dir by "first name that does not exist yet", so two workers
   started together can pick the same ``raylet.1`` socket and one never registers (seen here);
 * ``.lock`` — flock taken by every read-modify-write of the record.
+
+``ClusterRecord`` is one cluster's record as a part with its own state: the record read (or made)
+by this process, re-read under the lock before a change (another process may have changed it),
+saved atomically, and its node entries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from raycluster.errors import LocalClusterError
+from raycluster.util.files import atomic_write_json
 
 HEAD_ROLE = "head"
 WORKER_ROLE = "worker"
@@ -97,3 +104,56 @@ def pick_temp_dir(base_dir: Path) -> tuple[str, bool]:
         return str(preferred), False
     base = "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()
     return tempfile.mkdtemp(prefix="rc-", dir=base), True
+
+
+class ClusterRecord:
+    """The record of the local cluster under ``cluster_dir``: ``data`` (None until read or made;
+    ``removed`` set once it is gone from disk), the lock every read-modify-write takes, its nodes."""
+
+    def __init__(self, cluster_dir: Path):
+        self.dir = cluster_dir
+        self.path = cluster_dir / RECORD_NAME
+        self.data: dict | None = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def refresh(self) -> dict | None:
+        """Re-read the record (another process may have changed it) if it is ours."""
+        disk = read_json(self.path)
+        if disk is None:
+            if self.data is not None:
+                self.data["removed"] = True
+            return self.data
+        if self.data is None or disk.get("cluster_id") == self.data.get("cluster_id"):
+            self.data = disk
+        return self.data
+
+    def save(self) -> None:
+        assert self.data is not None
+        atomic_write_json(self.path, self.data)
+
+    def require(self) -> dict:
+        """The record, re-read; LocalClusterError when no live cluster is recorded."""
+        if (data := self.refresh()) is None or data.get("removed"):
+            raise LocalClusterError(f"no local cluster is recorded under {self.dir}")
+        return data
+
+    def nodes(self) -> list[LocalNode]:
+        return [LocalNode.from_dict(d) for d in (self.data or {}).get("nodes", [])]
+
+    def put_node(self, node: LocalNode) -> None:
+        d = node.to_dict()
+        d.pop("alive", None)
+        self.data["nodes"] = [n for n in self.data["nodes"] if n["name"] != node.name] + [d]
+
+    def drop_node(self, name: str) -> None:
+        self.data["nodes"] = [d for d in self.data["nodes"] if d["name"] != name]
+        self.save()
