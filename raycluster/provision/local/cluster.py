@@ -172,8 +172,8 @@ class LocalCluster:
         if launcher._popen is not None:
             self._popens[name] = launcher._popen
         self.rec.put_node(LocalNode(name=name, role=role, pid=launcher.pid, pgid=launcher.pgid,
-                                 create_time=launcher.create_time, log_path=str(log_path), tag=tag,
-                                 resources=resources, labels=labels, gpu_ids=gpu_ids, started_at_s=time.time()))
+                                    create_time=launcher.create_time, log_path=str(log_path), tag=tag,
+                                    resources=resources, labels=labels, gpu_ids=gpu_ids, started_at_s=time.time()))
         self.rec.save()  # record every pid as soon as it exists: a crash now still leaves it stoppable
         return launcher
 
