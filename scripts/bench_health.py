@@ -101,6 +101,7 @@ def kill_detection(interval_s: float | None, cpu_window_s: float) -> dict:
     # the defaults a user gets: nothing of ours set, unless an interval is asked for
     for key in [k for k in os.environ if k.startswith("RAYCLUSTER_") and k != "RAYCLUSTER_STATE_DIR"]:
         os.environ.pop(key)
+    # (--interval-s only: to measure another monitor interval; the default run sets nothing)
     env = {} if interval_s is None else {"RAYCLUSTER_HEALTH_INTERVAL_S": str(interval_s)}
     os.environ.update(env)
     interval_s = interval_s if interval_s is not None else C.HEALTH_INTERVAL_S

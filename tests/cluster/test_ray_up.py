@@ -37,6 +37,8 @@ def _config(tmp: Path, **changes) -> Path:
 
 def _ray(tmp: Path, *args, timeout=300):
     (tmp / "home").mkdir(exist_ok=True)
+    # (a home, temp and state dir of the test's own: locations, not knobs; the settings it changes are
+    # in the module's docstring)
     env = {**os.environ, "HOME": str(tmp / "home"), "TMPDIR": str(tmp), "RAYCLUSTER_STATE_DIR": str(tmp / "state")}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([RAY, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)

@@ -93,7 +93,7 @@ class Health:
         self._samples: dict[str, NodeSample] = {}
         self._hb_at: dict[str, float] = {}
         self._late: dict[str, deque] = {}  # node -> how late its last heartbeats came (s beyond the interval)
-        self._host_of: dict[str, str] = {}  # alive node -> its host's address
+        self._peers: dict[str, list[str]] = {}  # alive node -> the alive nodes of its host (itself too)
         self._failures: dict[str, int] = {}
         self._watch_since: dict[str, float] = {}
         self._verdicts: dict[str, HealthVerdict] = {}
@@ -234,7 +234,7 @@ class Health:
             if n["alive"]:
                 by_host.setdefault(n.get("address") or n["id"], []).append(n["id"])
         self._shared = {nid for ids in by_host.values() if len(ids) > 1 for nid in ids}
-        self._host_of = {nid: host for host, ids in by_host.items() for nid in ids}
+        self._peers = {nid: ids for ids in by_host.values() for nid in ids}
         for n in nodes:
             nid = n["id"]
             if n["alive"] and nid not in self._monitors:
@@ -262,10 +262,7 @@ class Health:
     def _lag(self, node_id: str) -> float:
         """How late the node's last heartbeats came — on a host of several nodes, any of the host's:
         the host, not the node, is what makes them late. (Called under ``_health_lock``.)"""
-        host = self._host_of.get(node_id)
-        peers = ([n for n, h in self._host_of.items() if h == host] if node_id in self._shared and host is not None
-                 else [node_id])
-        return max((x for n in peers for x in self._late.get(n, ())), default=0.0)
+        return max((x for n in self._peers.get(node_id, (node_id,)) for x in self._late.get(n, ())), default=0.0)
 
     def _start_monitor(self, node_id: str) -> None:
         self._monitors[node_id] = self.ops.ensure_monitor(node_id, self.handle, str(self.state_dir))
